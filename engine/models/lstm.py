@@ -1,0 +1,122 @@
+"""LSTM (torch.nn.LSTM conventions, with optional projection ``proj_size``).
+
+    i = σ(W_ii x + b_ii + W_hi h + b_hi)      f = σ(W_if x + b_if + W_hf h + b_hf)
+    g = tanh(W_ig x + b_ig + W_hg h + b_hg)   o = σ(W_io x + b_io + W_ho h + b_ho)
+    c' = f c + i g                             h' = o tanh(c')   (then h' = W_hr h' with proj_size)
+
+Weight rows are stacked in the order i, f, g, o, exactly as in ``nn.LSTM``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import RecurrentCell
+
+GATES = ("gate_i", "gate_f", "gate_g", "gate_o")
+
+
+class LSTMCell(RecurrentCell):
+    family = "lstm"
+    sites = ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")
+    gate_rows = 4
+
+    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
+        hidden = w_hh.shape[1] if w_hr is None else w_hr.shape[1]
+        super().__init__(w_ih.shape[1], hidden)
+        proj = 0 if w_hr is None else w_hr.shape[0]
+        self.module = nn.LSTM(self.input_size, hidden, 1, bias=b_ih is not None, proj_size=proj)
+        self.module.requires_grad_(False)
+        self.module.to(dtype=w_ih.dtype)
+        with torch.no_grad():
+            self.module.weight_ih_l0.copy_(w_ih)
+            self.module.weight_hh_l0.copy_(w_hh)
+            if b_ih is not None:
+                self.module.bias_ih_l0.copy_(b_ih)
+                self.module.bias_hh_l0.copy_(b_hh)
+            if w_hr is not None:
+                self.module.weight_hr_l0.copy_(w_hr)
+
+    # parameters, read from the module so `to()` moves them all at once
+    @property
+    def w_ih(self):
+        return self.module.weight_ih_l0
+
+    @property
+    def w_hh(self):
+        return self.module.weight_hh_l0
+
+    @property
+    def b_ih(self):
+        return getattr(self.module, "bias_ih_l0", None)
+
+    @property
+    def b_hh(self):
+        return getattr(self.module, "bias_hh_l0", None)
+
+    @property
+    def w_hr(self):
+        return getattr(self.module, "weight_hr_l0", None)
+
+    @property
+    def output_size(self) -> int:
+        return self.module.proj_size or self.hidden_size
+
+    def to(self, dtype=None, device=None):
+        self.module.to(device=device, dtype=dtype)
+        return self
+
+    def initial_state(self, batch, dtype, device):
+        h = torch.zeros(batch, self.output_size, dtype=dtype, device=device)
+        c = torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
+        return (h, c)
+
+    def fused(self, x, state):
+        h, c = state
+        y, (hn, cn) = self.module(x, (h.unsqueeze(0), c.unsqueeze(0)))
+        return y, (hn[0], cn[0])
+
+    def input_projection(self, x):
+        xp = torch.matmul(x, self.w_ih.T)
+        return xp if self.b_ih is None else xp + self.b_ih
+
+    def _hidden_projection(self, h):
+        hp = torch.matmul(h, self.w_hh.T)
+        return hp if self.b_hh is None else hp + self.b_hh
+
+    def recover(self, xp, y, state0, sites):
+        if not sites - {"h"}:
+            return {"h": y} if sites else {}
+        h0, c0 = state0
+        pre = xp + self._hidden_projection(self.previous_outputs(y, h0))
+        i, f, g, o = pre.chunk(4, dim=-1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        # The cell state is a true recurrence: one fused multiply-add per step.
+        ig = i * g
+        c = torch.empty_like(ig)
+        prev = c0
+        for t in range(ig.shape[0]):
+            prev = torch.addcmul(ig[t], f[t], prev, out=c[t])
+        records = {"h": y, "c": c, "gate_i": i, "gate_f": f, "gate_g": g, "gate_o": o}
+        return {s: records[s] for s in sites}
+
+    state_sites = frozenset({"c"})
+
+    def state_at(self, y, records, i):
+        return (y[i], records["c"][i])
+
+    def step(self, xp_t, state, edit):
+        h, c = state
+        pre = xp_t + self._hidden_projection(h)
+        i, f, g, o = pre.chunk(4, dim=-1)
+        i = edit("gate_i", torch.sigmoid(i))
+        f = edit("gate_f", torch.sigmoid(f))
+        g = edit("gate_g", torch.tanh(g))
+        o = edit("gate_o", torch.sigmoid(o))
+        c = edit("c", f * c + i * g)
+        h = o * torch.tanh(c)
+        if self.w_hr is not None:
+            h = torch.matmul(h, self.w_hr.T)
+        h = edit("h", h)
+        records = {"h": h, "c": c, "gate_i": i, "gate_f": f, "gate_g": g, "gate_o": o}
+        return h, (h, c), records

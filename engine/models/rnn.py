@@ -1,0 +1,75 @@
+"""Elman RNN (torch.nn.RNN conventions): h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import RecurrentCell
+
+
+class ElmanCell(RecurrentCell):
+    family = "rnn"
+    sites = ("h", "pre")
+    gate_rows = 1
+
+    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+        super().__init__(w_ih.shape[1], w_hh.shape[1])
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be tanh or relu, got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self.act = torch.tanh if nonlinearity == "tanh" else torch.relu
+        self.module = nn.RNN(self.input_size, self.hidden_size, 1, nonlinearity=nonlinearity, bias=b_ih is not None)
+        self.module.requires_grad_(False)
+        self.module.to(dtype=w_ih.dtype)
+        with torch.no_grad():
+            self.module.weight_ih_l0.copy_(w_ih)
+            self.module.weight_hh_l0.copy_(w_hh)
+            if b_ih is not None:
+                self.module.bias_ih_l0.copy_(b_ih)
+                self.module.bias_hh_l0.copy_(b_hh)
+
+    @property
+    def w_ih(self):
+        return self.module.weight_ih_l0
+
+    @property
+    def w_hh(self):
+        return self.module.weight_hh_l0
+
+    @property
+    def b_ih(self):
+        return getattr(self.module, "bias_ih_l0", None)
+
+    @property
+    def b_hh(self):
+        return getattr(self.module, "bias_hh_l0", None)
+
+    def to(self, dtype=None, device=None):
+        self.module.to(device=device, dtype=dtype)
+        return self
+
+    def initial_state(self, batch, dtype, device):
+        return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
+
+    def fused(self, x, state):
+        y, hn = self.module(x, state.unsqueeze(0))
+        return y, hn[0]
+
+    def input_projection(self, x):
+        xp = torch.matmul(x, self.w_ih.T)
+        return xp if self.b_ih is None else xp + self.b_ih
+
+    def _pre(self, xp, h):
+        hp = torch.matmul(h, self.w_hh.T)
+        return xp + (hp if self.b_hh is None else hp + self.b_hh)
+
+    def recover(self, xp, y, state0, sites):
+        records = {"h": y}
+        if "pre" in sites:
+            records["pre"] = self._pre(xp, self.previous_outputs(y, state0))
+        return {s: records[s] for s in sites}
+
+    def step(self, xp_t, state, edit):
+        pre = edit("pre", self._pre(xp_t, state))
+        h = edit("h", self.act(pre))
+        return h, h, {"h": h, "pre": pre}

@@ -1,0 +1,409 @@
+"""The classic recurrent model: an optional embedding, a stack of LSTM/GRU/Elman layers
+(optionally bidirectional), and an optional linear head.
+
+Canonical weight names (what loaders convert to)::
+
+    embed.weight                               [vocab, input_size]     (absent for numeric inputs)
+    rnn.weight_ih_l{k}[_reverse]  rnn.weight_hh_l{k}[_reverse]
+    rnn.bias_ih_l{k}[_reverse]    rnn.bias_hh_l{k}[_reverse]           (absent when bias=False)
+    rnn.weight_hr_l{k}[_reverse]                                       (LSTM with proj_size)
+    head.weight  head.bias                                             (absent without a head)
+
+How a layer runs: steps are taken in chunks aligned to multiples of ``chunk`` (the prefix
+cache keeps the state at every chunk boundary).  A chunk with no intervention runs the fused
+torch kernel, and, when probes ask for internals, recovers them all at once.  A chunk where an
+intervention acts runs the fused kernel up to the first edited step (so earlier steps are
+bit-identical to a clean run) and then steps through the equations with the edits applied.
+Because full runs and cached re-runs cut the sequence at the same boundaries, a re-run from
+the cache reproduces a full re-run exactly.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import Cancelled
+from ..interventions import BoundIntervention, Intervention, InterventionError
+from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe, parse_probe
+from .base import RecurrentCell
+from .gru import GRUCell
+from .lstm import LSTMCell
+from .rnn import ElmanCell
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    cell: str  # one of CELLS
+    num_layers: int
+    hidden_size: int
+    input_size: int  # width fed to layer 0: embedding dim, or features of numeric inputs
+    vocab_size: int | None = None  # rows of the embedding; None for numeric inputs
+    bidirectional: bool = False
+    bias: bool = True
+    proj_size: int = 0
+    output_size: int | None = None  # rows of the linear head; None without a head
+    head_bias: bool = True
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.proj_size and self.cell != "lstm":
+            raise ValueError("proj_size applies to LSTM only")
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def layer_output_size(self) -> int:
+        return (self.proj_size or self.hidden_size) * self.directions
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StackConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def canonical_weight_shapes(cfg: StackConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight a model with this config has, with its shape."""
+    rows = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cfg.cell] * cfg.hidden_size
+    out = cfg.proj_size or cfg.hidden_size
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.vocab_size is not None:
+        shapes["embed.weight"] = (cfg.vocab_size, cfg.input_size)
+    for k in range(cfg.num_layers):
+        width_in = cfg.input_size if k == 0 else cfg.layer_output_size
+        for sfx in ("", "_reverse")[: cfg.directions]:
+            shapes[f"rnn.weight_ih_l{k}{sfx}"] = (rows, width_in)
+            shapes[f"rnn.weight_hh_l{k}{sfx}"] = (rows, out)
+            if cfg.bias:
+                shapes[f"rnn.bias_ih_l{k}{sfx}"] = (rows,)
+                shapes[f"rnn.bias_hh_l{k}{sfx}"] = (rows,)
+            if cfg.proj_size:
+                shapes[f"rnn.weight_hr_l{k}{sfx}"] = (cfg.proj_size, cfg.hidden_size)
+    if cfg.output_size is not None:
+        shapes["head.weight"] = (cfg.output_size, cfg.layer_output_size)
+        if cfg.head_bias:
+            shapes["head.bias"] = (cfg.output_size,)
+    return shapes
+
+
+def _make_cell(cfg: StackConfig, weights: dict, layer: int, suffix: str) -> RecurrentCell:
+    get = lambda name: weights.get(f"rnn.{name}_l{layer}{suffix}")  # noqa: E731
+    args = (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"))
+    if cfg.cell == "lstm":
+        return LSTMCell(*args, w_hr=get("weight_hr"))
+    if cfg.cell == "gru":
+        return GRUCell(*args)
+    return ElmanCell(*args, nonlinearity=cfg.cell.split("_")[1])
+
+
+def reverse_index(lengths, T: int, device) -> torch.Tensor:
+    """[T, B] index that reverses each sequence within its own length (padding stays put).
+    It is its own inverse."""
+    idx = torch.arange(T, device=device)[:, None].repeat(1, len(lengths))
+    for b, L in enumerate(lengths):
+        idx[:L, b] = torch.arange(L - 1, -1, -1, device=device)
+    return idx
+
+
+def _gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(x, 0, idx.view(*idx.shape, *([1] * (x.ndim - 2))).expand_as(x))
+
+
+class EditPlan:
+    """Interventions bound to one model and batch: per probe, and per layer/direction/site."""
+
+    def __init__(self):
+        self.whole: dict[str, list[BoundIntervention]] = {}  # embed, logits
+        self.layer: dict[tuple[int, int], dict[str, list[BoundIntervention]]] = {}
+
+    def steps_for(self, key) -> list[int]:
+        sites = self.layer.get(key, {})
+        return sorted({int(s) for edits in sites.values() for e in edits for s in e.steps})
+
+
+class RecurrentStack:
+    """An instrumented LSTM/GRU/RNN stack.  Build with :func:`engine.load` or directly from a
+    config and canonical weights."""
+
+    def __init__(self, config: StackConfig, weights: dict[str, torch.Tensor], *, tokenizer=None,
+                 source: str = "", dtype=torch.float32, device="cpu"):
+        expected = canonical_weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.architecture = config.cell
+        self.dtype = dtype
+        self.device = torch.device(device)
+        w = {k: v.detach().to(dtype=dtype) for k, v in weights.items() if k in expected}
+        self.parameter_count = int(sum(v.numel() for v in w.values()))
+        self.embed = w.get("embed.weight")
+        self.head_weight = w.get("head.weight")
+        self.head_bias = w.get("head.bias")
+        self.cells = [[_make_cell(config, w, k, sfx) for sfx in ("", "_reverse")[: config.directions]]
+                      for k in range(config.num_layers)]
+        self.to(device=self.device, dtype=dtype)
+        self._specs = self._build_specs()
+
+    # -- housekeeping -----------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "RecurrentStack":
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        for name in ("embed", "head_weight", "head_bias"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device=device, dtype=dtype))
+        for layer in self.cells:
+            for cell in layer:
+                cell.to(dtype=dtype, device=device)
+        self.device, self.dtype = device, dtype
+        return self
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.config.bidirectional
+
+    @property
+    def takes_tokens(self) -> bool:
+        return self.embed is not None
+
+    def info(self) -> dict:
+        return {
+            "architecture": self.architecture,
+            "source": self.source,
+            "config": self.config.to_json(),
+            "parameter_count": self.parameter_count,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The canonical weights (for saving a model in SeqScope's own layout)."""
+        out = {}
+        if self.embed is not None:
+            out["embed.weight"] = self.embed
+        for k, layer in enumerate(self.cells):
+            for d, cell in enumerate(layer):
+                sfx = "_reverse" if d else ""
+                for name, p in cell.module.named_parameters():
+                    out["rnn." + name.replace("_l0", f"_l{k}{sfx}")] = p.data
+        if self.head_weight is not None:
+            out["head.weight"] = self.head_weight
+            if self.head_bias is not None:
+                out["head.bias"] = self.head_bias
+        return out
+
+    # -- probes -----------------------------------------------------------------------
+    def _build_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        specs = []
+        if self.embed is not None:
+            specs.append(ProbeSpec("embed", (cfg.input_size,), ("token", "unit"), "token embedding fed to layer 0"))
+        for k, layer in enumerate(self.cells):
+            cell = layer[0]
+            for site in cell.sites:
+                width = cell.site_width(site) * cfg.directions
+                desc = SITE_DESCRIPTIONS.get(site, site)
+                if cfg.bidirectional:
+                    desc += f"; units 0..{width // 2 - 1} forward, {width // 2}..{width - 1} backward"
+                specs.append(ProbeSpec(layer_probe(k, site), (width,), ("token", "unit"), desc,
+                                       layer=k, site=site, directions=cfg.directions))
+        if self.head_weight is not None:
+            specs.append(ProbeSpec("logits", (cfg.output_size,), ("token", "class"),
+                                   "output scores of the linear head (before softmax)"))
+        return specs
+
+    def probe_specs(self) -> list[ProbeSpec]:
+        return list(self._specs)
+
+    # -- interventions ------------------------------------------------------------------
+    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
+        """Check interventions against this model and batch; raises InterventionError."""
+        specs = {s.name: s for s in self._specs}
+        plan = EditPlan()
+        T = max(lengths)
+        rev = reverse_index(lengths, T, self.device) if self.bidirectional else None
+        for n, iv in enumerate(interventions):
+            spec = specs.get(iv.probe)
+            if spec is None:
+                raise InterventionError(
+                    f"no probe point {iv.probe!r} in this {self.architecture} model; "
+                    f"it has: {', '.join(specs)}")
+            source = (sources or {}).get(n)
+            if spec.layer is None:
+                plan.whole.setdefault(iv.probe, []).append(
+                    BoundIntervention(iv, spec.width, lengths, self.dtype, self.device, source))
+                continue
+            width = spec.width // spec.directions
+            for d in range(spec.directions):
+                part = _direction_part(iv, source, width, d, spec.directions)
+                if part is None:
+                    continue
+                piv, psrc = part
+                bound = BoundIntervention(piv, width, lengths, self.dtype, self.device, psrc)
+                if d == 1:
+                    bound = bound.reversed(rev)
+                plan.layer.setdefault((spec.layer, d), {}).setdefault(spec.site, []).append(bound)
+        return plan
+
+    # -- the forward pass -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
+                chunk: int = 64, start: int = 0, start_states: dict | None = None,
+                keep_state: Callable | None = None, progress: Callable | None = None,
+                should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
+        """Run steps ``start..T-1`` of a padded, time-major batch.
+
+        ``x`` is ``[T, B]`` token ids or ``[T, B, F]`` numeric inputs (all T steps; only
+        ``start:`` is read).  Returns ``{probe: [T - start, B, ...]}`` for the probes in
+        ``want``.  With ``start > 0``, ``start_states[(layer, direction)]`` is the state
+        entering step ``start``; ``keep_state((layer, direction), step, state)`` is called
+        at every chunk boundary.
+        """
+        plan = plan or EditPlan()
+        T = x.shape[0]
+        if start and (start % chunk or self.bidirectional):
+            raise ValueError("a run can start late only at a chunk boundary of a unidirectional model")
+        out: dict[str, torch.Tensor] = {}
+        if self.embed is not None:
+            h = F.embedding(x[start:], self.embed)
+            for e in plan.whole.get("embed", []):
+                h = e.apply_all(h, start)
+            if "embed" in want:
+                out["embed"] = h
+        else:
+            h = x[start:].to(self.dtype)
+        B = h.shape[1]
+        total = len(self.cells) * self.config.directions * max(1, -(-(T - start) // chunk))
+        done = [0]
+
+        def tick():
+            if should_stop is not None and should_stop():
+                raise Cancelled("run cancelled")
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        rev = reverse_index(lengths, T, self.device)[start:] if self.bidirectional else None
+        for k, layer in enumerate(self.cells):
+            want_sites = {s for s in layer[0].sites if layer_probe(k, s) in want}
+            ys, recs = [], []
+            for d, cell in enumerate(layer):
+                xin = _gather_time(h, rev) if d else h
+                state = (start_states or {}).get((k, d)) if start else None
+                if state is None:
+                    state = cell.initial_state(B, self.dtype, self.device)
+                keep = (lambda step, st, key=(k, d): keep_state(key, step, st)) if keep_state else None
+                y, rec = _run_direction(cell, xin, start, state, chunk, want_sites,
+                                        plan.layer.get((k, d), {}), keep, tick)
+                if d:
+                    y = _gather_time(y, rev)
+                    rec = {s: _gather_time(v, rev) for s, v in rec.items()}
+                ys.append(y)
+                recs.append(rec)
+            h = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+            for s in want_sites:
+                out[layer_probe(k, s)] = recs[0][s] if len(recs) == 1 else torch.cat([r[s] for r in recs], dim=-1)
+        if self.head_weight is not None and ("logits" in want or plan.whole.get("logits")):
+            # chunk by chunk, so a cached re-run multiplies the same shapes as a full run
+            logits = torch.cat([F.linear(h[a : a + chunk], self.head_weight, self.head_bias)
+                                for a in range(0, h.shape[0], chunk)])
+            for e in plan.whole.get("logits", []):
+                logits = e.apply_all(logits, start)
+            out["logits"] = logits
+        return {k: v for k, v in out.items() if k in want}
+
+
+def _direction_part(iv: Intervention, source, width: int, d: int, directions: int):
+    """The share of a (possibly bidirectional) layer intervention that acts on direction d,
+    with units renumbered within that direction; None if it touches none of them."""
+    if directions == 1:
+        return iv, source
+    lo, hi = d * width, (d + 1) * width
+    units = list(range(width)) if iv.units is None else [u - lo for u in iv.units if lo <= u < hi]
+    if not units:
+        return None
+    cols = [u + lo for u in units] if iv.units is None else [i for i, u in enumerate(iv.units) if lo <= u < hi]
+    value = iv.value
+    if isinstance(value, tuple):
+        value = tuple(value[i] for i in cols)
+    if source is not None:
+        import numpy as np
+
+        source = np.asarray(source)
+        full = source.shape[-1] == 2 * width
+        source = source[..., [u + lo for u in units]] if full else source[..., cols]
+    part = replace(iv, units=None if iv.units is None else units, value=value)
+    return part, source
+
+
+def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edits, keep, tick):
+    """One direction of one layer over steps ``start..`` in chunks; see the module docstring."""
+    T = start + x.shape[0]
+    edit_steps = sorted({int(s) for es in edits.values() for e in es for s in e.steps if s >= start})
+    ys = []
+    recs: dict[str, list] = {s: [] for s in want_sites}
+    e_i = 0
+    for a in range(start, T, chunk):
+        b = min(a + chunk, T)
+        xa = x[a - start : b - start]
+        while e_i < len(edit_steps) and edit_steps[e_i] < a:
+            e_i += 1
+        t0 = edit_steps[e_i] if e_i < len(edit_steps) and edit_steps[e_i] < b else None
+        if t0 is None:
+            y, new_state = cell.fused(xa, state)
+            ys.append(y)
+            if want_sites:
+                rec = cell.recover(cell.input_projection(xa), y, state, want_sites)
+                for s in want_sites:
+                    recs[s].append(rec[s])
+        else:
+            xp = cell.input_projection(xa)
+            st = state
+            if t0 > a:
+                # Steps before the first edit: the same kernels on the same shapes as a clean
+                # run, so they come out bit-identical to it.
+                y_clean, _ = cell.fused(xa, state)
+                rec = cell.recover(xp, y_clean, state, want_sites | cell.state_sites)
+                st = cell.state_at(y_clean, rec, t0 - a - 1)
+                ys.append(y_clean[: t0 - a])
+                for s in want_sites:
+                    recs[s].append(rec[s][: t0 - a])
+            step_y, step_rec = [], {s: [] for s in want_sites}
+            for t in range(t0, b):
+                active = {site: [e for e in es if e.active_at(t)] for site, es in edits.items()}
+
+                def edit(site, v, active=active, t=t):
+                    for e in active.get(site, ()):
+                        v = e.apply_step(v, t)
+                    return v
+
+                y_t, st, rec_t = cell.step(xp[t - a], st, edit)
+                step_y.append(y_t)
+                for s in want_sites:
+                    step_rec[s].append(rec_t[s])
+            ys.append(torch.stack(step_y))
+            for s in want_sites:
+                recs[s].append(torch.stack(step_rec[s]))
+            new_state = st
+        state = new_state
+        if keep is not None:
+            keep(b, state)
+        tick()
+    y = torch.cat(ys) if len(ys) > 1 else ys[0]
+    return y, {s: (torch.cat(v) if len(v) > 1 else v[0]) for s, v in recs.items()}

@@ -1,0 +1,269 @@
+"""``run()``: inputs in, a :class:`Trace` out.  Batching, device, capture, and the
+prefix-state cache that makes re-runs after an edit fast.
+
+The prefix cache
+----------------
+A recurrent model's state at step ``t`` summarises everything before ``t``.  A
+:class:`PrefixCache` keeps, for the last run it saw, the state of every layer at every
+chunk boundary and the captured arrays.  When the next run has the same model and batch and
+changes nothing before step ``d`` (same tokens, same interventions up to there), it starts
+at the last boundary ``s <= d``, copies steps ``< s`` from the previous run, and computes
+only the rest.  Because both runs cut the sequence at the same boundaries, the result equals
+a full re-run exactly.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .interventions import Intervention, InterventionError, PatchSource
+from .probes import match_probes
+from .trace import Trace
+
+DEFAULT_CHUNK = 64
+
+
+@dataclass
+class Sequence_:
+    """One input sequence, ready to batch: token ids or numeric rows."""
+
+    ids: np.ndarray | None = None  # int64 [L]
+    values: np.ndarray | None = None  # float32 [L, F]
+    text: list[str] | None = None  # one string per token
+
+    def __len__(self):
+        return len(self.ids) if self.ids is not None else len(self.values)
+
+    def data(self) -> np.ndarray:
+        return self.ids if self.ids is not None else self.values
+
+
+def prepare_inputs(model, inputs) -> list[Sequence_]:
+    """Accept text, token ids or a numeric array, or a list of any of them (one per sequence)."""
+    if isinstance(inputs, (str, np.ndarray, torch.Tensor)) or _is_flat_ids(inputs):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise InputError("the input is empty: give text, token ids or a numeric array")
+    seqs = [_one_sequence(model, x, n) for n, x in enumerate(inputs)]
+    return seqs
+
+
+def _is_flat_ids(x) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, (int, np.integer)) for v in x)
+
+
+def _one_sequence(model, x, n: int) -> Sequence_:
+    where = f"input {n}" if n else "the input"
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, str):
+        if not model.takes_tokens:
+            raise InputError("this model reads numeric sequences, not text; give a time x features array")
+        if model.tokenizer is None:
+            raise InputError("this model came without a vocabulary; give token ids instead of text")
+        if not x:
+            raise InputError(f"{where} is empty text: nothing to run")
+        ids, pieces = model.tokenizer.encode(x)
+        if len(ids) == 0:
+            raise InputError(f"{where} produced no tokens")
+        return Sequence_(ids=ids, text=pieces)
+    arr = np.asarray(x)
+    if arr.size == 0:
+        raise InputError(f"{where} is empty: nothing to run")
+    if model.takes_tokens:
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(f"{where}: this model reads token ids (a 1-D integer array), got {arr.dtype} {arr.shape}")
+        vocab = model.config.vocab_size
+        bad = arr[(arr < 0) | (arr >= vocab)]
+        if bad.size:
+            raise InputError(f"{where}: token ids must be 0..{vocab - 1}; found {sorted(set(bad.tolist()))[:5]}")
+        text = None
+        if model.tokenizer is not None:
+            text = [model.tokenizer.piece(int(i)) for i in arr]
+        return Sequence_(ids=arr.astype(np.int64), text=text)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{where}: numeric input must be a time x features array, got {arr.dtype} {arr.shape}")
+    F = model.config.input_size
+    if arr.shape[1] != F:
+        raise InputError(f"{where} has {arr.shape[1]} features per step; this model reads {F}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        t, f = np.argwhere(bad)[0]
+        raise InputError(f"{where} has a non-finite value ({arr[t, f]}) at step {t}, feature {f}")
+    return Sequence_(values=arr.astype(np.float32))
+
+
+# -- the prefix cache --------------------------------------------------------------------
+
+
+@dataclass
+class _LastRun:
+    model: weakref.ref
+    dtype: torch.dtype
+    chunk: int
+    sequences: list[np.ndarray]
+    interventions: tuple[Intervention, ...]
+    padded: dict[str, torch.Tensor]  # probe -> [T, B, ...]
+    states: dict[tuple[int, int], dict[int, object]]  # (layer, direction) -> {step: state}
+
+
+class PrefixCache:
+    """Keeps the last run's states every ``chunk`` steps; pass the same cache to successive
+    :func:`run` calls (the workbench's session holds one).  ``last_start`` says where the
+    latest run began (0 for a full run), for tests and benchmarks."""
+
+    def __init__(self):
+        self._last: _LastRun | None = None
+        self.last_start = 0
+
+    def clear(self):
+        self._last = None
+
+    def reusable_start(self, model, seqs, interventions, want, chunk) -> int:
+        """The step a new run may start from, with the reason folded into 0 when it cannot."""
+        last = self._last
+        if (last is None or last.model() is not model or last.dtype != model.dtype or last.chunk != chunk
+                or getattr(model, "bidirectional", False) or len(last.sequences) != len(seqs)
+                or not want <= set(last.padded)):
+            return 0
+        d = min(_common_prefix(old, new.data()) for old, new in zip(last.sequences, seqs))
+        d = min(d, _first_changed_step(last.interventions, tuple(interventions)))
+        T = max(len(s) for s in seqs)
+        s = (min(d, T - 1) // chunk) * chunk
+        if s <= 0 or any(s not in steps for steps in last.states.values()):
+            return 0
+        return s
+
+    def store(self, model, seqs, interventions, chunk, padded, states):
+        self._last = _LastRun(weakref.ref(model), model.dtype, chunk, [s.data() for s in seqs],
+                              tuple(interventions), padded, states)
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.any((a[:n] != b[:n]).reshape(n, -1), axis=1))
+    return int(diff[0]) if len(diff) else n
+
+
+def _first_changed_step(old: tuple, new: tuple) -> int:
+    """The earliest step at which two intervention lists can act differently."""
+    if old == new and not any(isinstance(iv.value, PatchSource) for iv in new):
+        return 2**62
+    kept_old = [iv for iv in old if iv in new]
+    kept_new = [iv for iv in new if iv in old]
+    if kept_old != kept_new:  # same edits, new order: order matters at a shared probe
+        return 0
+    changed = [iv for iv in old if iv not in new] + [iv for iv in new if iv not in old]
+    changed += [iv for iv in new if isinstance(iv.value, PatchSource)]  # the file may have changed
+    return min((iv.first_position for iv in changed), default=2**62)
+
+
+# -- run ---------------------------------------------------------------------------------
+
+
+def _resolve_sources(interventions: Sequence[Intervention]) -> dict[int, np.ndarray]:
+    sources = {}
+    for n, iv in enumerate(interventions):
+        if iv.op != "patch":
+            continue
+        if isinstance(iv.value, np.ndarray):
+            sources[n] = iv.value
+            continue
+        from .hdf5 import load_trace  # only when a patch names a file
+
+        src = iv.value
+        other = load_trace(src.file)
+        probe = src.probe or iv.probe
+        if probe not in other.arrays:
+            raise InterventionError(f"patch source {src.file} has no probe {probe!r}")
+        sources[n] = other.array(probe, src.sequence)
+    return sources
+
+
+def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *,
+        cache: PrefixCache | None = None, chunk: int = DEFAULT_CHUNK,
+        progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> Trace:
+    """Run ``model`` on ``inputs`` and record the probes matching ``probes`` (globs).
+
+    ``inputs``: text, token ids, a numeric ``[time, features]`` array, or a list of them
+    (one sequence each).  ``interventions`` apply inside the recurrence.  ``cache``: a
+    :class:`PrefixCache` reused across calls.  ``progress(done, total)`` is called as
+    chunks finish; ``should_stop()`` returning true cancels the run (raises ``Cancelled``).
+    """
+    seqs = prepare_inputs(model, inputs)
+    spec_table = {s.name: s for s in model.probe_specs()}
+    names = match_probes(probes, list(spec_table)) if probes is not None else []
+    want = set(names)
+    interventions = tuple(interventions)
+    lengths = [len(s) for s in seqs]
+    T, B = max(lengths), len(seqs)
+    device = model.device
+
+    if model.takes_tokens:
+        x = torch.zeros(T, B, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            x[: len(s), b] = torch.from_numpy(s.ids)
+    else:
+        x = torch.zeros(T, B, model.config.input_size, dtype=model.dtype)
+        for b, s in enumerate(seqs):
+            x[: len(s), b] = torch.from_numpy(s.values).to(model.dtype)
+    x = x.to(device)
+
+    plan = model.bind(interventions, lengths, _resolve_sources(interventions))
+    start = cache.reusable_start(model, seqs, interventions, want, chunk) if cache is not None else 0
+    states: dict = {}
+    start_states = {}
+    if start:
+        for key, kept in cache._last.states.items():
+            states[key] = {step: st for step, st in kept.items() if step <= start}
+            start_states[key] = kept[start]
+
+    def keep_state(key, step, state):
+        states.setdefault(key, {})[step] = state
+
+    with torch.no_grad():
+        out = model.forward(x, lengths, want, plan, chunk=chunk, start=start, start_states=start_states,
+                            keep_state=keep_state if cache is not None else None,
+                            progress=progress, should_stop=should_stop)
+    if start:
+        old = cache._last.padded
+        out = {k: torch.cat([old[k][:start], v]) for k, v in out.items()}
+    if cache is not None:
+        cache.store(model, seqs, interventions, chunk, out, states)
+        cache.last_start = start
+    return _make_trace(model, seqs, names, spec_table, out, interventions)
+
+
+def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:
+    lengths = [len(s) for s in seqs]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    arrays = {}
+    for name in names:
+        t = padded[name]
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.float()
+        parts = [t[:L, b] for b, L in enumerate(lengths)]
+        whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+        arrays[name] = whole.cpu().numpy()
+    if model.takes_tokens:
+        tokens = np.concatenate([s.ids for s in seqs])
+        text = None
+        if all(s.text is not None for s in seqs):
+            text = [p for s in seqs for p in s.text]
+        inputs = None
+    else:
+        tokens = np.concatenate([np.arange(L) for L in lengths])
+        text = None
+        inputs = np.concatenate([s.values for s in seqs])
+    return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs={n: spec_table[n] for n in names},
+                 token_text=text, inputs=inputs, model_info=model.info(), interventions=interventions)

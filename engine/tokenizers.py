@@ -1,0 +1,163 @@
+"""Turning inputs into what a model reads: character vocabularies, ``tokenizer.json``
+files, and numeric sequences (``.npy``/``.csv``, time x features)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+
+class CharVocab:
+    """A character-level vocabulary: id ``i`` is the string ``pieces[i]`` (usually one char).
+
+    Characters missing from the vocabulary map to ``unknown`` when the vocabulary has an
+    unknown symbol, and are refused (with the offending characters named) when it has none.
+    """
+
+    kind = "chars"
+
+    def __init__(self, pieces: Sequence[str], unknown: str | None = None):
+        self.pieces = [str(p) for p in pieces]
+        self.index = {p: i for i, p in enumerate(self.pieces)}
+        if len(self.index) != len(self.pieces):
+            raise ValueError("the vocabulary lists a character twice")
+        self.unknown = unknown if unknown in self.index else None
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    @classmethod
+    def from_any(cls, obj) -> "CharVocab":
+        """Read the vocabularies people store beside char-RNN weights: a string of characters,
+        a list of characters, ``{char: id}`` (``stoi``/``char2idx``) or ``{id: char}``
+        (``itos``/``idx2char``), or SeqScope's own ``{"pieces": [...], "unknown": ...}``."""
+        if isinstance(obj, CharVocab):
+            return obj
+        if isinstance(obj, str):
+            return cls(list(obj))
+        if isinstance(obj, Mapping):
+            if "pieces" in obj:
+                return cls(obj["pieces"], obj.get("unknown"))
+            keys, values = list(obj.keys()), list(obj.values())
+            if all(isinstance(v, (int, np.integer)) for v in values):  # char -> id
+                mapping = {int(v): str(k) for k, v in obj.items()}
+            elif all(str(k).lstrip("-").isdigit() for k in keys):  # id -> char (JSON makes keys strings)
+                mapping = {int(k): str(v) for k, v in obj.items()}
+            else:
+                raise ValueError("a vocabulary mapping must be {char: id} or {id: char}")
+            n = max(mapping) + 1
+            if sorted(mapping) != list(range(n)):
+                raise ValueError("vocabulary ids must be 0..N-1 with no gaps")
+            return cls([mapping[i] for i in range(n)])
+        if isinstance(obj, (list, tuple)):
+            return cls([str(p) for p in obj])
+        raise ValueError(f"cannot read a vocabulary from a {type(obj).__name__}")
+
+    def to_dict(self) -> dict:
+        return {"kind": "chars", "pieces": self.pieces, "unknown": self.unknown}
+
+    def encode(self, text: str) -> tuple[np.ndarray, list[str]]:
+        ids = []
+        missing = set()
+        unk = self.index.get(self.unknown) if self.unknown is not None else None
+        for ch in text:
+            i = self.index.get(ch)
+            if i is None:
+                if unk is None:
+                    missing.add(ch)
+                    continue
+                i = unk
+            ids.append(i)
+        if missing:
+            shown = ", ".join(repr(c) for c in sorted(missing)[:10])
+            raise InputError(f"the text has characters this model's vocabulary lacks: {shown}")
+        return np.asarray(ids, dtype=np.int64), list(text)
+
+    def piece(self, i: int) -> str:
+        return self.pieces[i]
+
+
+class FileTokenizer:
+    """A Hugging Face ``tokenizer.json`` (any model type the ``tokenizers`` package reads).
+    Token texts are cut from the input by offsets, so they join back to the input."""
+
+    kind = "tokenizer.json"
+
+    def __init__(self, path):
+        from tokenizers import Tokenizer
+
+        self.path = str(path)
+        try:
+            self._tok = Tokenizer.from_file(self.path)
+        except Exception as exc:  # the Rust error text is specific enough to show
+            raise ValueError(f"cannot read tokenizer file {path}: {exc}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def to_dict(self) -> dict:
+        return {"kind": "tokenizer.json", "path": self.path}
+
+    def encode(self, text: str) -> tuple[np.ndarray, list[str]]:
+        enc = self._tok.encode(text, add_special_tokens=False)
+        starts = [0] + [s for s, _ in enc.offsets[1:]] + [len(text)]
+        pieces = [text[starts[k] : starts[k + 1]] for k in range(len(enc.ids))]
+        return np.asarray(enc.ids, dtype=np.int64), pieces
+
+    def piece(self, i: int) -> str:
+        return self._tok.id_to_token(i) or ""
+
+
+def read_numeric(path) -> np.ndarray:
+    """A numeric sequence, time x features, from ``.npy`` or ``.csv`` (a header row of
+    column names is skipped).  A 1-D array is one feature."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() in (".csv", ".txt", ".tsv"):
+            delim = "\t" if path.suffix.lower() == ".tsv" else ","
+            with open(path, newline="") as f:
+                rows = [r for r in csv.reader(f, delimiter=delim) if r and any(c.strip() for c in r)]
+            if rows and not _is_number(rows[0][0]):
+                rows = rows[1:]
+            arr = np.asarray([[float(c) for c in r] for r in rows], dtype=np.float64)
+        else:
+            raise InputError(f"{path.name}: numeric inputs are read from .npy or .csv files")
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read numeric input {path.name}: {exc}") from None
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise InputError(f"{path.name}: a numeric input must be time x features, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"{path.name}: the array is not numeric ({arr.dtype})")
+    return arr.astype(np.float32)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def tokenizer_from_dict(d: dict, base: Path | None = None):
+    if d.get("kind") == "tokenizer.json":
+        p = Path(d["path"])
+        return FileTokenizer(p if p.is_absolute() or base is None else base / p)
+    return CharVocab.from_any(d)
+
+
+def vocab_to_json(tok) -> str:
+    return json.dumps(tok.to_dict())

@@ -33,7 +33,7 @@ class Sequence_:
     """One input sequence, ready to batch: token ids or numeric rows."""
 
     ids: np.ndarray | None = None  # int64 [L]
-    values: np.ndarray | None = None  # float32 [L, F]
+    values: np.ndarray | None = None  # float32/float64 [L, F]
     text: list[str] | None = None  # one string per token
 
     def __len__(self):
@@ -97,7 +97,7 @@ def _one_sequence(model, x, n: int) -> Sequence_:
     if bad.any():
         t, f = np.argwhere(bad)[0]
         raise InputError(f"{where} has a non-finite value ({arr[t, f]}) at step {t}, feature {f}")
-    return Sequence_(values=arr.astype(np.float32))
+    return Sequence_(values=arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float32))
 
 
 # -- the prefix cache --------------------------------------------------------------------

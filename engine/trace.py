@@ -35,7 +35,7 @@ class Trace:
     arrays: Mapping[str, np.ndarray]  # probe name -> [N, ...]
     specs: Mapping[str, ProbeSpec]
     token_text: tuple[str, ...] | None = None  # one string per token, None for numeric inputs
-    inputs: np.ndarray | None = None  # float32 [N, F] for numeric inputs
+    inputs: np.ndarray | None = None  # [N, F] for numeric inputs (float32, or float64 as given)
     model_info: Mapping = field(default_factory=dict)
     interventions: tuple[Intervention, ...] = ()
     created: str = field(default_factory=now_iso)
@@ -47,7 +47,10 @@ class Trace:
         object.__setattr__(self, "specs", dict(self.specs))
         object.__setattr__(self, "interventions", tuple(self.interventions))
         if self.inputs is not None:
-            object.__setattr__(self, "inputs", _frozen(np.asarray(self.inputs, dtype=np.float32)))
+            inputs = np.asarray(self.inputs)
+            if inputs.dtype not in (np.float32, np.float64):
+                inputs = inputs.astype(np.float32)
+            object.__setattr__(self, "inputs", _frozen(inputs))
         if self.token_text is not None:
             object.__setattr__(self, "token_text", tuple(self.token_text))
         n = len(self.tokens)

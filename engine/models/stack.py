@@ -407,3 +407,34 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
         tick()
     y = torch.cat(ys) if len(ys) > 1 else ys[0]
     return y, {s: (torch.cat(v) if len(v) > 1 else v[0]) for s, v in recs.items()}
+
+
+def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=None, **kwargs) -> RecurrentStack:
+    """Wrap in-memory torch modules: ``rnn`` an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (sequence-first
+    or batch-first, it does not matter), optional ``nn.Embedding`` before it and ``nn.Linear``
+    after it.  The weights are copied; ``kwargs`` go to :class:`RecurrentStack` (dtype, device)."""
+    from torch import nn
+
+    if isinstance(rnn, nn.LSTM):
+        cell = "lstm"
+    elif isinstance(rnn, nn.GRU):
+        cell = "gru"
+    elif isinstance(rnn, nn.RNN):
+        cell = f"rnn_{nonlinearity or rnn.nonlinearity}"
+    else:
+        raise TypeError(f"expected nn.LSTM, nn.GRU or nn.RNN, got {type(rnn).__name__}")
+    cfg = StackConfig(
+        cell=cell, num_layers=rnn.num_layers, hidden_size=rnn.hidden_size, input_size=rnn.input_size,
+        vocab_size=None if embedding is None else embedding.num_embeddings,
+        bidirectional=rnn.bidirectional, bias=rnn.bias, proj_size=getattr(rnn, "proj_size", 0),
+        output_size=None if head is None else head.out_features,
+        head_bias=head is not None and head.bias is not None)
+    weights = {f"rnn.{k}": v for k, v in rnn.state_dict().items()}
+    if embedding is not None:
+        weights["embed.weight"] = embedding.weight
+    if head is not None:
+        weights["head.weight"] = head.weight
+        if head.bias is not None:
+            weights["head.bias"] = head.bias
+    kwargs.setdefault("dtype", next(rnn.parameters()).dtype)
+    return RecurrentStack(cfg, weights, tokenizer=tokenizer, source=f"<in-memory {type(rnn).__name__}>", **kwargs)

@@ -255,7 +255,7 @@ class BoundIntervention:
                 )
             self.value = v
         elif iv.op == "patch":
-            src = torch.as_tensor(np.asarray(source), dtype=dtype, device=device)
+            src = torch.tensor(np.asarray(source), dtype=dtype, device=device)
             if src.ndim == 1:
                 src = src.expand(T, -1)
             if src.ndim != 2:

@@ -133,7 +133,7 @@ class PrefixCache:
                 or getattr(model, "bidirectional", False) or len(last.sequences) != len(seqs)
                 or not want <= set(last.padded)):
             return 0
-        d = min(_common_prefix(old, new.data()) for old, new in zip(last.sequences, seqs))
+        d = min(_first_changed_token(old, new.data()) for old, new in zip(last.sequences, seqs))
         d = min(d, _first_changed_step(last.interventions, tuple(interventions)))
         T = max(len(s) for s in seqs)
         s = (min(d, T - 1) // chunk) * chunk
@@ -146,12 +146,14 @@ class PrefixCache:
                               tuple(interventions), padded, states)
 
 
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.any((a[:n] != b[:n]).reshape(n, -1), axis=1))
-    return int(diff[0]) if len(diff) else n
+def _first_changed_token(old: np.ndarray, new: np.ndarray) -> int:
+    """The first position where ``new`` differs from ``old``; "never" when ``new`` is ``old``
+    or a prefix of it (steps past a sequence's end are never read)."""
+    n = min(len(old), len(new))
+    diff = np.flatnonzero(np.any((old[:n] != new[:n]).reshape(n, -1), axis=1))
+    if len(diff):
+        return int(diff[0])
+    return 2**62 if len(new) <= len(old) else len(old)
 
 
 def _first_changed_step(old: tuple, new: tuple) -> int:

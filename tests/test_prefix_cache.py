@@ -1,0 +1,109 @@
+"""The prefix-state cache: a re-run that starts from a kept state equals a full re-run exactly."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import engine
+from engine import Intervention, PrefixCache, Span
+from engine.models.stack import from_torch
+
+
+def token_model(cell=nn.LSTM, seed=0, layers=2, **kw):
+    torch.manual_seed(seed)
+    return from_torch(cell(5, 12, layers, **kw), nn.Embedding(17, 5), nn.Linear(12 * (2 if kw.get("bidirectional") else 1), 17))
+
+
+def ids(T, seed=0):
+    return np.random.default_rng(seed).integers(0, 17, T)
+
+
+def assert_traces_equal(a, b):
+    assert a.probes == b.probes
+    for name in a.probes:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("t", [37, 40, 95])  # inside a chunk, on a chunk boundary, in the last chunk
+def test_intervention_rerun_from_cache_equals_full_rerun(cell, t):
+    model = token_model(cell)
+    x = ids(100)
+    cache = PrefixCache()
+    clean = engine.run(model, x, cache=cache, chunk=8)
+    iv = Intervention("layers.0.h", "add", 0.3, positions=Span(t), units=[2, 3])
+    cached = engine.run(model, x, interventions=[iv], cache=cache, chunk=8)
+    assert cache.last_start == (t // 8) * 8  # started late, at the chunk boundary before t
+    full = engine.run(model, x, interventions=[iv], chunk=8)
+    assert_traces_equal(cached, full)
+    for name in clean.probes:
+        np.testing.assert_array_equal(cached[name][:t], clean[name][:t], err_msg=name)
+    # and editing the value again re-runs from the cache again, still exactly
+    iv2 = Intervention("layers.0.h", "add", 0.6, positions=Span(t), units=[2, 3])
+    again = engine.run(model, x, interventions=[iv2], cache=cache, chunk=8)
+    assert cache.last_start == (t // 8) * 8
+    assert_traces_equal(again, engine.run(model, x, interventions=[iv2], chunk=8))
+
+
+def test_typing_more_text_reuses_the_prefix():
+    model = token_model()
+    cache = PrefixCache()
+    x = ids(120)
+    engine.run(model, x[:70], cache=cache, chunk=16)
+    longer = engine.run(model, x, cache=cache, chunk=16)
+    assert cache.last_start == 64
+    assert_traces_equal(longer, engine.run(model, x, chunk=16))
+
+
+def test_an_early_change_reruns_from_the_start_and_a_late_one_does_not():
+    model = token_model()
+    cache = PrefixCache()
+    x = ids(100)
+    engine.run(model, x, cache=cache, chunk=16)
+    y = x.copy()
+    y[3] = (y[3] + 1) % 17
+    engine.run(model, y, cache=cache, chunk=16)
+    assert cache.last_start == 0
+    z = y.copy()
+    z[90] = (z[90] + 1) % 17
+    out = engine.run(model, z, cache=cache, chunk=16)
+    assert cache.last_start == 80
+    assert_traces_equal(out, engine.run(model, z, chunk=16))
+
+
+def test_removing_an_intervention_reruns_from_where_it_acted():
+    model = token_model(nn.GRU)
+    cache = PrefixCache()
+    x = ids(90)
+    iv = Intervention("layers.1.gate_z", "scale", 0.5, positions=Span(50, 60))
+    engine.run(model, x, interventions=[iv], cache=cache, chunk=16)
+    out = engine.run(model, x, cache=cache, chunk=16)
+    assert cache.last_start == 48
+    assert_traces_equal(out, engine.run(model, x, chunk=16))
+
+
+def test_cache_is_not_used_when_it_cannot_be_exact():
+    model = token_model()
+    cache = PrefixCache()
+    x = ids(80)
+    engine.run(model, x, probes="layers.*.h", cache=cache, chunk=16)
+    engine.run(model, x, probes="*", cache=cache, chunk=16)  # asks for probes the cache lacks
+    assert cache.last_start == 0
+    other = token_model(seed=1)
+    engine.run(other, x, cache=cache, chunk=16)  # another model
+    assert cache.last_start == 0
+    bi = token_model(bidirectional=True)
+    engine.run(bi, x, cache=cache, chunk=16)
+    engine.run(bi, x, interventions=[Intervention("layers.0.h", "zero", positions=[70])], cache=cache, chunk=16)
+    assert cache.last_start == 0  # a backward direction sees the future: no prefix to reuse
+
+
+def test_batched_rerun_from_cache_equals_full_rerun():
+    model = token_model()
+    cache = PrefixCache()
+    xs = [ids(100, 1), ids(64, 2), ids(33, 3)]
+    engine.run(model, xs, cache=cache, chunk=16)
+    iv = Intervention("layers.1.c", "set", 0.0, positions=Span(50), units=[1])
+    cached = engine.run(model, xs, interventions=[iv], cache=cache, chunk=16)
+    assert cache.last_start == 48
+    assert_traces_equal(cached, engine.run(model, xs, interventions=[iv], chunk=16))

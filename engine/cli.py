@@ -1,0 +1,387 @@
+"""``seqscope``: the headless face of the engine.
+
+    seqscope info MODEL [--config JSON]
+    seqscope trace MODEL (--text TEXT | --input FILE [--input FILE ...]) [--probes GLOB ...]
+                   [--intervene JSON_OR_FILE ...] [--config JSON] [--chunk N] -o OUT.h5
+    seqscope export-lstmvis TRACE.h5 FOLDER [--probes GLOB ...] [--sequence N]
+
+``seqscope`` alone prints this help.  (The desktop workbench will take over ``seqscope`` with
+no arguments or with a path that is not a command; see :func:`_start_app`.  Nothing here may
+import Qt: ``engine`` stays usable without it.)
+
+Errors the engine raises on purpose (``SeqScopeError``) print ``seqscope: error: <message>``
+on stderr and exit with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError, SeqScopeError
+
+COMMANDS = ("info", "trace", "export-lstmvis")
+PROG = "seqscope"
+
+
+class CLIError(SeqScopeError):
+    """A command-line argument that cannot be used, with the reason."""
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage errors, in our format, status 2
+        self.print_usage(sys.stderr)
+        raise CLIError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = _Parser(prog=PROG, description="Inspect trained recurrent sequence models: record every internal "
+                "state of a run, intervene inside the recurrence, keep the results as HDF5 traces.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    info = sub.add_parser("info", help="describe a model: architecture, sizes, vocabulary, probe points",
+                          description="Describe a model: architecture, sizes, input kind, vocabulary, "
+                          "parameter count and every probe point with its shape.")
+    info.add_argument("model", metavar="MODEL", help="checkpoint file or folder")
+    info.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file, for "
+                      "checkpoints that do not carry one")
+
+    tr = sub.add_parser("trace", help="run a model on inputs and write a trace file",
+                        description="Run MODEL on text or input files, record the chosen probes and write "
+                        "an HDF5 trace file. Several --input files become several sequences of one trace.")
+    tr.add_argument("model", metavar="MODEL", help="checkpoint file or folder")
+    src = tr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="TEXT", help="the input text (token models)")
+    src.add_argument("--input", metavar="FILE", action="append",
+                     help="an input file: text for token models (.npy of integer ids also works), "
+                     ".npy/.csv (time x features) for numeric models; repeat for more sequences")
+    tr.add_argument("--probes", metavar="GLOB", nargs="+", default=["*"],
+                    help="probe names or globs to record, e.g. 'layers.*.c' logits (default: all)")
+    tr.add_argument("--intervene", metavar="JSON_OR_FILE", action="append", default=[],
+                    help="an intervention (JSON object or list) or a JSON file of them; repeatable. "
+                    "E.g. '{\"probe\": \"layers.0.c\", \"op\": \"zero\", \"units\": [3]}'")
+    tr.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
+    tr.add_argument("--chunk", metavar="N", type=int, default=None,
+                    help="steps per chunk (prefix-cache granularity and progress unit)")
+    tr.add_argument("--dtype", choices=("float16", "float32", "float64"), default=None,
+                    help="store arrays in this precision (default: as computed, normally float32)")
+    tr.add_argument("--compression", choices=("gzip", "lzf"), default=None, help="compress the arrays")
+    bar = tr.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show a progress bar on stderr")
+    bar.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="never show a progress bar (default: shown for long inputs on a terminal)")
+    tr.add_argument("-o", "--output", metavar="OUT.h5", required=True, help="trace file to write")
+
+    ex = sub.add_parser("export-lstmvis", help="write an LSTMVis project folder from a trace file",
+                        description="Write an LSTMVis project folder (lstm.yml, states.h5, words.dict) "
+                        "from a SeqScope trace file.")
+    ex.add_argument("trace", metavar="TRACE.h5", help="a trace file written by 'seqscope trace'")
+    ex.add_argument("folder", metavar="FOLDER", help="project folder to write (created if needed)")
+    ex.add_argument("--probes", metavar="GLOB", nargs="+", default=None,
+                    help="probes to export (default: every per-layer probe)")
+    ex.add_argument("--sequence", metavar="N", type=int, default=None,
+                    help="export only sequence N (default: all, concatenated)")
+    return p
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _read_json_arg(value: str, what: str):
+    """A JSON argument given inline or as the path of a JSON file."""
+    text = value
+    stripped = value.strip()
+    if not stripped.startswith(("{", "[")):
+        path = Path(value)
+        if not path.is_file():
+            raise CLIError(f"{what}: {value!r} is neither JSON nor an existing file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CLIError(f"{what}: cannot read {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{what}: not valid JSON ({exc})") from None
+
+
+def _load_model(path: str, config: str | None):
+    from . import load
+
+    kwargs = {}
+    if config is not None:
+        cfg = _read_json_arg(config, "--config")
+        if not isinstance(cfg, dict):
+            raise CLIError("--config must be a JSON object")
+        kwargs["config"] = cfg
+    return load(path, **kwargs)
+
+
+def _fmt_int(n) -> str:
+    return f"{int(n):,}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _piece_repr(p: str) -> str:
+    r = repr(p)
+    return r if len(r) <= 12 else r[:10] + "…'"
+
+
+# -- info ----------------------------------------------------------------------------------
+
+
+def describe_model(model) -> str:
+    """The text ``seqscope info`` prints."""
+    info = model.info() if hasattr(model, "info") else {}
+    cfg = getattr(model, "config", None)
+    try:
+        cfg_dict = json.loads(info["config"]) if isinstance(info.get("config"), str) else dict(info.get("config") or {})
+    except (ValueError, TypeError):
+        cfg_dict = {}
+    if not cfg_dict and cfg is not None and hasattr(cfg, "__dataclass_fields__"):
+        cfg_dict = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    lines = []
+    add = lambda k, v: lines.append(f"{k:<13} {v}")  # noqa: E731
+    add("model", info.get("source") or getattr(model, "source", "") or "(in memory)")
+    arch = info.get("architecture") or getattr(model, "architecture", "?")
+    parts = [str(arch)]
+    if "num_layers" in cfg_dict:
+        parts.append(f"{cfg_dict['num_layers']} layer{'s' if cfg_dict['num_layers'] != 1 else ''}")
+    if "hidden_size" in cfg_dict:
+        parts.append(f"hidden {cfg_dict['hidden_size']}")
+    if cfg_dict.get("proj_size"):
+        parts.append(f"projection {cfg_dict['proj_size']}")
+    if cfg_dict.get("bidirectional"):
+        parts.append("bidirectional")
+    add("architecture", ", ".join(parts))
+    if getattr(model, "takes_tokens", True):
+        tok = getattr(model, "tokenizer", None)
+        vocab = cfg_dict.get("vocab_size") or (tok.vocab_size if tok is not None else "?")
+        emb = f", embedding {cfg_dict['input_size']}" if "input_size" in cfg_dict else ""
+        add("input", f"tokens: vocabulary of {vocab}{emb}")
+        if tok is not None:
+            n = min(24, tok.vocab_size)
+            preview = " ".join(_piece_repr(tok.piece(i)) for i in range(n))
+            more = f" … (+{tok.vocab_size - n})" if tok.vocab_size > n else ""
+            add("vocabulary", f"{getattr(tok, 'kind', type(tok).__name__)}: {preview}{more}")
+        else:
+            add("vocabulary", "none stored: give token ids, not text")
+    else:
+        add("input", f"numeric: {cfg_dict.get('input_size', '?')} features per step")
+    if cfg_dict.get("output_size"):
+        add("output", f"linear head, {cfg_dict['output_size']} outputs (probe 'logits')")
+    add("parameters", _fmt_int(info.get("parameter_count", getattr(model, "parameter_count", 0))))
+    if info.get("dtype") or info.get("device"):
+        add("runs as", f"{info.get('dtype', '?')} on {info.get('device', '?')}")
+    specs = model.probe_specs()
+    lines.append(f"probes ({len(specs)}):")
+    width = max((len(s.name) for s in specs), default=0)
+    shapes = {s.name: "[" + ", ".join(map(str, s.shape)) + "]" for s in specs}
+    swidth = max((len(v) for v in shapes.values()), default=0)
+    for s in specs:
+        lines.append(f"  {s.name:<{width}}  {shapes[s.name]:<{swidth}}  {s.description}")
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> int:
+    model = _load_model(args.model, args.config)
+    print(describe_model(model))
+    return 0
+
+
+# -- trace ---------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """A one-line text bar for ``run(progress=...)``, redrawn at most ten times a second."""
+
+    def __init__(self, stream=None, label: str = "running", width: int = 30):
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label
+        self.width = width
+        self._last = 0.0
+        self._shown = False
+        self._start = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        frac = done / total if total else 1.0
+        filled = int(round(frac * self.width))
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {frac * 100:3.0f}% {now - self._start:5.1f} s")
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
+
+
+LONG_INPUT = 20_000  # tokens: from here on a progress bar is shown on a terminal
+
+
+def _read_inputs(model, files: list[str]):
+    import numpy as np
+
+    from .tokenizers import read_numeric
+
+    seqs = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise InputError(f"no input file {name}" if not path.exists() else f"{name} is not a file")
+        if not model.takes_tokens:
+            seqs.append(read_numeric(path))
+        elif path.suffix.lower() == ".npy":
+            try:
+                ids = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read token ids from {name}: {exc}") from None
+            seqs.append(ids)
+        else:
+            try:
+                seqs.append(path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{name} is not UTF-8 text (byte {exc.start}); token models read text files") from None
+            except OSError as exc:
+                raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
+    return seqs
+
+
+def _read_interventions(values: list[str]):
+    from .interventions import Intervention, InterventionError
+
+    out = []
+    for value in values:
+        data = _read_json_arg(value, "--intervene")
+        items = data if isinstance(data, list) else [data]
+        for d in items:
+            if not isinstance(d, dict):
+                raise InterventionError(f"--intervene: each intervention is a JSON object, got {d!r}")
+            try:
+                out.append(Intervention.from_dict(d))
+            except InterventionError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise InterventionError(f"--intervene: cannot read {json.dumps(d)}: {exc}") from None
+    return out
+
+
+def cmd_trace(args) -> int:
+    from .hdf5 import save_trace
+    from .probes import match_probes
+    from .run import DEFAULT_CHUNK, run
+
+    if args.chunk is not None and args.chunk < 1:
+        raise CLIError("--chunk must be a positive number of steps")
+    out = Path(args.output)
+    model = _load_model(args.model, args.config)
+    inputs = [args.text] if args.text is not None else _read_inputs(model, args.input)
+    try:
+        match_probes(args.probes, [s.name for s in model.probe_specs()])
+    except KeyError as exc:
+        raise CLIError(str(exc.args[0])) from None
+    interventions = _read_interventions(args.intervene)
+
+    longest = max((len(x) for x in inputs), default=0)
+    show = args.progress if args.progress is not None else (longest >= LONG_INPUT and sys.stderr.isatty())
+    bar = ProgressBar(sys.stderr, label=f"tracing {out.name}") if show else None
+    t0 = time.monotonic()
+    try:
+        trace = run(model, inputs, probes=args.probes, interventions=interventions,
+                    chunk=args.chunk or DEFAULT_CHUNK, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    save_trace(trace, out, dtype=args.dtype, compression=args.compression)
+    seconds = time.monotonic() - t0
+    n_iv = len(interventions)
+    print(f"wrote {out}: {trace.n_sequences} sequence{'s' if trace.n_sequences != 1 else ''}, "
+          f"{_fmt_int(trace.n_tokens)} tokens, {len(trace.probes)} probe{'s' if len(trace.probes) != 1 else ''}"
+          f"{f', {n_iv} intervention' + ('s' if n_iv != 1 else '') if n_iv else ''}, "
+          f"{_fmt_bytes(out.stat().st_size)} in {seconds:.1f} s")
+    return 0
+
+
+# -- export-lstmvis ------------------------------------------------------------------------
+
+
+def cmd_export_lstmvis(args) -> int:
+    from .hdf5 import export_lstmvis, load_trace
+
+    trace = load_trace(args.trace)
+    if args.sequence is not None and not 0 <= args.sequence < trace.n_sequences:
+        raise CLIError(f"--sequence {args.sequence}: the trace has sequences 0..{trace.n_sequences - 1}")
+    folder = export_lstmvis(trace, args.folder, probes=args.probes, sequence=args.sequence)
+    print(f"wrote LSTMVis project {folder} (lstm.yml, states.h5, words.dict) from {args.trace}")
+    return 0
+
+
+HANDLERS = {"info": cmd_info, "trace": cmd_trace, "export-lstmvis": cmd_export_lstmvis}
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def _start_app(argv: list[str]) -> int | None:
+    """Where the desktop workbench will start: ``seqscope`` with no arguments, or with a path
+    that is not a command.  Returns ``None`` while there is no app to start, and then the
+    command-line help is shown instead.  (The app must be imported here lazily, never at
+    module level: ``engine`` does not import Qt.)"""
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``seqscope`` command line; returns the exit status (0 ok, 2 error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+        status = _start_app(argv)
+        if status is not None:
+            return status
+        if argv:
+            parser.print_usage(sys.stderr)
+            print(f"{PROG}: error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}",
+                  file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return HANDLERS[args.command](args)
+    except SeqScopeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

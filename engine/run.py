@@ -111,35 +111,80 @@ class _LastRun:
     sequences: list[np.ndarray]
     interventions: tuple[Intervention, ...]
     padded: dict[str, torch.Tensor]  # probe -> [T, B, ...]
-    states: dict[tuple[int, int], dict[int, object]]  # (layer, direction) -> {step: state}
+    states: dict[tuple[int, int], dict[int, object]]  # (layer, direction) -> {chunk boundary: state}
 
 
 class PrefixCache:
-    """Keeps the last run's states every ``chunk`` steps; pass the same cache to successive
-    :func:`run` calls (the workbench's session holds one).  ``last_start`` says where the
-    latest run began (0 for a full run), for tests and benchmarks."""
+    """Keeps the last run's arrays and its states at chunk boundaries; pass the same cache to
+    successive :func:`run` calls (the workbench's session holds one).
+
+    A re-run restarts each layer at the first step where it can differ from the last run: at
+    that very step when the new run starts a fresh stretch there (the slider case: an edit
+    first acting at step t) and the last run recorded the state before it, otherwise at the
+    chunk boundary before it.  Layers that cannot differ are not run at all.
+    ``last_starts`` tells where each layer of the latest run began (empty for a full run)."""
 
     def __init__(self):
         self._last: _LastRun | None = None
-        self.last_start = 0
+        self.last_starts: list[int] = []
+
+    @property
+    def last_start(self) -> int:
+        """The earliest step the latest run computed (0 for a full run)."""
+        return min(self.last_starts) if self.last_starts else 0
 
     def clear(self):
         self._last = None
+        self.last_starts = []
 
-    def reusable_start(self, model, seqs, interventions, want, chunk) -> int:
-        """The step a new run may start from, with the reason folded into 0 when it cannot."""
+    def resume_for(self, model, seqs, interventions, want, plan, chunk):
+        """A ``Resume`` for a new run, or None when it must run from the start."""
+        from .probes import parse_probe
+
         last = self._last
         if (last is None or last.model() is not model or last.dtype != model.dtype or last.chunk != chunk
                 or getattr(model, "bidirectional", False) or len(last.sequences) != len(seqs)
-                or not want <= set(last.padded)):
-            return 0
-        d = min(_first_changed_token(old, new.data()) for old, new in zip(last.sequences, seqs))
-        d = min(d, _first_changed_step(last.interventions, tuple(interventions)))
+                or not want <= set(last.padded) or not hasattr(model, "state_from_arrays")):
+            return None
+        n_layers = len(model.cells)
+        if any(f"layers.{k}.h" not in last.padded for k in range(n_layers)):
+            return None
         T = max(len(s) for s in seqs)
-        s = (min(d, T - 1) // chunk) * chunk
-        if s <= 0 or any(s not in steps for steps in last.states.values()):
-            return 0
-        return s
+        never = 2**62
+        d_tokens = min(_first_changed_token(old, new.data()) for old, new in zip(last.sequences, seqs))
+        T_last = max(len(s) for s in last.sequences)
+        if T != T_last:  # a batch's last chunk ends at T: its values change when T does
+            d_tokens = min(d_tokens, (min(T, T_last) // chunk) * chunk)
+        changed = _changed_interventions(last.interventions, tuple(interventions))
+        if changed is None:
+            return None
+        first_change = [d_tokens] * n_layers
+        logits_from = d_tokens
+        for iv in changed:
+            layer, _ = parse_probe(iv.probe)
+            lowest = 0 if layer is None and iv.probe != "logits" else (n_layers if layer is None else layer)
+            for k in range(lowest, n_layers):
+                first_change[k] = min(first_change[k], iv.first_position)
+            logits_from = min(logits_from, iv.first_position)
+        starts, states = [], {}
+        for k, d in enumerate(first_change):
+            if d >= T:
+                starts.append(never)
+                continue
+            state = None
+            if d % chunk and model.starts_fresh_at(k, d, plan):
+                # inside a chunk, a fresh stretch starts from the recorded outputs of step d - 1
+                state = model.state_from_arrays(k, last.padded, d - 1)
+            if state is None:  # at the chunk boundary before d, from the state kept there
+                d = (d // chunk) * chunk
+                state = last.states.get((k, 0), {}).get(d) if d else None
+            if d == 0 or state is None:
+                return None
+            starts.append(d)
+            states[(k, 0)] = state
+        from .models.stack import Resume
+
+        return Resume(starts=starts, states=states, old=last.padded, logits_from=min(logits_from, T))
 
     def store(self, model, seqs, interventions, chunk, padded, states):
         self._last = _LastRun(weakref.ref(model), model.dtype, chunk, [s.data() for s in seqs],
@@ -156,17 +201,17 @@ def _first_changed_token(old: np.ndarray, new: np.ndarray) -> int:
     return 2**62 if len(new) <= len(old) else len(old)
 
 
-def _first_changed_step(old: tuple, new: tuple) -> int:
-    """The earliest step at which two intervention lists can act differently."""
-    if old == new and not any(isinstance(iv.value, PatchSource) for iv in new):
-        return 2**62
+def _changed_interventions(old: tuple, new: tuple):
+    """Interventions in one list and not the other (and every patch read from a file, whose
+    content may have changed); None when shared ones changed order, which matters at a
+    shared probe."""
     kept_old = [iv for iv in old if iv in new]
     kept_new = [iv for iv in new if iv in old]
-    if kept_old != kept_new:  # same edits, new order: order matters at a shared probe
-        return 0
+    if kept_old != kept_new:
+        return None
     changed = [iv for iv in old if iv not in new] + [iv for iv in new if iv not in old]
-    changed += [iv for iv in new if isinstance(iv.value, PatchSource)]  # the file may have changed
-    return min((iv.first_position for iv in changed), default=2**62)
+    changed += [iv for iv in new if isinstance(iv.value, PatchSource) and iv not in changed]
+    return changed
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -222,27 +267,24 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     x = x.to(device)
 
     plan = model.bind(interventions, lengths, _resolve_sources(interventions))
-    start = cache.reusable_start(model, seqs, interventions, want, chunk) if cache is not None else 0
+    if cache is not None:  # every layer's output (free: the fused kernel makes it) lets a re-run skip layers
+        want = want | {n for n, spec in spec_table.items() if spec.site == "h"}
+    resume = cache.resume_for(model, seqs, interventions, want, plan, chunk) if cache is not None else None
     states: dict = {}
-    start_states = {}
-    if start:
+    if resume is not None:  # boundary states before each layer's start stay valid
         for key, kept in cache._last.states.items():
-            states[key] = {step: st for step, st in kept.items() if step <= start}
-            start_states[key] = kept[start]
+            states[key] = {step: st for step, st in kept.items() if step <= resume.starts[key[0]]}
 
     def keep_state(key, step, state):
         states.setdefault(key, {})[step] = state
 
     with torch.no_grad():
-        out = model.forward(x, lengths, want, plan, chunk=chunk, start=start, start_states=start_states,
+        out = model.forward(x, lengths, want, plan, chunk=chunk, resume=resume,
                             keep_state=keep_state if cache is not None else None,
                             progress=progress, should_stop=should_stop)
-    if start:
-        old = cache._last.padded
-        out = {k: torch.cat([old[k][:start], v]) for k, v in out.items()}
     if cache is not None:
         cache.store(model, seqs, interventions, chunk, out, states)
-        cache.last_start = start
+        cache.last_starts = list(resume.starts) if resume is not None else []
     return _make_trace(model, seqs, names, spec_table, out, interventions)
 
 

@@ -1,4 +1,14 @@
-"""Test setup: Qt must never look for a screen, so the platform is set before Qt is imported."""
+"""Test setup.
+
+Qt must never look for a screen, so the platform is set before Qt is imported.  torch runs on
+one thread: on a 2-core machine that is busy with other work, several threads per tiny op make
+small models hundreds of times slower, and tests assert nothing about parallel speed.
+"""
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)

@@ -33,7 +33,7 @@ def test_intervention_rerun_from_cache_equals_full_rerun(cell, t):
     clean = engine.run(model, x, cache=cache, chunk=8)
     iv = Intervention("layers.0.h", "add", 0.3, positions=Span(t), units=[2, 3])
     cached = engine.run(model, x, interventions=[iv], cache=cache, chunk=8)
-    assert cache.last_start == (t // 8) * 8  # started late, at the chunk boundary before t
+    assert cache.last_starts == [t, t]  # both layers restart exactly at the edited step
     full = engine.run(model, x, interventions=[iv], chunk=8)
     assert_traces_equal(cached, full)
     for name in clean.probes:
@@ -41,7 +41,7 @@ def test_intervention_rerun_from_cache_equals_full_rerun(cell, t):
     # and editing the value again re-runs from the cache again, still exactly
     iv2 = Intervention("layers.0.h", "add", 0.6, positions=Span(t), units=[2, 3])
     again = engine.run(model, x, interventions=[iv2], cache=cache, chunk=8)
-    assert cache.last_start == (t // 8) * 8
+    assert cache.last_starts == [t, t]
     assert_traces_equal(again, engine.run(model, x, interventions=[iv2], chunk=8))
 
 
@@ -105,5 +105,75 @@ def test_batched_rerun_from_cache_equals_full_rerun():
     engine.run(model, xs, cache=cache, chunk=16)
     iv = Intervention("layers.1.c", "set", 0.0, positions=Span(50), units=[1])
     cached = engine.run(model, xs, interventions=[iv], cache=cache, chunk=16)
-    assert cache.last_start == 48
+    assert cache.last_starts[1] == 50 and cache.last_starts[0] >= 100  # layer 0 is not re-run
     assert_traces_equal(cached, engine.run(model, xs, interventions=[iv], chunk=16))
+
+
+def test_an_edit_in_an_upper_layer_does_not_rerun_the_layers_below():
+    model = token_model(layers=3)
+    cache = PrefixCache()
+    x = ids(100)
+    engine.run(model, x, cache=cache, chunk=16)
+    iv = Intervention("layers.2.gate_o", "scale", 0.0, positions=[70], units=[0])
+    out = engine.run(model, x, interventions=[iv], cache=cache, chunk=16)
+    assert cache.last_starts[:2] == [2**62, 2**62] and cache.last_starts[2] == 70
+    assert_traces_equal(out, engine.run(model, x, interventions=[iv], chunk=16))
+
+
+def test_without_the_cell_state_an_lstm_restarts_at_the_chunk_boundary():
+    model = token_model()
+    cache = PrefixCache()
+    x = ids(100)
+    engine.run(model, x, probes="layers.*.h", cache=cache, chunk=16)
+    iv = Intervention("layers.0.h", "zero", positions=[70])
+    out = engine.run(model, x, probes="layers.*.h", interventions=[iv], cache=cache, chunk=16)
+    assert cache.last_starts == [64, 64]
+    assert_traces_equal(out, engine.run(model, x, probes="layers.*.h", interventions=[iv], chunk=16))
+
+
+def test_a_second_edit_later_in_the_same_chunk_reuses_the_first():
+    model = token_model()
+    cache = PrefixCache()
+    x = ids(100)
+    first = Intervention("layers.0.c", "add", 1.0, positions=[66], units=[0])
+    engine.run(model, x, interventions=[first], cache=cache, chunk=32)
+    second = Intervention("layers.1.h", "zero", positions=[75])
+    out = engine.run(model, x, interventions=[first, second], cache=cache, chunk=32)
+    assert cache.last_starts[0] >= 100 and cache.last_starts[1] in (64, 67, 75)
+    assert_traces_equal(out, engine.run(model, x, interventions=[first, second], chunk=32))
+
+
+N_EDITS = 40
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_random_edit_sessions_always_match_full_runs(cell):
+    """A user steering: interventions added, changed and removed one after another, text
+    extended and edited; every cached re-run must equal a run from scratch, bit for bit."""
+    rng = np.random.default_rng(7)
+    model = token_model(cell, layers=2)
+    sites = [s.name for s in model.probe_specs() if s.layer is not None]
+    cache = PrefixCache()
+    x = ids(90)
+    ivs = []
+    for _ in range(N_EDITS):
+        action = rng.integers(0, 6)
+        if action == 0 or not ivs:
+            pos = int(rng.integers(1, len(x)))
+            ivs.append(Intervention(str(rng.choice(sites)), "add", float(rng.normal()),
+                                    positions=[pos] if rng.random() < 0.5 else Span(pos, pos + 5),
+                                    units=[int(rng.integers(0, 12))]))
+        elif action == 1:
+            k = int(rng.integers(0, len(ivs)))
+            ivs[k] = Intervention(ivs[k].probe, "add", float(rng.normal()), positions=ivs[k].positions, units=ivs[k].units)
+        elif action == 2:
+            ivs.pop(int(rng.integers(0, len(ivs))))
+        elif action == 3:
+            x = np.concatenate([x, ids(int(rng.integers(1, 20)), seed=int(rng.integers(1000)))])
+        elif action == 4 and len(x) > 40:
+            x = x[: len(x) - int(rng.integers(1, 20))]
+        else:
+            x = x.copy()
+            x[int(rng.integers(0, len(x)))] = int(rng.integers(0, 17))
+        cached = engine.run(model, x, interventions=ivs, cache=cache, chunk=16)
+        assert_traces_equal(cached, engine.run(model, x, interventions=ivs, chunk=16))

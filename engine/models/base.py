@@ -51,16 +51,19 @@ class RecurrentCell:
     #: sites ``state_at`` needs besides the output (the LSTM cell state)
     state_sites: frozenset = frozenset()
 
-    def recover(self, xp: torch.Tensor, y: torch.Tensor, state0, sites: set[str]) -> dict:
-        """Internals of a chunk run by ``fused``: ``records[site]`` is ``[steps, batch, width]``."""
+    def recover(self, x: torch.Tensor, y: torch.Tensor, state0, sites: set[str]) -> dict:
+        """Internals of a chunk that ``fused`` ran on inputs ``x`` from ``state0`` giving ``y``:
+        ``records[site]`` is ``[steps, batch, width]``."""
         raise NotImplementedError
 
     def state_at(self, y: torch.Tensor, records: dict, i: int):
         """The recurrent state after step ``i`` of a recovered chunk."""
         return y[i]
 
-    def step(self, xp_t: torch.Tensor, state, edit: Edit):
-        """One step; returns ``(output, new_state, records)`` with ``records[site]`` [batch, width]."""
+    def step(self, x_t: torch.Tensor, state, edit: Edit):
+        """One step from input ``x_t`` [batch, input]; returns ``(output, new_state, records)``
+        with ``records[site]`` [batch, width].  Computed from this step's values alone, so it
+        gives the same bits wherever a run started."""
         raise NotImplementedError
 
     def to(self, dtype=None, device=None) -> "RecurrentCell":

@@ -10,6 +10,7 @@ Weight rows are stacked r, z, n as in ``nn.GRU``.  Every internal depends only o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import RecurrentCell
@@ -60,12 +61,10 @@ class GRUCell(RecurrentCell):
         return y, hn[0]
 
     def input_projection(self, x):
-        xp = torch.matmul(x, self.w_ih.T)
-        return xp if self.b_ih is None else xp + self.b_ih
+        return F.linear(x, self.w_ih, self.b_ih)
 
     def _hidden_projection(self, h):
-        hp = torch.matmul(h, self.w_hh.T)
-        return hp if self.b_hh is None else hp + self.b_hh
+        return F.linear(h, self.w_hh, self.b_hh)
 
     def _gates(self, xp, hp):
         xr, xz, xn = xp.chunk(3, dim=-1)
@@ -74,15 +73,16 @@ class GRUCell(RecurrentCell):
         z = torch.sigmoid(xz + hz)
         return r, z, xn, hn
 
-    def recover(self, xp, y, state0, sites):
+    def recover(self, x, y, state0, sites):
         records = {"h": y}
         if sites - {"h"}:
-            r, z, xn, hn = self._gates(xp, self._hidden_projection(self.previous_outputs(y, state0)))
+            hp = self._hidden_projection(self.previous_outputs(y, state0))
+            r, z, xn, hn = self._gates(self.input_projection(x), hp)
             records.update(gate_r=r, gate_z=z, gate_n=torch.tanh(xn + r * hn))
         return {s: records[s] for s in sites}
 
-    def step(self, xp_t, state, edit):
-        r, z, xn, hn = self._gates(xp_t, self._hidden_projection(state))
+    def step(self, x_t, state, edit):
+        r, z, xn, hn = self._gates(self.input_projection(x_t), self._hidden_projection(state))
         r = edit("gate_r", r)
         z = edit("gate_z", z)
         n = edit("gate_n", torch.tanh(xn + r * hn))

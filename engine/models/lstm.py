@@ -9,6 +9,7 @@ Weight rows are stacked in the order i, f, g, o, exactly as in ``nn.LSTM``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import RecurrentCell
@@ -36,6 +37,7 @@ class LSTMCell(RecurrentCell):
                 self.module.bias_hh_l0.copy_(b_hh)
             if w_hr is not None:
                 self.module.weight_hr_l0.copy_(w_hr)
+        self.to()
 
     # parameters, read from the module so `to()` moves them all at once
     @property
@@ -64,6 +66,7 @@ class LSTMCell(RecurrentCell):
 
     def to(self, dtype=None, device=None):
         self.module.to(device=device, dtype=dtype)
+        self._joint = _joint_weights(self.w_ih, self.w_hh, self.b_ih, self.b_hh)
         return self
 
     def initial_state(self, batch, dtype, device):
@@ -77,18 +80,17 @@ class LSTMCell(RecurrentCell):
         return y, (hn[0], cn[0])
 
     def input_projection(self, x):
-        xp = torch.matmul(x, self.w_ih.T)
-        return xp if self.b_ih is None else xp + self.b_ih
+        return F.linear(x, self.w_ih, self.b_ih)
 
     def _hidden_projection(self, h):
-        hp = torch.matmul(h, self.w_hh.T)
-        return hp if self.b_hh is None else hp + self.b_hh
+        return F.linear(h, self.w_hh, self.b_hh)
 
-    def recover(self, xp, y, state0, sites):
+    def recover(self, x, y, state0, sites):
         if not sites - {"h"}:
             return {"h": y} if sites else {}
         h0, c0 = state0
-        pre = xp + self._hidden_projection(self.previous_outputs(y, h0))
+        # all gates of the chunk in one matmul: [x_t, h_(t-1)] @ [W_ih, W_hh]^T
+        pre = F.linear(torch.cat([x, self.previous_outputs(y, h0)], dim=-1), *self._joint)
         i, f, g, o = pre.chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
         # The cell state is a true recurrence: one fused multiply-add per step.
@@ -105,9 +107,9 @@ class LSTMCell(RecurrentCell):
     def state_at(self, y, records, i):
         return (y[i], records["c"][i])
 
-    def step(self, xp_t, state, edit):
+    def step(self, x_t, state, edit):
         h, c = state
-        pre = xp_t + self._hidden_projection(h)
+        pre = F.linear(torch.cat([x_t, h], dim=-1), *self._joint)
         i, f, g, o = pre.chunk(4, dim=-1)
         i = edit("gate_i", torch.sigmoid(i))
         f = edit("gate_f", torch.sigmoid(f))
@@ -116,7 +118,13 @@ class LSTMCell(RecurrentCell):
         c = edit("c", f * c + i * g)
         h = o * torch.tanh(c)
         if self.w_hr is not None:
-            h = torch.matmul(h, self.w_hr.T)
+            h = F.linear(h, self.w_hr)
         h = edit("h", h)
         records = {"h": h, "c": c, "gate_i": i, "gate_f": f, "gate_g": g, "gate_o": o}
         return h, (h, c), records
+
+
+def _joint_weights(w_ih, w_hh, b_ih, b_hh):
+    """``[W_ih, W_hh]`` side by side and ``b_ih + b_hh``: one matmul gives every gate."""
+    bias = None if b_ih is None else b_ih + b_hh
+    return torch.cat([w_ih, w_hh], dim=1), bias

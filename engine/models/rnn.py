@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import RecurrentCell
@@ -56,20 +57,18 @@ class ElmanCell(RecurrentCell):
         return y, hn[0]
 
     def input_projection(self, x):
-        xp = torch.matmul(x, self.w_ih.T)
-        return xp if self.b_ih is None else xp + self.b_ih
+        return F.linear(x, self.w_ih, self.b_ih)
 
     def _pre(self, xp, h):
-        hp = torch.matmul(h, self.w_hh.T)
-        return xp + (hp if self.b_hh is None else hp + self.b_hh)
+        return xp + F.linear(h, self.w_hh, self.b_hh)
 
-    def recover(self, xp, y, state0, sites):
+    def recover(self, x, y, state0, sites):
         records = {"h": y}
         if "pre" in sites:
-            records["pre"] = self._pre(xp, self.previous_outputs(y, state0))
+            records["pre"] = self._pre(self.input_projection(x), self.previous_outputs(y, state0))
         return {s: records[s] for s in sites}
 
-    def step(self, xp_t, state, edit):
-        pre = edit("pre", self._pre(xp_t, state))
+    def step(self, x_t, state, edit):
+        pre = edit("pre", self._pre(self.input_projection(x_t), state))
         h = edit("h", self.act(pre))
         return h, h, {"h": h, "pre": pre}

@@ -264,32 +264,44 @@ class RecurrentStack:
 
     # -- the forward pass -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
-                chunk: int = 64, start: int = 0, start_states: dict | None = None,
-                keep_state: Callable | None = None, progress: Callable | None = None,
-                should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
-        """Run steps ``start..T-1`` of a padded, time-major batch.
+                chunk: int = 64, resume: "Resume | None" = None, keep_state: Callable | None = None,
+                progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
+        """Run a padded, time-major batch: ``x`` is ``[T, B]`` token ids or ``[T, B, F]`` numeric
+        inputs.  Returns ``{probe: [T, B, ...]}`` for the probes in ``want``.
 
-        ``x`` is ``[T, B]`` token ids or ``[T, B, F]`` numeric inputs (all T steps; only
-        ``start:`` is read).  Returns ``{probe: [T - start, B, ...]}`` for the probes in
-        ``want``.  With ``start > 0``, ``start_states[(layer, direction)]`` is the state
-        entering step ``start``; ``keep_state((layer, direction), step, state)`` is called
-        at every chunk boundary.
+        ``resume`` (from the prefix cache) says where each layer restarts and from which state;
+        steps before a layer's start are taken from the previous run's arrays.
+        ``keep_state((layer, direction), step, state)`` is called at every chunk boundary.
         """
         plan = plan or EditPlan()
         T = x.shape[0]
-        if start and (start % chunk or self.bidirectional):
-            raise ValueError("a run can start late only at a chunk boundary of a unidirectional model")
+        L = len(self.cells)
+        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
+        old = resume.old if resume else {}
+        if resume and self.bidirectional:
+            raise ValueError("a bidirectional model always runs from the start")
+
+        def stitched(name, new, s):
+            """The previous run's steps before ``s``, then the new ones."""
+            if s == 0:
+                return new
+            if s >= T:
+                return old[name][:T]
+            return torch.cat([old[name][:s], new])
+
         out: dict[str, torch.Tensor] = {}
+        s0 = starts[0]
         if self.embed is not None:
-            h = F.embedding(x[start:], self.embed)
+            below = F.embedding(x[s0:], self.embed)
             for e in plan.whole.get("embed", []):
-                h = e.apply_all(h, start)
+                below = e.apply_all(below, s0)
             if "embed" in want:
-                out["embed"] = h
+                out["embed"] = stitched("embed", below, s0)
         else:
-            h = x[start:].to(self.dtype)
-        B = h.shape[1]
-        total = len(self.cells) * self.config.directions * max(1, -(-(T - start) // chunk))
+            below = x[s0:].to(self.dtype)
+        below_from, below_name = s0, "embed"
+        B = below.shape[1]
+        total = max(1, sum(self.config.directions * -(-(T - s) // chunk) for s in starts if s < T))
         done = [0]
 
         def tick():
@@ -299,34 +311,87 @@ class RecurrentStack:
             if progress is not None:
                 progress(done[0], total)
 
-        rev = reverse_index(lengths, T, self.device)[start:] if self.bidirectional else None
+        # The first edited step below a layer: there the layer's input first differs from a run
+        # without edits, and the layer starts a new fused stretch (so a re-run can start there).
+        first_edit = min((int(e.steps[0]) for e in plan.whole.get("embed", []) if len(e.steps)), default=None)
+        rev = reverse_index(lengths, T, self.device) if self.bidirectional else None
         for k, layer in enumerate(self.cells):
+            name_h = layer_probe(k, "h")
             want_sites = {s for s in layer[0].sites if layer_probe(k, s) in want}
-            ys, recs = [], []
-            for d, cell in enumerate(layer):
-                xin = _gather_time(h, rev) if d else h
-                state = (start_states or {}).get((k, d)) if start else None
-                if state is None:
-                    state = cell.initial_state(B, self.dtype, self.device)
-                keep = (lambda step, st, key=(k, d): keep_state(key, step, st)) if keep_state else None
-                y, rec = _run_direction(cell, xin, start, state, chunk, want_sites,
-                                        plan.layer.get((k, d), {}), keep, tick)
-                if d:
-                    y = _gather_time(y, rev)
-                    rec = {s: _gather_time(v, rev) for s, v in rec.items()}
-                ys.append(y)
-                recs.append(rec)
-            h = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
-            for s in want_sites:
-                out[layer_probe(k, s)] = recs[0][s] if len(recs) == 1 else torch.cat([r[s] for r in recs], dim=-1)
-        if self.head_weight is not None and ("logits" in want or plan.whole.get("logits")):
-            # chunk by chunk, so a cached re-run multiplies the same shapes as a full run
-            logits = torch.cat([F.linear(h[a : a + chunk], self.head_weight, self.head_bias)
-                                for a in range(0, h.shape[0], chunk)])
-            for e in plan.whole.get("logits", []):
-                logits = e.apply_all(logits, start)
-            out["logits"] = logits
-        return {k: v for k, v in out.items() if k in want}
+            s = starts[k]
+            if s >= T:  # unchanged since the previous run
+                for site in want_sites:
+                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
+                below, below_from, below_name = old[name_h][:T], 0, name_h
+            else:
+                xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
+                ys, recs = [], []
+                for d, cell in enumerate(layer):
+                    state = resume.states[(k, d)] if s else cell.initial_state(B, self.dtype, self.device)
+                    keep = (lambda step, st, key=(k, d): keep_state(key, step, st)) if keep_state else None
+                    breaks = [first_edit] if first_edit is not None and not self.bidirectional else []
+                    xd = _gather_time(xin, rev) if d else xin
+                    y, rec = _run_direction(cell, xd, s, state, chunk, want_sites, plan.layer.get((k, d), {}),
+                                            keep, tick, breaks)
+                    if d:
+                        y = _gather_time(y, rev)
+                        rec = {site: _gather_time(v, rev) for site, v in rec.items()}
+                    ys.append(y)
+                    recs.append(rec)
+                below = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+                below_from, below_name = s, name_h
+                for site in want_sites:
+                    new = recs[0][site] if len(recs) == 1 else torch.cat([r[site] for r in recs], dim=-1)
+                    out[layer_probe(k, site)] = stitched(layer_probe(k, site), new, s)
+            steps = plan.steps_for((k, 0)) + plan.steps_for((k, 1))
+            if steps:
+                first_edit = min(steps) if first_edit is None else min(first_edit, min(steps))
+        if self.head_weight is not None and "logits" in want:
+            # Chunk by chunk from a chunk boundary, so a re-run multiplies the same shapes as a
+            # full run and gets the same bits.
+            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
+            if a0 < T:
+                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
+                logits = torch.cat([F.linear(h[i : i + chunk].clone(), self.head_weight, self.head_bias)
+                                    for i in range(0, h.shape[0], chunk)])
+                for e in plan.whole.get("logits", []):
+                    logits = e.apply_all(logits, a0)
+                out["logits"] = stitched("logits", logits, a0)
+            else:
+                out["logits"] = old["logits"][:T]
+        return out
+
+    # -- what the prefix cache needs to know ------------------------------------------------
+    def state_from_arrays(self, layer: int, arrays: dict, step: int):
+        """The state after ``step`` of a unidirectional layer, read from a run's padded arrays
+        (None when they lack a part of it)."""
+        h = arrays.get(layer_probe(layer, "h"))
+        if h is None:
+            return None
+        if self.config.cell != "lstm":
+            return h[step]
+        c = arrays.get(layer_probe(layer, "c"))
+        return None if c is None else (h[step], c[step])
+
+    def starts_fresh_at(self, layer: int, step: int, plan: EditPlan) -> bool:
+        """Whether a run with ``plan`` begins a new stretch of layer ``layer`` at ``step``: an
+        edit of the layer acts there, or the first edit below it does."""
+        if step in plan.steps_for((layer, 0)):
+            return True
+        below = [int(e.steps[0]) for e in plan.whole.get("embed", []) if len(e.steps)]
+        for k in range(layer):
+            below += plan.steps_for((k, 0))[:1]
+        return bool(below) and min(below) == step
+
+
+@dataclass
+class Resume:
+    """How a re-run reuses the previous run (built by ``engine.run.PrefixCache``)."""
+
+    starts: list[int]  # per layer: first step to compute; >= T means unchanged
+    states: dict  # (layer, direction) -> state entering that layer's start
+    old: dict  # the previous run's padded arrays
+    logits_from: int  # first step whose logits may change
 
 
 def _direction_part(iv: Intervention, source, width: int, d: int, directions: int):
@@ -352,59 +417,60 @@ def _direction_part(iv: Intervention, source, width: int, d: int, directions: in
     return part, source
 
 
-def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edits, keep, tick):
-    """One direction of one layer over steps ``start..`` in chunks; see the module docstring."""
+def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edits, keep, tick, breaks=()):
+    """One direction of one layer over steps ``start..`` (``x`` holds those steps).
+
+    Chunks end at multiples of ``chunk``.  Inside a chunk, a stretch without edits comes from
+    one fused call from the stretch's first step to the chunk's end, whatever comes later:
+    every value before a step is computed the same way whatever happens at or after it, so
+    a re-run that starts at a stretch start (a chunk boundary, an edited step, a break)
+    from the recorded state reproduces a full run bit for bit.
+    """
     T = start + x.shape[0]
     edit_steps = sorted({int(s) for es in edits.values() for e in es for s in e.steps if s >= start})
+    breaks = sorted(b for b in breaks if start < b < T)
     ys = []
     recs: dict[str, list] = {s: [] for s in want_sites}
-    e_i = 0
-    for a in range(start, T, chunk):
-        b = min(a + chunk, T)
-        xa = x[a - start : b - start]
-        while e_i < len(edit_steps) and edit_steps[e_i] < a:
-            e_i += 1
-        t0 = edit_steps[e_i] if e_i < len(edit_steps) and edit_steps[e_i] < b else None
-        if t0 is None:
-            y, new_state = cell.fused(xa, state)
-            ys.append(y)
-            if want_sites:
-                rec = cell.recover(cell.input_projection(xa), y, state, want_sites)
-                for s in want_sites:
-                    recs[s].append(rec[s])
-        else:
-            xp = cell.input_projection(xa)
-            st = state
-            if t0 > a:
-                # Steps before the first edit: the same kernels on the same shapes as a clean
-                # run, so they come out bit-identical to it.
-                y_clean, _ = cell.fused(xa, state)
-                rec = cell.recover(xp, y_clean, state, want_sites | cell.state_sites)
-                st = cell.state_at(y_clean, rec, t0 - a - 1)
-                ys.append(y_clean[: t0 - a])
-                for s in want_sites:
-                    recs[s].append(rec[s][: t0 - a])
-            step_y, step_rec = [], {s: [] for s in want_sites}
-            for t in range(t0, b):
-                active = {site: [e for e in es if e.active_at(t)] for site, es in edits.items()}
 
-                def edit(site, v, active=active, t=t):
+    def take(y, rec, n):
+        ys.append(y[:n])
+        for s in want_sites:
+            recs[s].append(rec[s][:n])
+
+    a = start
+    while a < T:
+        b = min((a // chunk + 1) * chunk, T)
+        todo = [t for t in edit_steps if a <= t < b]
+        cuts = [t for t in breaks if a < t < b]
+        xa = x[a - start : b - start]
+        o = a
+        while o < b:
+            if todo and todo[0] == o:  # an edited step, written out with its edits
+                todo.pop(0)
+                active = {site: [e for e in es if e.active_at(o)] for site, es in edits.items()}
+
+                def edit(site, v, active=active, t=o):
                     for e in active.get(site, ()):
                         v = e.apply_step(v, t)
                     return v
 
-                y_t, st, rec_t = cell.step(xp[t - a], st, edit)
-                step_y.append(y_t)
-                for s in want_sites:
-                    step_rec[s].append(rec_t[s])
-            ys.append(torch.stack(step_y))
-            for s in want_sites:
-                recs[s].append(torch.stack(step_rec[s]))
-            new_state = st
-        state = new_state
+                y_t, state, rec_t = cell.step(xa[o - a].clone(), state, edit)
+                take(y_t[None], {s: rec_t[s][None] for s in want_sites}, 1)
+                o += 1
+                continue
+            stop = min([b] + todo[:1] + [t for t in cuts if t > o][:1])
+            # A fresh copy: the kernels' results can depend on where the data sits in memory.
+            xs = xa[o - a :].clone()
+            y, end_state = cell.fused(xs, state)
+            sites = want_sites | (cell.state_sites if stop < b else frozenset())
+            rec = cell.recover(xs, y, state, sites) if sites else {}
+            take(y, rec, stop - o)
+            state = end_state if stop == b else cell.state_at(y, rec, stop - o - 1)
+            o = stop
         if keep is not None:
             keep(b, state)
         tick()
+        a = b
     y = torch.cat(ys) if len(ys) > 1 else ys[0]
     return y, {s: (torch.cat(v) if len(v) > 1 else v[0]) for s, v in recs.items()}
 

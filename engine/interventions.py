@@ -162,7 +162,7 @@ class Intervention:
         if isinstance(value, PatchSource):
             value = {"file": value.file, "probe": value.probe, "sequence": value.sequence}
         elif isinstance(value, np.ndarray):
-            value = {"array": value.tolist()}
+            value = {"array": value.tolist(), "dtype": str(value.dtype)}
         elif isinstance(value, tuple):
             value = list(value)
         positions = self.positions
@@ -183,7 +183,7 @@ class Intervention:
         value = d.get("value")
         if isinstance(value, dict):
             if "array" in value:
-                value = np.asarray(value["array"], dtype=np.float32)
+                value = np.asarray(value["array"], dtype=np.dtype(value.get("dtype", "float32")))
             elif "file" in value:
                 value = PatchSource(value["file"], value.get("probe"), int(value.get("sequence", 0)))
             else:

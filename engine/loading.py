@@ -1050,8 +1050,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
 
 
 def _attach_info(model: RecurrentStack, found: _Found, cfg: StackConfig, notes: list[str], vocab_src):
-    model.load_notes = tuple(notes)
-    model.load_format = found.fmt
+    """Record how the model was read: shown by ``model.info()`` and kept in trace files."""
     extra = {"format": found.fmt}
     if found.container:
         extra["weights_from"] = found.container
@@ -1062,14 +1061,7 @@ def _attach_info(model: RecurrentStack, found: _Found, cfg: StackConfig, notes: 
         extra["vocabulary"] = str(vocab_src) if model.tokenizer is not None else ""
     if notes:
         extra["notes"] = "\n".join(notes)
-    base = model.info
-
-    def info() -> dict:
-        d = base()
-        d.update(extra)
-        return d
-
-    model.info = info
+    model.load_info.update(extra)
 
 
 def _inference_message(found: _Found, failure: str, tensors, back, config_given=False) -> str:

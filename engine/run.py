@@ -25,7 +25,7 @@ from .interventions import Intervention, InterventionError, PatchSource
 from .probes import match_probes
 from .trace import Trace
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 256  # steps between kept states; also the longest fused kernel call
 
 
 @dataclass
@@ -259,11 +259,11 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     if model.takes_tokens:
         x = torch.zeros(T, B, dtype=torch.long)
         for b, s in enumerate(seqs):
-            x[: len(s), b] = torch.from_numpy(s.ids)
+            x[: len(s), b] = torch.tensor(s.ids)
     else:
         x = torch.zeros(T, B, model.config.input_size, dtype=model.dtype)
         for b, s in enumerate(seqs):
-            x[: len(s), b] = torch.from_numpy(s.values).to(model.dtype)
+            x[: len(s), b] = torch.tensor(s.values, dtype=model.dtype)
     x = x.to(device)
 
     plan = model.bind(interventions, lengths, _resolve_sources(interventions))
@@ -296,8 +296,14 @@ def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:
         t = padded[name]
         if t.dtype not in (torch.float32, torch.float64):
             t = t.float()
-        parts = [t[:L, b] for b, L in enumerate(lengths)]
-        whole = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(lengths) == 1:
+            whole = t[: lengths[0], 0]
+        else:  # sequence-major, then each sequence's real steps one after another
+            by_seq = t.transpose(0, 1).contiguous()
+            if min(lengths) == by_seq.shape[1]:
+                whole = by_seq.reshape(-1, *by_seq.shape[2:])
+            else:
+                whole = torch.cat([by_seq[b, :L] for b, L in enumerate(lengths)])
         arrays[name] = whole.cpu().numpy()
     if model.takes_tokens:
         tokens = np.concatenate([s.ids for s in seqs])

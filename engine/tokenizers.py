@@ -80,7 +80,8 @@ class CharVocab:
         return np.asarray(ids, dtype=np.int64), list(text)
 
     def piece(self, i: int) -> str:
-        return self.pieces[i]
+        """The text of id ``i`` ("" for ids past the vocabulary, which an embedding may have)."""
+        return self.pieces[i] if 0 <= i < len(self.pieces) else ""
 
 
 class FileTokenizer:

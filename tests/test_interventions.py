@@ -181,6 +181,7 @@ def test_json_round_trip(tmp_path):
         Intervention("layers.0.h", "add", 0.5, positions=[1, 4, 2]),
         Intervention("layers.0.h", "patch", PatchSource("other.h5", "layers.0.h", 1), positions=Span(10)),
         Intervention("embed", "patch", np.arange(6, dtype=np.float32).reshape(3, 2)),
+        Intervention("embed", "patch", np.linspace(0, 1, 4).reshape(2, 2)),  # float64 stays float64
     ]
     again = interventions_from_json(interventions_to_json(ivs))
     assert again == ivs

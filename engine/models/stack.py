@@ -148,6 +148,8 @@ class RecurrentStack:
         self.config = config
         self.tokenizer = tokenizer
         self.source = str(source)
+        #: how a loader read the model (format, notes); merged into :meth:`info`
+        self.load_info: dict = {}
         self.architecture = config.cell
         self.dtype = dtype
         self.device = torch.device(device)
@@ -191,6 +193,7 @@ class RecurrentStack:
             "parameter_count": self.parameter_count,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
+            **self.load_info,
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -429,13 +432,16 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
     T = start + x.shape[0]
     edit_steps = sorted({int(s) for es in edits.values() for e in es for s in e.steps if s >= start})
     breaks = sorted(b for b in breaks if start < b < T)
-    ys = []
-    recs: dict[str, list] = {s: [] for s in want_sites}
+    B = x.shape[1]
+    y_out = x.new_empty(T - start, B, cell.output_size)
+    rec_out = {s: x.new_empty(T - start, B, cell.site_width(s)) for s in want_sites}
 
-    def take(y, rec, n):
-        ys.append(y[:n])
+    def take(y, rec, n, at):
+        """Keep the first ``n`` steps of ``y`` and ``rec`` as steps ``at..at+n-1``."""
+        i = at - start
+        y_out[i : i + n] = y[:n]
         for s in want_sites:
-            recs[s].append(rec[s][:n])
+            rec_out[s][i : i + n] = rec[s][:n]
 
     a = start
     while a < T:
@@ -455,7 +461,7 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
                     return v
 
                 y_t, state, rec_t = cell.step(xa[o - a].clone(), state, edit)
-                take(y_t[None], {s: rec_t[s][None] for s in want_sites}, 1)
+                take(y_t[None], {s: rec_t[s][None] for s in want_sites}, 1, o)
                 o += 1
                 continue
             stop = min([b] + todo[:1] + [t for t in cuts if t > o][:1])
@@ -464,15 +470,14 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
             y, end_state = cell.fused(xs, state)
             sites = want_sites | (cell.state_sites if stop < b else frozenset())
             rec = cell.recover(xs, y, state, sites) if sites else {}
-            take(y, rec, stop - o)
+            take(y, rec, stop - o, o)
             state = end_state if stop == b else cell.state_at(y, rec, stop - o - 1)
             o = stop
         if keep is not None:
             keep(b, state)
         tick()
         a = b
-    y = torch.cat(ys) if len(ys) > 1 else ys[0]
-    return y, {s: (torch.cat(v) if len(v) > 1 else v[0]) for s, v in recs.items()}
+    return y_out, rec_out
 
 
 def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=None, **kwargs) -> RecurrentStack:

@@ -82,12 +82,24 @@ def median_times(contenders: dict, repeats: int) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench(cell_cls, T, B, repeats, chunk):
+def synced(f, device):
+    if device.type != "cuda":
+        return f
+
+    def g():
+        f()
+        torch.cuda.synchronize()
+
+    return g
+
+
+def bench(cell_cls, T, B, repeats, chunk, device):
     torch.manual_seed(0)
     rnn = cell_cls(FEATURES, HIDDEN, LAYERS).eval()
-    model = from_torch(rnn)
+    model = from_torch(rnn, device=device)
     x = torch.randn(T, B, FEATURES)
     seqs = [x[:, b].numpy() for b in range(B)]
+    rnn, x = rnn.to(device), x.to(device)
     t_slider = int(0.9 * T)
     cache = engine.PrefixCache()
     engine.run(model, seqs, cache=cache, chunk=chunk)
@@ -102,7 +114,7 @@ def bench(cell_cls, T, B, repeats, chunk):
     def rerun_full():
         engine.run(model, seqs, interventions=slider(0.5), chunk=chunk)
 
-    grown = torch.cat([x, torch.randn(1, B, FEATURES)]).numpy()
+    grown = torch.cat([x.cpu(), torch.randn(1, B, FEATURES)]).numpy()
     typing_cache = engine.PrefixCache()
     typed = iter(range(10**9))
 
@@ -121,7 +133,7 @@ def bench(cell_cls, T, B, repeats, chunk):
         }
         if T * B <= 4096 * 1:
             contenders["typing_cached"] = typing_cached
-        t = median_times(contenders, repeats)
+        t = median_times({k: synced(f, device) for k, f in contenders.items()}, repeats)
     row = (f"{cell_cls.__name__:5s} T={T:5d} B={B:3d} | bare {t['bare'] * 1e3:8.1f} ms  capture "
            f"{t['capture'] * 1e3:8.1f} ms  naive {t['naive'] * 1e3:8.1f} ms  slider re-run "
            f"{t['rerun_cached'] * 1e3:7.1f} ms | (a) capture/bare {t['capture'] / t['bare']:5.2f}x  "
@@ -138,16 +150,19 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, chunk {args.chunk}, "
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, chunk {args.chunk}, "
           f"{LAYERS} layers x hidden {HIDDEN}, {FEATURES} input features; medians of {args.repeats}")
     sizes = [(1024, 1)] if args.quick else [(1024, 1), (1024, 32), (4096, 1), (4096, 32)]
     for cell in (nn.LSTM, nn.GRU):
         for T, B in sizes:
             big = T * B > 4096 * 8
-            bench(cell, T, B, max(1, args.repeats // 2) if big else args.repeats, args.chunk)
+            bench(cell, T, B, max(1, args.repeats // 2) if big else args.repeats, args.chunk, device)
 
 
 if __name__ == "__main__":

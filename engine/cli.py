@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Describe a model: architecture, sizes, input kind, vocabulary, "
                           "parameter count and every probe point with its shape.")
     info.add_argument("model", metavar="MODEL", help="checkpoint file or folder")
+    info.add_argument("--device", default="cpu", help="where to load the model (default: cpu)")
     info.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file, for "
                       "checkpoints that do not carry one")
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an intervention (JSON object or list) or a JSON file of them; repeatable. "
                     "E.g. '{\"probe\": \"layers.0.c\", \"op\": \"zero\", \"units\": [3]}'")
     tr.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
+    tr.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     tr.add_argument("--chunk", metavar="N", type=int, default=None,
                     help="steps per chunk (prefix-cache granularity and progress unit)")
     tr.add_argument("--dtype", choices=("float16", "float32", "float64"), default=None,
@@ -114,10 +116,10 @@ def _read_json_arg(value: str, what: str):
         raise CLIError(f"{what}: not valid JSON ({exc})") from None
 
 
-def _load_model(path: str, config: str | None):
+def _load_model(path: str, config: str | None, device: str | None = None):
     from . import load
 
-    kwargs = {}
+    kwargs = {"device": device}
     if config is not None:
         cfg = _read_json_arg(config, "--config")
         if not isinstance(cfg, dict):
@@ -200,7 +202,7 @@ def describe_model(model) -> str:
 
 
 def cmd_info(args) -> int:
-    model = _load_model(args.model, args.config)
+    model = _load_model(args.model, args.config, args.device)
     print(describe_model(model))
     return 0
 
@@ -296,7 +298,7 @@ def cmd_trace(args) -> int:
     if args.chunk is not None and args.chunk < 1:
         raise CLIError("--chunk must be a positive number of steps")
     out = Path(args.output)
-    model = _load_model(args.model, args.config)
+    model = _load_model(args.model, args.config, args.device)
     inputs = [args.text] if args.text is not None else _read_inputs(model, args.input)
     try:
         match_probes(args.probes, [s.name for s in model.probe_specs()])

@@ -14,6 +14,7 @@ a full re-run exactly.
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -236,6 +237,23 @@ def _resolve_sources(interventions: Sequence[Intervention]) -> dict[int, np.ndar
     return sources
 
 
+@contextmanager
+def _exact_cuda(device):
+    """On a GPU: full float32 precision (no TF32, which cuDNN and cuBLAS may use by default and
+    which costs about three decimal digits) and deterministic cuDNN kernels, so that a re-run
+    gives the same bits.  Torch keeps these flags process-wide; they are restored on exit."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
 def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *,
         cache: PrefixCache | None = None, chunk: int = DEFAULT_CHUNK,
         progress: Callable[[int, int], None] | None = None,
@@ -278,7 +296,7 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     def keep_state(key, step, state):
         states.setdefault(key, {})[step] = state
 
-    with torch.no_grad():
+    with torch.no_grad(), _exact_cuda(device):
         out = model.forward(x, lengths, want, plan, chunk=chunk, resume=resume,
                             keep_state=keep_state if cache is not None else None,
                             progress=progress, should_stop=should_stop)

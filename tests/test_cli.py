@@ -86,7 +86,7 @@ def test_trace_text_matches_engine(capsys, char_model, tmp_path):
     path, _ = char_model
     text = "abc\nhe.é ga"
     out_file = tmp_path / "t.h5"
-    rc, out, err = run_cli(capsys, "trace", path, "--text", text, "-o", out_file)
+    rc, out, err = run_cli(capsys, "trace", path, "--text", text, "--device", "cpu", "-o", out_file)
     assert rc == 0, err
     assert out.startswith(f"wrote {out_file}: 1 sequence, {len(text)} tokens, 14 probes")
     tr = load_trace(out_file)
@@ -150,7 +150,7 @@ def test_trace_numeric_inputs(capsys, numeric_model, tmp_path):
     np.savetxt(tmp_path / "b.csv", b, delimiter=",", header="x,y,z", comments="")
     out_file = tmp_path / "n.h5"
     rc, out, err = run_cli(capsys, "trace", numeric_model, "--input", tmp_path / "a.npy",
-                           "--input", tmp_path / "b.csv", "--progress", "-o", out_file)
+                           "--input", tmp_path / "b.csv", "--progress", "--device", "cpu", "-o", out_file)
     assert rc == 0, err
     assert "100%" in err  # forced progress bar
     tr = load_trace(out_file)

@@ -23,6 +23,7 @@ import torch
 
 from .errors import InputError
 from .interventions import Intervention, InterventionError, PatchSource
+from .models.base import Resume
 from .probes import match_probes
 from .trace import Trace
 
@@ -79,7 +80,7 @@ def _one_sequence(model, x, n: int) -> Sequence_:
     if model.takes_tokens:
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{where}: this model reads token ids (a 1-D integer array), got {arr.dtype} {arr.shape}")
-        vocab = model.config.vocab_size
+        vocab = model.vocab_size
         bad = arr[(arr < 0) | (arr >= vocab)]
         if bad.size:
             raise InputError(f"{where}: token ids must be 0..{vocab - 1}; found {sorted(set(bad.tolist()))[:5]}")
@@ -91,7 +92,7 @@ def _one_sequence(model, x, n: int) -> Sequence_:
         arr = arr[:, None]
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"{where}: numeric input must be a time x features array, got {arr.dtype} {arr.shape}")
-    F = model.config.input_size
+    F = model.input_size
     if arr.shape[1] != F:
         raise InputError(f"{where} has {arr.shape[1]} features per step; this model reads {F}")
     bad = ~np.isfinite(arr)
@@ -144,11 +145,10 @@ class PrefixCache:
 
         last = self._last
         if (last is None or last.model() is not model or last.dtype != model.dtype or last.chunk != chunk
-                or getattr(model, "bidirectional", False) or len(last.sequences) != len(seqs)
-                or not want <= set(last.padded) or not hasattr(model, "state_from_arrays")):
+                or model.bidirectional or len(last.sequences) != len(seqs) or not want <= set(last.padded)):
             return None
-        n_layers = len(model.cells)
-        if any(f"layers.{k}.h" not in last.padded for k in range(n_layers)):
+        n_layers = model.num_layers
+        if any(model.layer_output_probe(k) not in last.padded for k in range(n_layers)):
             return None
         T = max(len(s) for s in seqs)
         never = 2**62
@@ -183,8 +183,6 @@ class PrefixCache:
                 return None
             starts.append(d)
             states[(k, 0)] = state
-        from .models.stack import Resume
-
         return Resume(starts=starts, states=states, old=last.padded, logits_from=min(logits_from, T))
 
     def store(self, model, seqs, interventions, chunk, padded, states):
@@ -279,14 +277,14 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
         for b, s in enumerate(seqs):
             x[: len(s), b] = torch.tensor(s.ids)
     else:
-        x = torch.zeros(T, B, model.config.input_size, dtype=model.dtype)
+        x = torch.zeros(T, B, model.input_size, dtype=model.dtype)
         for b, s in enumerate(seqs):
             x[: len(s), b] = torch.tensor(s.values, dtype=model.dtype)
     x = x.to(device)
 
     plan = model.bind(interventions, lengths, _resolve_sources(interventions))
-    if cache is not None:  # every layer's output (free: the fused kernel makes it) lets a re-run skip layers
-        want = want | {n for n, spec in spec_table.items() if spec.site == "h"}
+    if cache is not None:  # every layer's output lets a re-run skip the layers an edit cannot reach
+        want = want | {model.layer_output_probe(k) for k in range(model.num_layers)}
     resume = cache.resume_for(model, seqs, interventions, want, plan, chunk) if cache is not None else None
     states: dict = {}
     if resume is not None:  # boundary states before each layer's start stay valid

@@ -14,6 +14,7 @@ All tensors are time-major: ``[steps, batch, width]``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -74,3 +75,64 @@ class RecurrentCell:
     def previous_outputs(y: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         """``h_{t-1}`` for every step of a chunk: the initial state, then outputs shifted by one."""
         return torch.cat([h0.unsqueeze(0), y[:-1]], dim=0)
+
+
+class SequenceModel:
+    """What ``engine.run`` needs from a model, whatever its family.  Subclasses set the
+    attributes in ``__init__`` and implement the methods; ``engine.models.stack.RecurrentStack``
+    is the reference implementation.
+
+    Attributes: ``architecture`` (str), ``tokenizer`` (or None), ``vocab_size`` (token models)
+    or ``input_size`` (numeric models), ``num_layers``, ``dtype``, ``device``, ``source``,
+    ``load_info`` (dict merged into :meth:`info`).
+    """
+
+    architecture = ""
+    tokenizer = None
+    vocab_size: int | None = None
+    input_size: int = 0
+    num_layers = 0
+    #: a layer that also runs backwards sees the future: no prefix can be reused
+    bidirectional = False
+
+    @property
+    def takes_tokens(self) -> bool:
+        return self.vocab_size is not None
+
+    def probe_specs(self) -> list:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        raise NotImplementedError
+
+    def bind(self, interventions, lengths, sources=None):
+        """Check interventions against the model and batch; returns a plan for ``forward``."""
+        raise NotImplementedError
+
+    def forward(self, x, lengths, want, plan=None, *, chunk, resume=None, keep_state=None,
+                progress=None, should_stop=None) -> dict:
+        """Padded, time-major batch in; ``{probe: [T, B, ...]}`` out (see RecurrentStack.forward)."""
+        raise NotImplementedError
+
+    # -- the prefix cache -----------------------------------------------------------------
+    def layer_output_probe(self, layer: int) -> str:
+        """The probe holding what layer ``layer`` hands to the next one."""
+        raise NotImplementedError
+
+    def state_from_arrays(self, layer: int, arrays: dict, step: int):
+        """The state after ``step`` of a layer, read from a run's padded arrays, or None."""
+        return None
+
+    def starts_fresh_at(self, layer: int, step: int, plan) -> bool:
+        """Whether a run with ``plan`` begins a new stretch of ``layer`` at ``step``."""
+        return False
+
+
+@dataclass
+class Resume:
+    """How a re-run reuses the previous run (built by ``engine.run.PrefixCache``)."""
+
+    starts: list[int]  # per layer: first step to compute; >= T means unchanged
+    states: dict  # (layer, direction) -> state entering that layer's start
+    old: dict  # the previous run's padded arrays
+    logits_from: int  # first step whose logits may change

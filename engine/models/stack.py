@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..errors import Cancelled
 from ..interventions import BoundIntervention, Intervention, InterventionError
 from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe, parse_probe
-from .base import RecurrentCell
+from .base import RecurrentCell, Resume, SequenceModel
 from .gru import GRUCell
 from .lstm import LSTMCell
 from .rnn import ElmanCell
@@ -131,7 +131,7 @@ class EditPlan:
         return sorted({int(s) for edits in sites.values() for e in edits for s in e.steps})
 
 
-class RecurrentStack:
+class RecurrentStack(SequenceModel):
     """An instrumented LSTM/GRU/RNN stack.  Build with :func:`engine.load` or directly from a
     config and canonical weights."""
 
@@ -182,8 +182,16 @@ class RecurrentStack:
         return self.config.bidirectional
 
     @property
-    def takes_tokens(self) -> bool:
-        return self.embed is not None
+    def vocab_size(self) -> int | None:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
 
     def info(self) -> dict:
         return {
@@ -267,7 +275,7 @@ class RecurrentStack:
 
     # -- the forward pass -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
-                chunk: int = 64, resume: "Resume | None" = None, keep_state: Callable | None = None,
+                chunk: int = 64, resume: Resume | None = None, keep_state: Callable | None = None,
                 progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
         """Run a padded, time-major batch: ``x`` is ``[T, B]`` token ids or ``[T, B, F]`` numeric
         inputs.  Returns ``{probe: [T, B, ...]}`` for the probes in ``want``.
@@ -365,6 +373,9 @@ class RecurrentStack:
         return out
 
     # -- what the prefix cache needs to know ------------------------------------------------
+    def layer_output_probe(self, layer: int) -> str:
+        return layer_probe(layer, "h")
+
     def state_from_arrays(self, layer: int, arrays: dict, step: int):
         """The state after ``step`` of a unidirectional layer, read from a run's padded arrays
         (None when they lack a part of it)."""
@@ -385,16 +396,6 @@ class RecurrentStack:
         for k in range(layer):
             below += plan.steps_for((k, 0))[:1]
         return bool(below) and min(below) == step
-
-
-@dataclass
-class Resume:
-    """How a re-run reuses the previous run (built by ``engine.run.PrefixCache``)."""
-
-    starts: list[int]  # per layer: first step to compute; >= T means unchanged
-    states: dict  # (layer, direction) -> state entering that layer's start
-    old: dict  # the previous run's padded arrays
-    logits_from: int  # first step whose logits may change
 
 
 def _direction_part(iv: Intervention, source, width: int, d: int, directions: int):

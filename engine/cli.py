@@ -347,11 +347,16 @@ HANDLERS = {"info": cmd_info, "trace": cmd_trace, "export-lstmvis": cmd_export_l
 
 
 def _start_app(argv: list[str]) -> int | None:
-    """Where the desktop workbench will start: ``seqscope`` with no arguments, or with a path
-    that is not a command.  Returns ``None`` while there is no app to start, and then the
-    command-line help is shown instead.  (The app must be imported here lazily, never at
-    module level: ``engine`` does not import Qt.)"""
-    return None
+    """Start the desktop workbench: ``seqscope`` with no arguments, or with a path that is not
+    a command.  Returns ``None`` when the workbench is not installed (the help is shown then).
+    (Imported here lazily, never at module level: ``engine`` does not import Qt.)"""
+    if argv and not Path(argv[0]).exists():
+        return None  # neither a command nor a model: the caller says so
+    try:
+        from workbench.app import main as app_main
+    except ImportError:
+        return None
+    return app_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,8 +58,8 @@ def run_cli(capsys, *args):
     return rc, out, err
 
 
-def test_no_command_prints_help(capsys):
-    rc, out, err = run_cli(capsys)
+def test_help_and_unknown_commands(capsys):
+    rc, out, err = run_cli(capsys, "--help")
     assert rc == 0
     for cmd in ("info", "trace", "export-lstmvis"):
         assert cmd in out

@@ -1,0 +1,73 @@
+"""Start the workbench: ``seqscope [MODEL] [--input FILE] [--project FILE]``.
+
+With no model, it opens the bundled example (``assets/models/char-lstm-python``) on its sample
+input, when the example models are installed beside the code."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_MODEL = "char-lstm-python"
+
+
+def default_model() -> tuple[Path | None, Path | None]:
+    """The bundled default model folder and its sample input, when they exist."""
+    folder = ASSETS / "models" / DEFAULT_MODEL
+    if not folder.exists():
+        return None, None
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.pt"))
+    model = weights[0] if weights else folder
+    samples = [p for p in sorted(folder.glob("sample*")) if p.suffix in (".txt", ".py", ".npy", ".csv")]
+    return model, (samples[0] if samples else None)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="seqscope", description="SeqScope workbench")
+    ap.add_argument("model", nargs="?", help="checkpoint file or folder (default: the bundled example)")
+    ap.add_argument("--input", help="a text or numeric input file to open")
+    ap.add_argument("--project", help="a saved SeqScope project to restore")
+    ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # render once to PNG, then quit
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+        print("seqscope: no display found; running offscreen (set DISPLAY to see the window)", file=sys.stderr)
+    import pyqtgraph as pg
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from .main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("SeqScope")
+    pg.setConfigOptions(antialias=True, background="w", foreground="k")
+    window = MainWindow()
+    model, sample = (Path(args.model), None) if args.model else default_model()
+    if args.project:
+        window.open_project(args.project)
+    elif model is not None:
+        window.open_model(model)
+        inp = args.input or sample
+        if inp:
+            window.open_input(inp)
+    elif args.input:
+        window.open_input(args.input)
+    window.show()
+    if args.screenshot:
+        def shoot():
+            window.grab().save(args.screenshot)
+            app.quit()
+
+        def wait_for_trace():
+            window.session.trace_changed.connect(lambda: QTimer.singleShot(1500, shoot))
+
+        wait_for_trace()
+        QTimer.singleShot(60_000, shoot)
+    return app.exec()

@@ -1,0 +1,288 @@
+"""The main window: docks, menus, status bar; wires views to the session and nothing else."""
+from __future__ import annotations
+
+import base64
+import importlib
+import importlib.util
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
+                               QPushButton)
+
+import engine
+from engine.errors import SeqScopeError
+from engine.tokenizers import read_numeric
+
+from .export import ExportError, export_units_csv, export_view, safe_filename
+from .session import Session
+
+# (dock title, module in workbench.views, class, dock area)
+VIEWS = [
+    ("Probes", "probe_tree", "ProbeTreeView", Qt.LeftDockWidgetArea),
+    ("Input", "input_editor", "InputEditor", Qt.LeftDockWidgetArea),
+    ("Interventions", "interventions_panel", "InterventionsPanel", Qt.LeftDockWidgetArea),
+    ("Neuron heatmap", "heatmap", "HeatmapView", Qt.RightDockWidgetArea),
+    ("Text", "text_view", "TextView", Qt.RightDockWidgetArea),
+    ("Unit traces", "unit_plot", "UnitPlotView", Qt.RightDockWidgetArea),
+    ("Outputs", "outputs", "OutputView", Qt.BottomDockWidgetArea),
+    ("Gates", "gates", "GateView", Qt.BottomDockWidgetArea),
+    ("Trajectory", "trajectory", "TrajectoryView", Qt.BottomDockWidgetArea),
+    ("Neuron search", "neuron_search", "NeuronSearchView", Qt.BottomDockWidgetArea),
+]
+MAX_RECENT = 8
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, session: Session | None = None, settings: QSettings | None = None):
+        super().__init__()
+        self.session = session or Session(parent=self)
+        self.settings = settings or QSettings("SeqScope", "workbench")
+        self.setWindowTitle("SeqScope")
+        self.resize(1500, 950)
+        self.setAcceptDrops(True)
+        self.setDockNestingEnabled(True)
+        self.views: dict[str, object] = {}
+        self.docks: dict[str, QDockWidget] = {}
+        for title, module, cls, area in VIEWS:
+            if importlib.util.find_spec(f"workbench.views.{module}") is None:
+                continue  # a view not built yet
+            view_cls = getattr(importlib.import_module(f"workbench.views.{module}"), cls)
+            view = view_cls(self.session)
+            dock = QDockWidget(title, self)
+            dock.setObjectName(f"dock-{module}")
+            dock.setWidget(view)
+            self.addDockWidget(area, dock)
+            self.views[title] = view
+            self.docks[title] = dock
+        bottom = [self.docks[t] for t in ("Outputs", "Gates", "Trajectory", "Neuron search") if t in self.docks]
+        for a, b in zip(bottom, bottom[1:]):
+            self.tabifyDockWidget(a, b)
+        if bottom:
+            bottom[0].raise_()
+        self.setCentralWidget(None)
+        left = [self.docks[t] for t in ("Probes", "Input", "Interventions") if t in self.docks]
+        self.resizeDocks(left, [420] * len(left), Qt.Horizontal)
+
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(lambda: self.session.runner.cancel())
+        self.model_label = QLabel("no model")
+        self.statusBar().addPermanentWidget(self.model_label)
+        self.statusBar().addPermanentWidget(self.progress)
+        self.statusBar().addPermanentWidget(self.cancel_button)
+        self.last_error: str | None = None
+        self.error_dialog: QMessageBox | None = None
+
+        self._build_menus()
+        self.session.error.connect(self.show_error)
+        self.session.busy_changed.connect(self._busy)
+        self.session.progress.connect(self._progress)
+        self.session.model_changed.connect(self._model_changed)
+        self.session.trace_changed.connect(self._trace_changed)
+        self.session.runner.finished.connect(self._job_finished)
+
+    # -- menus ------------------------------------------------------------------------------
+    def _action(self, menu, text, slot, shortcut=None):
+        action = QAction(text, self)
+        if shortcut:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(slot)
+        menu.addAction(action)
+        return action
+
+    def _build_menus(self):
+        bar = self.menuBar()
+        file = bar.addMenu("&File")
+        self._action(file, "Open model…", self.choose_model, QKeySequence.Open)
+        self.recent_menu = file.addMenu("Open recent")
+        self._action(file, "Open input file…", self.choose_input)
+        file.addSeparator()
+        self._action(file, "Open project…", self.choose_project)
+        self._action(file, "Save project…", self.choose_save_project, QKeySequence.Save)
+        file.addSeparator()
+        self._action(file, "Export trace (HDF5)…", self.choose_export_trace)
+        self._action(file, "Export selected units (CSV)…", self.choose_export_csv)
+        export_menu = file.addMenu("Export view")
+        for title, view in self.views.items():
+            if getattr(view, "plot_item", None) is not None:
+                self._action(export_menu, f"{title} as PNG…", lambda _=False, t=title: self.choose_export_view(t, ".png"))
+                self._action(export_menu, f"{title} as SVG…", lambda _=False, t=title: self.choose_export_view(t, ".svg"))
+            else:
+                self._action(export_menu, f"{title} as PNG…", lambda _=False, t=title: self.choose_export_view(t, ".png"))
+        file.addSeparator()
+        self._action(file, "Quit", self.close, QKeySequence.Quit)
+        view_menu = bar.addMenu("&View")
+        for dock in self.docks.values():
+            view_menu.addAction(dock.toggleViewAction())
+        run = bar.addMenu("&Run")
+        self._action(run, "Cancel", lambda: self.session.runner.cancel(), "Esc")
+        self._refresh_recent()
+
+    # -- opening things -------------------------------------------------------------------------
+    def open_model(self, path):
+        self.statusBar().showMessage(f"loading {path}…")
+        self.session.open_model(path)
+
+    def choose_model(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "Checkpoints (*.pt *.pth *.bin *.ckpt "
+                                              "*.safetensors config.json);;All files (*)")
+        if path:
+            if Path(path).name == "config.json":
+                path = str(Path(path).parent)
+            self.open_model(path)
+
+    def open_input(self, path):
+        path = Path(path)
+        try:
+            if self.session.model is not None and not self.session.model.takes_tokens:
+                self.session.set_values(read_numeric(path))
+            elif path.suffix.lower() in (".npy", ".csv") and self.session.model is None:
+                self.session.set_values(read_numeric(path))
+            else:
+                self.session.set_text(path.read_text(encoding="utf-8", errors="replace"))
+        except (OSError, SeqScopeError) as exc:
+            self.show_error(f"Could not open the input: {exc}")
+
+    def choose_input(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open input", "", "Text or numeric (*.txt *.py *.npy *.csv);;"
+                                              "All files (*)")
+        if path:
+            self.open_input(path)
+
+    def choose_project(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open project", "", "SeqScope project (*.seqscope.json *.json)")
+        if path:
+            self.open_project(path)
+
+    def open_project(self, path):
+        try:
+            data = Session.read_project(path)
+            model = engine.load(data["model"], device="cpu") if data.get("model") else None
+        except SeqScopeError as exc:
+            self.show_error(f"Could not open the project: {exc}")
+            return
+        self.session.apply_project(data, model)
+        if data.get("layout"):
+            self.restoreState(QByteArray(base64.b64decode(data["layout"])))
+
+    def choose_save_project(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save project", "project.seqscope.json", "SeqScope project (*.json)")
+        if path:
+            self.save_project(path)
+
+    def save_project(self, path):
+        try:
+            layout = base64.b64encode(bytes(self.saveState())).decode()
+            self.session.save_project(path, layout=layout)
+            self.statusBar().showMessage(f"saved {path}", 5000)
+        except OSError as exc:
+            self.show_error(f"Could not save the project: {exc}")
+
+    # -- exports -------------------------------------------------------------------------------
+    def choose_export_view(self, title, suffix):
+        default = safe_filename(f"{title}-{self.session.probe or 'view'}") + suffix
+        path, _ = QFileDialog.getSaveFileName(self, f"Export {title}", default, f"*{suffix}")
+        if path:
+            self.export_view(title, path)
+
+    def export_view(self, title, path):
+        try:
+            export_view(self.views[title], path)
+            self.statusBar().showMessage(f"wrote {path}", 5000)
+        except ExportError as exc:
+            self.show_error(str(exc))
+
+    def choose_export_trace(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export trace", "trace.h5", "HDF5 (*.h5 *.hdf5)")
+        if path:
+            self.export_trace(path)
+
+    def export_trace(self, path):
+        """Write the current trace (every probe, every sequence, the interventions) off the GUI thread."""
+        trace = self.session.trace
+        if trace is None:
+            self.show_error("Nothing to export yet: run the model first")
+            return
+        self.session.runner.submit("export", lambda should_stop, progress: engine.save_trace(trace, path) or path)
+
+    def choose_export_csv(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Export units", "units.csv", "CSV (*.csv)")
+        if path:
+            try:
+                export_units_csv(self.session, path)
+            except ExportError as exc:
+                self.show_error(str(exc))
+
+    # -- feedback ------------------------------------------------------------------------------
+    def show_error(self, message: str):
+        """Say what went wrong, keep everything else as it is."""
+        self.last_error = message
+        self.statusBar().showMessage(message.splitlines()[0], 10000)
+        if self.error_dialog is None:
+            self.error_dialog = QMessageBox(QMessageBox.Warning, "SeqScope", "", QMessageBox.Ok, self)
+        self.error_dialog.setText(message)
+        self.error_dialog.open()  # window-modal, does not block the event loop
+
+    def _busy(self, busy: bool):
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+        if busy:
+            self.progress.setRange(0, 0)
+
+    def _progress(self, done: int, total: int):
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def _model_changed(self):
+        s = self.session
+        info = s.model.info()
+        self.model_label.setText(f"{info['architecture']} · {info['parameter_count']:,} parameters")
+        self.setWindowTitle(f"SeqScope — {s.model_path or 'model'}")
+        if s.model_path:
+            self._remember(s.model_path)
+        self.statusBar().showMessage(f"opened {s.model_path}", 5000)
+
+    def _trace_changed(self):
+        t = self.session.trace
+        n_iv = len(self.session.interventions)
+        self.statusBar().showMessage(f"{t.n_tokens:,} tokens" + (f", {n_iv} intervention(s)" if n_iv else ""), 3000)
+
+    def _job_finished(self, _id, kind, result):
+        if kind == "export":
+            self.statusBar().showMessage(f"wrote {result}", 5000)
+
+    # -- recent files --------------------------------------------------------------------------
+    def _recent(self) -> list[str]:
+        value = self.settings.value("recent_models", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _remember(self, path: str):
+        recent = [path] + [p for p in self._recent() if p != path]
+        self.settings.setValue("recent_models", recent[:MAX_RECENT])
+        self._refresh_recent()
+
+    def _refresh_recent(self):
+        self.recent_menu.clear()
+        for path in self._recent():
+            self._action(self.recent_menu, path, lambda _=False, p=path: self.open_model(p))
+        self.recent_menu.setEnabled(bool(self._recent()))
+
+    # -- drag and drop ---------------------------------------------------------------------------
+    def dragEnterEvent(self, event):
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):
+        urls = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
+        if urls:
+            self.open_model(urls[0])
+            event.acceptProposedAction()
+
+    def closeEvent(self, event):
+        self.session.runner.shutdown()
+        super().closeEvent(event)

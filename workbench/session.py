@@ -1,0 +1,275 @@
+"""The document: model, input, interventions, selection and the current traces.
+
+Views observe a :class:`Session` through its signals and send edits back through its methods;
+they never call each other.  Anything slow (loading a checkpoint, running the model) goes to
+the :class:`~workbench.runner.Runner`; the newest request wins.
+
+Every run produces two traces: ``clean_trace`` (no interventions) and ``trace`` (with them; the
+same object when there are none), each re-run from its own prefix cache, so an edited
+intervention costs only the steps after the first one it changes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+import engine
+from engine.interventions import Intervention
+
+from .runner import Runner
+
+PROJECT_FORMAT = "seqscope-project"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    clean: engine.Trace
+    steered: engine.Trace
+    request: int
+
+
+class Session(QObject):
+    model_changed = Signal()
+    trace_changed = Signal()
+    selection_changed = Signal()
+    interventions_changed = Signal()
+    input_changed = Signal()
+    error = Signal(str)
+    busy_changed = Signal(bool)
+    progress = Signal(int, int)
+
+    def __init__(self, runner: Runner | None = None, parent=None):
+        super().__init__(parent)
+        self.runner = runner or Runner(self)
+        self.runner.finished.connect(self._on_finished)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.progress.connect(lambda _id, _kind, d, t: self.progress.emit(d, t))
+        self.runner.busy_changed.connect(self.busy_changed)
+        self.model = None
+        self.model_path: str | None = None
+        self.text: str | None = None  # the input, for token models
+        self.values: np.ndarray | None = None  # the input, for numeric models
+        self.interventions: list[Intervention] = []
+        self.probe: str | None = None
+        self.units: list[int] = []  # selected units; the first is "the" unit
+        self.pinned: list[tuple[str, int]] = []
+        self.step: int = 0
+        self.trace: engine.Trace | None = None
+        self.clean_trace: engine.Trace | None = None
+        self._clean_cache = engine.PrefixCache()
+        self._steered_cache = engine.PrefixCache()
+        self._run_count = 0
+
+    # -- model --------------------------------------------------------------------------
+    def open_model(self, path, config=None):
+        """Load a checkpoint off the GUI thread; on failure the current model stays."""
+        path = str(path)
+
+        def job(should_stop, progress):
+            return path, engine.load(path, config=config, device="cpu")
+
+        self.runner.submit("load", job)
+
+    def set_model(self, model, path: str | None = None):
+        """Use an already built model (also the end of ``open_model``)."""
+        self.model = model
+        self.model_path = path
+        self._clean_cache = engine.PrefixCache()
+        self._steered_cache = engine.PrefixCache()
+        self.trace = self.clean_trace = None
+        self.interventions = [iv for iv in self.interventions if iv.probe in self.probe_names()]
+        names = self.probe_names()
+        if self.probe not in names:
+            self.probe = _default_probe(model)
+        self.units = [u for u in self.units if u < self.probe_width()] or [0]
+        if not model.takes_tokens:
+            self.text = None
+        elif self.values is not None:
+            self.values = None
+        self.model_changed.emit()
+        self.interventions_changed.emit()
+        self.selection_changed.emit()
+        self.request_run()
+
+    def probe_names(self) -> list[str]:
+        return [s.name for s in self.model.probe_specs()] if self.model is not None else []
+
+    def spec(self, name: str | None = None):
+        name = name or self.probe
+        for s in self.model.probe_specs() if self.model is not None else []:
+            if s.name == name:
+                return s
+        return None
+
+    def probe_width(self, name: str | None = None) -> int:
+        spec = self.spec(name)
+        return spec.width if spec is not None else 0
+
+    # -- input ----------------------------------------------------------------------------
+    def set_text(self, text: str):
+        self.text = text
+        self.values = None
+        self.input_changed.emit()
+        self.request_run()
+
+    def set_values(self, values: np.ndarray):
+        self.values = np.asarray(values, dtype=np.float32)
+        self.text = None
+        self.input_changed.emit()
+        self.request_run()
+
+    def current_input(self):
+        return self.text if self.text is not None else self.values
+
+    # -- interventions ---------------------------------------------------------------------
+    def set_interventions(self, interventions):
+        self.interventions = list(interventions)
+        self.interventions_changed.emit()
+        self.request_run()
+
+    def add_intervention(self, iv: Intervention):
+        self.set_interventions(self.interventions + [iv])
+
+    def replace_intervention(self, index: int, iv: Intervention):
+        ivs = list(self.interventions)
+        ivs[index] = iv
+        self.set_interventions(ivs)
+
+    def remove_intervention(self, index: int):
+        ivs = list(self.interventions)
+        del ivs[index]
+        self.set_interventions(ivs)
+
+    # -- selection (no re-run) ----------------------------------------------------------------
+    def select_probe(self, name: str):
+        if name not in self.probe_names():
+            self.error.emit(f"no probe {name!r} in this model")
+            return
+        self.probe = name
+        width = self.probe_width()
+        self.units = [u for u in self.units if u < width] or [0]
+        self.selection_changed.emit()
+
+    def select_units(self, units):
+        units = [int(u) for u in units]
+        if units and units != self.units:
+            self.units = units
+            self.selection_changed.emit()
+
+    def select_unit(self, unit: int):
+        self.select_units([unit] + [u for u in self.units if u != unit][:7])
+
+    def set_step(self, step: int):
+        n = self.trace.n_tokens if self.trace is not None else 0
+        step = max(0, min(int(step), max(0, n - 1)))
+        if step != self.step:
+            self.step = step
+            self.selection_changed.emit()
+
+    def pin(self, probe: str, unit: int):
+        if (probe, unit) not in self.pinned:
+            self.pinned.append((probe, unit))
+            self.selection_changed.emit()
+
+    def unpin(self, probe: str, unit: int):
+        if (probe, unit) in self.pinned:
+            self.pinned.remove((probe, unit))
+            self.selection_changed.emit()
+
+    # -- running --------------------------------------------------------------------------
+    def request_run(self):
+        """Run the model on the current input with the current interventions (newest wins)."""
+        model, inp = self.model, self.current_input()
+        if model is None or inp is None:
+            return
+        if isinstance(inp, str) and not inp:
+            self.error.emit("the input is empty: type or open some text")
+            return
+        ivs = tuple(self.interventions)
+        clean_cache, steered_cache = self._clean_cache, self._steered_cache
+        self._run_count += 1
+        request = self._run_count
+
+        def job(should_stop, progress):
+            clean = engine.run(model, inp, cache=clean_cache, progress=progress, should_stop=should_stop)
+            steered = clean
+            if ivs:
+                steered = engine.run(model, inp, interventions=ivs, cache=steered_cache, should_stop=should_stop)
+            return RunResult(clean, steered, request)
+
+        self.runner.submit("run", job)
+
+    def _on_finished(self, _id, kind, result):
+        if kind == "load":
+            path, model = result
+            self.set_model(model, path)
+        elif kind == "run":
+            self.clean_trace, self.trace = result.clean, result.steered
+            if self.step >= self.trace.n_tokens:
+                self.step = max(0, self.trace.n_tokens - 1)
+            self.trace_changed.emit()
+
+    def _on_failed(self, _id, kind, message):
+        what = {"load": "Could not open the model", "run": "Could not run the model"}.get(kind, "Error")
+        self.error.emit(f"{what}: {message}")
+
+    # -- project files ---------------------------------------------------------------------
+    def to_project(self) -> dict:
+        return {
+            "format": PROJECT_FORMAT, "version": 1,
+            "model": self.model_path,
+            "text": self.text,
+            "values": None if self.values is None else self.values.tolist(),
+            "interventions": [iv.to_dict() for iv in self.interventions],
+            "probe": self.probe, "units": self.units, "step": self.step,
+            "pinned": [list(p) for p in self.pinned],
+        }
+
+    def save_project(self, path, layout: str | None = None):
+        data = self.to_project()
+        if layout is not None:
+            data["layout"] = layout
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    @staticmethod
+    def read_project(path) -> dict:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise engine.SeqScopeError(f"cannot read project {path}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
+            raise engine.SeqScopeError(f"{path} is not a SeqScope project file")
+        return data
+
+    def apply_project(self, data: dict, model=None):
+        """Restore a project; ``model`` is the loaded model of ``data["model"]``."""
+        self.model = None
+        self.interventions = [Intervention.from_dict(d) for d in data.get("interventions", [])]
+        self.pinned = [tuple(p) for p in data.get("pinned", [])]
+        if data.get("text") is not None:
+            self.text, self.values = data["text"], None
+        elif data.get("values") is not None:
+            self.text, self.values = None, np.asarray(data["values"], dtype=np.float32)
+        self.probe = data.get("probe")
+        self.units = list(data.get("units") or [0])
+        self.step = int(data.get("step") or 0)
+        self.input_changed.emit()
+        if model is not None:
+            self.set_model(model, data.get("model"))
+
+
+def _default_probe(model) -> str:
+    """The most telling probe to show first: the top layer's cell state, else its hidden state."""
+    names = [s.name for s in model.probe_specs()]
+    layered = [n for n in names if n.startswith("layers.")]
+    top = max((int(n.split(".")[1]) for n in layered), default=0)
+    for site in ("c", "h", "state", "out"):
+        if f"layers.{top}.{site}" in names:
+            return f"layers.{top}.{site}"
+    return names[0]

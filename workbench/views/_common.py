@@ -1,0 +1,119 @@
+"""Small helpers the analysis views share (not views themselves).
+
+- :func:`visible`: a token's text with whitespace made visible (newline as ⏎ ...).
+- :class:`MessageStack`: a view's content, or a plain message in its place (no model, no
+  trace, a model without the probe the view needs).
+- :class:`LazyRefresh`: run a view's refresh now when it is visible, else when it is next
+  shown, so views hidden in dock tabs cost nothing while the user steers.
+- :func:`view_layer`, :func:`layer_sites`: which layer a view shows, and what that layer records.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtWidgets import QLabel, QStackedWidget, QWidget
+
+from engine.probes import parse_probe
+
+_VISIBLE = {"\n": "⏎", "\r": "␍", "\t": "⇥", " ": "␣", "\x00": "␀"}
+
+
+def visible(piece: str | None, spaces: bool = True) -> str:
+    """``piece`` with whitespace and control characters shown: newline ⏎, tab ⇥, space ␣
+    (only when ``spaces``), other control characters as ``\\xNN``; an empty piece as ∅."""
+    if piece is None:
+        return ""
+    if piece == "":
+        return "∅"
+    out = []
+    for ch in piece:
+        if ch == " " and not spaces:
+            out.append(" ")
+        elif ch in _VISIBLE:
+            out.append(_VISIBLE[ch])
+        elif ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class MessageStack(QStackedWidget):
+    """Shows either ``content`` or a centred message (grey, word-wrapped)."""
+
+    def __init__(self, content: QWidget, parent=None):
+        super().__init__(parent)
+        self.content = content
+        self.label = QLabel()
+        self.label.setAlignment(Qt.AlignCenter)
+        self.label.setWordWrap(True)
+        self.label.setStyleSheet("color: #888; padding: 12px;")
+        self.addWidget(content)
+        self.addWidget(self.label)
+
+    def show_message(self, text: str):
+        self.label.setText(text)
+        self.setCurrentWidget(self.label)
+
+    def show_content(self):
+        self.label.setText("")
+        self.setCurrentWidget(self.content)
+
+    def message(self) -> str:
+        """The message shown, or "" while the content is shown."""
+        return self.label.text() if self.currentWidget() is self.label else ""
+
+
+class LazyRefresh(QObject):
+    """``request()`` calls ``fn`` at once when ``widget`` is visible, otherwise on its next
+    show event; ``flush()`` runs a pending refresh now (before an export, say)."""
+
+    def __init__(self, widget: QWidget, fn):
+        super().__init__(widget)
+        self._widget = widget
+        self._fn = fn
+        self.pending = False
+        widget.installEventFilter(self)
+
+    def request(self):
+        if self._widget.isVisible():
+            self.pending = False
+            self._fn()
+        else:
+            self.pending = True
+
+    def flush(self):
+        if self.pending:
+            self.pending = False
+            self._fn()
+
+    def eventFilter(self, obj, event):
+        if obj is self._widget and event.type() == QEvent.Show and self.pending:
+            self.pending = False
+            self._fn()
+        return False
+
+
+def no_model_or_trace(session) -> str | None:
+    """The message for a view that has nothing to show yet, or None."""
+    if session.model is None:
+        return "No model loaded. Open a checkpoint with File ▸ Open."
+    if session.trace is None:
+        return "No trace yet: type or open an input to run the model."
+    return None
+
+
+def view_layer(session) -> int | None:
+    """The layer of the selected probe; for a probe outside the layers (``embed``,
+    ``logits``) the top layer; None when the model has no layers."""
+    layer, _ = parse_probe(session.probe or "")
+    layers = sorted({s.layer for s in session.model.probe_specs() if s.layer is not None}) if session.model else []
+    if layer is not None and layer in layers:
+        return layer
+    return layers[-1] if layers else None
+
+
+def layer_sites(session, layer: int) -> list[str]:
+    """The probe sites a layer of the session's model records, in table order."""
+    if session.model is None:
+        return []
+    return [s.site for s in session.model.probe_specs() if s.layer == layer]

@@ -114,6 +114,7 @@ class _LastRun:
     interventions: tuple[Intervention, ...]
     padded: dict[str, torch.Tensor]  # probe -> [T, B, ...]
     states: dict[tuple[int, int], dict[int, object]]  # (layer, direction) -> {chunk boundary: state}
+    key: object = None  # model.cache_key() of that run
 
 
 class PrefixCache:
@@ -145,6 +146,7 @@ class PrefixCache:
 
         last = self._last
         if (last is None or last.model() is not model or last.dtype != model.dtype or last.chunk != chunk
+                or last.key != model.cache_key()
                 or model.bidirectional or len(last.sequences) != len(seqs) or not want <= set(last.padded)):
             return None
         n_layers = model.num_layers
@@ -187,7 +189,7 @@ class PrefixCache:
 
     def store(self, model, seqs, interventions, chunk, padded, states):
         self._last = _LastRun(weakref.ref(model), model.dtype, chunk, [s.data() for s in seqs],
-                              tuple(interventions), padded, states)
+                              tuple(interventions), padded, states, model.cache_key())
 
 
 def _first_changed_token(old: np.ndarray, new: np.ndarray) -> int:

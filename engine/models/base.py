@@ -127,6 +127,12 @@ class SequenceModel:
         """Whether a run with ``plan`` begins a new stretch of ``layer`` at ``step``."""
         return False
 
+    def cache_key(self):
+        """Settings of the model, besides its weights, that change what a run computes (e.g. a
+        window of implicit attention, which scan runs): a re-run reuses the prefix cache only
+        when this equals the last run's."""
+        return None
+
 
 @dataclass
 class Resume:

@@ -1,0 +1,134 @@
+"""Implicit attention of selective state-space layers (Mamba): the exact matrix that maps a
+layer's scan inputs to its scan outputs.
+
+For one channel ``c`` of a Mamba layer the recurrence is ``s_i = exp(dt_i A_c) s_(i-1) +
+dt_i B_i u_i`` and ``y_i = C_i . s_i + D_c u_i``.  Unrolled from a zero state,
+
+    y_i = sum_(j <= i) alpha_ij u_j + D_c u_i,
+    alpha_ij = C_i . (prod_(k=j+1..i) exp(dt_k A_c)) (dt_j B_j)
+             = sum_n C_i[n] exp(A_c[n] (S_i - S_j)) dt_j B_j[n],    S_i = sum_(k<=i) dt_k,
+
+with ``alpha_ij = 0`` for ``j > i`` ("The Hidden Attention of Mamba Models", Ali et al.
+2024).  ``alpha`` is per channel; for display it is reduced over channels by the mean of
+``|alpha|`` (``reduce="mean_abs"``), documented in the probe description.
+
+Only a window of rows ``[r0, r1)`` and columns ``[c0, c1)`` is ever computed, so long inputs
+never cost T^2.  How: rows are taken in tiles of ``tile`` rows starting at ``i0``.  Columns
+before the tile use the factorisation through step ``i0``,
+``exp(A(S_i - S_j)) = exp(A(S_i - S_i0)) exp(A(S_i0 - S_j))`` with both exponents <= 0 (no
+overflow), so that part is one batched matmul over the state axis; the column factors are
+carried from tile to tile by one decay factor per tile.  Columns inside the tile come from a
+running product of ``exp(dt_k A)`` row by row.  Everything is exact up to rounding; cumulative
+sums of ``dt`` are kept in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+REDUCTIONS = ("mean_abs", None)
+
+
+def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile: int = 16) -> torch.Tensor:
+    """Implicit attention of one sequence of one Mamba layer.
+
+    ``dt`` [T, d_inner] (after softplus), ``B``/``C`` [T, d_state], ``A`` [d_inner, d_state]
+    (negative: ``-exp(A_log)``); torch tensors or arrays.  ``rows=(r0, r1)``, ``cols=(c0, c1)``
+    select the window (clipped to the sequence).  Returns ``[r1-r0, c1-c0]`` (``reduce=
+    "mean_abs"``: mean over channels of ``|alpha|``) or ``[r1-r0, c1-c0, d_inner]``
+    (``reduce=None``), in the dtype of ``dt`` (float64 stays float64).  Entries with ``j > i``
+    are 0; rows or columns past the end of the sequence are 0 too.
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    dt, B, C, A = (torch.as_tensor(v) for v in (dt, B, C, A))
+    dtype = dt.dtype if dt.dtype in (torch.float32, torch.float64) else torch.float32
+    dt, B, C, A = (v.to(dtype) for v in (dt, B, C, A))
+    T, D = dt.shape
+    N = A.shape[1]
+    r0, r1 = (int(v) for v in rows)
+    c0, c1 = (int(v) for v in cols)
+    R, W = r1 - r0, c1 - c0
+    shape = (R, W) if reduce else (R, W, D)
+    out = dt.new_zeros(shape)
+    r1c, c1c = min(r1, T), min(c1, T)
+    if r1c <= r0 or c1c <= c0 or c0 >= r1c:
+        return out
+    lo = min(r0, c0)
+    S = torch.cumsum(dt[lo:r1c].double(), 0)  # S[k - lo] = sum dt over lo..k
+
+    def seg(i, j):  # sum of dt over (j, i], float64, as [.., D]
+        return S[i - lo] - S[j - lo]
+
+    dtB = dt[:, :, None] * B[:, None, :]  # [T, D, N]: dt_j B_j per channel
+    Ad = A.double()
+    # Q[j - c0] = exp(A (S_m - S_j)) dt_j B_j for columns j < m (the current tile start)
+    Q = None
+    m = None
+    qhi = c0  # Q holds columns c0..qhi-1
+    for i0 in range(r0, r1c, tile):
+        i1 = min(i0 + tile, r1c)
+        # -- columns before the tile: factorised through step i0 -----------------------------
+        jhi = min(c1c, i0)
+        if jhi > c0:
+            if Q is not None:
+                Q = Q * torch.exp(Ad * seg(i0, m)[:, None]).to(dtype)
+            if jhi > qhi:
+                js = torch.arange(qhi, jhi, device=dt.device)
+                dec = torch.exp(Ad[None] * (S[i0 - lo] - S[js - lo])[:, :, None]).to(dtype)
+                new = dec * dtB[qhi:jhi]
+                Q = new if Q is None else torch.cat([Q, new])
+                qhi = jhi
+            m = i0
+            P = C[i0:i1, None, :] * torch.exp(Ad[None] * (S[i0 - lo:i1 - lo] - S[i0 - lo])[:, :, None]).to(dtype)
+            # alpha[i, j, c] = sum_n P[i, c, n] Q[j, c, n]  -> per channel: [L, N] @ [N, J]
+            blk = torch.bmm(P.permute(1, 0, 2), Q.permute(1, 2, 0))  # [D, L, J]
+            blk = blk.permute(1, 2, 0)  # [L, J, D]
+            _put(out, blk, i0 - r0, 0, reduce)
+        # -- columns inside the tile: a running product of exp(dt_k A) ----------------------------
+        jlo = max(c0, i0)
+        if jlo < min(c1c, i1):
+            run = None  # run[j - jlo] = prod_(k=j+1..i) exp(dt_k A) dt_j B_j
+            for i in range(jlo, i1):
+                dA = torch.exp(dt[i, :, None] * A)
+                if run is not None:
+                    run = run * dA
+                if i < c1c:
+                    run = dtB[i][None] if run is None else torch.cat([run, dtB[i][None]])
+                if run is None:
+                    continue
+                vals = (run * C[i][None, None, :]).sum(-1)  # [J, D]
+                _put(out, vals[None], i - r0, jlo - c0, reduce)
+    return out
+
+
+def _put(out, blk, row, col, reduce):
+    """Write a block [L, J, D] of alpha at (row, col) of ``out``, reduced as asked."""
+    L, J = blk.shape[:2]
+    if reduce == "mean_abs":
+        out[row:row + L, col:col + J] = blk.abs().mean(-1)
+    else:
+        out[row:row + L, col:col + J] = blk
+
+
+def scan_from_attention(alpha, u, D_skip) -> torch.Tensor:
+    """``y_i = sum_j alpha_ij u_j + D u_i`` for a full per-channel window starting at 0:
+    ``alpha`` [T, T, d_inner], ``u`` [T, d_inner], ``D_skip`` [d_inner]; the ungated scan output.
+    Used to check that the attention reproduces the layer."""
+    alpha, u, D_skip = (torch.as_tensor(v) for v in (alpha, u, D_skip))
+    return torch.einsum("ijc,jc->ic", alpha, u) + D_skip * u
+
+
+def attention_from_trace(trace, model, layer: int, rows, cols, *, sequence: int = 0, reduce="mean_abs"):
+    """Implicit attention of ``layer`` for one sequence of a trace that captured
+    ``layers.{layer}.dt``, ``.B`` and ``.C`` (``A`` comes from the model).  Returns a NumPy array."""
+    name = f"layers.{layer}."
+    try:
+        dt, B, C = (trace.array(name + s, sequence) for s in ("dt", "B", "C"))
+    except KeyError as exc:
+        raise KeyError(f"the trace must hold {name}dt, {name}B and {name}C: {exc}") from None
+    A = model.A(layer).to(torch.float64 if dt.dtype == np.float64 else torch.float32).cpu()
+    return selective_scan_attention(dt, B, C, A, rows, cols, reduce=reduce).numpy()
+
+
+__all__ = ["selective_scan_attention", "scan_from_attention", "attention_from_trace", "REDUCTIONS"]

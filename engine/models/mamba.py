@@ -1,0 +1,648 @@
+"""Mamba (1): an instrumented selective state-space language model.
+
+The model (Gu & Dao 2023; the layout of ``transformers``' ``MambaForCausalLM``)::
+
+    x_0 = embed[token]
+    layer i:  n = norm(x)                         RMSNorm (LayerNorm in some mamba_ssm models)
+              in, z = split(in_proj(n))           two halves of d_inner
+              u  = silu(causal_conv(in))          depthwise, kernel d_conv, over time
+              dt_low, B, C = split(x_proj(u))     ranks dt_rank, d_state, d_state
+              dt = softplus(dt_proj(dt_low))      [d_inner]
+              s_t = exp(dt A) s_(t-1) + dt B u    [d_inner, d_state] per token, A = -exp(A_log)
+              y = (C . s_t + D u) * silu(z)
+              x = x + out_proj(y)
+    logits = lm_head(norm_f(x))
+
+Canonical weight names are those of ``MambaForCausalLM`` (``backbone.layers.{i}.mixer.*``);
+the loaders convert the ``mamba_ssm`` layout to them.
+
+How a layer runs
+----------------
+Everything in a layer except the state ``s`` is computed per token from the layer's input,
+which is known in full once the layers below have run.  So the layer is taken chunk by chunk
+(chunks aligned to multiples of ``chunk``, as ``engine.run`` requires): in one chunk every
+per-token quantity comes from batched matmuls over the chunk's rows (interventions on ``in``,
+``conv``, ``dt``, ``B``, ``C``, ``y``, ``out`` are applied to the whole chunk at once, each
+before the quantities computed from it), and only the scan loops over time.  The scan takes
+``exp(dt A)`` for the whole chunk in one vectorised call, then either a compiled ``numba``
+loop (the CPU fast path: state per channel in registers, nothing of size
+[T, d_inner, d_state] kept) or a plain torch loop over steps (the reference path, and the
+path on GPUs).  An intervention on ``state`` at step t splits the scan there: steps up to t
+run, the state is edited, ``y_t`` is recomputed from the edited state, and the scan goes on.
+A step's value never depends on anything at or after it, and the chunk grid is the same for
+every run, so a re-run from a state kept at a chunk boundary (the SSM state and the conv
+buffer: the last ``d_conv - 1`` values of ``in``) equals a full re-run bit for bit.
+
+Implicit attention (probe ``attn``) is computed for a window of rows and columns only
+(:attr:`MambaModel.attention_window`), from the layer's ``dt``, ``B``, ``C`` and ``A``
+(see :mod:`engine.analysis.implicit_attention`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import Cancelled
+from ..interventions import BoundIntervention, InterventionError
+from ..probes import ProbeSpec, layer_probe
+from .base import Resume, SequenceModel
+from .stack import EditPlan
+
+SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
+#: sites computed per token before the scan, in the order they are computed
+_BEFORE_SCAN = ("in", "conv", "dt", "B", "C")
+
+
+@dataclass(frozen=True)
+class MambaConfig:
+    d_model: int
+    n_layer: int
+    vocab_size: int
+    d_inner: int
+    d_state: int = 16
+    d_conv: int = 4
+    dt_rank: int = 0  # 0: ceil(d_model / 16), as both libraries default
+    norm: str = "rms"  # "rms" (RMSNorm) or "layer" (LayerNorm with bias, mamba_ssm rms_norm=false)
+    norm_eps: float = 1e-5
+    in_proj_bias: bool = False
+    out_proj_bias: bool = False
+    conv_bias: bool = True
+    tie_embeddings: bool = True  # lm_head shares the embedding matrix
+
+    def __post_init__(self):
+        if self.norm not in ("rms", "layer"):
+            raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
+        if not self.dt_rank:
+            object.__setattr__(self, "dt_rank", -(-self.d_model // 16))
+        for name in ("d_model", "n_layer", "vocab_size", "d_inner", "d_state", "d_conv", "dt_rank"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_json(self) -> str:
+        return json.dumps({"family": "mamba", **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MambaConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def canonical_weight_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight a model with this config has (``MambaForCausalLM`` names), with its shape."""
+    d, di, N, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank
+    shapes: dict[str, tuple[int, ...]] = {"backbone.embeddings.weight": (cfg.vocab_size, d)}
+    for i in range(cfg.n_layer):
+        p = f"backbone.layers.{i}."
+        shapes[p + "norm.weight"] = (d,)
+        if cfg.norm == "layer":
+            shapes[p + "norm.bias"] = (d,)
+        m = p + "mixer."
+        shapes[m + "in_proj.weight"] = (2 * di, d)
+        if cfg.in_proj_bias:
+            shapes[m + "in_proj.bias"] = (2 * di,)
+        shapes[m + "conv1d.weight"] = (di, 1, cfg.d_conv)
+        if cfg.conv_bias:
+            shapes[m + "conv1d.bias"] = (di,)
+        shapes[m + "x_proj.weight"] = (R + 2 * N, di)
+        shapes[m + "dt_proj.weight"] = (di, R)
+        shapes[m + "dt_proj.bias"] = (di,)
+        shapes[m + "A_log"] = (di, N)
+        shapes[m + "D"] = (di,)
+        shapes[m + "out_proj.weight"] = (d, di)
+        if cfg.out_proj_bias:
+            shapes[m + "out_proj.bias"] = (d,)
+    shapes["backbone.norm_f.weight"] = (d,)
+    if cfg.norm == "layer":
+        shapes["backbone.norm_f.bias"] = (d,)
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    return shapes
+
+
+@dataclass(frozen=True)
+class AttentionWindow:
+    """Which rows (query steps) and columns (key steps) of the implicit attention the ``attn``
+    probe holds, as half-open ``(start, stop)`` positions within each sequence."""
+
+    rows: tuple[int, int] = (0, 256)
+    cols: tuple[int, int] = (0, 256)
+
+    def __post_init__(self):
+        for name in ("rows", "cols"):
+            a, b = (int(v) for v in getattr(self, name))
+            if a < 0 or b <= a:
+                raise ValueError(f"attention window {name} must be (start, stop) with 0 <= start < stop, got {(a, b)}")
+            object.__setattr__(self, name, (a, b))
+
+    @property
+    def width(self) -> int:
+        return self.cols[1] - self.cols[0]
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Layer:
+    """One layer's weights, in the model's dtype and device."""
+
+    def __init__(self, w: dict, p: str, cfg: MambaConfig):
+        m = p + "mixer."
+        self.norm_w = w[p + "norm.weight"]
+        self.norm_b = w.get(p + "norm.bias")
+        self.in_w, self.in_b = w[m + "in_proj.weight"], w.get(m + "in_proj.bias")
+        self.conv_w = w[m + "conv1d.weight"][:, 0, :]  # [d_inner, K]
+        self.conv_b = w.get(m + "conv1d.bias")
+        self.x_w = w[m + "x_proj.weight"]
+        self.dt_w, self.dt_b = w[m + "dt_proj.weight"], w[m + "dt_proj.bias"]
+        self.A_log = w[m + "A_log"]
+        self.D = w[m + "D"]
+        self.out_w, self.out_b = w[m + "out_proj.weight"], w.get(m + "out_proj.bias")
+        self.A = -torch.exp(self.A_log)
+
+    def to(self, dtype, device):
+        for k, v in list(vars(self).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(self, k, v.to(dtype=dtype, device=device))
+        self.A = -torch.exp(self.A_log)
+
+
+class MambaModel(SequenceModel):
+    """An instrumented Mamba language model.  Build with :func:`engine.load` or from a config
+    and canonical weights.
+
+    ``scan``: ``"numba"`` (compiled CPU loop, needs the optional ``numba`` package), ``"torch"``
+    (plain loop over steps: the reference, and the GPU path) or ``"auto"`` (numba on a CPU when
+    installed).  ``attention_window``: see :class:`AttentionWindow`.
+    """
+
+    architecture = "mamba"
+
+    def __init__(self, config: MambaConfig, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
+                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
+        expected = canonical_weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        if scan not in ("auto", "numba", "torch"):
+            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.dtype = dtype
+        self.device = torch.device(device)
+        w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
+        self.parameter_count = int(sum(v.numel() for v in w.values()))
+        self._weights = w
+        self.embed = w["backbone.embeddings.weight"]
+        self.head = w.get("lm_head.weight", self.embed)
+        self.norm_f_w, self.norm_f_b = w["backbone.norm_f.weight"], w.get("backbone.norm_f.bias")
+        self.layers = [_Layer(w, f"backbone.layers.{i}.", config) for i in range(config.n_layer)]
+        self._scan_request = scan
+        self._window = AttentionWindow()
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._specs = self._build_specs()
+
+    # -- housekeeping -----------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "MambaModel":
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        self._weights = {k: v.to(device=device, dtype=dtype) for k, v in self._weights.items()}
+        w = self._weights
+        self.embed = w["backbone.embeddings.weight"]
+        self.head = w.get("lm_head.weight", self.embed)
+        self.norm_f_w, self.norm_f_b = w["backbone.norm_f.weight"], w.get("backbone.norm_f.bias")
+        self.layers = [_Layer(w, f"backbone.layers.{i}.", self.config) for i in range(self.config.n_layer)]
+        self.device, self.dtype = device, dtype
+        return self
+
+    @property
+    def scan(self) -> str:
+        """The scan in use: ``"numba"`` or ``"torch"``."""
+        if self._scan_request == "auto":
+            return "numba" if self.device.type == "cpu" and numba_available() else "torch"
+        if self._scan_request == "numba" and self.device.type != "cpu":
+            return "torch"
+        return self._scan_request
+
+    @scan.setter
+    def scan(self, value: str):
+        if value not in ("auto", "numba", "torch"):
+            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
+        if value == "numba" and not numba_available():
+            raise ValueError("scan='numba' needs the numba package (pip install numba)")
+        self._scan_request = value
+
+    @property
+    def attention_window(self) -> AttentionWindow:
+        return self._window
+
+    @attention_window.setter
+    def attention_window(self, value):
+        if not isinstance(value, AttentionWindow):
+            if isinstance(value, dict):
+                value = AttentionWindow(**value)
+            else:
+                rows, cols = value
+                value = AttentionWindow(tuple(rows), tuple(cols))
+        self._window = value
+        self._specs = self._build_specs()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.n_layer
+
+    def A(self, layer: int) -> torch.Tensor:
+        """The continuous state matrix ``A = -exp(A_log)`` of a layer, [d_inner, d_state]."""
+        return self.layers[layer].A
+
+    def state_units(self, channels, states=None) -> list[int]:
+        """Unit indices of the ``state`` probe (flattened ``channel * d_state + state``) for
+        ``channels`` and, optionally, only some ``states`` of each: for interventions."""
+        N = self.config.d_state
+        channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
+        states = range(N) if states is None else ([states] if isinstance(states, (int, np.integer)) else states)
+        return [int(c) * N + int(n) for c in channels for n in states]
+
+    def info(self) -> dict:
+        return {
+            "architecture": self.architecture,
+            "source": self.source,
+            "config": self.config.to_json(),
+            "parameter_count": self.parameter_count,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "scan": self.scan,
+            "attention_window": json.dumps({"rows": list(self._window.rows), "cols": list(self._window.cols)}),
+            **self.load_info,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._weights)
+
+    def cache_key(self):
+        return (self.scan, self._window)
+
+    # -- probes -----------------------------------------------------------------------
+    def _build_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        di, N, d = cfg.d_inner, cfg.d_state, cfg.d_model
+        win = self._window
+        (r0, r1), (c0, c1) = win.rows, win.cols
+        desc = {
+            "in": (di, "x half of in_proj(norm(input)), before the causal convolution"),
+            "conv": (di, "u = silu(causal depthwise conv1d(in) + bias): the scan's input"),
+            "dt": (di, "step size dt = softplus(dt_proj(dt_low) + dt_bias), per channel"),
+            "B": (N, "input matrix B_t (from x_proj(u)), shared by all channels; enters the state as dt*B*u"),
+            "C": (N, "output matrix C_t (from x_proj(u)), shared by all channels; y = C.s + D u"),
+            "state": ((di, N), "SSM state s_t = exp(dt A) s_(t-1) + dt B u after step t, d_inner x d_state "
+                               "(interventions index it flattened: unit = channel*d_state + state)"),
+            "gate": (di, "output gate silu(z), z the second half of in_proj(norm(input))"),
+            "y": (di, "scan output with skip and gate: (C.s_t + D u_t) * silu(z_t), before out_proj"),
+            "out": (d, "residual stream after the block: input + out_proj(y)"),
+            "attn": (c1 - c0, f"implicit attention mean_c |alpha_ij| over channels, alpha_ij = "
+                              f"C_i.(prod_(k=j+1..i) exp(dt_k A)).dt_j B_j; rows {r0}..{r1 - 1}, column m is key "
+                              f"step {c0}+m; 0 where j > i, NaN in rows outside the window"),
+        }
+        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
+        dims = {"B": ("token", "state"), "C": ("token", "state"), "state": ("token", "unit", "state"),
+                "attn": ("token", "key")}
+        for k in range(cfg.n_layer):
+            for site in SITES:
+                shape, text = desc[site]
+                shape = shape if isinstance(shape, tuple) else (shape,)
+                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
+                                       layer=k, site=site))
+        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
+                               "next-token scores lm_head(norm_f(x)) (before softmax)"))
+        return specs
+
+    def probe_specs(self) -> list[ProbeSpec]:
+        return list(self._specs)
+
+    # -- interventions ------------------------------------------------------------------
+    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
+        specs = {s.name: s for s in self._specs}
+        plan = EditPlan()
+        for n, iv in enumerate(interventions):
+            spec = specs.get(iv.probe)
+            if spec is None:
+                raise InterventionError(f"no probe point {iv.probe!r} in this {self.architecture} model; "
+                                        f"it has: {', '.join(specs)}")
+            if spec.site == "attn":
+                raise InterventionError(f"{iv.probe} is computed from dt, B and C after the run and feeds nothing; "
+                                        "intervene on dt, B, C or state instead")
+            source = (sources or {}).get(n)
+            width = int(np.prod(spec.shape))
+            if source is not None and spec.site == "state":
+                source = np.asarray(source)
+                if source.ndim >= 2 and source.shape[-2:] == spec.shape:
+                    source = source.reshape(*source.shape[:-2], width)
+            bound = BoundIntervention(iv, width, lengths, self.dtype, self.device, source)
+            if spec.layer is None:
+                plan.whole.setdefault(iv.probe, []).append(bound)
+            else:
+                plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
+        return plan
+
+    # -- the forward pass -----------------------------------------------------------------
+    def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
+                chunk: int = 256, resume: Resume | None = None, keep_state: Callable | None = None,
+                progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
+        """``x`` [T, B] token ids; returns ``{probe: [T, B, ...]}`` for the probes in ``want``
+        (see ``RecurrentStack.forward`` for ``resume`` and ``keep_state``; a state is the pair
+        (SSM state [B, d_inner, d_state], conv buffer [d_conv - 1, B, d_inner]))."""
+        plan = plan or EditPlan()
+        T, B = x.shape[0], x.shape[1]
+        L = self.config.n_layer
+        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
+        old = resume.old if resume else {}
+
+        def stitched(name, new, s):
+            if s == 0:
+                return new
+            if s >= T:
+                return old[name][:T]
+            return torch.cat([old[name][:s], new])
+
+        out: dict[str, torch.Tensor] = {}
+        s0 = starts[0]
+        below = F.embedding(x[s0:], self.embed)
+        for e in plan.whole.get("embed", []):
+            below = e.apply_all(below, s0)
+        if "embed" in want:
+            out["embed"] = stitched("embed", below, s0)
+        below_from, below_name = s0, "embed"
+        total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
+        done = [0]
+
+        def tick():
+            if should_stop is not None and should_stop():
+                raise Cancelled("run cancelled")
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        for k in range(L):
+            name_out = layer_probe(k, "out")
+            want_sites = {s for s in SITES if layer_probe(k, s) in want}
+            s = starts[k]
+            if s >= T:
+                for site in want_sites:
+                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
+                for site in ("dt", "B", "C") if "attn" in want_sites else ():
+                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
+                below, below_from, below_name = old[name_out][:T], 0, name_out
+                continue
+            xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
+            state = resume.states[(k, 0)] if s else self.initial_state(B)
+            keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
+            record = set(want_sites) - {"attn"}
+            if "attn" in want_sites:  # attention is computed from these after the run
+                record |= {"dt", "B", "C"}
+            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
+            below, below_from, below_name = recs["out"], s, name_out
+            for site in record:
+                out[layer_probe(k, site)] = stitched(layer_probe(k, site), recs[site], s)
+            if "attn" in want_sites:
+                out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
+            if "out" in want_sites:
+                out[name_out] = stitched(name_out, recs["out"], s)
+        if "logits" in want:
+            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
+            if a0 < T:
+                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
+                logits = torch.cat([self._logits(h[i:i + chunk].clone()) for i in range(0, h.shape[0], chunk)])
+                for e in plan.whole.get("logits", []):
+                    logits = e.apply_all(logits, a0)
+                out["logits"] = stitched("logits", logits, a0)
+            else:
+                out["logits"] = old["logits"][:T]
+        return out
+
+    def initial_state(self, batch: int):
+        cfg = self.config
+        ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=self.dtype, device=self.device)
+        conv = torch.zeros(cfg.d_conv - 1, batch, cfg.d_inner, dtype=self.dtype, device=self.device)
+        return ssm, conv
+
+    def _norm(self, h, w, b):
+        if self.config.norm == "layer":
+            return F.layer_norm(h, (h.shape[-1],), w, b, self.config.norm_eps)
+        var = h.pow(2).mean(-1, keepdim=True)
+        return w * (h * torch.rsqrt(var + self.config.norm_eps))
+
+    def _logits(self, h):
+        return F.linear(self._norm(h, self.norm_f_w, self.norm_f_b), self.head)
+
+    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick) -> dict:
+        """Layer ``k`` over steps ``start..`` (``xin`` holds its input for those steps)."""
+        cfg = self.config
+        T = start + xin.shape[0]
+        B = xin.shape[1]
+        widths = {"in": (cfg.d_inner,), "conv": (cfg.d_inner,), "dt": (cfg.d_inner,), "B": (cfg.d_state,),
+                  "C": (cfg.d_state,), "state": (cfg.d_inner, cfg.d_state), "gate": (cfg.d_inner,),
+                  "y": (cfg.d_inner,), "out": (cfg.d_model,)}
+        recs = {s: xin.new_empty(T - start, B, *widths[s]) for s in record | {"out"}}
+        ssm, buf = state
+        a = start
+        while a < T:
+            b = min((a // chunk + 1) * chunk, T)
+            h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
+            vals, ssm, buf = self._chunk(self.layers[k], h, a, ssm, buf, edits, "state" in record)
+            i = a - start
+            for site in recs:
+                recs[site][i:i + b - a] = vals[site]
+            if keep is not None:
+                keep(b, (ssm.clone(), buf.clone()))
+            tick()
+            a = b
+        return recs
+
+    def _chunk(self, lay: _Layer, h, a, ssm, buf, edits, want_state):
+        """Steps ``a..a+n-1`` of one layer: every per-token quantity at once, then the scan."""
+        cfg = self.config
+        n, B = h.shape[0], h.shape[1]
+        di, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
+
+        def edit(site, v):
+            for e in edits.get(site, ()):
+                if len(e.steps) and e.steps[-1] >= a and e.steps[0] < a + n:
+                    v = e.apply_all(v, a)
+            return v
+
+        xz = F.linear(self._norm(h, lay.norm_w, lay.norm_b), lay.in_w, lay.in_b)
+        xi, z = xz[..., :di], xz[..., di:]
+        xi = edit("in", xi.contiguous())
+        xc = torch.cat([buf, xi]) if cfg.d_conv > 1 else xi  # [K-1+n, B, di]
+        K = cfg.d_conv
+        conv = xc[0:n] * lay.conv_w[:, 0]
+        for j in range(1, K):
+            conv = conv + xc[j:j + n] * lay.conv_w[:, j]
+        if lay.conv_b is not None:
+            conv = conv + lay.conv_b
+        u = edit("conv", F.silu(conv))
+        new_buf = xc[n:].clone() if K > 1 else buf
+        dbc = F.linear(u, lay.x_w)
+        dt = F.softplus(F.linear(dbc[..., :R], lay.dt_w, lay.dt_b))
+        dt = edit("dt", dt)
+        Bm = edit("B", dbc[..., R:R + N].contiguous())
+        Cm = edit("C", dbc[..., R + N:].contiguous())
+        dt, u, Bm, Cm = dt.contiguous(), u.contiguous(), Bm.contiguous(), Cm.contiguous()
+        dA = torch.exp(dt[..., None] * lay.A)  # [n, B, di, N], one vectorised call per chunk
+        ys = torch.empty(n, B, di, dtype=h.dtype, device=h.device)
+        states = torch.empty(n, B, di, N, dtype=h.dtype, device=h.device) if want_state else None
+        state_edits = edits.get("state", ())
+        steps = sorted({int(t) - a for e in state_edits for t in e.steps if a <= t < a + n})
+        ssm = ssm.clone().contiguous()
+        scan = _scan_numba if self.scan == "numba" else _scan_torch
+        o = 0
+        for t in steps + [n]:
+            stop = min(t + 1, n)
+            if stop > o:
+                ssm = scan(dA[o:stop], dt[o:stop], Bm[o:stop], Cm[o:stop], u[o:stop], ssm, ys[o:stop],
+                           None if states is None else states[o:stop])
+            if t == n:
+                break
+            flat = ssm.reshape(B, di * N)
+            for e in state_edits:
+                flat = e.apply_step(flat, a + t)
+            ssm = flat.reshape(B, di, N).contiguous()
+            ys[t] = torch.matmul(ssm, Cm[t][:, :, None])[..., 0]
+            if states is not None:
+                states[t] = ssm
+            o = t + 1
+        gate = F.silu(z)
+        y = edit("y", (ys + u * lay.D) * gate)
+        out = edit("out", h + F.linear(y, lay.out_w, lay.out_b))
+        vals = {"in": xi, "conv": u, "dt": dt, "B": Bm, "C": Cm, "gate": gate, "y": y, "out": out}
+        if states is not None:
+            vals["state"] = states
+        return vals, ssm, new_buf
+
+    def _attention(self, k, out, old, s, T, B):
+        """The ``attn`` probe of layer ``k``: rows before ``s`` from the previous run (same
+        window: the prefix cache checks :meth:`cache_key`), the rest computed."""
+        from ..analysis.implicit_attention import selective_scan_attention
+
+        (r0, r1), cols = self._window.rows, self._window.cols
+        name = layer_probe(k, "attn")
+        res = torch.full((T, B, self._window.width), float("nan"), dtype=self.dtype, device=self.device)
+        if s:
+            res[:s] = old[name][:s]
+        lo = max(r0, s)
+        hi = min(r1, T)
+        if lo < hi:
+            dt, Bm, Cm = (out[layer_probe(k, site)] for site in ("dt", "B", "C"))
+            for b in range(B):
+                att = selective_scan_attention(dt[:, b], Bm[:, b], Cm[:, b], self.layers[k].A, (lo, hi), cols)
+                res[lo:hi, b] = att
+        return res
+
+    # -- what the prefix cache needs to know ------------------------------------------------
+    def layer_output_probe(self, layer: int) -> str:
+        return layer_probe(layer, "out")
+
+
+# ======================================================================================
+# the scan over one stretch of steps: state [B, d_inner, d_state] in, updated state out
+# ======================================================================================
+
+
+def _scan_torch(dA, dt, Bm, Cm, u, ssm, ys, states):
+    """The reference: one step at a time, ``s = dA_t s + (dt_t u_t) B_t``, ``y_t = s . C_t``."""
+    dBu = (dt * u)[..., None] * Bm[:, :, None, :]
+    for t in range(dA.shape[0]):
+        ssm = dA[t] * ssm + dBu[t]
+        ys[t] = torch.matmul(ssm, Cm[t][:, :, None])[..., 0]
+        if states is not None:
+            states[t] = ssm
+    return ssm
+
+
+_KERNEL = None
+
+
+def _numba_kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        from numba import njit, prange
+
+        @njit(parallel=True, cache=True)
+        def scan_kernel(dA, dt, Bm, Cm, u, S, y, states, write_states):  # pragma: no cover - compiled
+            # dA [n,B,D,N]; dt, u, y [n,B,D]; Bm, Cm [n,B,N]; S [B,D,N] updated in place
+            n, nb, D = dt.shape
+            N = S.shape[2]
+            BLK = 32
+            nblk = (D + BLK - 1) // BLK
+            for job in prange(nb * nblk):
+                b = job // nblk
+                c0 = (job % nblk) * BLK
+                c1 = min(c0 + BLK, D)
+                for t in range(n):
+                    for c in range(c0, c1):
+                        du = dt[t, b, c] * u[t, b, c]
+                        acc = S[b, c, 0] * 0
+                        for k in range(N):
+                            s = dA[t, b, c, k] * S[b, c, k] + du * Bm[t, b, k]
+                            S[b, c, k] = s
+                            acc += s * Cm[t, b, k]
+                        y[t, b, c] = acc
+                        if write_states:
+                            for k in range(N):
+                                states[t, b, c, k] = S[b, c, k]
+
+        _KERNEL = scan_kernel
+    return _KERNEL
+
+
+def _scan_numba(dA, dt, Bm, Cm, u, ssm, ys, states):
+    """The same steps in a compiled loop: each channel's state stays in cache, one pass."""
+    import numba
+
+    kernel = _numba_kernel()
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    arr = [v.contiguous().numpy() for v in (dA, dt, Bm, Cm, u)]
+    # ys and states are slices along the leading axis of contiguous tensors: written in place
+    st = states.numpy() if states is not None else np.empty((1, 1, 1, 1), dtype=arr[1].dtype)
+    kernel(*arr, ssm.numpy(), ys.numpy(), st, states is not None)
+    return ssm
+
+
+def from_transformers(hf_model, **kwargs) -> MambaModel:
+    """Wrap an in-memory ``transformers`` ``MambaForCausalLM`` (weights are copied)."""
+    c = hf_model.config
+    if getattr(c, "hidden_act", "silu") not in ("silu", "swish"):
+        raise ValueError(f"only silu convolution activations are supported, got {c.hidden_act!r}")
+    sd = hf_model.state_dict()
+    cfg = MambaConfig(d_model=c.hidden_size, n_layer=c.num_hidden_layers, vocab_size=c.vocab_size,
+                      d_inner=c.intermediate_size, d_state=c.state_size, d_conv=c.conv_kernel,
+                      dt_rank=int(c.time_step_rank), norm_eps=c.layer_norm_epsilon, in_proj_bias=c.use_bias,
+                      out_proj_bias=c.use_bias, conv_bias=c.use_conv_bias,
+                      tie_embeddings="lm_head.weight" not in sd
+                      or sd["lm_head.weight"].data_ptr() == sd["backbone.embeddings.weight"].data_ptr())
+    kwargs.setdefault("dtype", next(hf_model.parameters()).dtype)
+    return MambaModel(cfg, dict(sd), source=f"<in-memory {type(hf_model).__name__}>", **kwargs)

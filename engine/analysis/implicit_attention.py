@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 REDUCTIONS = ("mean_abs", None)
+TILE = 64  #: rows per tile
 
 
-def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile: int = 16) -> torch.Tensor:
+def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile: int = TILE,
+                             from_row: int | None = None) -> torch.Tensor:
     """Implicit attention of one sequence of one Mamba layer.
 
     ``dt`` [T, d_inner] (after softplus), ``B``/``C`` [T, d_state], ``A`` [d_inner, d_state]
@@ -38,6 +40,10 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
     "mean_abs"``: mean over channels of ``|alpha|``) or ``[r1-r0, c1-c0, d_inner]``
     (``reduce=None``), in the dtype of ``dt`` (float64 stays float64).  Entries with ``j > i``
     are 0; rows or columns past the end of the sequence are 0 too.
+
+    Row tiles start at ``r0 + k * tile`` and each is computed from the inputs alone, so a row's
+    value does not depend on which rows were asked for: ``from_row`` skips the tiles that end
+    at or before it (their rows are left 0), which is how a re-run recomputes only what changed.
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
@@ -45,58 +51,42 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
     dtype = dt.dtype if dt.dtype in (torch.float32, torch.float64) else torch.float32
     dt, B, C, A = (v.to(dtype) for v in (dt, B, C, A))
     T, D = dt.shape
-    N = A.shape[1]
     r0, r1 = (int(v) for v in rows)
     c0, c1 = (int(v) for v in cols)
     R, W = r1 - r0, c1 - c0
-    shape = (R, W) if reduce else (R, W, D)
-    out = dt.new_zeros(shape)
+    out = dt.new_zeros((R, W) if reduce else (R, W, D))
     r1c, c1c = min(r1, T), min(c1, T)
     if r1c <= r0 or c1c <= c0 or c0 >= r1c:
         return out
     lo = min(r0, c0)
-    S = torch.cumsum(dt[lo:r1c].double(), 0)  # S[k - lo] = sum dt over lo..k
+    S = torch.cumsum(dt[lo:r1c].double(), 0)  # S[k - lo] = sum of dt over lo..k, in float64
 
-    def seg(i, j):  # sum of dt over (j, i], float64, as [.., D]
-        return S[i - lo] - S[j - lo]
+    def decay(i, js):
+        """exp(A (S_i - S_j)) for the steps js (all <= i): [len(js), D, N], exponents <= 0."""
+        return torch.exp(A[None] * (S[i - lo] - S[js - lo]).to(dtype)[:, :, None])
 
-    dtB = dt[:, :, None] * B[:, None, :]  # [T, D, N]: dt_j B_j per channel
-    Ad = A.double()
-    # Q[j - c0] = exp(A (S_m - S_j)) dt_j B_j for columns j < m (the current tile start)
-    Q = None
-    m = None
-    qhi = c0  # Q holds columns c0..qhi-1
-    for i0 in range(r0, r1c, tile):
+    first = r0 if from_row is None else r0 + max(0, (int(from_row) - r0) // tile) * tile
+    for i0 in range(first, r1c, tile):
         i1 = min(i0 + tile, r1c)
-        # -- columns before the tile: factorised through step i0 -----------------------------
+        # -- columns before the tile, factorised through step i0 -----------------------------------
         jhi = min(c1c, i0)
         if jhi > c0:
-            if Q is not None:
-                Q = Q * torch.exp(Ad * seg(i0, m)[:, None]).to(dtype)
-            if jhi > qhi:
-                js = torch.arange(qhi, jhi, device=dt.device)
-                dec = torch.exp(Ad[None] * (S[i0 - lo] - S[js - lo])[:, :, None]).to(dtype)
-                new = dec * dtB[qhi:jhi]
-                Q = new if Q is None else torch.cat([Q, new])
-                qhi = jhi
-            m = i0
-            P = C[i0:i1, None, :] * torch.exp(Ad[None] * (S[i0 - lo:i1 - lo] - S[i0 - lo])[:, :, None]).to(dtype)
-            # alpha[i, j, c] = sum_n P[i, c, n] Q[j, c, n]  -> per channel: [L, N] @ [N, J]
-            blk = torch.bmm(P.permute(1, 0, 2), Q.permute(1, 2, 0))  # [D, L, J]
-            blk = blk.permute(1, 2, 0)  # [L, J, D]
+            js = torch.arange(c0, jhi, device=dt.device)
+            Q = decay(i0, js) * (dt[c0:jhi, :, None] * B[c0:jhi, None, :])  # [J, D, N]
+            # P[i] = C_i exp(A (S_i - S_i0)), exponents <= 0 as i >= i0
+            P = C[i0:i1, None, :] * torch.exp(A[None] * (S[i0 - lo:i1 - lo] - S[i0 - lo]).to(dtype)[:, :, None])
+            blk = torch.bmm(P.permute(1, 0, 2), Q.permute(1, 2, 0)).permute(1, 2, 0)  # [L, J, D]
             _put(out, blk, i0 - r0, 0, reduce)
-        # -- columns inside the tile: a running product of exp(dt_k A) ----------------------------
+        # -- columns inside the tile: a running product of exp(dt_k A), row by row -----------------
         jlo = max(c0, i0)
         if jlo < min(c1c, i1):
             run = None  # run[j - jlo] = prod_(k=j+1..i) exp(dt_k A) dt_j B_j
             for i in range(jlo, i1):
-                dA = torch.exp(dt[i, :, None] * A)
                 if run is not None:
-                    run = run * dA
+                    run = run * torch.exp(dt[i, :, None] * A)
                 if i < c1c:
-                    run = dtB[i][None] if run is None else torch.cat([run, dtB[i][None]])
-                if run is None:
-                    continue
+                    new = (dt[i, :, None] * B[i, None, :])[None]
+                    run = new if run is None else torch.cat([run, new])
                 vals = (run * C[i][None, None, :]).sum(-1)  # [J, D]
                 _put(out, vals[None], i - r0, jlo - c0, reduce)
     return out

@@ -40,6 +40,7 @@ Implicit attention (probe ``attn``) is computed for a window of rows and columns
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import Cancelled
+from ..errors import Cancelled, LoadError
 from ..interventions import BoundIntervention, InterventionError
 from ..probes import ProbeSpec, layer_probe
 from .base import Resume, SequenceModel
@@ -534,7 +535,7 @@ class MambaModel(SequenceModel):
             if states is not None:
                 states[t] = ssm
             o = t + 1
-        gate = F.silu(z)
+        gate = edit("gate", F.silu(z))
         y = edit("y", (ys + u * lay.D) * gate)
         out = edit("out", h + F.linear(y, lay.out_w, lay.out_b))
         vals = {"in": xi, "conv": u, "dt": dt, "B": Bm, "C": Cm, "gate": gate, "y": y, "out": out}
@@ -545,20 +546,23 @@ class MambaModel(SequenceModel):
     def _attention(self, k, out, old, s, T, B):
         """The ``attn`` probe of layer ``k``: rows before ``s`` from the previous run (same
         window: the prefix cache checks :meth:`cache_key`), the rest computed."""
-        from ..analysis.implicit_attention import selective_scan_attention
+        from ..analysis.implicit_attention import TILE, selective_scan_attention
 
         (r0, r1), cols = self._window.rows, self._window.cols
         name = layer_probe(k, "attn")
         res = torch.full((T, B, self._window.width), float("nan"), dtype=self.dtype, device=self.device)
         if s:
             res[:s] = old[name][:s]
-        lo = max(r0, s)
         hi = min(r1, T)
-        if lo < hi:
+        if max(r0, s) < hi:
+            # whole row tiles (aligned to r0) from the one holding step s: a row is computed the
+            # same way in a full run and in a re-run
             dt, Bm, Cm = (out[layer_probe(k, site)] for site in ("dt", "B", "C"))
             for b in range(B):
-                att = selective_scan_attention(dt[:, b], Bm[:, b], Cm[:, b], self.layers[k].A, (lo, hi), cols)
-                res[lo:hi, b] = att
+                att = selective_scan_attention(dt[:, b], Bm[:, b], Cm[:, b], self.layers[k].A, (r0, hi), cols,
+                                               from_row=s)
+                first = r0 + max(0, (s - r0) // TILE) * TILE
+                res[first:hi, b] = att[first - r0:]
         return res
 
     # -- what the prefix cache needs to know ------------------------------------------------
@@ -646,3 +650,195 @@ def from_transformers(hf_model, **kwargs) -> MambaModel:
                       or sd["lm_head.weight"].data_ptr() == sd["backbone.embeddings.weight"].data_ptr())
     kwargs.setdefault("dtype", next(hf_model.parameters()).dtype)
     return MambaModel(cfg, dict(sd), source=f"<in-memory {type(hf_model).__name__}>", **kwargs)
+
+
+# ======================================================================================
+# loading: Hugging Face MambaForCausalLM folders and the original mamba_ssm layout
+# ======================================================================================
+
+_A_LOG = re.compile(r"^(.*?)layers\.(\d+)\.mixer\.A_log$")
+_OTHER_SSM = {"mamba2": "Mamba2", "falcon_mamba": "FalconMamba", "jamba": "Jamba", "zamba": "Zamba",
+              "zamba2": "Zamba2", "bamba": "Bamba", "nemotron_h": "Nemotron-H"}
+
+
+def looks_like_mamba(tensors: dict, configs: list) -> bool:
+    """A Mamba checkpoint: ``…layers.{i}.mixer.A_log`` tensors, or a config that says so
+    (``model_type`` "mamba" or a relative, or the mamba_ssm keys ``d_model`` + ``n_layer``)."""
+    if any(_A_LOG.match(k) for k in tensors):
+        return True
+    for _, d in configs:
+        if str(d.get("model_type", "")).lower() in ("mamba", *_OTHER_SSM):
+            return True
+        if "d_model" in d and "n_layer" in d and "ssm_cfg" in d:
+            return True
+    return False
+
+
+def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
+    """MambaConfig fields stated by config.json (either layout), and which layout it was."""
+    for src, d in configs:
+        mt = str(d.get("model_type", "")).lower()
+        if mt in _OTHER_SSM:
+            raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_SSM[mt]}): SeqScope reads Mamba (1) models so "
+                            "far; this family is not supported yet")
+        if mt == "mamba":
+            act = str(d.get("hidden_act", "silu"))
+            if act not in ("silu", "swish"):
+                raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's Mamba supports silu only")
+            out = {"norm_eps": float(d.get("layer_norm_epsilon", 1e-5))}
+            for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                                 ("vocab_size", "vocab_size"), ("d_state", "state_size"), ("d_conv", "conv_kernel"),
+                                 ("d_inner", "intermediate_size")):
+                if isinstance(d.get(theirs), int):
+                    out[ours] = d[theirs]
+            if "d_inner" not in out and isinstance(d.get("expand"), int) and "d_model" in out:
+                out["d_inner"] = d["expand"] * out["d_model"]
+            if isinstance(d.get("time_step_rank"), int):
+                out["dt_rank"] = d["time_step_rank"]
+            if "use_bias" in d:
+                out["in_proj_bias"] = out["out_proj_bias"] = bool(d["use_bias"])
+            if "use_conv_bias" in d:
+                out["conv_bias"] = bool(d["use_conv_bias"])
+            if "tie_word_embeddings" in d:
+                out["tie_embeddings"] = bool(d["tie_word_embeddings"])
+            return out, "transformers MambaForCausalLM"
+        if "d_model" in d and "n_layer" in d:
+            ssm = d.get("ssm_cfg") or {}
+            if str(ssm.get("layer", "Mamba1")) != "Mamba1":
+                raise LoadError(f"{src}: ssm_cfg layer {ssm['layer']!r} is not supported yet (SeqScope reads Mamba1)")
+            if d.get("d_intermediate"):
+                raise LoadError(f"{src}: d_intermediate={d['d_intermediate']} adds MLP blocks between the mixers, "
+                                "which SeqScope's Mamba does not have")
+            if d.get("attn_layer_idx"):
+                raise LoadError(f"{src}: attn_layer_idx={d['attn_layer_idx']} adds attention layers (a hybrid "
+                                "model), which SeqScope's Mamba does not have")
+            vocab = int(d["vocab_size"])
+            pad = int(d.get("pad_vocab_size_multiple", 1) or 1)
+            if vocab % pad:
+                vocab += pad - vocab % pad
+            dm = int(d["d_model"])
+            out = {"d_model": dm, "n_layer": int(d["n_layer"]), "vocab_size": vocab,
+                   "d_inner": int(ssm.get("expand", 2)) * dm, "d_state": int(ssm.get("d_state", 16)),
+                   "d_conv": int(ssm.get("d_conv", 4)), "conv_bias": bool(ssm.get("conv_bias", True)),
+                   "in_proj_bias": bool(ssm.get("bias", False)), "out_proj_bias": bool(ssm.get("bias", False)),
+                   "norm": "rms" if d.get("rms_norm", True) else "layer",
+                   "norm_eps": float(d.get("norm_epsilon", 1e-5)),
+                   "tie_embeddings": bool(d.get("tie_embeddings", True))}
+            if isinstance(ssm.get("dt_rank"), int):
+                out["dt_rank"] = ssm["dt_rank"]
+            if pad > 1 and vocab != int(d["vocab_size"]):
+                notes.append(f"vocab_size {d['vocab_size']} padded to {vocab} (pad_vocab_size_multiple {pad})")
+            return out, "mamba_ssm"
+    return {}, ""
+
+
+def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
+    """File keys → ``MambaForCausalLM`` names, whatever the prefix (``backbone.``, none, ``model.``)
+    and with mamba_ssm's ``embedding`` for ``embeddings``.  Returns (canonical → tensor,
+    canonical → file key)."""
+    prefixes = {m.group(1) for k in tensors if (m := _A_LOG.match(k))}
+    if len(prefixes) != 1:
+        found = ", ".join(sorted(prefixes)) or "none"
+        raise LoadError(f"{name}: expected Mamba layer weights named …layers.{{i}}.mixer.A_log under one prefix "
+                        f"(found prefixes: {found})")
+    prefix = prefixes.pop()
+    outer = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else ""
+    canon, origin = {}, {}
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            rest = k[len(prefix):]
+            if rest.startswith("embedding."):
+                rest = "embeddings." + rest[len("embedding."):]
+            cn = "backbone." + rest
+        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
+            cn = k[len(outer):]
+        else:
+            cn = k
+        canon[cn] = v
+        origin[cn] = k
+    return canon, origin
+
+
+def _infer_config(canon: dict, stated: dict) -> dict:
+    """MambaConfig fields from the weights, where the config files left them out."""
+    out = dict(stated)
+    n = 0
+    while f"backbone.layers.{n}.mixer.A_log" in canon:
+        n += 1
+    out.setdefault("n_layer", n)
+    a = canon.get("backbone.layers.0.mixer.A_log")
+    if a is not None and a.ndim == 2:
+        out.setdefault("d_inner", int(a.shape[0]))
+        out.setdefault("d_state", int(a.shape[1]))
+    emb = canon.get("backbone.embeddings.weight")
+    if emb is not None and emb.ndim == 2:
+        out.setdefault("vocab_size", int(emb.shape[0]))
+        out.setdefault("d_model", int(emb.shape[1]))
+    cw = canon.get("backbone.layers.0.mixer.conv1d.weight")
+    if cw is not None and cw.ndim == 3:
+        out.setdefault("d_conv", int(cw.shape[-1]))
+    dtw = canon.get("backbone.layers.0.mixer.dt_proj.weight")
+    if dtw is not None and dtw.ndim == 2:
+        out.setdefault("dt_rank", int(dtw.shape[1]))
+    out.setdefault("in_proj_bias", "backbone.layers.0.mixer.in_proj.bias" in canon)
+    out.setdefault("out_proj_bias", "backbone.layers.0.mixer.out_proj.bias" in canon)
+    out.setdefault("conv_bias", "backbone.layers.0.mixer.conv1d.bias" in canon)
+    out.setdefault("norm", "layer" if "backbone.layers.0.norm.bias" in canon else "rms")
+    if "lm_head.weight" not in canon:
+        out["tie_embeddings"] = True
+    elif "tie_embeddings" not in stated:
+        lm, e = canon["lm_head.weight"], canon.get("backbone.embeddings.weight")
+        out["tie_embeddings"] = e is not None and lm.shape == e.shape and bool(torch.equal(lm, e))
+    return out
+
+
+def load_mamba(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True, **kwargs) -> MambaModel:
+    """Build a :class:`MambaModel` from a checkpoint's tensors and the configs stored with it
+    (``[(where, dict)]``).  Every problem is a LoadError naming the keys involved."""
+    notes: list[str] = []
+    stated, layout = _config_from_files(configs, notes)
+    canon, origin = _canonical_names(tensors, name)
+    fields = _infer_config(canon, stated)
+    try:
+        cfg = MambaConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise LoadError(f"{name}: the Mamba config is not valid: {exc}") from None
+    expected = canonical_weight_shapes(cfg)
+    if cfg.tie_embeddings and "lm_head.weight" in canon:
+        lm, e = canon["lm_head.weight"], canon.get("backbone.embeddings.weight")
+        if e is not None and lm.shape == e.shape and not torch.equal(lm, e):
+            raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from "
+                            "them in the file")
+        expected = {**expected, "lm_head.weight": tuple(e.shape) if e is not None else (cfg.vocab_size, cfg.d_model)}
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    missing = [cn for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
+    unused = [key(cn) for cn in canon if cn not in expected]
+    what = f"a Mamba model ({layout or 'layout from the weights'}: d_model={cfg.d_model}, n_layer={cfg.n_layer}, " \
+           f"d_inner={cfg.d_inner}, d_state={cfg.d_state}, d_conv={cfg.d_conv}, dt_rank={cfg.dt_rank}, " \
+           f"vocab_size={cfg.vocab_size})"
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(key(cn) for cn in missing[:12])
+                     + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
+    if bad:
+        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    if unused and strict:
+        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
+                     + " (load with strict=False to ignore them)")
+    if parts:
+        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    if unused:
+        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+    weights = {cn: canon[cn] for cn in expected}
+    if cfg.tie_embeddings:
+        weights.pop("lm_head.weight", None)
+    try:
+        model = MambaModel(cfg, weights, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name}: could not build the Mamba model: {exc}") from None
+    model.load_info.update({"format": fmt, "layout": layout or "inferred from the weights"})
+    if notes:
+        model.load_info["notes"] = "\n".join(notes)
+    return model

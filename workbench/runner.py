@@ -29,7 +29,7 @@ class Job:
 class _Worker(QObject):
     """Lives in the worker thread; runs one job at a time from the shared queue."""
 
-    done = Signal(int, str, object)
+    done = Signal(int, str)  # the result waits in Runner._results: no Python object crosses threads
     failed = Signal(int, str, str)
     progress = Signal(int, str, int, int)
 
@@ -57,7 +57,9 @@ class _Worker(QObject):
                 self.failed.emit(job.id, job.kind, f"{type(exc).__name__}: {exc}\n\n{detail}")
                 continue
             if not job.cancelled.is_set():
-                self.done.emit(job.id, job.kind, result)
+                with self._runner._lock:
+                    self._runner._results[job.id] = result
+                self.done.emit(job.id, job.kind)
 
 
 class Runner(QObject):
@@ -75,6 +77,7 @@ class Runner(QObject):
         self._queue: list[Job] = []
         self._running: Job | None = None
         self._latest: dict[str, int] = {}
+        self._results: dict[int, Any] = {}
         self.gui_thread_ran_job = False  # for tests: must stay False
         self._thread = QThread()
         self._thread.setObjectName("seqscope-runner")
@@ -132,8 +135,10 @@ class Runner(QObject):
     def _emit_busy(self):
         self.busy_changed.emit(self.is_busy())
 
-    @Slot(int, str, object)
-    def _on_done(self, job_id, kind, result):
+    @Slot(int, str)
+    def _on_done(self, job_id, kind):
+        with self._lock:
+            result = self._results.pop(job_id, None)
         if self._latest.get(kind) == job_id:  # an older request's result is dropped
             self.finished.emit(job_id, kind, result)
         self._emit_busy()

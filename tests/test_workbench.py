@@ -1,0 +1,231 @@
+"""The workbench driven as a user would, offscreen (pytest-qt): open a model, type, click the
+heatmap, steer, export, survive a corrupt file; newest-wins runs off the GUI thread; no leaks."""
+import csv
+import string
+import threading
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QPointF, QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QImage  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+import engine  # noqa: E402
+from engine import Intervention, Span  # noqa: E402
+
+CHARS = list(string.printable)
+TEXT = 'def greet(name):\n    msg = "hello, " + name\n    return (msg, len(msg))\n' * 4
+WAIT = 20000
+
+
+@pytest.fixture
+def char_model_file(tmp_path):
+    """A char-LSTM saved the way people save one: a state dict with its vocabulary."""
+    torch.manual_seed(0)
+    emb, rnn, head = nn.Embedding(len(CHARS), 12), nn.LSTM(12, 32, 2), nn.Linear(32, len(CHARS))
+    state = {f"embedding.{k}": v for k, v in emb.state_dict().items()}
+    state.update({f"lstm.{k}": v for k, v in rnn.state_dict().items()})
+    state.update({f"fc.{k}": v for k, v in head.state_dict().items()})
+    path = tmp_path / "char_lstm.pt"
+    torch.save({"state_dict": state, "chars": CHARS}, path)
+    return path
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    from workbench.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    w.resize(1400, 900)
+    w.show()
+    yield w
+    w.close()
+
+
+def open_with_text(qtbot, window, path, text=TEXT):
+    s = window.session
+    s.text = text
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        window.open_model(path)
+    assert s.trace.text(0) == text
+    return s
+
+
+def test_open_type_and_see_the_trace(qtbot, window, char_model_file):
+    s = open_with_text(qtbot, window, char_model_file)
+    assert s.model.architecture == "lstm" and s.probe == "layers.1.c"
+    assert window.views["Probes"].tree.topLevelItemCount() == 3  # inputs/outputs, layer 0, layer 1
+    editor = window.views["Input"].editor
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        editor.setPlainText("x = [1, 2]\n")
+    assert s.trace.text(0) == "x = [1, 2]\n"
+    ref = engine.run(engine.load(char_model_file, device="cpu"), "x = [1, 2]\n")
+    np.testing.assert_array_equal(s.trace["layers.1.c"], ref["layers.1.c"])
+    heat = window.views["Neuron heatmap"]
+    assert heat.image.image.shape == (32, len("x = [1, 2]\n"))  # units x tokens
+    assert "x = [1, 2]" in window.views["Text"].browser.toPlainText().replace("↵", "")
+
+
+def test_clicking_the_heatmap_selects_a_unit_and_step_everywhere(qtbot, window, char_model_file):
+    s = open_with_text(qtbot, window, char_model_file)
+    heat = window.views["Neuron heatmap"]
+    heat.plot_item.vb.setRange(xRange=(0, 40), yRange=(0, 32), padding=0)
+    QApplication.processEvents()
+    scene_pt = heat.plot_item.vb.mapViewToScene(QPointF(17.5, 9.5))
+    widget_pt = heat.plot.mapFromScene(scene_pt)
+    with qtbot.waitSignal(s.selection_changed, timeout=WAIT):
+        QTest.mouseClick(heat.plot.viewport(), Qt.LeftButton, pos=widget_pt)
+    assert s.units[0] == 9 and s.step == 17
+    plot = window.views["Unit traces"]
+    np.testing.assert_array_equal(plot.steered[0].yData, s.trace["layers.1.c"][:, 9])
+    assert plot.cursor.value() == 17
+    assert heat.unit_line.value() == 9.5
+
+
+def test_steering_changes_outputs_after_the_edit_and_nothing_before(qtbot, window, char_model_file):
+    s = open_with_text(qtbot, window, char_model_file)
+    s.select_probe("layers.0.c")
+    s.select_unit(4)
+    s.set_step(30)
+    panel = window.views["Interventions"]
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        panel.add_selection.click()
+    assert s.interventions == [Intervention("layers.0.c", "set", 0.0, Span(30), [4])]
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        panel.value.setValue(3.0)  # the editor edits the selected intervention live
+    assert s.interventions[0].value == 3.0
+    clean, steered = s.clean_trace, s.trace
+    for name in clean.probes:
+        np.testing.assert_array_equal(steered[name][:30], clean[name][:30], err_msg=name)
+    assert np.all(steered["layers.0.c"][30:, 4] == 3.0)
+    assert np.abs(steered["logits"][30:] - clean["logits"][30:]).max() > 1e-3
+    if "Outputs" in window.views:  # the before/after prediction table follows the edit
+        s.set_step(35)
+        QApplication.processEvents()
+
+
+def test_exports_png_svg_hdf5_csv_read_back(qtbot, window, char_model_file, tmp_path):
+    s = open_with_text(qtbot, window, char_model_file)
+    s.add_intervention(Intervention("layers.1.h", "scale", 0.5, units=[1]))
+    qtbot.waitSignal(s.trace_changed, timeout=WAIT).wait()
+    png, svg = tmp_path / "heat.png", tmp_path / "traces.svg"
+    window.export_view("Neuron heatmap", png)
+    img = QImage(str(png))
+    assert not img.isNull() and img.width() > 100
+    window.export_view("Unit traces", svg)
+    root = ET.parse(svg).getroot()
+    assert root.tag.endswith("svg") and len(list(root.iter())) > 10
+    h5 = tmp_path / "trace.h5"
+    with qtbot.waitSignal(s.runner.finished, timeout=WAIT):
+        window.export_trace(h5)
+    back = engine.load_trace(h5)
+    assert back.probes == s.trace.probes and back.interventions == tuple(s.interventions)
+    np.testing.assert_array_equal(back["layers.1.c"], s.trace["layers.1.c"])
+    from workbench.export import export_units_csv
+
+    out = export_units_csv(s, tmp_path / "units.csv")
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:5] == ["token", "sequence", "text", "layers.1.c[0]", "layers.1.c[0] clean"]
+    assert len(rows) == s.trace.n_tokens + 1 and rows[1 + 2][2] == TEXT[2]
+    np.testing.assert_allclose([float(r[3]) for r in rows[1:]], s.trace["layers.1.c"][:, 0], rtol=1e-6)
+
+
+def test_svg_export_survives_closed_paths(qtbot, tmp_path):
+    """pyqtgraph 0.14 + Qt 6.12 write closed paths ending in Z, which its SVG exporter chokes on."""
+    import pyqtgraph as pg
+
+    from workbench.export import export_view
+
+    widget = pg.PlotWidget()
+    qtbot.addWidget(widget)
+    widget.plot([0, 1, 2, 3], [0, 1, 0, 1], fillLevel=0, brush=(50, 50, 200, 100))  # a filled, closed path
+    widget.plot_item = widget.getPlotItem()
+    out = export_view(widget, tmp_path / "filled.svg")
+    root = ET.parse(out).getroot()
+    paths = [e.get("d") for e in root.iter() if e.tag.endswith("path") and e.get("d")]
+    assert paths and not any("Z" in d for d in paths)
+
+
+def test_a_corrupt_model_shows_an_error_and_keeps_the_current_one(qtbot, window, char_model_file, tmp_path):
+    s = open_with_text(qtbot, window, char_model_file)
+    model_before = s.model
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(char_model_file.read_bytes()[:500])
+    with qtbot.waitSignal(s.error, timeout=WAIT):
+        window.open_model(bad)
+    assert "Could not open the model" in window.last_error and "broken.pt" in window.last_error
+    assert window.error_dialog.isVisible()
+    assert s.model is model_before
+    window.error_dialog.accept()
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):  # still usable
+        s.set_text("y = 1\n")
+    assert s.trace.text(0) == "y = 1\n"
+
+
+def test_a_burst_of_edits_yields_one_final_trace_and_no_run_on_the_gui_thread(qtbot, window, char_model_file,
+                                                                              monkeypatch):
+    s = open_with_text(qtbot, window, char_model_file)
+    threads = []
+    real_run = engine.run
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "run", spy)
+    received = []
+    s.trace_changed.connect(lambda: received.append(s.trace))
+    for k in range(20):
+        s.set_text(TEXT + "#" * (k + 1))
+    qtbot.waitUntil(lambda: not s.runner.is_busy(), timeout=WAIT)
+    QApplication.processEvents()
+    assert len(received) == 1
+    assert received[0].text(0) == TEXT + "#" * 20
+    assert threads and not any(threads)
+    assert not s.runner.gui_thread_ran_job
+
+
+def test_project_round_trip(qtbot, window, char_model_file, tmp_path):
+    s = open_with_text(qtbot, window, char_model_file)
+    s.select_probe("layers.0.gate_f")
+    s.select_unit(5)
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.add_intervention(Intervention("layers.0.c", "zero", positions=[3], units=[1]))
+    project = tmp_path / "p.seqscope.json"
+    window.save_project(project)
+    from workbench.main_window import MainWindow
+
+    other = MainWindow(settings=QSettings(str(tmp_path / "s2.ini"), QSettings.IniFormat))
+    qtbot.addWidget(other)
+    with qtbot.waitSignal(other.session.trace_changed, timeout=WAIT):
+        other.open_project(project)
+    o = other.session
+    assert o.probe == "layers.0.gate_f" and o.units[0] == 5 and o.interventions == s.interventions
+    assert o.text == s.text
+    np.testing.assert_array_equal(o.trace["layers.0.c"], s.trace["layers.0.c"])
+    other.close()
+
+
+def test_closing_the_window_stops_the_worker_and_leaks_no_windows(qtbot, char_model_file, tmp_path):
+    from workbench.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    w.show()
+    open_with_text(qtbot, w, char_model_file)
+    thread = w.session.runner._thread
+    w.close()
+    w.deleteLater()
+    qtbot.waitUntil(lambda: not thread.isRunning(), timeout=WAIT)
+    QApplication.processEvents()
+    QApplication.sendPostedEvents(None, 0)
+    leftovers = [x for x in QApplication.topLevelWidgets() if isinstance(x, MainWindow) and x.isVisible()]
+    assert not leftovers
+

@@ -14,6 +14,9 @@ Supported inputs
 * **Folders** in the Hugging Face layout: ``config.json`` + ``model.safetensors`` (or a sharded
   ``model.safetensors.index.json``) or ``pytorch_model.bin``; ``tokenizer.json`` is used
   through :class:`FileTokenizer`, ``vocab.json`` through :meth:`CharVocab.from_any`.
+* **Mamba (1)**: ``transformers`` ``MambaForCausalLM`` folders (``config.json`` with ``model_type``
+  "mamba" + safetensors) and the original ``mamba_ssm`` layout (``config.json`` with ``d_model``,
+  ``n_layer``, ``ssm_cfg``, … + ``pytorch_model.bin``), built by ``engine.models.mamba.load_mamba``.
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 
@@ -49,6 +52,7 @@ from pathlib import Path
 import torch
 
 from .errors import LoadError
+from .models import mamba as _mamba
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
 
@@ -122,9 +126,31 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if config is None:  # Mamba checkpoints (HF MambaForCausalLM folders, mamba_ssm layout) state their own config
+        found = _read(Path(path))
+        configs = _stored_configs(found)
+        if _mamba.looks_like_mamba(found.tensors, configs):
+            return _build_mamba(found, configs, device=device, dtype=dtype, strict=strict, source=str(path))
     explicit = _explicit_config(config)
-    found = _read(Path(path))
+    found = found if config is None else _read(Path(path))
     model = _build(found, explicit, device=device, dtype=dtype, strict=strict, source=str(path))
+    return model
+
+
+def _build_mamba(found: _Found, configs, *, device, dtype, strict, source):
+    notes: list[str] = []
+    tokenizer, vocab_src = _make_tokenizer(found, configs, notes)
+    model = _mamba.load_mamba(found.tensors, configs, name=found.name, fmt=found.fmt, strict=strict,
+                              source=source, dtype=dtype, device=device)
+    if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
+        notes.append(f"the vocabulary from {vocab_src} has {tokenizer.vocab_size} entries, more than the "
+                     f"{model.vocab_size} embedding rows; it was not attached")
+        tokenizer = None
+    model.tokenizer = tokenizer
+    if vocab_src and tokenizer is not None:
+        model.load_info["vocabulary"] = str(vocab_src)
+    if notes:
+        model.load_info["notes"] = "\n".join(filter(None, [model.load_info.get("notes", "")] + notes))
     return model
 
 

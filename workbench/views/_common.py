@@ -117,3 +117,29 @@ def layer_sites(session, layer: int) -> list[str]:
     if session.model is None:
         return []
     return [s.site for s in session.model.probe_specs() if s.layer == layer]
+
+
+class TraceKey:
+    """A cache key for a trace that survives re-runs: equal for the same trace object, and for
+    two traces without interventions from the same model on the same input (a clean re-run,
+    which the engine guarantees to reproduce exactly).  The session makes a new clean trace on
+    every run, also when only the interventions changed; this key lets a view keep what it
+    computed from the clean trace (PCA axes, a ranking) across those runs."""
+
+    __slots__ = ("trace", "model", "_content")
+
+    def __init__(self, model, trace):
+        self.trace, self.model = trace, model
+        self._content = None
+        if trace is not None and not trace.interventions:
+            inputs = None if trace.inputs is None else trace.inputs.tobytes()
+            self._content = (trace.n_tokens, trace.tokens.tobytes(), trace.offsets.tobytes(), inputs,
+                             tuple(trace.arrays))
+
+    def matches(self, model, trace) -> bool:
+        if trace is self.trace:
+            return True
+        if trace is None or self._content is None or model is not self.model or trace.interventions:
+            return False
+        other = TraceKey(model, trace)
+        return other._content == self._content

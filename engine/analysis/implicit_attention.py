@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 REDUCTIONS = ("mean_abs", None)
-TILE = 64  #: rows per tile
+TILE = 64  #: rows per tile: a row is computed alike whichever tiles were asked for
+LEAF = 8  #: rows per leaf inside a tile, whose own columns are summed directly
 
 
 def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile: int = TILE,
@@ -66,29 +67,35 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
         return torch.exp(A[None] * (S[i - lo] - S[js - lo]).to(dtype)[:, :, None])
 
     first = r0 if from_row is None else r0 + max(0, (int(from_row) - r0) // tile) * tile
+    leaf = max(1, min(LEAF, tile))
+
+    def factorised(i0, i1, j0, j1):
+        """Rows i0..i1-1, columns j0..j1-1 (all j < i0): through step i0, one matmul per channel."""
+        if j1 <= j0:
+            return
+        Q = decay(i0, torch.arange(j0, j1, device=dt.device)) * (dt[j0:j1, :, None] * B[j0:j1, None, :])
+        # P[i] = C_i exp(A (S_i - S_i0)), exponents <= 0 as i >= i0
+        P = C[i0:i1, None, :] * torch.exp(A[None] * (S[i0 - lo:i1 - lo] - S[i0 - lo]).to(dtype)[:, :, None])
+        blk = torch.bmm(P.permute(1, 0, 2), Q.permute(1, 2, 0)).permute(1, 2, 0)  # [L, J, D]
+        _put(out, blk, i0 - r0, j0 - c0, reduce)
+
     for i0 in range(first, r1c, tile):
         i1 = min(i0 + tile, r1c)
-        # -- columns before the tile, factorised through step i0 -----------------------------------
-        jhi = min(c1c, i0)
-        if jhi > c0:
-            js = torch.arange(c0, jhi, device=dt.device)
-            Q = decay(i0, js) * (dt[c0:jhi, :, None] * B[c0:jhi, None, :])  # [J, D, N]
-            # P[i] = C_i exp(A (S_i - S_i0)), exponents <= 0 as i >= i0
-            P = C[i0:i1, None, :] * torch.exp(A[None] * (S[i0 - lo:i1 - lo] - S[i0 - lo]).to(dtype)[:, :, None])
-            blk = torch.bmm(P.permute(1, 0, 2), Q.permute(1, 2, 0)).permute(1, 2, 0)  # [L, J, D]
-            _put(out, blk, i0 - r0, 0, reduce)
-        # -- columns inside the tile: a running product of exp(dt_k A), row by row -----------------
-        jlo = max(c0, i0)
-        if jlo < min(c1c, i1):
-            run = None  # run[j - jlo] = prod_(k=j+1..i) exp(dt_k A) dt_j B_j
-            for i in range(jlo, i1):
+        factorised(i0, i1, c0, min(c1c, i0))  # columns before the tile
+        for s0 in range(i0, i1, leaf):  # inside the tile: leaves of `leaf` rows
+            s1 = min(s0 + leaf, i1)
+            factorised(s0, s1, max(c0, i0), min(c1c, s0))
+            jlo = max(c0, s0)
+            if jlo >= min(c1c, s1):
+                continue
+            run = None  # the leaf's own columns: a running product of exp(dt_k A), row by row
+            for i in range(jlo, s1):
                 if run is not None:
                     run = run * torch.exp(dt[i, :, None] * A)
                 if i < c1c:
                     new = (dt[i, :, None] * B[i, None, :])[None]
                     run = new if run is None else torch.cat([run, new])
-                vals = (run * C[i][None, None, :]).sum(-1)  # [J, D]
-                _put(out, vals[None], i - r0, jlo - c0, reduce)
+                _put(out, (run * C[i][None, None, :]).sum(-1)[None], i - r0, jlo - c0, reduce)
     return out
 
 
@@ -96,7 +103,7 @@ def _put(out, blk, row, col, reduce):
     """Write a block [L, J, D] of alpha at (row, col) of ``out``, reduced as asked."""
     L, J = blk.shape[:2]
     if reduce == "mean_abs":
-        out[row:row + L, col:col + J] = blk.abs().mean(-1)
+        out[row:row + L, col:col + J] = torch.linalg.vector_norm(blk, 1, -1) / blk.shape[-1]
     else:
         out[row:row + L, col:col + J] = blk
 

@@ -55,8 +55,8 @@ from .base import Resume, SequenceModel
 from .stack import EditPlan
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
-#: sites computed per token before the scan, in the order they are computed
-_BEFORE_SCAN = ("in", "conv", "dt", "B", "C")
+#: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
+SUB = 64
 
 
 @dataclass(frozen=True)
@@ -512,29 +512,36 @@ class MambaModel(SequenceModel):
         Bm = edit("B", dbc[..., R:R + N].contiguous())
         Cm = edit("C", dbc[..., R + N:].contiguous())
         dt, u, Bm, Cm = dt.contiguous(), u.contiguous(), Bm.contiguous(), Cm.contiguous()
-        dA = torch.exp(dt[..., None] * lay.A)  # [n, B, di, N], one vectorised call per chunk
         ys = torch.empty(n, B, di, dtype=h.dtype, device=h.device)
         states = torch.empty(n, B, di, N, dtype=h.dtype, device=h.device) if want_state else None
         state_edits = edits.get("state", ())
         steps = sorted({int(t) - a for e in state_edits for t in e.steps if a <= t < a + n})
         ssm = ssm.clone().contiguous()
         scan = _scan_numba if self.scan == "numba" else _scan_torch
-        o = 0
-        for t in steps + [n]:
-            stop = min(t + 1, n)
-            if stop > o:
-                ssm = scan(dA[o:stop], dt[o:stop], Bm[o:stop], Cm[o:stop], u[o:stop], ssm, ys[o:stop],
-                           None if states is None else states[o:stop])
-            if t == n:
-                break
-            flat = ssm.reshape(B, di * N)
-            for e in state_edits:
-                flat = e.apply_step(flat, a + t)
-            ssm = flat.reshape(B, di, N).contiguous()
-            ys[t] = torch.matmul(ssm, Cm[t][:, :, None])[..., 0]
-            if states is not None:
-                states[t] = ssm
-            o = t + 1
+        # exp(dt A) for SUB steps at a time into one buffer that stays in cache; the sub-chunk
+        # grid is fixed relative to the chunk, so every run computes each step's values alike
+        dA_buf = torch.empty(min(SUB, n), B, di, N, dtype=h.dtype, device=h.device)
+        for p in range(0, n, SUB):
+            q = min(p + SUB, n)
+            dA = dA_buf[:q - p]
+            torch.mul(dt[p:q, :, :, None], lay.A, out=dA)
+            dA.exp_()
+            o = p
+            for t in [t for t in steps if p <= t < q] + [q]:
+                stop = min(t + 1, q)
+                if stop > o:
+                    ssm = scan(dA[o - p:stop - p], dt[o:stop], Bm[o:stop], Cm[o:stop], u[o:stop], ssm, ys[o:stop],
+                               None if states is None else states[o:stop])
+                if t == q:
+                    break
+                flat = ssm.reshape(B, di * N)  # an edit of the state after step t
+                for e in state_edits:
+                    flat = e.apply_step(flat, a + t)
+                ssm = flat.reshape(B, di, N).contiguous()
+                ys[t] = torch.matmul(ssm, Cm[t][:, :, None])[..., 0]
+                if states is not None:
+                    states[t] = ssm
+                o = t + 1
         gate = edit("gate", F.silu(z))
         y = edit("y", (ys + u * lay.D) * gate)
         out = edit("out", h + F.linear(y, lay.out_w, lay.out_b))
@@ -594,7 +601,7 @@ def _numba_kernel():
     if _KERNEL is None:
         from numba import njit, prange
 
-        @njit(parallel=True, cache=True)
+        @njit(parallel=True, cache=True, fastmath=True)
         def scan_kernel(dA, dt, Bm, Cm, u, S, y, states, write_states):  # pragma: no cover - compiled
             # dA [n,B,D,N]; dt, u, y [n,B,D]; Bm, Cm [n,B,N]; S [B,D,N] updated in place
             n, nb, D = dt.shape

@@ -246,6 +246,7 @@ class BoundIntervention:
         self.mask = torch.from_numpy(mask).to(device)  # [T, B]
         self.steps = np.flatnonzero(mask.any(axis=1))  # steps where anything changes
         self._active = set(self.steps.tolist())
+        self._every_row = set(np.flatnonzero(mask.all(axis=1)).tolist())  # steps where all sequences are edited
         self.value = None
         if iv.op in ("set", "add", "scale"):
             v = torch.tensor(iv.value, dtype=dtype, device=device)
@@ -293,6 +294,7 @@ class BoundIntervention:
         out.mask = torch.gather(self.mask, 0, reverse_index)
         out.steps = np.flatnonzero(out.mask.any(dim=1).cpu().numpy())
         out._active = set(out.steps.tolist())
+        out._every_row = set(np.flatnonzero(out.mask.all(dim=1).cpu().numpy()).tolist())
         if self.iv.op == "patch":
             idx = reverse_index[:, :, None].expand_as(self.value)
             out.value = torch.gather(self.value, 0, idx)
@@ -322,6 +324,12 @@ class BoundIntervention:
         if t not in self._active:
             return x
         value = self.value[t] if self.iv.op == "patch" else self.value
+        if t in self._every_row:  # the common case, without masking
+            if self.units is None:
+                return self._edit(x, value)
+            out = x.clone()
+            out[:, self.units] = self._edit(x[:, self.units], value)
+            return out
         return self._apply(x, self.mask[t], value)
 
     def apply_all(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("SeqScope")
-    pg.setConfigOptions(antialias=True, background="w", foreground="k")
+    pg.setConfigOptions(antialias=False, background="w", foreground="k")
     window = MainWindow()
     model, sample = (Path(args.model), None) if args.model else default_model()
     if args.project:

@@ -78,6 +78,7 @@ def export_view(view, path, width: int | None = None) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".png", ".svg"):
         raise ExportError(f"{path.name}: export to .png or .svg")
+    getattr(view, "flush", lambda: None)()  # a view hidden behind a tab brings itself up to date
     plot_item = getattr(view, "plot_item", None)
     tmp = _atomic_target(path)
     try:

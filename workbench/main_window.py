@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
                                QPushButton)
@@ -56,6 +56,8 @@ class MainWindow(QMainWindow):
             self.addDockWidget(area, dock)
             self.views[title] = view
             self.docks[title] = dock
+            if hasattr(view, "flush"):  # a view whose tab is raised catches up with the edits it skipped
+                dock.visibilityChanged.connect(lambda shown, v=view: shown and QTimer.singleShot(0, v.flush))
         bottom = [self.docks[t] for t in ("Outputs", "Gates", "Trajectory", "Neuron search") if t in self.docks]
         for a, b in zip(bottom, bottom[1:]):
             self.tabifyDockWidget(a, b)

@@ -63,6 +63,8 @@ class Session(QObject):
         self._clean_cache = engine.PrefixCache()
         self._steered_cache = engine.PrefixCache()
         self._run_count = 0
+        self._clean_input = None  # the input clean_trace was computed from
+        self._pending_input = None
 
     # -- model --------------------------------------------------------------------------
     def open_model(self, path, config=None):
@@ -81,6 +83,7 @@ class Session(QObject):
         self._clean_cache = engine.PrefixCache()
         self._steered_cache = engine.PrefixCache()
         self.trace = self.clean_trace = None
+        self._clean_input = None
         self.interventions = [iv for iv in self.interventions if iv.probe in self.probe_names()]
         names = self.probe_names()
         if self.probe not in names:
@@ -193,9 +196,15 @@ class Session(QObject):
         clean_cache, steered_cache = self._clean_cache, self._steered_cache
         self._run_count += 1
         request = self._run_count
+        # an edit of the interventions alone keeps the clean trace (the same object: views key on it)
+        same_input = self.clean_trace is not None and _same_input(self._clean_input, inp)
+        previous_clean = self.clean_trace if same_input else None
+        self._pending_input = inp
 
         def job(should_stop, progress):
-            clean = engine.run(model, inp, cache=clean_cache, progress=progress, should_stop=should_stop)
+            clean = previous_clean
+            if clean is None:
+                clean = engine.run(model, inp, cache=clean_cache, progress=progress, should_stop=should_stop)
             steered = clean
             if ivs:
                 steered = engine.run(model, inp, interventions=ivs, cache=steered_cache, should_stop=should_stop)
@@ -209,6 +218,7 @@ class Session(QObject):
             self.set_model(model, path)
         elif kind == "run":
             self.clean_trace, self.trace = result.clean, result.steered
+            self._clean_input = self._pending_input
             if self.step >= self.trace.n_tokens:
                 self.step = max(0, self.trace.n_tokens - 1)
             self.trace_changed.emit()
@@ -273,3 +283,11 @@ def _default_probe(model) -> str:
         if f"layers.{top}.{site}" in names:
             return f"layers.{top}.{site}"
     return names[0]
+
+
+def _same_input(a, b) -> bool:
+    if a is None or b is None or type(a) is not type(b):
+        return False
+    if isinstance(a, str):
+        return a == b
+    return a.shape == b.shape and bool(np.array_equal(a, b))

@@ -67,6 +67,11 @@ class LSTMCell(RecurrentCell):
     def to(self, dtype=None, device=None):
         self.module.to(device=device, dtype=dtype)
         self._joint = _joint_weights(self.w_ih, self.w_hh, self.b_ih, self.b_hh)
+        weight, bias = self._joint
+        order = torch.cat([torch.arange(0, 2 * self.hidden_size), torch.arange(3 * self.hidden_size, 4 * self.hidden_size),
+                           torch.arange(2 * self.hidden_size, 3 * self.hidden_size)]).to(weight.device)
+        bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
+        self._step_weights = (weight[order].T.contiguous(), bias[order])
         return self
 
     def initial_state(self, batch, dtype, device):
@@ -109,13 +114,15 @@ class LSTMCell(RecurrentCell):
 
     def step(self, x_t, state, edit):
         h, c = state
-        pre = F.linear(torch.cat([x_t, h], dim=-1), *self._joint)
-        i, f, g, o = pre.chunk(4, dim=-1)
-        i = edit("gate_i", torch.sigmoid(i))
-        f = edit("gate_f", torch.sigmoid(f))
-        g = edit("gate_g", torch.tanh(g))
-        o = edit("gate_o", torch.sigmoid(o))
-        c = edit("c", f * c + i * g)
+        weight_t, bias = self._step_weights  # rows reordered i, f, o, g: one sigmoid for three gates
+        pre = torch.addmm(bias, torch.cat([x_t, h], dim=-1), weight_t)
+        H = self.hidden_size
+        i, f, o = torch.sigmoid(pre[:, : 3 * H]).chunk(3, dim=-1)
+        i = edit("gate_i", i)
+        f = edit("gate_f", f)
+        g = edit("gate_g", torch.tanh(pre[:, 3 * H :]))
+        o = edit("gate_o", o)
+        c = edit("c", torch.addcmul(i * g, f, c))
         h = o * torch.tanh(c)
         if self.w_hr is not None:
             h = F.linear(h, self.w_hr)

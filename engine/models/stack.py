@@ -452,18 +452,23 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
         xa = x[a - start : b - start]
         o = a
         while o < b:
-            if todo and todo[0] == o:  # an edited step, written out with its edits
-                todo.pop(0)
-                active = {site: [e for e in es if e.active_at(o)] for site, es in edits.items()}
+            if todo and todo[0] == o:  # edited steps, written out with their edits
+                first, ys_t, recs_t = o, [], {s: [] for s in want_sites}
+                while todo and todo[0] == o:
+                    todo.pop(0)
+                    active = {site: [e for e in es if e.active_at(o)] for site, es in edits.items()}
 
-                def edit(site, v, active=active, t=o):
-                    for e in active.get(site, ()):
-                        v = e.apply_step(v, t)
-                    return v
+                    def edit(site, v, active=active, t=o):
+                        for e in active.get(site, ()):
+                            v = e.apply_step(v, t)
+                        return v
 
-                y_t, state, rec_t = cell.step(xa[o - a].clone(), state, edit)
-                take(y_t[None], {s: rec_t[s][None] for s in want_sites}, 1, o)
-                o += 1
+                    y_t, state, rec_t = cell.step(xa[o - a].clone(), state, edit)
+                    ys_t.append(y_t)
+                    for s in want_sites:
+                        recs_t[s].append(rec_t[s])
+                    o += 1
+                take(torch.stack(ys_t), {s: torch.stack(v) for s, v in recs_t.items()}, o - first, first)
                 continue
             stop = min([b] + todo[:1] + [t for t in cuts if t > o][:1])
             # A fresh copy: the kernels' results can depend on where the data sits in memory.

@@ -63,6 +63,12 @@ class MessageStack(QStackedWidget):
         return self.label.text() if self.currentWidget() is self.label else ""
 
 
+def on_screen(widget: QWidget) -> bool:
+    """Shown and not covered: a view in a dock tab behind another tab is "visible" to Qt but has
+    no visible region."""
+    return widget.isVisible() and not widget.visibleRegion().isEmpty()
+
+
 class LazyRefresh(QObject):
     """``request()`` calls ``fn`` at once when ``widget`` is visible, otherwise on its next
     show event; ``flush()`` runs a pending refresh now (before an export, say)."""
@@ -75,7 +81,7 @@ class LazyRefresh(QObject):
         widget.installEventFilter(self)
 
     def request(self):
-        if self._widget.isVisible():
+        if on_screen(self._widget):
             self.pending = False
             self._fn()
         else:

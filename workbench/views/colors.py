@@ -24,7 +24,3 @@ def rgb_for(values: np.ndarray, level: float) -> np.ndarray:
     x = np.clip((np.nan_to_num(values) / level + 1.0) / 2.0, 0.0, 1.0)
     return _LUT[(x * 255).astype(int)]
 
-
-def token_label(text: str) -> str:
-    """A token's text made visible: newline, tab and space get stand-ins."""
-    return (text.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣")) if text else "∅"

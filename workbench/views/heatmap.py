@@ -7,13 +7,15 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from .colors import DIVERGING, symmetric_level, token_label
+from ._common import LazyRefresh, visible
+from .colors import DIVERGING, symmetric_level
 
 
 class HeatmapView(QWidget):
     def __init__(self, session, parent=None):
         super().__init__(parent)
         self.session = session
+        self._lazy = LazyRefresh(self, self.refresh)
         self.plot = pg.PlotWidget()
         self.plot_item = self.plot.getPlotItem()
         self.plot_item.setLabel("bottom", "token")
@@ -31,7 +33,7 @@ class HeatmapView(QWidget):
         self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.difference = QCheckBox("difference (steered − clean)")
         self.difference.setToolTip("show how the interventions changed each value")
-        self.difference.toggled.connect(self.refresh)
+        self.difference.toggled.connect(self._lazy.request)
         top = QHBoxLayout()
         top.addWidget(self.readout, 1)
         top.addWidget(self.difference)
@@ -43,8 +45,8 @@ class HeatmapView(QWidget):
         self._shown_key = None
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot.scene().sigMouseClicked.connect(self._click)
-        session.trace_changed.connect(self.refresh)
-        session.selection_changed.connect(self.refresh)
+        session.trace_changed.connect(self._lazy.request)
+        session.selection_changed.connect(self._lazy.request)
         session.model_changed.connect(self._reset_view)
 
     # -- data ------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class HeatmapView(QWidget):
             return
         t, u = cell
         text = self.session.trace.token_text
-        tok = f" {token_label(text[t])!r}" if text is not None else ""
+        tok = f" {visible(text[t])!r}" if text is not None else ""
         self.readout.setText(f"token {t}{tok} · unit {u} · {self._values[t, u]:+.4f}")
 
     def _click(self, event):
@@ -108,3 +110,7 @@ class HeatmapView(QWidget):
             t, u = cell
             self.session.set_step(t)
             self.session.select_unit(u)
+
+    def flush(self):
+        """Bring the view up to date now (before an export, or when its tab is raised)."""
+        self._lazy.flush()

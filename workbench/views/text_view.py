@@ -1,40 +1,126 @@
 """Text highlighter: the input text with every token coloured by the selected unit's activation
-(as in Karpathy et al.'s figures), the cursor token boxed; click a character to move the cursor."""
+(as in Karpathy et al.'s figures), the cursor token boxed; click a token to move the cursor.
+
+Drawn by hand on a monospace grid: the layout is computed once per text and width, and a
+repaint after an edit only recolours the tokens on screen, so long inputs stay responsive."""
 from __future__ import annotations
 
-import html
-
 import numpy as np
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QLabel, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
+from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
+from ._common import LazyRefresh
 from .colors import rgb_for, symmetric_level
 
-MAX_TOKENS = 20_000  # longer inputs show a window around the cursor
+TAB_CELLS = 4
+
+
+class _TextCanvas(QWidget):
+    """The grid itself: token i occupies cells [col[i], col[i] + width[i]) of row row[i]."""
+
+    def __init__(self, view):
+        super().__init__()
+        self.view = view
+        font = QFont("DejaVu Sans Mono")
+        font.setStyleHint(QFont.Monospace)
+        font.setPointSize(10)
+        self.setFont(font)
+        metrics = QFontMetrics(font)
+        self.cell_w = max(1, metrics.horizontalAdvance("M"))
+        self.cell_h = metrics.height() + 2
+        self.ascent = metrics.ascent() + 1
+        self.tokens: tuple[str, ...] = ()
+        self.rows = self.cols = self.widths = np.zeros(0, dtype=int)
+        self.colors = np.zeros((0, 3), dtype=np.uint8)
+        self.cursor = -1
+        self._layout_key = None
+        self.setMouseTracking(False)
+
+    def set_tokens(self, tokens, columns: int):
+        key = (len(tokens), columns)
+        if key == self._layout_key and tokens == self.tokens:
+            return
+        self._layout_key = key
+        self.tokens = tokens
+        n = len(tokens)
+        rows, cols, widths = np.zeros(n, int), np.zeros(n, int), np.zeros(n, int)
+        r = c = 0
+        for i, tok in enumerate(tokens):
+            w = max(1, sum(TAB_CELLS if ch == "\t" else 1 for ch in tok.replace("\n", "")) + tok.count("\n"))
+            if c + w > columns and c > 0:
+                r, c = r + 1, 0
+            rows[i], cols[i], widths[i] = r, c, w
+            c += w
+            if "\n" in tok:
+                r, c = r + 1, 0
+        self.rows, self.cols, self.widths = rows, cols, widths
+        height = (int(rows[-1]) + 2 if n else 1) * self.cell_h
+        self.setMinimumHeight(height)
+        self.resize(self.width(), height)
+
+    def sizeHint(self):
+        return QSize(400, self.minimumHeight())
+
+    def paintEvent(self, event):
+        painter = QPainter(self)
+        painter.fillRect(event.rect(), Qt.white)
+        if not len(self.tokens):
+            return
+        top, bottom = event.rect().top() // self.cell_h, event.rect().bottom() // self.cell_h + 1
+        lo, hi = np.searchsorted(self.rows, top, "left"), np.searchsorted(self.rows, bottom, "right")
+        for i in range(lo, hi):
+            x, y = int(self.cols[i]) * self.cell_w, int(self.rows[i]) * self.cell_h
+            rect = QRect(x, y, int(self.widths[i]) * self.cell_w, self.cell_h)
+            if i < len(self.colors):
+                r, g, b = self.colors[i]
+                painter.fillRect(rect, QColor(int(r), int(g), int(b)))
+            text = self.tokens[i].replace("\n", "↵").replace("\t", " " * TAB_CELLS)
+            painter.setPen(Qt.black)
+            painter.drawText(x, y + self.ascent, text)
+            if i == self.cursor:
+                painter.setPen(QPen(Qt.black, 2))
+                painter.drawRect(rect.adjusted(0, 0, -1, -1))
+        painter.end()
+
+    def token_at(self, x: int, y: int) -> int | None:
+        r, c = y // self.cell_h, x // self.cell_w
+        lo, hi = np.searchsorted(self.rows, r, "left"), np.searchsorted(self.rows, r, "right")
+        for i in range(lo, hi):
+            if self.cols[i] <= c < self.cols[i] + self.widths[i]:
+                return i
+        return None
+
+    def mousePressEvent(self, event):
+        i = self.token_at(int(event.position().x()), int(event.position().y()))
+        if i is not None:
+            self.view.session.set_step(i)
+
+    def cursor_rect(self) -> QRect:
+        if not 0 <= self.cursor < len(self.rows):
+            return QRect()
+        return QRect(int(self.cols[self.cursor]) * self.cell_w, int(self.rows[self.cursor]) * self.cell_h,
+                     self.cell_w, self.cell_h)
 
 
 class TextView(QWidget):
     def __init__(self, session, parent=None):
         super().__init__(parent)
         self.session = session
+        self._lazy = LazyRefresh(self, self.refresh)
         self.plot_item = None
         self.caption = QLabel(" ")
-        self.browser = QTextBrowser()
-        self.browser.setOpenLinks(False)
-        self.browser.setReadOnly(True)
-        font = QFont("DejaVu Sans Mono")
-        font.setStyleHint(QFont.Monospace)
-        self.browser.setFont(font)
-        self.browser.viewport().setCursor(Qt.PointingHandCursor)
-        self.browser.anchorClicked.connect(self._clicked)
+        self.canvas = _TextCanvas(self)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(self.canvas)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.caption)
-        layout.addWidget(self.browser, 1)
-        self._window = (0, 0)
-        session.trace_changed.connect(self.refresh)
-        session.selection_changed.connect(self.refresh)
+        layout.addWidget(self.scroll, 1)
+        session.trace_changed.connect(self._lazy.request)
+        session.selection_changed.connect(self._lazy.request)
 
     def unit_values(self) -> np.ndarray | None:
         s = self.session
@@ -43,38 +129,35 @@ class TextView(QWidget):
         a = s.trace[s.probe]
         return a.reshape(a.shape[0], -1)[:, s.units[0]]
 
+    def shown_text(self) -> str:
+        """The text as laid out (newlines as ↵), for tests and copy."""
+        return "".join(self.canvas.tokens)
+
     def refresh(self):
         s = self.session
         values = self.unit_values()
         if values is None or s.trace.token_text is None:
-            self.browser.setPlainText("" if s.trace is None else "(numeric input: no text to show)")
-            self.caption.setText(" ")
+            self.canvas.set_tokens((), 1)
+            self.canvas.colors = np.zeros((0, 3), np.uint8)
+            self.caption.setText("no trace yet" if s.trace is None else "numeric input: no text to show")
+            self.canvas.update()
             return
-        text = s.trace.token_text
-        n = len(text)
-        lo = max(0, min(s.step - MAX_TOKENS // 2, n - MAX_TOKENS))
-        hi = min(n, lo + MAX_TOKENS)
-        self._window = (lo, hi)
+        columns = max(20, (self.scroll.viewport().width() - 4) // self.canvas.cell_w)
+        self.canvas.set_tokens(s.trace.token_text, columns)
         level = symmetric_level(values)
-        colors = rgb_for(values[lo:hi], level)
-        parts = ['<pre style="white-space: pre-wrap; margin: 0">']
-        for i in range(lo, hi):
-            r, g, b = colors[i - lo]
-            piece = html.escape(text[i]) if text[i] else "∅"
-            if text[i] == "\n":
-                piece = "↵\n"
-            style = f"background-color: rgb({r},{g},{b}); color: #000; text-decoration: none"
-            if i == s.step:
-                style += "; border: 1px solid #000; font-weight: bold"
-            parts.append(f'<a href="t{i}" style="{style}">{piece}</a>')
-        parts.append("</pre>")
-        scroll = self.browser.verticalScrollBar().value()
-        self.browser.setHtml("".join(parts))
-        self.browser.verticalScrollBar().setValue(scroll)
-        window = f" (tokens {lo}–{hi - 1} of {n})" if (lo, hi) != (0, n) else ""
-        self.caption.setText(f"{s.probe} unit {s.units[0]}: blue < 0 < red, ±{level:.3g}{window}")
+        self.canvas.colors = rgb_for(values, level)
+        self.canvas.cursor = s.step
+        self.canvas.update()
+        rect = self.canvas.cursor_rect()
+        if not rect.isNull():
+            self.scroll.ensureVisible(rect.center().x(), rect.center().y(), 0, self.canvas.cell_h * 2)
+        self.caption.setText(f"{s.probe} unit {s.units[0]}: blue < 0 < red, ±{level:.3g} · click a token to move the cursor")
 
-    def _clicked(self, url):
-        name = url.toString()
-        if name.startswith("t") and name[1:].isdigit():
-            self.session.set_step(int(name[1:]))
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self.canvas._layout_key = None
+        self._lazy.request()
+
+    def flush(self):
+        """Bring the view up to date now (before an export, or when its tab is raised)."""
+        self._lazy.flush()

@@ -6,6 +6,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
+from ._common import LazyRefresh
+
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194)]
 MAX_CURVES = 8
@@ -15,11 +17,16 @@ class UnitPlotView(QWidget):
     def __init__(self, session, parent=None):
         super().__init__(parent)
         self.session = session
+        self._lazy = LazyRefresh(self, self.refresh)
         self.plot = pg.PlotWidget()
         self.plot_item = self.plot.getPlotItem()
         self.plot_item.setLabel("bottom", "token")
         self.plot_item.setLabel("left", "activation")
         self.plot_item.showGrid(x=True, y=True, alpha=0.2)
+        # draw only what is in view, at most a few points per pixel (exports are not downsampled:
+        # they render the curve data again)
+        self.plot_item.setDownsampling(auto=True, mode="peak")
+        self.plot_item.setClipToView(True)
         self.legend = self.plot_item.addLegend(offset=(5, 5))
         self.steered = [self.plot_item.plot([], [], pen=pg.mkPen(PALETTE[i], width=1.5)) for i in range(MAX_CURVES)]
         self.clean = [self.plot_item.plot([], [], pen=pg.mkPen(PALETTE[i], width=1, style=Qt.DashLine))
@@ -31,8 +38,8 @@ class UnitPlotView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.plot)
-        session.trace_changed.connect(self.refresh)
-        session.selection_changed.connect(self.refresh)
+        session.trace_changed.connect(self._lazy.request)
+        session.selection_changed.connect(self._lazy.request)
 
     def series(self) -> list[tuple[str, object, object]]:
         """(label, steered values, clean values or None) for each curve shown."""
@@ -69,3 +76,7 @@ class UnitPlotView(QWidget):
                 self.clean[i].setData([], [])
         if not self.cursor.moving:
             self.cursor.setValue(self.session.step)
+
+    def flush(self):
+        """Bring the view up to date now (before an export, or when its tab is raised)."""
+        self._lazy.flush()

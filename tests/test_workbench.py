@@ -229,3 +229,21 @@ def test_closing_the_window_stops_the_worker_and_leaks_no_windows(qtbot, char_mo
     leftovers = [x for x in QApplication.topLevelWidgets() if isinstance(x, MainWindow) and x.isVisible()]
     assert not leftovers
 
+
+
+def test_attention_view_shows_the_cell_path_around_the_cursor(qtbot, window, char_model_file):
+    from engine.analysis.cell_attention import cell_attention
+
+    s = open_with_text(qtbot, window, char_model_file)
+    view = window.views["Attention"]
+    window.docks["Attention"].raise_()
+    s.select_probe("layers.0.c")
+    s.set_step(100)
+    view.size.setValue(64)
+    view.flush()
+    QApplication.processEvents()
+    assert view.window_rows == (68, 132)
+    expected = cell_attention(s.trace["layers.0.gate_i"], s.trace["layers.0.gate_f"], (68, 132), (68, 132))
+    np.testing.assert_allclose(view.values, expected)
+    assert view.query_line.value() == 100.5
+    assert "cell path" in view.caption.text()

@@ -30,6 +30,7 @@ VIEWS = [
     ("Gates", "gates", "GateView", Qt.BottomDockWidgetArea),
     ("Trajectory", "trajectory", "TrajectoryView", Qt.BottomDockWidgetArea),
     ("Neuron search", "neuron_search", "NeuronSearchView", Qt.BottomDockWidgetArea),
+    ("Attention", "attention", "AttentionView", Qt.BottomDockWidgetArea),
 ]
 MAX_RECENT = 8
 
@@ -58,7 +59,7 @@ class MainWindow(QMainWindow):
             self.docks[title] = dock
             if hasattr(view, "flush"):  # a view whose tab is raised catches up with the edits it skipped
                 dock.visibilityChanged.connect(lambda shown, v=view: shown and QTimer.singleShot(0, v.flush))
-        bottom = [self.docks[t] for t in ("Outputs", "Gates", "Trajectory", "Neuron search") if t in self.docks]
+        bottom = [self.docks[t] for t in ("Outputs", "Gates", "Trajectory", "Neuron search", "Attention") if t in self.docks]
         for a, b in zip(bottom, bottom[1:]):
             self.tabifyDockWidget(a, b)
         if bottom:

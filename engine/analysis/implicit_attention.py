@@ -62,10 +62,6 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
     lo = min(r0, c0)
     S = torch.cumsum(dt[lo:r1c].double(), 0)  # S[k - lo] = sum of dt over lo..k, in float64
 
-    def decay(i, js):
-        """exp(A (S_i - S_j)) for the steps js (all <= i): [len(js), D, N], exponents <= 0."""
-        return torch.exp(A[None] * (S[i - lo] - S[js - lo]).to(dtype)[:, :, None])
-
     first = r0 if from_row is None else r0 + max(0, (int(from_row) - r0) // tile) * tile
     leaf = max(1, min(LEAF, tile))
 
@@ -73,11 +69,18 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
         """Rows i0..i1-1, columns j0..j1-1 (all j < i0): through step i0, one matmul per channel."""
         if j1 <= j0:
             return
-        Q = decay(i0, torch.arange(j0, j1, device=dt.device)) * (dt[j0:j1, :, None] * B[j0:j1, None, :])
-        # P[i] = C_i exp(A (S_i - S_i0)), exponents <= 0 as i >= i0
-        P = C[i0:i1, None, :] * torch.exp(A[None] * (S[i0 - lo:i1 - lo] - S[i0 - lo]).to(dtype)[:, :, None])
-        blk = torch.bmm(P.permute(1, 0, 2), Q.permute(1, 2, 0)).permute(1, 2, 0)  # [L, J, D]
-        _put(out, blk, i0 - r0, j0 - c0, reduce)
+        # channel-major: Q[c, j] = exp(A_c (S_i0 - S_j)) dt_j B_j, P[c, i] = C_i exp(A_c (S_i - S_i0)),
+        # all exponents <= 0
+        seg_q = (S[i0 - lo] - S[j0 - lo:j1 - lo]).to(dtype).T  # [D, J]
+        Q = torch.exp(A[:, None, :] * seg_q[:, :, None]) * (dt[j0:j1].T[:, :, None] * B[None, j0:j1])
+        seg_p = (S[i0 - lo:i1 - lo] - S[i0 - lo]).to(dtype).T  # [D, L]
+        P = C[None, i0:i1] * torch.exp(A[:, None, :] * seg_p[:, :, None])
+        blk = torch.bmm(P, Q.transpose(1, 2))  # [D, L, J]: per channel [L, N] @ [N, J]
+        L, J = blk.shape[1:]
+        if reduce == "mean_abs":
+            out[i0 - r0:i0 - r0 + L, j0 - c0:j0 - c0 + J] = blk.abs_().mean(0)
+        else:
+            out[i0 - r0:i0 - r0 + L, j0 - c0:j0 - c0 + J] = blk.permute(1, 2, 0)
 
     for i0 in range(first, r1c, tile):
         i1 = min(i0 + tile, r1c)
@@ -103,7 +106,7 @@ def _put(out, blk, row, col, reduce):
     """Write a block [L, J, D] of alpha at (row, col) of ``out``, reduced as asked."""
     L, J = blk.shape[:2]
     if reduce == "mean_abs":
-        out[row:row + L, col:col + J] = torch.linalg.vector_norm(blk, 1, -1) / blk.shape[-1]
+        out[row:row + L, col:col + J] = blk.abs().mean(-1)
     else:
         out[row:row + L, col:col + J] = blk
 

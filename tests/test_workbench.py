@@ -247,3 +247,22 @@ def test_attention_view_shows_the_cell_path_around_the_cursor(qtbot, window, cha
     np.testing.assert_allclose(view.values, expected)
     assert view.query_line.value() == 100.5
     assert "cell path" in view.caption.text()
+
+
+def test_a_long_input_records_only_what_is_shown_and_stays_cancellable(qtbot, window, char_model_file):
+    s = open_with_text(qtbot, window, char_model_file)
+    s.capture_budget_bytes = 2 * 2**20  # as if the input were ~100k tokens on a big model
+    long_text = TEXT * 200  # ~14k characters
+    with qtbot.waitSignal(s.trace_changed, timeout=60000):
+        s.set_text(long_text)
+    assert s.trace.n_tokens == len(long_text)
+    assert "layers.1.c" in s.trace.arrays and "layers.0.gate_f" not in s.trace.arrays
+    with qtbot.waitSignal(s.trace_changed, timeout=60000):
+        s.select_probe("layers.0.gate_f")  # recorded on demand
+    assert "layers.0.gate_f" in s.trace.arrays
+    # a run can be cancelled: the worker drops it, the last trace stays
+    before = s.trace
+    s.set_text(long_text + "x")
+    s.runner.cancel()
+    qtbot.waitUntil(lambda: not s.runner.is_busy(), timeout=60000)
+    assert s.trace is before

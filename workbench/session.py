@@ -62,6 +62,8 @@ class Session(QObject):
         self.clean_trace: engine.Trace | None = None
         self._clean_cache = engine.PrefixCache()
         self._steered_cache = engine.PrefixCache()
+        #: above this many bytes of recorded arrays a run records only what the views need now
+        self.capture_budget_bytes = 600 * 2**20
         self._run_count = 0
         self._clean_input = None  # the input clean_trace was computed from
         self._pending_input = None
@@ -156,6 +158,21 @@ class Session(QObject):
         width = self.probe_width()
         self.units = [u for u in self.units if u < width] or [0]
         self.selection_changed.emit()
+        if self.trace is not None and name not in self.trace.arrays:
+            self.request_run()  # a long input recorded only some probes: record this one too
+
+    def capture_probes(self, n_tokens: int):
+        """What a run records: everything, unless that would take more than
+        ``capture_budget_bytes`` for this input; then the selected probe, each layer's output and
+        state (which the prefix cache needs), and the logits."""
+        specs = self.model.probe_specs()
+        per_token = sum(int(np.prod(s.shape)) for s in specs) * 4 * 2  # float32, clean + steered
+        if n_tokens * per_token <= self.capture_budget_bytes:
+            return "*"
+        keep = {self.probe, "logits"} | {iv.probe for iv in self.interventions}
+        keep |= {s.name for s in specs if s.site in ("h", "c", "out", "state") and s.name.startswith("layers.")
+                 and int(np.prod(s.shape)) <= 4096}
+        return [s.name for s in specs if s.name in keep]
 
     def select_units(self, units):
         units = [int(u) for u in units]
@@ -193,21 +210,24 @@ class Session(QObject):
             self.error.emit("the input is empty: type or open some text")
             return
         ivs = tuple(self.interventions)
+        n_tokens = len(inp) if isinstance(inp, str) else inp.shape[0]  # characters: an upper bound on tokens
+        probes = self.capture_probes(n_tokens)
         clean_cache, steered_cache = self._clean_cache, self._steered_cache
         self._run_count += 1
         request = self._run_count
         # an edit of the interventions alone keeps the clean trace (the same object: views key on it)
-        same_input = self.clean_trace is not None and _same_input(self._clean_input, inp)
+        same_input = (self.clean_trace is not None and _same_input(self._clean_input, inp)
+                      and (probes == "*" or set(probes) <= set(self.clean_trace.arrays)))
         previous_clean = self.clean_trace if same_input else None
         self._pending_input = inp
 
         def job(should_stop, progress):
             clean = previous_clean
             if clean is None:
-                clean = engine.run(model, inp, cache=clean_cache, progress=progress, should_stop=should_stop)
+                clean = engine.run(model, inp, probes, cache=clean_cache, progress=progress, should_stop=should_stop)
             steered = clean
             if ivs:
-                steered = engine.run(model, inp, interventions=ivs, cache=steered_cache, should_stop=should_stop)
+                steered = engine.run(model, inp, probes, interventions=ivs, cache=steered_cache, should_stop=should_stop)
             return RunResult(clean, steered, request)
 
         self.runner.submit("run", job)

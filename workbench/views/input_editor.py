@@ -2,9 +2,24 @@
 show a summary of their input array instead."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+
+from engine.errors import SeqScopeError
+from engine.tokenizers import read_numeric
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
+SAMPLE_SUFFIXES = (".txt", ".py", ".npy", ".csv")
+
+
+def bundled_samples() -> list[Path]:
+    """Sample inputs shipped with the example models (``assets/models/<model>/sample*``)."""
+    if not ASSETS.exists():
+        return []
+    return [p for p in sorted(ASSETS.glob("*/sample*")) if p.suffix in SAMPLE_SUFFIXES]
 
 DEBOUNCE_MS = 250
 
@@ -20,10 +35,19 @@ class InputEditor(QWidget):
         self.editor.setFont(font)
         self.editor.setPlaceholderText("type the input here; the model re-runs as you type")
         self.status = QLabel(" ")
+        self.samples = QComboBox()
+        self.samples.addItem("bundled samples…")
+        for path in bundled_samples():
+            self.samples.addItem(f"{path.parent.name}/{path.name}", str(path))
+        self.samples.setEnabled(self.samples.count() > 1)
+        self.samples.activated.connect(self._sample_chosen)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.status, 1)
+        bottom.addWidget(self.samples)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.editor, 1)
-        layout.addWidget(self.status)
+        layout.addLayout(bottom)
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.setInterval(DEBOUNCE_MS)
@@ -56,3 +80,17 @@ class InputEditor(QWidget):
         self._syncing = False
         n = len(s.text) if s.text is not None else (len(s.values) if s.values is not None else 0)
         self.status.setText(f"{n:,} characters" if s.text is not None else f"{n:,} steps")
+
+    def _sample_chosen(self, index: int):
+        path = self.samples.itemData(index)
+        self.samples.setCurrentIndex(0)
+        if not path:
+            return
+        path = Path(path)
+        try:
+            if path.suffix in (".npy", ".csv"):
+                self.session.set_values(read_numeric(path))
+            else:
+                self.session.set_text(path.read_text(encoding="utf-8"))
+        except (OSError, SeqScopeError) as exc:
+            self.session.error.emit(f"Could not open the sample: {exc}")

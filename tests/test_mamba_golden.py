@@ -212,3 +212,19 @@ def test_a_long_input_never_costs_t_squared():
     trace = engine.run(model, ids, probes="layers.0.attn")
     att = trace["layers.0.attn"]
     assert att.shape == (2000, 16) and np.isfinite(att[1900:1916]).all() and np.isnan(att[:1900]).all()
+
+
+def test_progress_cancel_and_half_precision():
+    from engine import Cancelled
+
+    model = ours(hf_model(14, layers=2))
+    calls = []
+    engine.run(model, np.arange(50) % 37, chunk=16, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (8, 8)  # 4 chunks x 2 layers
+    with pytest.raises(Cancelled):
+        engine.run(model, np.arange(50) % 37, chunk=16, should_stop=lambda: True)
+    half = ours(hf_model(14, layers=2), dtype=torch.bfloat16)
+    assert half.scan == "torch"
+    tr = engine.run(half, np.arange(50) % 37, probes="logits")
+    full = engine.run(model, np.arange(50) % 37, probes="logits")
+    assert np.abs(tr["logits"] - full["logits"]).max() < 0.1 * np.abs(full["logits"]).max()

@@ -234,9 +234,10 @@ class MambaModel(SequenceModel):
     @property
     def scan(self) -> str:
         """The scan in use: ``"numba"`` or ``"torch"``."""
+        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
         if self._scan_request == "auto":
-            return "numba" if self.device.type == "cpu" and numba_available() else "torch"
-        if self._scan_request == "numba" and self.device.type != "cpu":
+            return "numba" if compiled and numba_available() else "torch"
+        if self._scan_request == "numba" and not compiled:  # GPUs and half precision
             return "torch"
         return self._scan_request
 
@@ -601,7 +602,7 @@ def _numba_kernel():
     if _KERNEL is None:
         from numba import njit, prange
 
-        @njit(parallel=True, cache=True, fastmath=True)
+        @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
         def scan_kernel(dA, dt, Bm, Cm, u, S, y, states, write_states):  # pragma: no cover - compiled
             # dA [n,B,D,N]; dt, u, y [n,B,D]; Bm, Cm [n,B,N]; S [B,D,N] updated in place
             n, nb, D = dt.shape

@@ -44,6 +44,7 @@ class MainWindow(QMainWindow):
         self.resize(1500, 950)
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
+        self.setCorner(Qt.BottomLeftCorner, Qt.LeftDockWidgetArea)  # the bottom tabs sit under the plots
         self.views: dict[str, object] = {}
         self.docks: dict[str, QDockWidget] = {}
         for title, module, cls, area in VIEWS:
@@ -67,6 +68,8 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(None)
         left = [self.docks[t] for t in ("Probes", "Input", "Interventions") if t in self.docks]
         self.resizeDocks(left, [420] * len(left), Qt.Horizontal)
+        right = [self.docks[t] for t in ("Neuron heatmap", "Text", "Unit traces") if t in self.docks]
+        self.resizeDocks(right + bottom[:1], [290, 250, 190, 220][: len(right)] + [220][: len(bottom[:1])], Qt.Vertical)
 
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)

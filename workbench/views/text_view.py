@@ -142,7 +142,7 @@ class TextView(QWidget):
             self.caption.setText("no trace yet" if s.trace is None else "numeric input: no text to show")
             self.canvas.update()
             return
-        columns = max(20, (self.scroll.viewport().width() - 4) // self.canvas.cell_w)
+        columns = max(20, (self.scroll.viewport().width() - 4) // self.canvas.cell_w - 1)
         self.canvas.set_tokens(s.trace.token_text, columns)
         level = symmetric_level(values)
         self.canvas.colors = rgb_for(values, level)

@@ -16,7 +16,8 @@ Supported inputs
   through :class:`FileTokenizer`, ``vocab.json`` through :meth:`CharVocab.from_any`.
 * **Mamba (1)**: ``transformers`` ``MambaForCausalLM`` folders (``config.json`` with ``model_type``
   "mamba" + safetensors) and the original ``mamba_ssm`` layout (``config.json`` with ``d_model``,
-  ``n_layer``, ``ssm_cfg``, … + ``pytorch_model.bin``), built by ``engine.models.mamba.load_mamba``.
+  ``n_layer``, ``ssm_cfg``, … + ``pytorch_model.bin``), built by ``engine.models.mamba``; **minGRU /
+  minLSTM** state dicts of ``minGRU-pytorch``'s ``minLM`` (``engine.models.mingru``).
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 
@@ -53,6 +54,7 @@ import torch
 
 from .errors import LoadError
 from .models import mamba as _mamba
+from .models import mingru as _mingru
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
 
@@ -126,22 +128,27 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if config is None:  # Mamba checkpoints (HF MambaForCausalLM folders, mamba_ssm layout) state their own config
+    if config is None:  # families with their own loaders (Mamba, minGRU/minLSTM) read their own configs
         found = _read(Path(path))
         configs = _stored_configs(found)
-        if _mamba.looks_like_mamba(found.tensors, configs):
-            return _build_mamba(found, configs, device=device, dtype=dtype, strict=strict, source=str(path))
+        if isinstance(found.metadata.get("seqscope_config"), Mapping):
+            configs.insert(0, ("metadata seqscope_config", dict(found.metadata["seqscope_config"])))
+        for family in (_mamba, _mingru):
+            if family.looks_like(found.tensors, configs):
+                return _build_family(family, found, configs, device=device, dtype=dtype, strict=strict,
+                                     source=str(path))
     explicit = _explicit_config(config)
     found = found if config is None else _read(Path(path))
     model = _build(found, explicit, device=device, dtype=dtype, strict=strict, source=str(path))
     return model
 
 
-def _build_mamba(found: _Found, configs, *, device, dtype, strict, source):
+def _build_family(family, found: _Found, configs, *, device, dtype, strict, source):
+    """A model of a family with its own loader (``looks_like``/``load`` in its module)."""
     notes: list[str] = []
     tokenizer, vocab_src = _make_tokenizer(found, configs, notes)
-    model = _mamba.load_mamba(found.tensors, configs, name=found.name, fmt=found.fmt, strict=strict,
-                              source=source, dtype=dtype, device=device)
+    model = family.load(found.tensors, configs, name=found.name, fmt=found.fmt, strict=strict,
+                        source=source, dtype=dtype, device=device)
     if tokenizer is not None and tokenizer.vocab_size > model.vocab_size:
         notes.append(f"the vocabulary from {vocab_src} has {tokenizer.vocab_size} entries, more than the "
                      f"{model.vocab_size} embedding rows; it was not attached")

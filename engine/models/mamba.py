@@ -685,6 +685,8 @@ def looks_like_mamba(tensors: dict, configs: list) -> bool:
 def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
     """MambaConfig fields stated by config.json (either layout), and which layout it was."""
     for src, d in configs:
+        if d.get("family") == "mamba":  # SeqScope's own metadata (save_model)
+            return {k: v for k, v in d.items() if k in MambaConfig.__dataclass_fields__}, "SeqScope"
         mt = str(d.get("model_type", "")).lower()
         if mt in _OTHER_SSM:
             raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_SSM[mt]}): SeqScope reads Mamba (1) models so "
@@ -850,3 +852,8 @@ def load_mamba(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     if notes:
         model.load_info["notes"] = "\n".join(notes)
     return model
+
+
+#: the names engine.loading looks for in a family module
+looks_like = looks_like_mamba
+load = load_mamba

@@ -1,0 +1,590 @@
+"""minGRU and minLSTM ("Were RNNs All We Needed?", Feng et al. 2024): an instrumented language
+model in the layout of the ``minGRU-pytorch`` package's ``minLM``.
+
+The model::
+
+    x_0 = embed[token]
+    layer i:  x = x + pw_conv(dw_conv(x))             only when the model has convolutions
+              n = rmsnorm(x)
+              minGRU:  h~, z = split(W n);  h~ = g(h~);  z = sigmoid(z)
+                       h_t = (1 - z_t) h_(t-1) + z_t h~_t
+              minLSTM: h~, f, i = split(W n); h~ = g(h~); f' = f / (f + i), i' = i / (f + i)
+                       (f, i sigmoids);  h_t = f'_t h_(t-1) + i'_t h~_t
+              x = x + to_out(h)                     (to_out is the identity when not expanded)
+              x = x + ff(rmsnorm(x))                Linear, GELU, Linear
+    logits = to_logits(rmsnorm(x))
+
+with ``g(v) = v + 0.5`` for ``v >= 0`` and ``sigmoid(v)`` below, ``h_0 = 0`` and RMSNorm's
+epsilon that of torch's ``nn.RMSNorm`` (the dtype's machine epsilon).
+
+Canonical weight names (SeqScope's layout for this family) are the ``minLM`` state-dict names:
+``token_emb.weight``; per layer ``layers.{i}.0.net.0.weight/bias`` (depthwise conv, optional),
+``layers.{i}.0.net.1.weight/bias`` (pointwise conv), ``layers.{i}.1.weight`` (norm),
+``layers.{i}.2.to_hidden_and_gate.weight`` (minGRU) or ``layers.{i}.2.to_hidden_and_f_i_gate.weight``
+(minLSTM), ``layers.{i}.2.to_out.weight`` (optional), ``layers.{i}.3.weight`` (norm),
+``layers.{i}.4.0.weight/bias``, ``layers.{i}.4.2.weight/bias`` (feed-forward); ``norm.weight``,
+``to_logits.weight``.  A ``.safetensors`` file with these names (and ``config.json`` or
+metadata ``seqscope_config`` with ``{"family": "mingru"|"minlstm", ...}``, optional) or a
+``torch.save(minLM.state_dict())`` file loads with :func:`engine.load`.
+
+Runs like Mamba (``engine.models.mamba``): per chunk, every per-token quantity at once
+(interventions on ``h_tilde`` and the gates applied to the whole chunk), then the elementwise
+recurrence (a compiled numba loop on the CPU when installed, else a torch loop), split at the
+steps where ``h`` is edited.  The prefix cache keeps ``h`` and the conv buffer.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import Cancelled, LoadError
+from ..interventions import BoundIntervention, InterventionError
+from ..probes import ProbeSpec, layer_probe
+from .base import Resume, SequenceModel
+from .mamba import numba_available
+from .stack import EditPlan
+
+
+@dataclass(frozen=True)
+class MinRNNConfig:
+    cell: str  # "mingru" or "minlstm"
+    d_model: int
+    n_layer: int
+    vocab_size: int
+    d_inner: int
+    ff_inner: int
+    proj_out: bool = False  # to_out present (expansion != 1)
+    conv_kernel: int = 0  # 0: no convolutions
+
+    def __post_init__(self):
+        if self.cell not in ("mingru", "minlstm"):
+            raise ValueError(f"cell must be 'mingru' or 'minlstm', got {self.cell!r}")
+        if not self.proj_out and self.d_inner != self.d_model:
+            raise ValueError("without to_out, d_inner must equal d_model")
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        return ("gate_z",) if self.cell == "mingru" else ("gate_f", "gate_i")
+
+    def to_json(self) -> str:
+        return json.dumps({"family": self.cell, **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MinRNNConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def canonical_weight_shapes(cfg: MinRNNConfig) -> dict[str, tuple[int, ...]]:
+    d, di, V = cfg.d_model, cfg.d_inner, cfg.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"token_emb.weight": (V, d)}
+    rows = (2 if cfg.cell == "mingru" else 3) * di
+    name = "to_hidden_and_gate" if cfg.cell == "mingru" else "to_hidden_and_f_i_gate"
+    for i in range(cfg.n_layer):
+        p = f"layers.{i}."
+        if cfg.conv_kernel:
+            shapes[p + "0.net.0.weight"] = (d, 1, cfg.conv_kernel)
+            shapes[p + "0.net.0.bias"] = (d,)
+            shapes[p + "0.net.1.weight"] = (d, d, 1)
+            shapes[p + "0.net.1.bias"] = (d,)
+        shapes[p + "1.weight"] = (d,)
+        shapes[p + f"2.{name}.weight"] = (rows, d)
+        if cfg.proj_out:
+            shapes[p + "2.to_out.weight"] = (d, di)
+        shapes[p + "3.weight"] = (d,)
+        shapes[p + "4.0.weight"] = (cfg.ff_inner, d)
+        shapes[p + "4.0.bias"] = (cfg.ff_inner,)
+        shapes[p + "4.2.weight"] = (d, cfg.ff_inner)
+        shapes[p + "4.2.bias"] = (d,)
+    shapes["norm.weight"] = (d,)
+    shapes["to_logits.weight"] = (V, d)
+    return shapes
+
+
+def _g(v):
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+class MinRNNModel(SequenceModel):
+    """An instrumented minGRU / minLSTM language model (``minLM`` layout)."""
+
+    def __init__(self, config: MinRNNConfig, weights: dict, *, tokenizer=None, source: str = "",
+                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
+        from .mamba import AttentionWindow
+
+        expected = canonical_weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        if scan not in ("auto", "numba", "torch"):
+            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
+        self.config = config
+        self.architecture = config.cell
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
+        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
+        self._scan_request = scan
+        self._window = AttentionWindow()
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._specs = self._build_specs()
+
+    # -- housekeeping -------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "MinRNNModel":
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        self._w = {k: v.to(device=device, dtype=dtype) for k, v in self._w.items()}
+        self.device, self.dtype = device, dtype
+        return self
+
+    @property
+    def scan(self) -> str:
+        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+        if self._scan_request == "auto":
+            return "numba" if compiled and numba_available() else "torch"
+        return "torch" if self._scan_request == "numba" and not compiled else self._scan_request
+
+    @scan.setter
+    def scan(self, value):
+        if value not in ("auto", "numba", "torch"):
+            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
+        self._scan_request = value
+
+    @property
+    def attention_window(self):
+        return self._window
+
+    @attention_window.setter
+    def attention_window(self, value):
+        from .mamba import AttentionWindow
+
+        if not isinstance(value, AttentionWindow):
+            value = AttentionWindow(**value) if isinstance(value, dict) else AttentionWindow(*map(tuple, value))
+        self._window = value
+        self._specs = self._build_specs()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.n_layer
+
+    def info(self) -> dict:
+        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
+                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "scan": self.scan,
+                "attention_window": json.dumps({"rows": list(self._window.rows), "cols": list(self._window.cols)}),
+                **self.load_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._w)
+
+    def cache_key(self):
+        return (self.scan, self._window)
+
+    # -- probes ---------------------------------------------------------------------------
+    def _build_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        di, d = cfg.d_inner, cfg.d_model
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        w = "z_j" if cfg.cell == "mingru" else "i'_j"
+        a = "(1 - z_k)" if cfg.cell == "mingru" else "f'_k"
+        desc = {
+            "conv": (d, "causal convolution branch pw_conv(dw_conv(x)), added to the residual stream"),
+            "h_tilde": (di, "candidate state h~_t = g(W_h rmsnorm(x)), g(v) = v + 0.5 (v >= 0) or sigmoid(v)"),
+            "gate_z": (di, "minGRU update gate z_t = sigmoid(W_z rmsnorm(x)); h_t = (1 - z_t) h_(t-1) + z_t h~_t"),
+            "gate_f": (di, "minLSTM normalised forget gate f'_t = f_t / (f_t + i_t); h_t = f'_t h_(t-1) + i'_t h~_t"),
+            "gate_i": (di, "minLSTM normalised input gate i'_t = i_t / (f_t + i_t)"),
+            "h": (di, "hidden state h_t (the recurrence), before to_out"),
+            "out": (d, "residual stream after the block (recurrence and feed-forward)"),
+            "attn": (c1 - c0, f"implicit attention mean_c alpha_ij over channels, alpha_ij = {w} prod_(k=j+1..i) {a} "
+                              f"(h_i = sum_j alpha_ij h~_j); rows {r0}..{r1 - 1}, column m is key step {c0}+m; "
+                              "0 where j > i, NaN in rows outside the window"),
+        }
+        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
+        for k in range(cfg.n_layer):
+            for site in self.sites:
+                width, text = desc[site]
+                specs.append(ProbeSpec(layer_probe(k, site), (width,), ("token", "key") if site == "attn"
+                                       else ("token", "unit"), text, layer=k, site=site))
+        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
+                               "next-token scores to_logits(rmsnorm(x)) (before softmax)"))
+        return specs
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return (("conv",) if self.config.conv_kernel else ()) + ("h_tilde",) + self.config.gates + ("h", "out", "attn")
+
+    def probe_specs(self) -> list[ProbeSpec]:
+        return list(self._specs)
+
+    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
+        specs = {s.name: s for s in self._specs}
+        plan = EditPlan()
+        for n, iv in enumerate(interventions):
+            spec = specs.get(iv.probe)
+            if spec is None:
+                raise InterventionError(f"no probe point {iv.probe!r} in this {self.architecture} model; "
+                                        f"it has: {', '.join(specs)}")
+            if spec.site == "attn":
+                raise InterventionError(f"{iv.probe} is computed from the gates after the run and feeds nothing; "
+                                        "intervene on the gates, h_tilde or h instead")
+            bound = BoundIntervention(iv, spec.width, lengths, self.dtype, self.device, (sources or {}).get(n))
+            if spec.layer is None:
+                plan.whole.setdefault(iv.probe, []).append(bound)
+            else:
+                plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
+        return plan
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, x, lengths, want, plan=None, *, chunk=256, resume: Resume | None = None,
+                keep_state: Callable | None = None, progress=None, should_stop=None) -> dict:
+        """``x`` [T, B] token ids -> ``{probe: [T, B, ...]}``.  A layer's state is the pair
+        (h [B, d_inner], conv buffer [K-1, B, d_model])."""
+        plan = plan or EditPlan()
+        T, B = x.shape
+        L = self.config.n_layer
+        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
+        old = resume.old if resume else {}
+
+        def stitched(name, new, s):
+            if s == 0:
+                return new
+            if s >= T:
+                return old[name][:T]
+            return torch.cat([old[name][:s], new])
+
+        out = {}
+        s0 = starts[0]
+        below = F.embedding(x[s0:], self._w["token_emb.weight"])
+        for e in plan.whole.get("embed", []):
+            below = e.apply_all(below, s0)
+        if "embed" in want:
+            out["embed"] = stitched("embed", below, s0)
+        below_from, below_name = s0, "embed"
+        total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
+        done = [0]
+
+        def tick():
+            if should_stop is not None and should_stop():
+                raise Cancelled("run cancelled")
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        gates = self.config.gates
+        for k in range(L):
+            name_out = layer_probe(k, "out")
+            want_sites = {s for s in self.sites if layer_probe(k, s) in want}
+            record = (want_sites - {"attn"}) | ({"h_tilde", *gates} if "attn" in want_sites else set())
+            s = starts[k]
+            if s >= T:
+                for site in want_sites | record:
+                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
+                below, below_from, below_name = old[name_out][:T], 0, name_out
+                continue
+            xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
+            state = resume.states[(k, 0)] if s else self.initial_state(B)
+            keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
+            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
+            below, below_from, below_name = recs["out"], s, name_out
+            for site in record:
+                out[layer_probe(k, site)] = stitched(layer_probe(k, site), recs[site], s)
+            if "attn" in want_sites:
+                out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
+        if "logits" in want:
+            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
+            if a0 < T:
+                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
+                logits = torch.cat([F.linear(self._norm(h[i:i + chunk].clone(), self._w["norm.weight"]),
+                                             self._w["to_logits.weight"]) for i in range(0, h.shape[0], chunk)])
+                for e in plan.whole.get("logits", []):
+                    logits = e.apply_all(logits, a0)
+                out["logits"] = stitched("logits", logits, a0)
+            else:
+                out["logits"] = old["logits"][:T]
+        return out
+
+    def initial_state(self, batch: int):
+        cfg = self.config
+        h = torch.zeros(batch, cfg.d_inner, dtype=self.dtype, device=self.device)
+        conv = torch.zeros(max(cfg.conv_kernel - 1, 0), batch, cfg.d_model, dtype=self.dtype, device=self.device)
+        return h, conv
+
+    @staticmethod
+    def _norm(x, w):
+        return F.rms_norm(x, (x.shape[-1],), w, None)
+
+    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick):
+        cfg = self.config
+        T = start + xin.shape[0]
+        B = xin.shape[1]
+        width = {"conv": cfg.d_model, "out": cfg.d_model}
+        recs = {s: xin.new_empty(T - start, B, width.get(s, cfg.d_inner)) for s in record | {"out"}}
+        h, buf = state
+        a = start
+        while a < T:
+            b = min((a // chunk + 1) * chunk, T)
+            vals, h, buf = self._chunk(k, xin[a - start:b - start].clone(), a, h, buf, edits)
+            for site in recs:
+                recs[site][a - start:b - start] = vals[site]
+            if keep is not None:
+                keep(b, (h.clone(), buf.clone()))
+            tick()
+            a = b
+        return recs
+
+    def _chunk(self, k, x, a, h, buf, edits):
+        cfg = self.config
+        w = self._w
+        p = f"layers.{k}."
+        n, B = x.shape[:2]
+        di = cfg.d_inner
+
+        def edit(site, v):
+            for e in edits.get(site, ()):
+                if len(e.steps) and e.steps[-1] >= a and e.steps[0] < a + n:
+                    v = e.apply_all(v, a)
+            return v
+
+        vals = {}
+        new_buf = buf
+        if cfg.conv_kernel:
+            K = cfg.conv_kernel
+            xc = torch.cat([buf, x]) if K > 1 else x
+            dw = w[p + "0.net.0.weight"][:, 0, :]
+            c = xc[0:n] * dw[:, 0]
+            for j in range(1, K):
+                c = c + xc[j:j + n] * dw[:, j]
+            c = F.linear(c + w[p + "0.net.0.bias"], w[p + "0.net.1.weight"][:, :, 0], w[p + "0.net.1.bias"])
+            c = edit("conv", c)
+            vals["conv"] = c
+            new_buf = xc[n:].clone() if K > 1 else buf
+            x = x + c
+        proj = F.linear(self._norm(x, w[p + "1.weight"]),
+                        w[p + ("2.to_hidden_and_gate.weight" if cfg.cell == "mingru" else "2.to_hidden_and_f_i_gate.weight")])
+        ht = edit("h_tilde", _g(proj[..., :di]))
+        if cfg.cell == "mingru":
+            z = edit("gate_z", torch.sigmoid(proj[..., di:]))
+            coef, inp = 1 - z, z * ht
+            vals["gate_z"] = z
+        else:
+            f, i = torch.sigmoid(proj[..., di:2 * di]), torch.sigmoid(proj[..., 2 * di:])
+            fsum = f + i
+            fp = edit("gate_f", f / fsum)
+            ip = edit("gate_i", i / fsum)
+            coef, inp = fp, ip * ht
+            vals["gate_f"], vals["gate_i"] = fp, ip
+        vals["h_tilde"] = ht
+        coef, inp = coef.contiguous(), inp.contiguous()
+        hs = torch.empty(n, B, di, dtype=x.dtype, device=x.device)
+        h_edits = edits.get("h", ())
+        steps = sorted({int(t) - a for e in h_edits for t in e.steps if a <= t < a + n})
+        h = h.clone().contiguous()
+        scan = _scan_numba if self.scan == "numba" else _scan_torch
+        o = 0
+        for t in steps + [n]:
+            stop = min(t + 1, n)
+            if stop > o:
+                h = scan(coef[o:stop], inp[o:stop], h, hs[o:stop])
+            if t == n:
+                break
+            for e in h_edits:
+                h = e.apply_step(h, a + t)
+            h = h.contiguous()
+            hs[t] = h
+            o = t + 1
+        vals["h"] = hs
+        y = F.linear(hs, w[p + "2.to_out.weight"]) if cfg.proj_out else hs
+        x = x + y
+        ff = F.linear(F.gelu(F.linear(self._norm(x, w[p + "3.weight"]), w[p + "4.0.weight"], w[p + "4.0.bias"])),
+                      w[p + "4.2.weight"], w[p + "4.2.bias"])
+        vals["out"] = edit("out", x + ff)
+        return vals, h, new_buf
+
+    def _attention(self, k, out, old, s, T, B):
+        """The ``attn`` probe: the whole window is recomputed whenever a row of it may have
+        changed (rows are built one from the previous, so all of them are computed alike)."""
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        name = layer_probe(k, "attn")
+        res = torch.full((T, B, c1 - c0), float("nan"), dtype=self.dtype, device=self.device)
+        if s:
+            res[:s] = old[name][:s]
+        hi = min(r1, T)
+        if r0 < hi and s < hi:
+            if self.config.cell == "mingru":
+                z = out[layer_probe(k, "gate_z")]
+                coef, weight = 1 - z, z
+            else:
+                coef, weight = out[layer_probe(k, "gate_f")], out[layer_probe(k, "gate_i")]
+            for b in range(B):
+                res[r0:hi, b] = gated_attention(coef[:, b], weight[:, b], (r0, hi), (c0, c1))
+        return res
+
+    def layer_output_probe(self, layer: int) -> str:
+        return layer_probe(layer, "out")
+
+
+def gated_attention(coef, weight, rows, cols, reduce="mean") -> torch.Tensor:
+    """Implicit attention of a gated diagonal recurrence ``h_t = a_t h_(t-1) + w_t v_t``:
+    ``alpha_ij = w_j prod_(k=j+1..i) a_k`` (so ``h_i = sum_j alpha_ij v_j`` from a zero state).
+    ``coef`` (a) and ``weight`` (w) are [T, channels].  Returns [rows, cols] (mean over
+    channels; the terms are non-negative for minGRU/minLSTM) or [rows, cols, channels]
+    (``reduce=None``).  Built row by row: row i = a_i * row (i-1), plus w_i on the diagonal."""
+    coef, weight = torch.as_tensor(coef), torch.as_tensor(weight)
+    T, D = coef.shape
+    r0, r1 = rows
+    c0, c1 = cols
+    out = coef.new_zeros((r1 - r0, c1 - c0) if reduce else (r1 - r0, c1 - c0, D))
+    r1c, c1c = min(r1, T), min(c1, T)
+    if r1c <= r0 or c1c <= c0:
+        return out
+    # the row just before r0: row[j] = w_j prod_(k=j+1..r0-1) a_k for the columns j < r0
+    row = coef.new_zeros(c1c - c0, D)
+    jtop = min(c1c, r0)
+    if jtop > c0:
+        P = torch.prod(coef[jtop:r0], 0) if jtop < r0 else coef.new_ones(D)
+        for j in range(jtop - 1, c0 - 1, -1):
+            row[j - c0] = weight[j] * P
+            P = P * coef[j]
+    for i in range(r0, r1c):
+        row = row * coef[i]
+        if c0 <= i < c1c:
+            row[i - c0] = weight[i]
+        out[i - r0, :c1c - c0] = row.mean(-1) if reduce else row
+    return out
+
+
+# ======================================================================================
+# the recurrence h_t = coef_t * h_(t-1) + inp_t over a stretch of steps
+# ======================================================================================
+
+
+def _scan_torch(coef, inp, h, hs):
+    for t in range(coef.shape[0]):
+        h = coef[t] * h + inp[t]
+        hs[t] = h
+    return h
+
+
+_KERNEL = None
+
+
+def _scan_numba(coef, inp, h, hs):
+    global _KERNEL
+    if _KERNEL is None:
+        from numba import njit
+
+        @njit(cache=True)
+        def kernel(coef, inp, h, hs):  # pragma: no cover - compiled
+            n, B, D = coef.shape
+            for t in range(n):
+                for b in range(B):
+                    for c in range(D):
+                        v = coef[t, b, c] * h[b, c] + inp[t, b, c]
+                        h[b, c] = v
+                        hs[t, b, c] = v
+
+        _KERNEL = kernel
+    _KERNEL(coef.numpy(), inp.numpy(), h.numpy(), hs.numpy())
+    return h
+
+
+# ======================================================================================
+# loading
+# ======================================================================================
+
+_CELL_KEY = re.compile(r"^(.*?)layers\.(\d+)\.2\.(to_hidden_and_gate|to_hidden_and_f_i_gate)\.weight$")
+
+
+def looks_like_minrnn(tensors: dict) -> bool:
+    return any(_CELL_KEY.match(k) for k in tensors)
+
+
+def load_minrnn(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True, **kwargs) -> MinRNNModel:
+    """A :class:`MinRNNModel` from a ``minLM`` state dict (any prefix); LoadErrors name the keys."""
+    matches = [m for k in tensors if (m := _CELL_KEY.match(k))]
+    prefixes = {m.group(1) for m in matches}
+    kinds = {m.group(3) for m in matches}
+    if len(prefixes) != 1 or len(kinds) != 1:
+        raise LoadError(f"{name}: minGRU/minLSTM layers under several prefixes or of both kinds "
+                        f"({sorted(prefixes)}, {sorted(kinds)})")
+    prefix = prefixes.pop()
+    cell = "mingru" if kinds.pop() == "to_hidden_and_gate" else "minlstm"
+    canon = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in tensors.items()}
+    origin = {(k[len(prefix):] if k.startswith(prefix) else k): k for k in tensors}
+    n = 0
+    while any(k.startswith(f"layers.{n}.") for k in canon):
+        n += 1
+    gate = canon[f"layers.0.2.to_hidden_and_{'gate' if cell == 'mingru' else 'f_i_gate'}.weight"]
+    emb = canon.get("token_emb.weight")
+    ff = canon.get("layers.0.4.0.weight")
+    dw = canon.get("layers.0.0.net.0.weight")
+    fields = {"cell": cell, "n_layer": n, "d_model": int(gate.shape[1]),
+              "d_inner": int(gate.shape[0]) // (2 if cell == "mingru" else 3),
+              "vocab_size": int(emb.shape[0]) if emb is not None and emb.ndim == 2 else 0,
+              "ff_inner": int(ff.shape[0]) if ff is not None and ff.ndim == 2 else 0,
+              "proj_out": "layers.0.2.to_out.weight" in canon,
+              "conv_kernel": int(dw.shape[-1]) if dw is not None and dw.ndim == 3 else 0}
+    for src, d in configs:  # a stated config (SeqScope metadata or config.json) wins where it says more
+        if str(d.get("family", "")).lower() in ("mingru", "minlstm"):
+            fields.update({k: v for k, v in d.items() if k in MinRNNConfig.__dataclass_fields__})
+    try:
+        cfg = MinRNNConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise LoadError(f"{name}: the {cell} config is not valid: {exc}") from None
+    expected = canonical_weight_shapes(cfg)
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    missing = [key(cn) for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
+    unused = [key(cn) for cn in canon if cn not in expected]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing[:12]))
+    if bad:
+        parts.append("wrong shapes: " + "; ".join(bad[:8]))
+    if unused and strict:
+        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
+    if parts:
+        raise LoadError(f"{name} does not hold the weights of a {cell} language model (minLM layout: d_model="
+                        f"{cfg.d_model}, n_layer={cfg.n_layer}, d_inner={cfg.d_inner}): " + ". ".join(parts))
+    try:
+        model = MinRNNModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name}: could not build the {cell} model: {exc}") from None
+    model.load_info.update({"format": fmt, "layout": "minGRU-pytorch minLM"})
+    if unused:
+        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+    return model
+
+
+def from_minlm(lm, **kwargs) -> MinRNNModel:
+    """Wrap an in-memory ``minGRU_pytorch.minLM`` (weights are copied)."""
+    kwargs.setdefault("dtype", next(lm.parameters()).dtype)
+    return load_minrnn(dict(lm.state_dict()), [], name=f"<in-memory {type(lm).__name__}>", fmt="in-memory",
+                       source=f"<in-memory {type(lm).__name__}>", **kwargs)
+
+
+
+#: the names engine.loading looks for in a family module
+looks_like = lambda tensors, configs: looks_like_minrnn(tensors)  # noqa: E731
+load = load_minrnn

@@ -91,6 +91,7 @@ class MainWindow(QMainWindow):
         self.session.model_changed.connect(self._model_changed)
         self.session.trace_changed.connect(self._trace_changed)
         self.session.runner.finished.connect(self._job_finished)
+        self.session.project_restored.connect(self._project_restored)
 
     # -- menus ------------------------------------------------------------------------------
     def _action(self, menu, text, slot, shortcut=None):
@@ -167,12 +168,11 @@ class MainWindow(QMainWindow):
 
     def open_project(self, path):
         try:
-            data = Session.read_project(path)
-            model = engine.load(data["model"], device="cpu") if data.get("model") else None
+            self.session.open_project(path)  # the model loads off the GUI thread
         except SeqScopeError as exc:
             self.show_error(f"Could not open the project: {exc}")
-            return
-        self.session.apply_project(data, model)
+
+    def _project_restored(self, data: dict):
         if data.get("layout"):
             self.restoreState(QByteArray(base64.b64decode(data["layout"])))
 

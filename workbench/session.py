@@ -39,6 +39,7 @@ class Session(QObject):
     interventions_changed = Signal()
     input_changed = Signal()
     error = Signal(str)
+    project_restored = Signal(dict)
     busy_changed = Signal(bool)
     progress = Signal(int, int)
 
@@ -233,7 +234,10 @@ class Session(QObject):
         self.runner.submit("run", job)
 
     def _on_finished(self, _id, kind, result):
-        if kind == "load":
+        if kind == "load" and isinstance(result[0], dict):  # a project and its model
+            self.apply_project(*result)
+            self.project_restored.emit(result[0])
+        elif kind == "load":
             path, model = result
             self.set_model(model, path)
         elif kind == "run":
@@ -276,6 +280,16 @@ class Session(QObject):
         if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
             raise engine.SeqScopeError(f"{path} is not a SeqScope project file")
         return data
+
+    def open_project(self, path):
+        """Read a project file and load its model off the GUI thread, then restore it."""
+        data = self.read_project(path)  # small JSON: errors surface at once
+
+        def job(should_stop, progress):
+            model = engine.load(data["model"], device="cpu") if data.get("model") else None
+            return data, model
+
+        self.runner.submit("load", job)
 
     def apply_project(self, data: dict, model=None):
         """Restore a project; ``model`` is the loaded model of ``data["model"]``."""

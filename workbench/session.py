@@ -228,7 +228,8 @@ class Session(QObject):
                 clean = engine.run(model, inp, probes, cache=clean_cache, progress=progress, should_stop=should_stop)
             steered = clean
             if ivs:
-                steered = engine.run(model, inp, probes, interventions=ivs, cache=steered_cache, should_stop=should_stop)
+                steered = engine.run(model, inp, probes, interventions=ivs, cache=steered_cache, progress=progress,
+                                     should_stop=should_stop)
             return RunResult(clean, steered, request)
 
         self.runner.submit("run", job)

@@ -24,10 +24,10 @@ which is known in full once the layers below have run.  So the layer is taken ch
 per-token quantity comes from batched matmuls over the chunk's rows (interventions on ``in``,
 ``conv``, ``dt``, ``B``, ``C``, ``y``, ``out`` are applied to the whole chunk at once, each
 before the quantities computed from it), and only the scan loops over time.  The scan takes
-``exp(dt A)`` for the whole chunk in one vectorised call, then either a compiled ``numba``
-loop (the CPU fast path: state per channel in registers, nothing of size
-[T, d_inner, d_state] kept) or a plain torch loop over steps (the reference path, and the
-path on GPUs).  An intervention on ``state`` at step t splits the scan there: steps up to t
+``exp(dt A)`` for ``SUB`` steps at a time in one vectorised call into a buffer that stays in
+cache, then either a compiled ``numba`` loop (the CPU fast path, about twice the torch loop;
+nothing of size [T, d_inner, d_state] is kept unless the ``state`` probe is asked for) or a
+plain torch loop over steps (the reference path, and the path on GPUs and in half precision).  An intervention on ``state`` at step t splits the scan there: steps up to t
 run, the state is edited, ``y_t`` is recomputed from the edited state, and the scan goes on.
 A step's value never depends on anything at or after it, and the chunk grid is the same for
 every run, so a re-run from a state kept at a chunk boundary (the SSM state and the conv
@@ -167,12 +167,6 @@ class _Layer:
         self.A_log = w[m + "A_log"]
         self.D = w[m + "D"]
         self.out_w, self.out_b = w[m + "out_proj.weight"], w.get(m + "out_proj.bias")
-        self.A = -torch.exp(self.A_log)
-
-    def to(self, dtype, device):
-        for k, v in list(vars(self).items()):
-            if isinstance(v, torch.Tensor):
-                setattr(self, k, v.to(dtype=dtype, device=device))
         self.A = -torch.exp(self.A_log)
 
 

@@ -106,7 +106,7 @@ class AttentionView(QWidget):
             window = getattr(s.model, "attention_window", None)
             c0 = window.cols[0] if window is not None else 0
             values = recorded[start:start + size, max(0, start - c0):max(0, start - c0) + size]
-            what = "mean |alpha| over channels, as recorded (probe attn)"
+            what = "mean |alpha| over channels, as recorded (probe attn; blank outside the model's attention window)"
         else:
             gi, gf = source[1][sl], source[2][sl]
             width = gi.shape[1] // (2 if getattr(s.model, "bidirectional", False) else 1)
@@ -120,7 +120,8 @@ class AttentionView(QWidget):
             what = f"{path}, " + (f"unit {unit}" if units else "mean |alpha| over units")
         self.values = values
         self.window_rows = rows
-        top = float(np.percentile(values, 99.5)) if values.size else 1.0
+        finite = values[np.isfinite(values)]  # a recorded attn probe is NaN outside its window
+        top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
         top = top if top > 0 else 1.0
         self.image.setImage(values.astype(np.float32), levels=(0.0, top))
         self.image.setRect(pg.QtCore.QRectF(cols[0], rows[0], values.shape[1], values.shape[0]))

@@ -17,7 +17,8 @@ Supported inputs
 * **Mamba (1)**: ``transformers`` ``MambaForCausalLM`` folders (``config.json`` with ``model_type``
   "mamba" + safetensors) and the original ``mamba_ssm`` layout (``config.json`` with ``d_model``,
   ``n_layer``, ``ssm_cfg``, … + ``pytorch_model.bin``), built by ``engine.models.mamba``; **minGRU /
-  minLSTM** state dicts of ``minGRU-pytorch``'s ``minLM`` (``engine.models.mingru``).
+  minLSTM** state dicts of ``minGRU-pytorch``'s ``minLM`` (``engine.models.mingru``); **RWKV-4**:
+  ``transformers`` ``RwkvForCausalLM`` folders and BlinkDL ``.pth`` files (``engine.models.rwkv``).
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 
@@ -55,6 +56,7 @@ import torch
 from .errors import LoadError
 from .models import mamba as _mamba
 from .models import mingru as _mingru
+from .models import rwkv as _rwkv
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
 
@@ -133,7 +135,7 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
         configs = _stored_configs(found)
         if isinstance(found.metadata.get("seqscope_config"), Mapping):
             configs.insert(0, ("metadata seqscope_config", dict(found.metadata["seqscope_config"])))
-        for family in (_mamba, _mingru):
+        for family in (_mamba, _mingru, _rwkv):
             if family.looks_like(found.tensors, configs):
                 return _build_family(family, found, configs, device=device, dtype=dtype, strict=strict,
                                      source=str(path))

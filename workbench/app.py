@@ -5,10 +5,12 @@ input, when the example models are installed beside the code."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+import time
 from pathlib import Path
+
+_STARTED = time.perf_counter()
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_MODEL = "char-lstm-python"
@@ -60,6 +62,9 @@ def main(argv=None) -> int:
     elif args.input:
         window.open_input(args.input)
     window.show()
+    if os.environ.get("SEQSCOPE_TIMING"):  # how long until the window shows a trace
+        window.session.trace_changed.connect(
+            lambda: print(f"seqscope: first trace after {time.perf_counter() - _STARTED:.2f} s", file=sys.stderr))
     if args.screenshot:
         def shoot():
             window.grab().save(args.screenshot)

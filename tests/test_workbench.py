@@ -266,3 +266,19 @@ def test_a_long_input_records_only_what_is_shown_and_stays_cancellable(qtbot, wi
     s.runner.cancel()
     qtbot.waitUntil(lambda: not s.runner.is_busy(), timeout=60000)
     assert s.trace is before
+
+
+def test_drag_and_drop_opens_a_model_and_it_is_remembered(qtbot, window, char_model_file):
+    from PySide6.QtCore import QMimeData, QPoint, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    s = window.session
+    s.text = TEXT
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(char_model_file))])
+    drop = QDropEvent(QPoint(10, 10), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        window.dropEvent(drop)
+    assert s.model_path == str(char_model_file)
+    assert window.settings.value("recent_models") in ([str(char_model_file)], str(char_model_file))
+    assert [a.text() for a in window.recent_menu.actions()] == [str(char_model_file)]

@@ -9,6 +9,8 @@ reference, float32 models within 2e-5 (5e-5 on the unbounded state numerator/den
 float64 models within 1e-10; the attention identity in float64 within 1e-8 (it holds to
 ~1e-14).  Chunks are short so that sequences of up to 300 steps cross several chunk boundaries.
 """
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,15 @@ SCANS = ["torch"] + (["numba"] if numba_available() else [])
 
 def hf_model(seed=0, vocab=37, d=16, layers=2, att=None, ffn=None, **kw):
     """A random RwkvForCausalLM with livelier weights than the init (decays from slow to fast,
-    random bonus and time-mix, O(1) embeddings, LayerNorm biases)."""
+    random bonus and time-mix, O(1) embeddings, LayerNorm biases).  Built once per arguments:
+    tests only read it (a forward with rescale_every > 0 would rescale it: build those fresh)."""
+    if kw.get("rescale_every", 0):
+        return _hf_model(seed, vocab, d, layers, att, ffn, tuple(sorted(kw.items())))
+    return _hf_model_cached(seed, vocab, d, layers, att, ffn, tuple(sorted(kw.items())))
+
+
+def _hf_model(seed, vocab, d, layers, att, ffn, kw):
+    kw = dict(kw)
     torch.manual_seed(seed)
     kw.setdefault("rescale_every", 0)
     cfg = transformers.RwkvConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=max(layers, 2),
@@ -50,6 +60,9 @@ def hf_model(seed=0, vocab=37, d=16, layers=2, att=None, ffn=None, **kw):
             elif name.endswith("ln_out.bias") or name.endswith(("ln1.bias", "ln2.bias", "pre_ln.bias")):
                 p.normal_(0, 0.3)
     return m
+
+
+_hf_model_cached = functools.lru_cache(maxsize=None)(_hf_model)
 
 
 def ours(hf, scan="torch", dtype=torch.float32, **kw):
@@ -264,3 +277,24 @@ def test_progress_cancel_and_half_precision():
     tr = engine.run(half, np.arange(50) % 37, probes=["logits", "layers.*.state"])
     full = engine.run(model, np.arange(50) % 37, probes="logits")
     assert np.abs(tr["logits"] - full["logits"]).max() < 0.1 * np.abs(full["logits"]).max()
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+def test_serial_and_parallel_compiled_loops_give_the_same_bits():
+    from engine.models.rwkv import BLK, _numba_kernels
+
+    serial, parallel = _numba_kernels()
+    rng = np.random.default_rng(9)
+    n, B, A = 40, 3, 2 * BLK + 5
+    k, v = rng.normal(size=(2, n, B, A)).astype(np.float32) * 3
+    w = -np.exp(rng.normal(size=(1, 1, A))).astype(np.float32)
+    u = rng.normal(size=(n, B, A)).astype(np.float32)
+    results = []
+    for kernel in (serial, parallel):
+        S = np.zeros((3, B, A), np.float32)
+        S[2] = -1e38
+        out, states = np.empty((n, B, A), np.float32), np.empty((n, B, A, 3), np.float32)
+        kernel(w, u, k, v, S, out, states, True, BLK)
+        results.append((out, states, S))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

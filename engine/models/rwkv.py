@@ -439,7 +439,12 @@ class RwkvModel(SequenceModel):
         return S, zeros, zeros.clone()
 
     def _ln(self, h, wb, eps=None):
-        return F.layer_norm(h, (h.shape[-1],), wb[0], wb[1], self.config.norm_eps if eps is None else eps)
+        """LayerNorm over the last axis, written out: ``F.layer_norm`` hands even a few rows to
+        the thread pool, which on a busy machine waits a scheduler tick (~8 ms) per call."""
+        mu = h.mean(-1, keepdim=True)
+        d = h - mu
+        var = (d * d).mean(-1, keepdim=True)
+        return d * torch.rsqrt(var + (self.config.norm_eps if eps is None else eps)) * wb[0] + wb[1]
 
     def _logits(self, h):
         return F.linear(self._ln(h, self.ln_out, LN_OUT_EPS), self.head)
@@ -591,62 +596,85 @@ def _scan_torch(w, u, k, v, S, out, states):
     S[0], S[1], S[2] = num, den, mx
 
 
-_KERNEL = None
+_KERNELS = None
+BLK = 64  #: channels per job of the compiled loop
 
 
-def _numba_kernel():
-    global _KERNEL
-    if _KERNEL is None:
+def _numba_kernels():
+    """(serial, parallel) drivers of one compiled block function: both do the same scalar
+    operations in the same order for every (sequence, channel), so they give the same bits."""
+    global _KERNELS
+    if _KERNELS is None:
         from numba import njit, prange
 
-        @njit(parallel=True, cache=True)
-        def wkv_kernel(w, u, k, v, S, out, states, write_states):  # pragma: no cover - compiled
-            # w, u [nw, bw, A] (nw, bw in {1, n}, {1, B}); k, v, out [n, B, A]; S [3, B, A] in place
-            n, nb, A = k.shape
+        @njit(cache=True)
+        def block(w, u, k, v, S, out, states, write_states, b, c0, c1):  # pragma: no cover - compiled
+            # w, u [nw, bw, A] (nw in {1, n}, bw in {1, B}); k, v, out [n, B, A]; S [3, B, A] in place
+            n = k.shape[0]
             tw, bw = w.shape[0] > 1, w.shape[1] > 1
             tu, bu = u.shape[0] > 1, u.shape[1] > 1
-            BLK = 64
-            nblk = (A + BLK - 1) // BLK
-            for job in prange(nb * nblk):
-                b = job // nblk
-                c0 = (job % nblk) * BLK
-                c1 = min(c0 + BLK, A)
-                for t in range(n):
-                    iw, jw = (t if tw else 0), (b if bw else 0)
-                    iu, ju = (t if tu else 0), (b if bu else 0)
-                    for c in range(c0, c1):
-                        num, den, mx = S[0, b, c], S[1, b, c], S[2, b, c]
-                        kt, vt = k[t, b, c], v[t, b, c]
-                        ku = kt + u[iu, ju, c]
-                        q = max(mx, ku)
-                        e1 = np.exp(mx - q)
-                        e2 = np.exp(ku - q)
-                        out[t, b, c] = (e1 * num + e2 * vt) / (e1 * den + e2)
-                        mw = mx + w[iw, jw, c]
-                        q = max(mw, kt)
-                        e1 = np.exp(mw - q)
-                        e2 = np.exp(kt - q)
-                        num = e1 * num + e2 * vt
-                        den = e1 * den + e2
-                        S[0, b, c], S[1, b, c], S[2, b, c] = num, den, q
-                        if write_states:
-                            states[t, b, c, 0] = num
-                            states[t, b, c, 1] = den
-                            states[t, b, c, 2] = q
+            jw, ju = (b if bw else 0), (b if bu else 0)
+            for t in range(n):
+                iw, iu = (t if tw else 0), (t if tu else 0)
+                for c in range(c0, c1):
+                    num, den, mx = S[0, b, c], S[1, b, c], S[2, b, c]
+                    kt, vt = k[t, b, c], v[t, b, c]
+                    ku = kt + u[iu, ju, c]
+                    q = max(mx, ku)
+                    e1 = np.exp(mx - q)
+                    e2 = np.exp(ku - q)
+                    out[t, b, c] = (e1 * num + e2 * vt) / (e1 * den + e2)
+                    mw = mx + w[iw, jw, c]
+                    q = max(mw, kt)
+                    e1 = np.exp(mw - q)
+                    e2 = np.exp(kt - q)
+                    num = e1 * num + e2 * vt
+                    den = e1 * den + e2
+                    S[0, b, c] = num
+                    S[1, b, c] = den
+                    S[2, b, c] = q
+                    if write_states:
+                        states[t, b, c, 0] = num
+                        states[t, b, c, 1] = den
+                        states[t, b, c, 2] = q
 
-        _KERNEL = wkv_kernel
-    return _KERNEL
+        @njit(cache=True)
+        def serial(w, u, k, v, S, out, states, write_states, blk):  # pragma: no cover - compiled
+            nb, A = k.shape[1], k.shape[2]
+            nblk = (A + blk - 1) // blk
+            for job in range(nb * nblk):
+                c0 = (job % nblk) * blk
+                block(w, u, k, v, S, out, states, write_states, job // nblk, c0, min(c0 + blk, A))
+
+        @njit(parallel=True, cache=True)
+        def parallel(w, u, k, v, S, out, states, write_states, blk):  # pragma: no cover - compiled
+            nb, A = k.shape[1], k.shape[2]
+            nblk = (A + blk - 1) // blk
+            for job in prange(nb * nblk):
+                c0 = (job % nblk) * blk
+                block(w, u, k, v, S, out, states, write_states, job // nblk, c0, min(c0 + blk, A))
+
+        _KERNELS = (serial, parallel)
+    return _KERNELS
 
 
 def _scan_numba(w, u, k, v, S, out, states):
-    """The same steps in a compiled loop, parallel over (sequence, block of channels)."""
+    """The same steps in a compiled loop, one job per (sequence, block of channels): in parallel
+    when torch may use several threads and there are several jobs, else on this thread (a
+    parallel launch costs a scheduler tick on a busy machine)."""
     import numba
 
-    kernel = _numba_kernel()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    serial, parallel = _numba_kernels()
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    jobs = k.shape[1] * -(-k.shape[2] // BLK)
     # out and states are slices along the leading axis of contiguous tensors: written in place
     st = states.numpy() if states is not None else np.empty((1, 1, 1, 1), dtype=k.numpy().dtype)
-    kernel(w.numpy(), u.numpy(), k.numpy(), v.numpy(), S.numpy(), out.numpy(), st, states is not None)
+    args = (w.numpy(), u.numpy(), k.numpy(), v.numpy(), S.numpy(), out.numpy(), st, states is not None, BLK)
+    if threads > 1 and jobs > 1:
+        numba.set_num_threads(threads)
+        parallel(*args)
+    else:
+        serial(*args)
 
 
 # ======================================================================================

@@ -919,8 +919,8 @@ def _infer_config(canon: dict, stated: dict) -> dict:
     fk = canon.get("rwkv.blocks.0.feed_forward.key.weight")
     if fk is not None and fk.ndim == 2:
         out.setdefault("d_ffn", int(fk.shape[0]))
-    if "head.weight" not in canon:
-        out["tie_embeddings"] = True
+    if "head.weight" not in canon:  # a head that is not saved is the embedding, unless the config says not
+        out.setdefault("tie_embeddings", True)
     return out
 
 
@@ -964,6 +964,9 @@ def load_rwkv(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool
     if unused and strict:
         parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
                      + " (load with strict=False to ignore them)")
+    if missing == ["head.weight"]:
+        parts[0] += (" (the config does not tie the head to the embeddings; a transformers RwkvModel folder has "
+                     "no language-model head)")
     if parts:
         raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
     if unused:

@@ -298,3 +298,20 @@ def test_serial_and_parallel_compiled_loops_give_the_same_bits():
         results.append((out, states, S))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_attention_follows_edited_keys_decays_and_bonus():
+    """The attention is built from the per-token k, w and u probes, so edits to them are in it:
+    it still reproduces wkv exactly."""
+    from engine import Intervention, Span
+
+    model = ours(hf_model(16, d=16, layers=1), SCANS[-1], torch.float64)
+    T = 60
+    ivs = [Intervention("layers.0.w", "scale", 0.2, positions=Span(10, 30), units=[1, 2, 3]),
+           Intervention("layers.0.k", "add", 2.0, positions=[15, 40]),
+           Intervention("layers.0.u", "set", -5.0, positions=Span(20, 25))]
+    trace = engine.run(model, np.random.default_rng(8).integers(0, 37, T), interventions=ivs, chunk=16)
+    alpha = per_channel_attention(trace, 0, (0, T), (0, T))
+    wkv = torch.einsum("ijc,jc->ic", alpha, torch.tensor(trace["layers.0.v"]))
+    torch.testing.assert_close(wkv, torch.tensor(trace["layers.0.wkv"]), atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(alpha.sum(1), torch.ones(T, 16, dtype=torch.float64), atol=1e-12, rtol=0)

@@ -12,8 +12,9 @@ The model (H hidden width, A attention width, F feed-forward width)::
               N_t = e^w N_(t-1) + e^(k_t) v_t,  D_t = e^w D_(t-1) + e^(k_t)      per channel
               x'_t = x_t + W_o (r_t * wkv_t)
               f_t  = ln2(x'_t)                                  channel mixing (feed-forward)
-              x_(t+1 -> next layer) = x'_t + sigmoid(W_r' (mu_r' f_t + ...)) * W_v' relu(W_k' (mu_k' f_t + ...))^2
-    logits = head(ln_out(x))
+              out_t = x'_t + sigmoid(W_r' (mu_r' f_t + (1 - mu_r') f_(t-1)))
+                             * W_v' relu(W_k' (mu_k' f_t + (1 - mu_k') f_(t-1)))^2     (f_(-1) = 0)
+    logits = head(ln_out(out of the last layer))
 
 with decay ``w = -exp(time_decay)`` and bonus ``u = time_first`` (per channel).  The WKV state
 is kept as ``transformers`` and the RWKV authors keep it, scaled for stability: ``(num, den,

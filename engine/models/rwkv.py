@@ -763,8 +763,8 @@ def wkv_attention(w, u, k, logz, rows, cols, *, reduce="mean", tile: int = TILE,
                 out[i0 - r0:i1 - r0, :j1 - c0] = P[:, None, :] * Q[None, :, :]
         jl, jh = max(c0, i0), min(c1c, i1)
         if jh > jl:  # columns inside the tile: exponents summed directly
-            ii = torch.arange(i0, i1)[:, None]
-            jj = torch.arange(jl, jh)[None, :]
+            ii = torch.arange(i0, i1, device=k.device)[:, None]
+            jj = torch.arange(jl, jh, device=k.device)[None, :]
             E = (G[i0 - lo:i1 - lo][:, None, :] - G[jl - lo + 1:jh - lo + 1][None, :, :]).to(dtype) \
                 + k[jl:jh][None] - logz[i0:i1][:, None]
             E = E.masked_fill((jj >= ii)[..., None], float("-inf"))

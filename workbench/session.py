@@ -314,7 +314,7 @@ def _default_probe(model) -> str:
     names = [s.name for s in model.probe_specs()]
     layered = [n for n in names if n.startswith("layers.")]
     top = max((int(n.split(".")[1]) for n in layered), default=0)
-    for site in ("c", "h", "state", "out"):
+    for site in ("c", "h", "out", "state"):
         if f"layers.{top}.{site}" in names:
             return f"layers.{top}.{site}"
     return names[0]

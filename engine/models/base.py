@@ -17,7 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+
+from ..interventions import BoundIntervention, InterventionError
 
 Edit = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -142,3 +145,54 @@ class Resume:
     states: dict  # (layer, direction) -> state entering that layer's start
     old: dict  # the previous run's padded arrays
     logits_from: int  # first step whose logits may change
+
+
+class EditPlan:
+    """Interventions bound to one model and batch: per probe outside the layers (``embed``,
+    ``logits``), and per (layer, direction) and site inside them."""
+
+    def __init__(self):
+        self.whole: dict[str, list[BoundIntervention]] = {}
+        self.layer: dict[tuple[int, int], dict[str, list[BoundIntervention]]] = {}
+
+    def steps_for(self, key) -> list[int]:
+        sites = self.layer.get(key, {})
+        return sorted({int(s) for edits in sites.values() for e in edits for s in e.steps})
+
+
+def bind_layerwise(model, interventions, lengths, sources=None, not_editable: dict | None = None) -> EditPlan:
+    """Bind interventions for a model whose layers run in one direction: each one is checked
+    against the probe table and the batch.  ``not_editable`` maps a site to the reason it cannot
+    be edited (e.g. an ``attn`` computed after the run).  A patch source shaped like a probe
+    with several axes per token (``[tokens, units, state]``) is flattened to match."""
+    specs = {s.name: s for s in model.probe_specs()}
+    plan = EditPlan()
+    for n, iv in enumerate(interventions):
+        spec = specs.get(iv.probe)
+        if spec is None:
+            raise InterventionError(f"no probe point {iv.probe!r} in this {model.architecture} model; "
+                                    f"it has: {', '.join(specs)}")
+        if spec.site in (not_editable or {}):
+            raise InterventionError(f"{iv.probe}: {not_editable[spec.site]}")
+        width = int(np.prod(spec.shape))
+        source = (sources or {}).get(n)
+        if source is not None and len(spec.shape) > 1:
+            source = np.asarray(source)
+            if source.ndim >= 2 and source.shape[-len(spec.shape):] == spec.shape:
+                source = source.reshape(*source.shape[: -len(spec.shape)], width)
+        bound = BoundIntervention(iv, width, lengths, model.dtype, model.device, source)
+        if spec.layer is None:
+            plan.whole.setdefault(iv.probe, []).append(bound)
+        else:
+            plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
+    return plan
+
+
+def stitch(old: dict, name: str, new: torch.Tensor, start: int, T: int) -> torch.Tensor:
+    """A re-run's array: the previous run's steps before ``start``, then the new ones (``new``
+    holds steps ``start..T-1``; a layer that did not run at all takes the previous array)."""
+    if start == 0:
+        return new
+    if start >= T:
+        return old[name][:T]
+    return torch.cat([old[name][:start], new])

@@ -49,10 +49,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Cancelled, LoadError
-from ..interventions import BoundIntervention, InterventionError
 from ..probes import ProbeSpec, layer_probe
-from .base import Resume, SequenceModel
-from .stack import EditPlan
+from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
@@ -150,6 +148,11 @@ def numba_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+#: why interventions on ``attn`` are refused
+NOT_EDITABLE_ATTN = "it is computed from dt, B and C after the run and feeds nothing; " \
+    "intervene on dt, B, C or state instead"
 
 
 class _Layer:
@@ -340,28 +343,7 @@ class MambaModel(SequenceModel):
 
     # -- interventions ------------------------------------------------------------------
     def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        specs = {s.name: s for s in self._specs}
-        plan = EditPlan()
-        for n, iv in enumerate(interventions):
-            spec = specs.get(iv.probe)
-            if spec is None:
-                raise InterventionError(f"no probe point {iv.probe!r} in this {self.architecture} model; "
-                                        f"it has: {', '.join(specs)}")
-            if spec.site == "attn":
-                raise InterventionError(f"{iv.probe} is computed from dt, B and C after the run and feeds nothing; "
-                                        "intervene on dt, B, C or state instead")
-            source = (sources or {}).get(n)
-            width = int(np.prod(spec.shape))
-            if source is not None and spec.site == "state":
-                source = np.asarray(source)
-                if source.ndim >= 2 and source.shape[-2:] == spec.shape:
-                    source = source.reshape(*source.shape[:-2], width)
-            bound = BoundIntervention(iv, width, lengths, self.dtype, self.device, source)
-            if spec.layer is None:
-                plan.whole.setdefault(iv.probe, []).append(bound)
-            else:
-                plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
-        return plan
+        return bind_layerwise(self, interventions, lengths, sources, not_editable={"attn": NOT_EDITABLE_ATTN})
 
     # -- the forward pass -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
@@ -376,20 +358,13 @@ class MambaModel(SequenceModel):
         starts = [min(s, T) for s in resume.starts] if resume else [0] * L
         old = resume.old if resume else {}
 
-        def stitched(name, new, s):
-            if s == 0:
-                return new
-            if s >= T:
-                return old[name][:T]
-            return torch.cat([old[name][:s], new])
-
         out: dict[str, torch.Tensor] = {}
         s0 = starts[0]
         below = F.embedding(x[s0:], self.embed)
         for e in plan.whole.get("embed", []):
             below = e.apply_all(below, s0)
         if "embed" in want:
-            out["embed"] = stitched("embed", below, s0)
+            out["embed"] = stitch(old, "embed", below, s0, T)
         below_from, below_name = s0, "embed"
         total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
         done = [0]
@@ -421,11 +396,11 @@ class MambaModel(SequenceModel):
             recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
             below, below_from, below_name = recs["out"], s, name_out
             for site in record:
-                out[layer_probe(k, site)] = stitched(layer_probe(k, site), recs[site], s)
+                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
             if "attn" in want_sites:
                 out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
             if "out" in want_sites:
-                out[name_out] = stitched(name_out, recs["out"], s)
+                out[name_out] = stitch(old, name_out, recs["out"], s, T)
         if "logits" in want:
             a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
             if a0 < T:
@@ -433,7 +408,7 @@ class MambaModel(SequenceModel):
                 logits = torch.cat([self._logits(h[i:i + chunk].clone()) for i in range(0, h.shape[0], chunk)])
                 for e in plan.whole.get("logits", []):
                     logits = e.apply_all(logits, a0)
-                out["logits"] = stitched("logits", logits, a0)
+                out["logits"] = stitch(old, "logits", logits, a0, T)
             else:
                 out["logits"] = old["logits"][:T]
         return out

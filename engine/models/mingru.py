@@ -43,11 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Cancelled, LoadError
-from ..interventions import BoundIntervention, InterventionError
 from ..probes import ProbeSpec, layer_probe
-from .base import Resume, SequenceModel
+from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
 from .mamba import numba_available
-from .stack import EditPlan
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,11 @@ def canonical_weight_shapes(cfg: MinRNNConfig) -> dict[str, tuple[int, ...]]:
 
 def _g(v):
     return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+#: why interventions on ``attn`` are refused
+NOT_EDITABLE_ATTN = "it is computed from the gates after the run and feeds nothing; " \
+    "intervene on the gates, h_tilde or h instead"
 
 
 class MinRNNModel(SequenceModel):
@@ -237,22 +240,7 @@ class MinRNNModel(SequenceModel):
         return list(self._specs)
 
     def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        specs = {s.name: s for s in self._specs}
-        plan = EditPlan()
-        for n, iv in enumerate(interventions):
-            spec = specs.get(iv.probe)
-            if spec is None:
-                raise InterventionError(f"no probe point {iv.probe!r} in this {self.architecture} model; "
-                                        f"it has: {', '.join(specs)}")
-            if spec.site == "attn":
-                raise InterventionError(f"{iv.probe} is computed from the gates after the run and feeds nothing; "
-                                        "intervene on the gates, h_tilde or h instead")
-            bound = BoundIntervention(iv, spec.width, lengths, self.dtype, self.device, (sources or {}).get(n))
-            if spec.layer is None:
-                plan.whole.setdefault(iv.probe, []).append(bound)
-            else:
-                plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
-        return plan
+        return bind_layerwise(self, interventions, lengths, sources, not_editable={"attn": NOT_EDITABLE_ATTN})
 
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x, lengths, want, plan=None, *, chunk=256, resume: Resume | None = None,
@@ -265,20 +253,13 @@ class MinRNNModel(SequenceModel):
         starts = [min(s, T) for s in resume.starts] if resume else [0] * L
         old = resume.old if resume else {}
 
-        def stitched(name, new, s):
-            if s == 0:
-                return new
-            if s >= T:
-                return old[name][:T]
-            return torch.cat([old[name][:s], new])
-
         out = {}
         s0 = starts[0]
         below = F.embedding(x[s0:], self._w["token_emb.weight"])
         for e in plan.whole.get("embed", []):
             below = e.apply_all(below, s0)
         if "embed" in want:
-            out["embed"] = stitched("embed", below, s0)
+            out["embed"] = stitch(old, "embed", below, s0, T)
         below_from, below_name = s0, "embed"
         total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
         done = [0]
@@ -307,7 +288,7 @@ class MinRNNModel(SequenceModel):
             recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
             below, below_from, below_name = recs["out"], s, name_out
             for site in record:
-                out[layer_probe(k, site)] = stitched(layer_probe(k, site), recs[site], s)
+                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
             if "attn" in want_sites:
                 out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
         if "logits" in want:
@@ -318,7 +299,7 @@ class MinRNNModel(SequenceModel):
                                              self._w["to_logits.weight"]) for i in range(0, h.shape[0], chunk)])
                 for e in plan.whole.get("logits", []):
                     logits = e.apply_all(logits, a0)
-                out["logits"] = stitched("logits", logits, a0)
+                out["logits"] = stitch(old, "logits", logits, a0, T)
             else:
                 out["logits"] = old["logits"][:T]
         return out

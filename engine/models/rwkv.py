@@ -63,11 +63,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Cancelled, LoadError
-from ..interventions import BoundIntervention, InterventionError
 from ..probes import ProbeSpec, layer_probe
-from .base import Resume, SequenceModel
+from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
 from .mamba import AttentionWindow, numba_available
-from .stack import EditPlan
 
 SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out", "attn")
 #: the state's components, in the order of the ``state`` probe's last axis
@@ -136,6 +134,11 @@ def canonical_weight_shapes(cfg: RwkvConfig) -> dict[str, tuple[int, ...]]:
     if not cfg.tie_embeddings:
         shapes["head.weight"] = (cfg.vocab_size, H)
     return shapes
+
+
+#: why interventions on ``attn`` are refused
+NOT_EDITABLE_ATTN = "it is computed from k, w, u and the state after the run and feeds nothing; " \
+    "intervene on k, w, u or state instead"
 
 
 class _Layer:
@@ -338,28 +341,7 @@ class RwkvModel(SequenceModel):
 
     # -- interventions ------------------------------------------------------------------
     def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        specs = {s.name: s for s in self._specs}
-        plan = EditPlan()
-        for n, iv in enumerate(interventions):
-            spec = specs.get(iv.probe)
-            if spec is None:
-                raise InterventionError(f"no probe point {iv.probe!r} in this {self.architecture} model; "
-                                        f"it has: {', '.join(specs)}")
-            if spec.site == "attn":
-                raise InterventionError(f"{iv.probe} is computed from k, w, u and the state after the run and feeds "
-                                        "nothing; intervene on k, w, u or state instead")
-            source = (sources or {}).get(n)
-            width = int(np.prod(spec.shape))
-            if source is not None and spec.site == "state":
-                source = np.asarray(source)
-                if source.ndim >= 2 and source.shape[-2:] == spec.shape:
-                    source = source.reshape(*source.shape[:-2], width)
-            bound = BoundIntervention(iv, width, lengths, self.dtype, self.device, source)
-            if spec.layer is None:
-                plan.whole.setdefault(iv.probe, []).append(bound)
-            else:
-                plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
-        return plan
+        return bind_layerwise(self, interventions, lengths, sources, not_editable={"attn": NOT_EDITABLE_ATTN})
 
     # -- the forward pass -----------------------------------------------------------------
     def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
@@ -374,20 +356,13 @@ class RwkvModel(SequenceModel):
         starts = [min(s, T) for s in resume.starts] if resume else [0] * L
         old = resume.old if resume else {}
 
-        def stitched(name, new, s):
-            if s == 0:
-                return new
-            if s >= T:
-                return old[name][:T]
-            return torch.cat([old[name][:s], new])
-
         out: dict[str, torch.Tensor] = {}
         s0 = starts[0]
         below = F.embedding(x[s0:], self.embed)
         for e in plan.whole.get("embed", []):
             below = e.apply_all(below, s0)
         if "embed" in want:
-            out["embed"] = stitched("embed", below, s0)
+            out["embed"] = stitch(old, "embed", below, s0, T)
         below_from, below_name = s0, "embed"
         total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
         done = [0]
@@ -417,7 +392,7 @@ class RwkvModel(SequenceModel):
             recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
             below, below_from, below_name = recs["out"], s, name_out
             for site in record:
-                out[layer_probe(k, site)] = stitched(layer_probe(k, site), recs[site], s)
+                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
             if "attn" in want_sites:
                 out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
         if "logits" in want:
@@ -427,7 +402,7 @@ class RwkvModel(SequenceModel):
                 logits = torch.cat([self._logits(h[i:i + chunk].clone()) for i in range(0, h.shape[0], chunk)])
                 for e in plan.whole.get("logits", []):
                     logits = e.apply_all(logits, a0)
-                out["logits"] = stitched("logits", logits, a0)
+                out["logits"] = stitch(old, "logits", logits, a0, T)
             else:
                 out["logits"] = old["logits"][:T]
         return out

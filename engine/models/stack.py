@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..errors import Cancelled
 from ..interventions import BoundIntervention, Intervention, InterventionError
 from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe, parse_probe
-from .base import RecurrentCell, Resume, SequenceModel
+from .base import EditPlan, RecurrentCell, Resume, SequenceModel, stitch
 from .gru import GRUCell
 from .lstm import LSTMCell
 from .rnn import ElmanCell
@@ -117,18 +117,6 @@ def reverse_index(lengths, T: int, device) -> torch.Tensor:
 
 def _gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 0, idx.view(*idx.shape, *([1] * (x.ndim - 2))).expand_as(x))
-
-
-class EditPlan:
-    """Interventions bound to one model and batch: per probe, and per layer/direction/site."""
-
-    def __init__(self):
-        self.whole: dict[str, list[BoundIntervention]] = {}  # embed, logits
-        self.layer: dict[tuple[int, int], dict[str, list[BoundIntervention]]] = {}
-
-    def steps_for(self, key) -> list[int]:
-        sites = self.layer.get(key, {})
-        return sorted({int(s) for edits in sites.values() for e in edits for s in e.steps})
 
 
 class RecurrentStack(SequenceModel):
@@ -292,14 +280,6 @@ class RecurrentStack(SequenceModel):
         if resume and self.bidirectional:
             raise ValueError("a bidirectional model always runs from the start")
 
-        def stitched(name, new, s):
-            """The previous run's steps before ``s``, then the new ones."""
-            if s == 0:
-                return new
-            if s >= T:
-                return old[name][:T]
-            return torch.cat([old[name][:s], new])
-
         out: dict[str, torch.Tensor] = {}
         s0 = starts[0]
         if self.embed is not None:
@@ -307,7 +287,7 @@ class RecurrentStack(SequenceModel):
             for e in plan.whole.get("embed", []):
                 below = e.apply_all(below, s0)
             if "embed" in want:
-                out["embed"] = stitched("embed", below, s0)
+                out["embed"] = stitch(old, "embed", below, s0, T)
         else:
             below = x[s0:].to(self.dtype)
         below_from, below_name = s0, "embed"
@@ -353,7 +333,7 @@ class RecurrentStack(SequenceModel):
                 below_from, below_name = s, name_h
                 for site in want_sites:
                     new = recs[0][site] if len(recs) == 1 else torch.cat([r[site] for r in recs], dim=-1)
-                    out[layer_probe(k, site)] = stitched(layer_probe(k, site), new, s)
+                    out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), new, s, T)
             steps = plan.steps_for((k, 0)) + plan.steps_for((k, 1))
             if steps:
                 first_edit = min(steps) if first_edit is None else min(first_edit, min(steps))
@@ -367,7 +347,7 @@ class RecurrentStack(SequenceModel):
                                     for i in range(0, h.shape[0], chunk)])
                 for e in plan.whole.get("logits", []):
                     logits = e.apply_all(logits, a0)
-                out["logits"] = stitched("logits", logits, a0)
+                out["logits"] = stitch(old, "logits", logits, a0, T)
             else:
                 out["logits"] = old["logits"][:T]
         return out

@@ -1,0 +1,162 @@
+"""Data generators for the synthetic-task models, shared by the training scripts and the tests
+(which regenerate the evaluation sets from the seeds a card states).  Numpy only."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# -- Dyck-2 -------------------------------------------------------------------------------------
+
+#: the GRU's vocabulary: a newline ends each word, then the two bracket pairs
+DYCK_PIECES = ["\n", "(", ")", "[", "]"]
+DYCK_PAIRS = "()[]"
+DYCK_OPEN = {"(": ")", "[": "]"}
+
+
+def dyck_word(rng: np.random.Generator, max_len: int = 64, max_depth: int = 12) -> str:
+    """One balanced Dyck-2 word: an even length uniform in [2, max_len], nesting at most
+    ``max_depth``; each word draws its own opening probability in [0.4, 0.7], so that shallow
+    and deep words both occur (a third of 64-character words reach depth 8)."""
+    n = 2 * int(rng.integers(1, max_len // 2 + 1))
+    p_open = float(rng.uniform(0.4, 0.7))
+    stack: list[str] = []
+    out = []
+    for i in range(n):
+        remaining = n - i
+        if not stack:
+            opening = True
+        elif len(stack) >= remaining or len(stack) >= max_depth:
+            opening = False
+        else:
+            opening = rng.random() < p_open
+        if opening:
+            ch = "(" if rng.random() < 0.5 else "["
+            stack.append(ch)
+            out.append(ch)
+        else:
+            out.append(DYCK_OPEN[stack.pop()])
+    return "".join(out)
+
+
+def dyck_text(rng: np.random.Generator, min_chars: int, max_len: int = 64, max_depth: int = 12) -> str:
+    """Whole words, each followed by a newline, until at least ``min_chars`` characters."""
+    words, n = [], 0
+    while n < min_chars:
+        w = dyck_word(rng, max_len, max_depth) + "\n"
+        words.append(w)
+        n += len(w)
+    return "".join(words)
+
+
+def dyck_closing_positions(text: str) -> np.ndarray:
+    """Positions ``t`` whose *next* character is a closing bracket: where the model's ranking of
+    the two closing brackets is scored."""
+    nxt = np.frombuffer(text[1:].encode("ascii"), dtype=np.uint8)
+    return np.flatnonzero((nxt == ord(")")) | (nxt == ord("]")))
+
+
+def dyck_closing_accuracy(logits: np.ndarray, text: str) -> tuple[float, np.ndarray]:
+    """Closing-bracket accuracy: at every position whose next character is a closing bracket,
+    is that bracket scored above the other closing bracket?  Returns (accuracy, positions)."""
+    pos = dyck_closing_positions(text)
+    want = np.array([DYCK_PIECES.index(text[t + 1]) for t in pos])
+    other = np.where(want == DYCK_PIECES.index(")"), DYCK_PIECES.index("]"), DYCK_PIECES.index(")"))
+    z = np.asarray(logits)
+    ok = z[pos, want] > z[pos, other]
+    return float(ok.mean()), pos[ok == False]  # noqa: E712  (the positions it got wrong)
+
+
+# -- delayed match-to-sample --------------------------------------------------------------------
+
+DMS_FEATURES = ["stimulus", "sample_cue", "test_cue"]
+DMS_CLASSES = ["wait", "match", "non-match"]
+
+
+@dataclass(frozen=True)
+class DMSTrial:
+    start: int  # first step of the trial (fixation)
+    sample_start: int
+    delay_start: int
+    test_start: int
+    response_start: int
+    end: int  # one past the last response step
+    sample: int  # +1 or -1
+    test: int  # +1 or -1
+
+    @property
+    def match(self) -> bool:
+        return self.sample == self.test
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dms_sequence(rng: np.random.Generator, n_trials: int, *, noise: float = 0.5, delay=(10, 40),
+                 fixation=(3, 8), epoch: int = 5, response: int = 5, trials: list | None = None):
+    """``n_trials`` delayed match-to-sample trials back to back: inputs ``x`` [T, 3] (a noisy
+    stimulus channel, a sample-epoch cue, a test-epoch cue), target classes ``y`` [T] (wait /
+    match / non-match), and the trials' layout.
+
+    A trial: fixation (stimulus channel noise only), the sample (stimulus ±1 for ``epoch``
+    steps, sample cue on), a delay of uniform length in ``delay`` (noise only), the test
+    (stimulus ±1, test cue on), then ``response`` steps in which the answer is due: "match"
+    when the test has the sign of the sample.  The sign must be held across the delay, and a
+    new sample overwrites the old one.  ``trials``: optional [(sample, test, delay)] to fix
+    them (as the sample input does); noise still comes from ``rng``."""
+    xs, ys, layout = [], [], []
+    t = 0
+    for k in range(n_trials):
+        if trials is not None:
+            s, te, d = trials[k]
+        else:
+            s = 1 if rng.random() < 0.5 else -1
+            te = 1 if rng.random() < 0.5 else -1
+            d = int(rng.integers(delay[0], delay[1] + 1))
+        f = int(rng.integers(fixation[0], fixation[1] + 1))
+        n = f + epoch + d + epoch + response
+        x = np.zeros((n, 3), np.float32)
+        x[:, 0] = rng.normal(0.0, noise, n)
+        x[f : f + epoch, 0] += s
+        x[f : f + epoch, 1] = 1.0
+        x[f + epoch + d : f + 2 * epoch + d, 0] += te
+        x[f + epoch + d : f + 2 * epoch + d, 2] = 1.0
+        y = np.zeros(n, np.int64)
+        y[n - response :] = 1 if s == te else 2
+        layout.append(DMSTrial(start=t, sample_start=t + f, delay_start=t + f + epoch, test_start=t + f + epoch + d,
+                               response_start=t + n - response, end=t + n, sample=int(s), test=int(te)))
+        xs.append(x)
+        ys.append(y)
+        t += n
+    return np.concatenate(xs), np.concatenate(ys), layout
+
+
+def dms_trial_accuracy(logits: np.ndarray, layout: list[DMSTrial]) -> tuple[float, np.ndarray]:
+    """Per trial: match vs non-match from the response steps' summed log-odds of the two answer
+    classes.  Returns (accuracy, per-trial decision +1 match / -1 non-match)."""
+    z = np.asarray(logits, dtype=np.float64)
+    decisions = []
+    correct = []
+    for tr in layout:
+        w = z[tr.response_start : tr.end]
+        says_match = float((w[:, 1] - w[:, 2]).sum()) > 0
+        decisions.append(1 if says_match else -1)
+        correct.append(says_match == tr.match)
+    return float(np.mean(correct)), np.asarray(decisions)
+
+
+def dms_wait_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Outside the response windows: how often "wait" is the top class."""
+    z = np.asarray(logits)
+    off = y == 0
+    return float((z[off].argmax(axis=1) == 0).mean())
+
+
+def dms_delay_mask(layout: list[DMSTrial], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps inside the delays, and the sample sign there (0 elsewhere)."""
+    mask = np.zeros(n, bool)
+    sign = np.zeros(n, np.float32)
+    for tr in layout:
+        mask[tr.delay_start : tr.test_start] = True
+        sign[tr.delay_start : tr.test_start] = tr.sample
+    return mask, sign

@@ -32,6 +32,9 @@ def parse_args(argv):
     ap.add_argument("model", nargs="?", help="checkpoint file or folder (default: the bundled example)")
     ap.add_argument("--input", help="a text or numeric input file to open")
     ap.add_argument("--project", help="a saved SeqScope project to restore")
+    ap.add_argument("--probe", help="the probe to show first, e.g. layers.1.c")
+    ap.add_argument("--unit", type=int, help="the unit to select first")
+    ap.add_argument("--step", type=int, help="the step to put the cursor on")
     ap.add_argument("--screenshot", help=argparse.SUPPRESS)  # render once to PNG, then quit
     return ap.parse_args(argv)
 
@@ -52,6 +55,13 @@ def main(argv=None) -> int:
     pg.setConfigOptions(antialias=False, background="w", foreground="k")
     window = MainWindow()
     model, sample = (Path(args.model), None) if args.model else default_model()
+    s = window.session
+    if args.probe:
+        s.probe = args.probe  # kept when the model has it
+    if args.unit is not None:
+        s.units = [args.unit]
+    if args.step is not None:
+        s.trace_changed.connect(lambda: s.set_step(args.step))
     if args.project:
         window.open_project(args.project)
     elif model is not None:

@@ -8,6 +8,28 @@ import pyqtgraph as pg
 _STOPS = [(5, 48, 97), (33, 102, 172), (146, 197, 222), (247, 247, 247), (244, 165, 130), (178, 24, 43), (103, 0, 31)]
 DIVERGING = pg.ColorMap(np.linspace(0.0, 1.0, len(_STOPS)), [(*c, 255) for c in _STOPS])
 _LUT = DIVERGING.getLookupTable(0.0, 1.0, 256, alpha=False)
+# white - red, for values that are never negative (gates, probabilities, attention)
+_SEQ_STOPS = [(255, 255, 255), (252, 187, 161), (251, 106, 74), (203, 24, 29), (103, 0, 13)]
+SEQUENTIAL = pg.ColorMap(np.linspace(0.0, 1.0, len(_SEQ_STOPS)), [(*c, 255) for c in _SEQ_STOPS])
+_SEQ_LUT = SEQUENTIAL.getLookupTable(0.0, 1.0, 256, alpha=False)
+
+
+def color_scale(values: np.ndarray):
+    """(low, high, colour map) for showing ``values``: a symmetric range on the diverging map
+    when they take both signs, 0..high on the white-red map when they are never negative."""
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0:
+        high = float(np.percentile(finite, 99.5)) if finite.size > 200 else float(finite.max())
+        return 0.0, (high if high > 0 else 1.0), SEQUENTIAL
+    level = symmetric_level(values)
+    return -level, level, DIVERGING
+
+
+def rgb_scaled(values: np.ndarray, low: float, high: float, cmap) -> np.ndarray:
+    """uint8 RGB per value on ``cmap`` between ``low`` and ``high``."""
+    lut = _SEQ_LUT if cmap is SEQUENTIAL else _LUT
+    x = np.clip((np.nan_to_num(values) - low) / (high - low), 0.0, 1.0)
+    return lut[(x * 255).astype(int)]
 
 
 def symmetric_level(values: np.ndarray) -> float:
@@ -18,9 +40,4 @@ def symmetric_level(values: np.ndarray) -> float:
     level = float(np.percentile(finite, 99.5)) if finite.size > 200 else float(finite.max())
     return level if level > 0 else 1.0
 
-
-def rgb_for(values: np.ndarray, level: float) -> np.ndarray:
-    """uint8 RGB per value on the diverging map, with ±level at the ends."""
-    x = np.clip((np.nan_to_num(values) / level + 1.0) / 2.0, 0.0, 1.0)
-    return _LUT[(x * 255).astype(int)]
 

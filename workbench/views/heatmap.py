@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from ._common import LazyRefresh, visible
-from .colors import DIVERGING, symmetric_level
+from .colors import DIVERGING, color_scale
 
 
 class HeatmapView(QWidget):
@@ -71,9 +71,10 @@ class HeatmapView(QWidget):
                 self.readout.setText("no trace yet" if s.trace is None else f"{s.probe} was not recorded")
             else:
                 self.readout.setText("hover for values · click to select a unit and step")
-                level = symmetric_level(self._values)
-                self.image.setImage(self._values.T, levels=(-level, level), autoDownsample=True)
-                self.colorbar.setLevels((-level, level))
+                low, high, cmap = color_scale(self._values)
+                self.image.setImage(self._values.T, levels=(low, high), autoDownsample=True)
+                self.colorbar.setColorMap(cmap)
+                self.colorbar.setLevels((low, high))
                 self.plot_item.setTitle(f"{s.probe}{'  (steered − clean)' if self.difference.isChecked() else ''}")
         self.cursor.setPos(s.step + 0.5)
         unit = s.units[0] if s.units else 0

@@ -11,7 +11,7 @@ from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ._common import LazyRefresh
-from .colors import rgb_for, symmetric_level
+from .colors import color_scale, rgb_scaled
 
 TAB_CELLS = 4
 
@@ -144,14 +144,15 @@ class TextView(QWidget):
             return
         columns = max(20, (self.scroll.viewport().width() - 4) // self.canvas.cell_w - 1)
         self.canvas.set_tokens(s.trace.token_text, columns)
-        level = symmetric_level(values)
-        self.canvas.colors = rgb_for(values, level)
+        low, high, cmap = color_scale(values)
+        self.canvas.colors = rgb_scaled(values, low, high, cmap)
         self.canvas.cursor = s.step
         self.canvas.update()
         rect = self.canvas.cursor_rect()
         if not rect.isNull():
             self.scroll.ensureVisible(rect.center().x(), rect.center().y(), 0, self.canvas.cell_h * 2)
-        self.caption.setText(f"{s.probe} unit {s.units[0]}: blue < 0 < red, ±{level:.3g} · click a token to move the cursor")
+        scale = f"blue < 0 < red, ±{high:.3g}" if low < 0 else f"white 0 … red {high:.3g}"
+        self.caption.setText(f"{s.probe} unit {s.units[0]}: {scale} · click a token to move the cursor")
 
     def resizeEvent(self, event):
         super().resizeEvent(event)

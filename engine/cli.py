@@ -350,7 +350,7 @@ def _start_app(argv: list[str]) -> int | None:
     """Start the desktop workbench: ``seqscope`` with no arguments, or with a path that is not
     a command.  Returns ``None`` when the workbench is not installed (the help is shown then).
     (Imported here lazily, never at module level: ``engine`` does not import Qt.)"""
-    if argv and not Path(argv[0]).exists():
+    if argv and not argv[0].startswith("-") and not Path(argv[0]).exists():
         return None  # neither a command nor a model: the caller says so
     try:
         from workbench.app import main as app_main
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``seqscope`` command line; returns the exit status (0 ok, 2 error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv or (argv[0] not in COMMANDS and not argv[0].startswith("-")):
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         status = _start_app(argv)
         if status is not None:
             return status

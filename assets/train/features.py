@@ -25,8 +25,9 @@ __all__ = [
 PYTHON_FEATURES = {
     "in_string": "inside a string literal (1 from the opening quote through the string's last character, "
                  "0 from its closing quote on; docstrings and f-strings included)",
-    "indent": "indentation of the current line: leading spaces read so far on this line (tab = to the next "
-              "multiple of 8), 0 right after a newline",
+    "indent": "indentation (in spaces, a tab to the next multiple of 8) of the current line once its first "
+              "non-blank character is read; until then (at the newline and in the leading whitespace) that of the "
+              "last non-blank line",
     "bracket_depth": "nesting depth of (), [] and {} outside strings and comments",
     "in_comment": "inside a # comment",
     "column": "characters since the last newline",
@@ -70,21 +71,25 @@ def python_features(text: str) -> dict[str, np.ndarray]:
 
     # layout features: independent of the lexer state
     col = 0
-    ind = 0
+    width = 0  # leading whitespace read so far on this line
+    current = 0  # the indentation in force: the last line whose code has started
     leading = True
     for i, ch in enumerate(text):
         if ch == "\n":
-            col, ind, leading = 0, 0, True
+            col, width, leading = 0, 0, True
         else:
             col += 1
             if leading and ch == " ":
-                ind += 1
+                width += 1
             elif leading and ch == "\t":
-                ind = (ind // 8 + 1) * 8
-            else:
+                width = (width // 8 + 1) * 8
+            elif leading and ch in "\f\r":
+                pass
+            elif leading:
                 leading = False
+                current = width
         column[i] = col
-        indent[i] = ind
+        indent[i] = current
 
     # lexer
     d = 0

@@ -17,7 +17,7 @@ DYCK_OPEN = {"(": ")", "[": "]"}
 def dyck_word(rng: np.random.Generator, max_len: int = 64, max_depth: int = 12) -> str:
     """One balanced Dyck-2 word: an even length uniform in [2, max_len], nesting at most
     ``max_depth``; each word draws its own opening probability in [0.4, 0.7], so that shallow
-    and deep words both occur (a third of 64-character words reach depth 8)."""
+    and deep words both occur (about a third of all words reach depth 8)."""
     n = 2 * int(rng.integers(1, max_len // 2 + 1))
     p_open = float(rng.uniform(0.4, 0.7))
     stack: list[str] = []

@@ -237,8 +237,7 @@ def _sniff(path: Path) -> str:
         raise LoadError(f"{name} is empty (0 bytes): the save or the download did not complete")
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
         return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
+    # safetensors before the pickle byte: a header length whose low byte is 0x80 starts with it too
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
         if 0 < n:
@@ -246,6 +245,8 @@ def _sniff(path: Path) -> str:
                 raise LoadError(f"{name} is truncated: its safetensors header says {n} bytes of header, "
                                 f"but the file has only {size} bytes")
             return "safetensors"
+    if head[:1] == b"\x80":
+        return "pickle"
     if head[:4] == b"\x89HDF":
         raise LoadError(f"{name} is an HDF5 file (Keras weights or a SeqScope trace?), not model weights "
                         "SeqScope can read: give a PyTorch state dict (.pt/.pth/.bin) or a .safetensors file")

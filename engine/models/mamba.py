@@ -42,15 +42,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import Cancelled, LoadError
+from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
+from .chunked import ChunkedLayerModel
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
@@ -173,7 +172,7 @@ class _Layer:
         self.A = -torch.exp(self.A_log)
 
 
-class MambaModel(SequenceModel):
+class MambaModel(ChunkedLayerModel):
     """An instrumented Mamba language model.  Build with :func:`engine.load` or from a config
     and canonical weights.
 
@@ -183,6 +182,9 @@ class MambaModel(SequenceModel):
     """
 
     architecture = "mamba"
+    SITES = SITES
+    ATTENTION_NEEDS = frozenset({"dt", "B", "C"})
+    NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
     def __init__(self, config: MambaConfig, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
                  dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
@@ -247,21 +249,6 @@ class MambaModel(SequenceModel):
         self._scan_request = value
 
     @property
-    def attention_window(self) -> AttentionWindow:
-        return self._window
-
-    @attention_window.setter
-    def attention_window(self, value):
-        if not isinstance(value, AttentionWindow):
-            if isinstance(value, dict):
-                value = AttentionWindow(**value)
-            else:
-                rows, cols = value
-                value = AttentionWindow(tuple(rows), tuple(cols))
-        self._window = value
-        self._specs = self._build_specs()
-
-    @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
@@ -294,7 +281,7 @@ class MambaModel(SequenceModel):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "scan": self.scan,
-            "attention_window": json.dumps({"rows": list(self._window.rows), "cols": list(self._window.cols)}),
+            "attention_window": self._window_json(),
             **self.load_info,
         }
 
@@ -338,81 +325,8 @@ class MambaModel(SequenceModel):
                                "next-token scores lm_head(norm_f(x)) (before softmax)"))
         return specs
 
-    def probe_specs(self) -> list[ProbeSpec]:
-        return list(self._specs)
-
     # -- interventions ------------------------------------------------------------------
-    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        return bind_layerwise(self, interventions, lengths, sources, not_editable={"attn": NOT_EDITABLE_ATTN})
-
     # -- the forward pass -----------------------------------------------------------------
-    def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
-                chunk: int = 256, resume: Resume | None = None, keep_state: Callable | None = None,
-                progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
-        """``x`` [T, B] token ids; returns ``{probe: [T, B, ...]}`` for the probes in ``want``
-        (see ``RecurrentStack.forward`` for ``resume`` and ``keep_state``; a state is the pair
-        (SSM state [B, d_inner, d_state], conv buffer [d_conv - 1, B, d_inner]))."""
-        plan = plan or EditPlan()
-        T, B = x.shape[0], x.shape[1]
-        L = self.config.n_layer
-        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
-        old = resume.old if resume else {}
-
-        out: dict[str, torch.Tensor] = {}
-        s0 = starts[0]
-        below = F.embedding(x[s0:], self.embed)
-        for e in plan.whole.get("embed", []):
-            below = e.apply_all(below, s0)
-        if "embed" in want:
-            out["embed"] = stitch(old, "embed", below, s0, T)
-        below_from, below_name = s0, "embed"
-        total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
-        done = [0]
-
-        def tick():
-            if should_stop is not None and should_stop():
-                raise Cancelled("run cancelled")
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
-        for k in range(L):
-            name_out = layer_probe(k, "out")
-            want_sites = {s for s in SITES if layer_probe(k, s) in want}
-            s = starts[k]
-            if s >= T:
-                for site in want_sites:
-                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
-                for site in ("dt", "B", "C") if "attn" in want_sites else ():
-                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
-                below, below_from, below_name = old[name_out][:T], 0, name_out
-                continue
-            xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
-            state = resume.states[(k, 0)] if s else self.initial_state(B)
-            keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
-            record = set(want_sites) - {"attn"}
-            if "attn" in want_sites:  # attention is computed from these after the run
-                record |= {"dt", "B", "C"}
-            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
-            below, below_from, below_name = recs["out"], s, name_out
-            for site in record:
-                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
-            if "attn" in want_sites:
-                out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
-            if "out" in want_sites:
-                out[name_out] = stitch(old, name_out, recs["out"], s, T)
-        if "logits" in want:
-            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
-            if a0 < T:
-                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
-                logits = torch.cat([self._logits(h[i:i + chunk].clone()) for i in range(0, h.shape[0], chunk)])
-                for e in plan.whole.get("logits", []):
-                    logits = e.apply_all(logits, a0)
-                out["logits"] = stitch(old, "logits", logits, a0, T)
-            else:
-                out["logits"] = old["logits"][:T]
-        return out
-
     def initial_state(self, batch: int):
         cfg = self.config
         ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=self.dtype, device=self.device)
@@ -428,29 +342,18 @@ class MambaModel(SequenceModel):
     def _logits(self, h):
         return F.linear(self._norm(h, self.norm_f_w, self.norm_f_b), self.head)
 
-    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick) -> dict:
-        """Layer ``k`` over steps ``start..`` (``xin`` holds its input for those steps)."""
+    def _embed_tokens(self, x):
+        return F.embedding(x, self.embed)
+
+    def _site_shapes(self):
         cfg = self.config
-        T = start + xin.shape[0]
-        B = xin.shape[1]
-        widths = {"in": (cfg.d_inner,), "conv": (cfg.d_inner,), "dt": (cfg.d_inner,), "B": (cfg.d_state,),
-                  "C": (cfg.d_state,), "state": (cfg.d_inner, cfg.d_state), "gate": (cfg.d_inner,),
-                  "y": (cfg.d_inner,), "out": (cfg.d_model,)}
-        recs = {s: xin.new_empty(T - start, B, *widths[s]) for s in record | {"out"}}
-        ssm, buf = state
-        a = start
-        while a < T:
-            b = min((a // chunk + 1) * chunk, T)
-            h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
-            vals, ssm, buf = self._chunk(self.layers[k], h, a, ssm, buf, edits, "state" in record)
-            i = a - start
-            for site in recs:
-                recs[site][i:i + b - a] = vals[site]
-            if keep is not None:
-                keep(b, (ssm.clone(), buf.clone()))
-            tick()
-            a = b
-        return recs
+        return {"in": (cfg.d_inner,), "conv": (cfg.d_inner,), "dt": (cfg.d_inner,), "B": (cfg.d_state,),
+                "C": (cfg.d_state,), "state": (cfg.d_inner, cfg.d_state), "gate": (cfg.d_inner,),
+                "y": (cfg.d_inner,), "out": (cfg.d_model,)}
+
+    def _layer_chunk(self, k, h, a, state, edits, record):
+        vals, ssm, buf = self._chunk(self.layers[k], h, a, *state, edits, "state" in record)
+        return vals, (ssm, buf)
 
     def _chunk(self, lay: _Layer, h, a, ssm, buf, edits, want_state):
         """Steps ``a..a+n-1`` of one layer: every per-token quantity at once, then the scan."""
@@ -543,9 +446,6 @@ class MambaModel(SequenceModel):
         return res
 
     # -- what the prefix cache needs to know ------------------------------------------------
-    def layer_output_probe(self, layer: int) -> str:
-        return layer_probe(layer, "out")
-
 
 # ======================================================================================
 # the scan over one stretch of steps: state [B, d_inner, d_state] in, updated state out

@@ -37,14 +37,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import Cancelled, LoadError
+from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
+from .chunked import ChunkedLayerModel
 from .mamba import numba_available
 
 
@@ -112,7 +111,7 @@ NOT_EDITABLE_ATTN = "it is computed from the gates after the run and feeds nothi
     "intervene on the gates, h_tilde or h instead"
 
 
-class MinRNNModel(SequenceModel):
+class MinRNNModel(ChunkedLayerModel):
     """An instrumented minGRU / minLSTM language model (``minLM`` layout)."""
 
     def __init__(self, config: MinRNNConfig, weights: dict, *, tokenizer=None, source: str = "",
@@ -166,19 +165,6 @@ class MinRNNModel(SequenceModel):
         self._scan_request = value
 
     @property
-    def attention_window(self):
-        return self._window
-
-    @attention_window.setter
-    def attention_window(self, value):
-        from .mamba import AttentionWindow
-
-        if not isinstance(value, AttentionWindow):
-            value = AttentionWindow(**value) if isinstance(value, dict) else AttentionWindow(*map(tuple, value))
-        self._window = value
-        self._specs = self._build_specs()
-
-    @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
@@ -194,7 +180,7 @@ class MinRNNModel(SequenceModel):
         return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
                 "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
                 "device": str(self.device), "scan": self.scan,
-                "attention_window": json.dumps({"rows": list(self._window.rows), "cols": list(self._window.cols)}),
+                "attention_window": self._window_json(),
                 **self.load_info}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -232,78 +218,17 @@ class MinRNNModel(SequenceModel):
                                "next-token scores to_logits(rmsnorm(x)) (before softmax)"))
         return specs
 
+    NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
+
+    @property
+    def ATTENTION_NEEDS(self) -> frozenset:  # noqa: N802 - the attribute ChunkedLayerModel reads
+        return frozenset({"h_tilde", *self.config.gates})
+
     @property
     def sites(self) -> tuple[str, ...]:
         return (("conv",) if self.config.conv_kernel else ()) + ("h_tilde",) + self.config.gates + ("h", "out", "attn")
 
-    def probe_specs(self) -> list[ProbeSpec]:
-        return list(self._specs)
-
-    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        return bind_layerwise(self, interventions, lengths, sources, not_editable={"attn": NOT_EDITABLE_ATTN})
-
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, x, lengths, want, plan=None, *, chunk=256, resume: Resume | None = None,
-                keep_state: Callable | None = None, progress=None, should_stop=None) -> dict:
-        """``x`` [T, B] token ids -> ``{probe: [T, B, ...]}``.  A layer's state is the pair
-        (h [B, d_inner], conv buffer [K-1, B, d_model])."""
-        plan = plan or EditPlan()
-        T, B = x.shape
-        L = self.config.n_layer
-        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
-        old = resume.old if resume else {}
-
-        out = {}
-        s0 = starts[0]
-        below = F.embedding(x[s0:], self._w["token_emb.weight"])
-        for e in plan.whole.get("embed", []):
-            below = e.apply_all(below, s0)
-        if "embed" in want:
-            out["embed"] = stitch(old, "embed", below, s0, T)
-        below_from, below_name = s0, "embed"
-        total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
-        done = [0]
-
-        def tick():
-            if should_stop is not None and should_stop():
-                raise Cancelled("run cancelled")
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
-        gates = self.config.gates
-        for k in range(L):
-            name_out = layer_probe(k, "out")
-            want_sites = {s for s in self.sites if layer_probe(k, s) in want}
-            record = (want_sites - {"attn"}) | ({"h_tilde", *gates} if "attn" in want_sites else set())
-            s = starts[k]
-            if s >= T:
-                for site in want_sites | record:
-                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
-                below, below_from, below_name = old[name_out][:T], 0, name_out
-                continue
-            xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
-            state = resume.states[(k, 0)] if s else self.initial_state(B)
-            keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
-            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
-            below, below_from, below_name = recs["out"], s, name_out
-            for site in record:
-                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
-            if "attn" in want_sites:
-                out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
-        if "logits" in want:
-            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
-            if a0 < T:
-                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
-                logits = torch.cat([F.linear(self._norm(h[i:i + chunk].clone(), self._w["norm.weight"]),
-                                             self._w["to_logits.weight"]) for i in range(0, h.shape[0], chunk)])
-                for e in plan.whole.get("logits", []):
-                    logits = e.apply_all(logits, a0)
-                out["logits"] = stitch(old, "logits", logits, a0, T)
-            else:
-                out["logits"] = old["logits"][:T]
-        return out
-
     def initial_state(self, batch: int):
         cfg = self.config
         h = torch.zeros(batch, cfg.d_inner, dtype=self.dtype, device=self.device)
@@ -314,24 +239,19 @@ class MinRNNModel(SequenceModel):
     def _norm(x, w):
         return F.rms_norm(x, (x.shape[-1],), w, None)
 
-    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick):
+    def _embed_tokens(self, x):
+        return F.embedding(x, self._w["token_emb.weight"])
+
+    def _logits(self, h):
+        return F.linear(self._norm(h, self._w["norm.weight"]), self._w["to_logits.weight"])
+
+    def _site_shapes(self):
         cfg = self.config
-        T = start + xin.shape[0]
-        B = xin.shape[1]
-        width = {"conv": cfg.d_model, "out": cfg.d_model}
-        recs = {s: xin.new_empty(T - start, B, width.get(s, cfg.d_inner)) for s in record | {"out"}}
-        h, buf = state
-        a = start
-        while a < T:
-            b = min((a // chunk + 1) * chunk, T)
-            vals, h, buf = self._chunk(k, xin[a - start:b - start].clone(), a, h, buf, edits)
-            for site in recs:
-                recs[site][a - start:b - start] = vals[site]
-            if keep is not None:
-                keep(b, (h.clone(), buf.clone()))
-            tick()
-            a = b
-        return recs
+        return {s: (cfg.d_model if s in ("conv", "out") else cfg.d_inner,) for s in self.sites}
+
+    def _layer_chunk(self, k, h, a, state, edits, record):
+        vals, hs, buf = self._chunk(k, h, a, *state, edits)
+        return vals, (hs, buf)
 
     def _chunk(self, k, x, a, h, buf, edits):
         cfg = self.config
@@ -419,9 +339,6 @@ class MinRNNModel(SequenceModel):
             for b in range(B):
                 res[r0:hi, b] = gated_attention(coef[:, b], weight[:, b], (r0, hi), (c0, c1))
         return res
-
-    def layer_output_probe(self, layer: int) -> str:
-        return layer_probe(layer, "out")
 
 
 def gated_attention(coef, weight, rows, cols, reduce="mean") -> torch.Tensor:

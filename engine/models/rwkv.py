@@ -56,15 +56,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import Cancelled, LoadError
+from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
+from .chunked import ChunkedLayerModel
 from .mamba import AttentionWindow, numba_available
 
 SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out", "attn")
@@ -159,7 +158,7 @@ class _Layer:
         self.Fk, self.Fr, self.Fv = (wt[f + f"{m}.weight"] for m in ("key", "receptance", "value"))
 
 
-class RwkvModel(SequenceModel):
+class RwkvModel(ChunkedLayerModel):
     """An instrumented RWKV-4 language model.  Build with :func:`engine.load`,
     :func:`from_transformers`, or from a config and canonical weights.
 
@@ -170,6 +169,9 @@ class RwkvModel(SequenceModel):
     """
 
     architecture = "rwkv"
+    SITES = SITES
+    ATTENTION_NEEDS = frozenset({"k", "w", "u", "state"})
+    NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
     def __init__(self, config: RwkvConfig, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
                  dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
@@ -233,17 +235,6 @@ class RwkvModel(SequenceModel):
         self._scan_request = value
 
     @property
-    def attention_window(self) -> AttentionWindow:
-        return self._window
-
-    @attention_window.setter
-    def attention_window(self, value):
-        if not isinstance(value, AttentionWindow):
-            value = AttentionWindow(**value) if isinstance(value, dict) else AttentionWindow(*map(tuple, value))
-        self._window = value
-        self._specs = self._build_specs()
-
-    @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
 
@@ -284,7 +275,7 @@ class RwkvModel(SequenceModel):
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "scan": self.scan,
-            "attention_window": json.dumps({"rows": list(self._window.rows), "cols": list(self._window.cols)}),
+            "attention_window": self._window_json(),
             **self.load_info,
         }
 
@@ -336,77 +327,8 @@ class RwkvModel(SequenceModel):
                                "next-token scores head(ln_out(x)) (before softmax)"))
         return specs
 
-    def probe_specs(self) -> list[ProbeSpec]:
-        return list(self._specs)
-
     # -- interventions ------------------------------------------------------------------
-    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        return bind_layerwise(self, interventions, lengths, sources, not_editable={"attn": NOT_EDITABLE_ATTN})
-
     # -- the forward pass -----------------------------------------------------------------
-    def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
-                chunk: int = 256, resume: Resume | None = None, keep_state: Callable | None = None,
-                progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
-        """``x`` [T, B] token ids; returns ``{probe: [T, B, ...]}`` for the probes in ``want``
-        (see ``RecurrentStack.forward`` for ``resume`` and ``keep_state``).  A layer's state is
-        ``(S [3, B, d_att] = (num, den, max), a_prev [B, d_model], f_prev [B, d_model])``."""
-        plan = plan or EditPlan()
-        T, B = x.shape[0], x.shape[1]
-        L = self.config.n_layer
-        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
-        old = resume.old if resume else {}
-
-        out: dict[str, torch.Tensor] = {}
-        s0 = starts[0]
-        below = F.embedding(x[s0:], self.embed)
-        for e in plan.whole.get("embed", []):
-            below = e.apply_all(below, s0)
-        if "embed" in want:
-            out["embed"] = stitch(old, "embed", below, s0, T)
-        below_from, below_name = s0, "embed"
-        total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
-        done = [0]
-
-        def tick():
-            if should_stop is not None and should_stop():
-                raise Cancelled("run cancelled")
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], total)
-
-        for k in range(L):
-            name_out = layer_probe(k, "out")
-            want_sites = {s for s in SITES if layer_probe(k, s) in want}
-            record = set(want_sites) - {"attn"}
-            if "attn" in want_sites:  # the attention is computed from these after the run
-                record |= {"k", "w", "u", "state"}
-            s = starts[k]
-            if s >= T:
-                for site in record | want_sites:
-                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
-                below, below_from, below_name = old[name_out][:T], 0, name_out
-                continue
-            xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
-            state = resume.states[(k, 0)] if s else self.initial_state(B)
-            keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
-            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
-            below, below_from, below_name = recs["out"], s, name_out
-            for site in record:
-                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
-            if "attn" in want_sites:
-                out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
-        if "logits" in want:
-            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
-            if a0 < T:
-                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
-                logits = torch.cat([self._logits(h[i:i + chunk].clone()) for i in range(0, h.shape[0], chunk)])
-                for e in plan.whole.get("logits", []):
-                    logits = e.apply_all(logits, a0)
-                out["logits"] = stitch(old, "logits", logits, a0, T)
-            else:
-                out["logits"] = old["logits"][:T]
-        return out
-
     def initial_state(self, batch: int):
         A, H = self.config.d_att, self.config.d_model
         S = torch.zeros(3, batch, A, dtype=self.scan_dtype, device=self.device)
@@ -425,31 +347,17 @@ class RwkvModel(SequenceModel):
     def _logits(self, h):
         return F.linear(self._ln(h, self.ln_out, LN_OUT_EPS), self.head)
 
-    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick) -> dict:
-        """Layer ``k`` over steps ``start..`` (``xin`` holds its input for those steps)."""
-        cfg = self.config
-        T = start + xin.shape[0]
-        B = xin.shape[1]
-        H, A = cfg.d_model, cfg.d_att
-        widths = {"att_in": (H,), "r": (A,), "k": (A,), "v": (A,), "w": (A,), "u": (A,), "state": (A, 3),
-                  "wkv": (A,), "att": (H,), "ffn_in": (H,), "ffn_k": (cfg.d_ffn,), "ffn_r": (H,), "ffn": (H,),
-                  "out": (H,)}
-        recs = {s: xin.new_empty(T - start, B, *widths[s]) for s in record | {"out"}}
-        a = start
-        while a < T:
-            b = min((a // chunk + 1) * chunk, T)
-            h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
-            vals, state = self._chunk(k, h, a, state, edits, record)
-            i = a - start
-            for site in recs:
-                recs[site][i:i + b - a] = vals[site]
-            if keep is not None:
-                keep(b, tuple(s.clone() for s in state))
-            tick()
-            a = b
-        return recs
+    def _embed_tokens(self, x):
+        return F.embedding(x, self.embed)
 
-    def _chunk(self, k: int, h, a: int, state, edits, record):
+    def _site_shapes(self):
+        cfg = self.config
+        H, A = cfg.d_model, cfg.d_att
+        return {"att_in": (H,), "r": (A,), "k": (A,), "v": (A,), "w": (A,), "u": (A,), "state": (A, 3),
+                "wkv": (A,), "att": (H,), "ffn_in": (H,), "ffn_k": (cfg.d_ffn,), "ffn_r": (H,), "ffn": (H,),
+                "out": (H,)}
+
+    def _layer_chunk(self, k: int, h, a: int, state, edits, record):
         """Steps ``a..a+n-1`` of layer ``k``: every per-token quantity at once, then the recurrence."""
         lay = self.layers[k]
         n, B = h.shape[0], h.shape[1]
@@ -541,9 +449,6 @@ class RwkvModel(SequenceModel):
         return res
 
     # -- what the prefix cache needs to know ------------------------------------------------
-    def layer_output_probe(self, layer: int) -> str:
-        return layer_probe(layer, "out")
-
 
 # ======================================================================================
 # the WKV recurrence over a stretch of steps: S [3, B, A] = (num, den, max) updated in place

@@ -1,0 +1,182 @@
+"""The forward pass shared by the families whose layers run forwards only, chunk by chunk
+(Mamba, RWKV, minGRU/minLSTM, and the linear recurrences after them).
+
+A subclass of :class:`ChunkedLayerModel` writes only what is its own:
+
+``SITES``             the probe sites of a layer, in display order (``"out"`` is the residual
+                      stream the next layer reads; ``"attn"``, when present, is computed after
+                      the layer has run, from the sites in ``ATTENTION_NEEDS``)
+``_embed_tokens(x)``  token ids [T, B] -> the input of layer 0 [T, B, d]
+``_site_shapes()``    site -> per-token shape, for the arrays a layer run fills
+``initial_state(B)``  a layer's state before step 0: a tuple of tensors
+``_layer_chunk(k, h, a, state, edits, record)``
+                      steps ``a..a+n-1`` of layer ``k`` (``h`` its input [n, B, d]):
+                      ``(values by site, state after the last step)``
+``_attention(k, out, old, s, T, B)``
+                      the ``attn`` probe of layer ``k`` (only for families that have one)
+``_logits(h)``        the head on a few rows of the last layer's output
+
+This module then gives: the loop over layers that re-runs each one only from the step the
+prefix cache says it may change (``resume``), recording only the probes asked for, stitching
+new steps after the previous run's, the head applied chunk by chunk (so a re-run computes
+every row exactly as a full run does), progress and cancellation once per chunk, and the
+states kept at chunk boundaries for the next re-run.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import torch
+
+from ..errors import Cancelled
+from ..probes import layer_probe
+from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
+
+
+class ChunkedLayerModel(SequenceModel):
+    SITES: tuple[str, ...] = ()
+    #: sites recorded as well whenever ``attn`` is asked for (it is computed from them)
+    ATTENTION_NEEDS: frozenset = frozenset()
+    #: site -> why it cannot take an intervention
+    NOT_EDITABLE: dict = {}
+
+    # -- what a subclass provides -------------------------------------------------------
+    def _embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _site_shapes(self) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def initial_state(self, batch: int) -> tuple:
+        raise NotImplementedError
+
+    def _layer_chunk(self, k: int, h: torch.Tensor, a: int, state: tuple, edits: dict, record: set):
+        raise NotImplementedError
+
+    def _attention(self, k, out, old, s, T, B) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- the attention window (families with an ``attn`` probe) ---------------------------
+    @property
+    def attention_window(self):
+        return self._window
+
+    @attention_window.setter
+    def attention_window(self, value):
+        from .mamba import AttentionWindow
+
+        if not isinstance(value, AttentionWindow):
+            if isinstance(value, dict):
+                value = AttentionWindow(**value)
+            else:
+                rows, cols = value
+                value = AttentionWindow(tuple(rows), tuple(cols))
+        self._window = value
+        self._specs = self._build_specs()
+
+    def _window_json(self) -> str:
+        return json.dumps({"rows": list(self._window.rows), "cols": list(self._window.cols)})
+
+    # -- shared --------------------------------------------------------------------------
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self.SITES
+
+    def probe_specs(self) -> list:
+        return list(self._specs)
+
+    def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
+        return bind_layerwise(self, interventions, lengths, sources, not_editable=self.NOT_EDITABLE)
+
+    def layer_output_probe(self, layer: int) -> str:
+        return layer_probe(layer, "out")
+
+    def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
+                chunk: int = 256, resume: Resume | None = None, keep_state: Callable | None = None,
+                progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
+        """``x`` [T, B] token ids; returns ``{probe: [T, B, ...]}`` for the probes in ``want``
+        (see ``RecurrentStack.forward`` for ``resume`` and ``keep_state``; a layer's state is
+        whatever :meth:`initial_state` returns)."""
+        plan = plan or EditPlan()
+        T, B = x.shape[0], x.shape[1]
+        L = self.num_layers
+        starts = [min(s, T) for s in resume.starts] if resume else [0] * L
+        old = resume.old if resume else {}
+
+        out: dict[str, torch.Tensor] = {}
+        s0 = starts[0]
+        below = self._embed_tokens(x[s0:])
+        for e in plan.whole.get("embed", []):
+            below = e.apply_all(below, s0)
+        if "embed" in want:
+            out["embed"] = stitch(old, "embed", below, s0, T)
+        below_from, below_name = s0, "embed"
+        total = max(1, sum(-(-(T - s) // chunk) for s in starts if s < T))
+        done = [0]
+
+        def tick():
+            if should_stop is not None and should_stop():
+                raise Cancelled("run cancelled")
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+        for k in range(L):
+            name_out = layer_probe(k, "out")
+            want_sites = {s for s in self.sites if layer_probe(k, s) in want}
+            record = want_sites - {"attn"}
+            if "attn" in want_sites:
+                record |= self.ATTENTION_NEEDS
+            s = starts[k]
+            if s >= T:  # the layer cannot change: the previous run's arrays
+                for site in record | want_sites:
+                    out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
+                below, below_from, below_name = old[name_out][:T], 0, name_out
+                continue
+            xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
+            state = resume.states[(k, 0)] if s else self.initial_state(B)
+            keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
+            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
+            below, below_from, below_name = recs["out"], s, name_out
+            for site in record:
+                out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
+            if "attn" in want_sites:
+                out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
+        if "logits" in want:
+            # whole head chunks from the one holding the first changed row
+            a0 = (min(resume.logits_from, below_from) // chunk) * chunk if resume else 0
+            if a0 < T:
+                h = below[a0 - below_from:] if a0 >= below_from else torch.cat([old[below_name][a0:below_from], below])
+                logits = torch.cat([self._logits(h[i:i + chunk].clone()) for i in range(0, h.shape[0], chunk)])
+                for e in plan.whole.get("logits", []):
+                    logits = e.apply_all(logits, a0)
+                out["logits"] = stitch(old, "logits", logits, a0, T)
+            else:
+                out["logits"] = old["logits"][:T]
+        return out
+
+    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick) -> dict:
+        """Layer ``k`` over steps ``start..`` (``xin`` holds its input for those steps), one
+        chunk of the fixed grid (multiples of ``chunk``) at a time."""
+        T = start + xin.shape[0]
+        B = xin.shape[1]
+        shapes = self._site_shapes()
+        recs = {s: xin.new_empty(T - start, B, *shapes[s]) for s in record | {"out"}}
+        a = start
+        while a < T:
+            b = min((a // chunk + 1) * chunk, T)
+            h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
+            vals, state = self._layer_chunk(k, h, a, state, edits, record)
+            i = a - start
+            for site in recs:
+                recs[site][i:i + b - a] = vals[site]
+            if keep is not None:
+                keep(b, tuple(t.clone() for t in state))
+            tick()
+            a = b
+        return recs
+

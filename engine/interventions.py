@@ -237,6 +237,9 @@ class BoundIntervention:
                 )
             self.units = torch.tensor(iv.units, dtype=torch.long, device=device)
             n_units = len(iv.units)
+            lo = iv.units[0]
+            if list(iv.units) == list(range(lo, lo + n_units)):  # a run of units: a view, not a gather
+                self.units = slice(lo, lo + n_units)
         else:
             self.units = None
             n_units = width

@@ -10,21 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-_STARTED = time.perf_counter()
+from .examples import default_example
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_MODEL = "char-lstm-python"
+_STARTED = time.perf_counter()
 
 
 def default_model() -> tuple[Path | None, Path | None]:
-    """The bundled default model folder and its sample input, when they exist."""
-    folder = ASSETS / "models" / DEFAULT_MODEL
-    if not folder.exists():
-        return None, None
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.pt"))
-    model = weights[0] if weights else folder
-    samples = [p for p in sorted(folder.glob("sample*")) if p.suffix in (".txt", ".py", ".npy", ".csv")]
-    return model, (samples[0] if samples else None)
+    """The bundled default model and its sample input, when they exist."""
+    ex = default_example()
+    return (None, None) if ex is None else (ex.model, ex.sample)
 
 
 def parse_args(argv):

@@ -15,6 +15,7 @@ import engine
 from engine.errors import SeqScopeError
 from engine.tokenizers import read_numeric
 
+from .examples import Example, examples
 from .export import ExportError, export_units_csv, export_view, safe_filename
 from .session import Session
 
@@ -107,6 +108,10 @@ class MainWindow(QMainWindow):
         file = bar.addMenu("&File")
         self._action(file, "Open model…", self.choose_model, QKeySequence.Open)
         self.recent_menu = file.addMenu("Open recent")
+        examples_menu = file.addMenu("Open example")
+        for ex in examples():
+            self._action(examples_menu, ex.name, lambda _=False, e=ex: self.open_example(e))
+        examples_menu.setEnabled(not examples_menu.isEmpty())
         self._action(file, "Open input file…", self.choose_input)
         file.addSeparator()
         self._action(file, "Open project…", self.choose_project)
@@ -134,6 +139,19 @@ class MainWindow(QMainWindow):
     def open_model(self, path):
         self.statusBar().showMessage(f"loading {path}…")
         self.session.open_model(path)
+
+    def open_example(self, ex: Example):
+        """A bundled example model on its first sample input."""
+        self.open_model(ex.model)  # loads off the GUI thread: the input is set by its kind, not the old model's
+        if ex.sample is None:
+            return
+        try:
+            if ex.sample.suffix in (".npy", ".csv"):
+                self.session.set_values(read_numeric(ex.sample))
+            else:
+                self.session.set_text(ex.sample.read_text(encoding="utf-8"))
+        except (OSError, SeqScopeError) as exc:
+            self.show_error(f"Could not open the example's input: {exc}")
 
     def choose_model(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "Checkpoints (*.pt *.pth *.bin *.ckpt "

@@ -43,6 +43,7 @@ class HeatmapView(QWidget):
         layout.addWidget(self.plot, 1)
         self._values: np.ndarray | None = None  # [tokens, units] as shown
         self._shown_key = None
+        self._level_key, self._level_value = None, None  # the clean trace's colour range, cached
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot.scene().sigMouseClicked.connect(self._click)
         session.trace_changed.connect(self._lazy.request)
@@ -71,7 +72,7 @@ class HeatmapView(QWidget):
                 self.readout.setText("no trace yet" if s.trace is None else f"{s.probe} was not recorded")
             else:
                 self.readout.setText("hover for values · click to select a unit and step")
-                low, high, cmap = color_scale(self._values)
+                low, high, cmap = self._levels()
                 self.image.setImage(self._values.T, levels=(low, high), autoDownsample=True)
                 self.colorbar.setColorMap(cmap)
                 self.colorbar.setLevels((low, high))
@@ -79,6 +80,19 @@ class HeatmapView(QWidget):
         self.cursor.setPos(s.step + 0.5)
         unit = s.units[0] if s.units else 0
         self.unit_line.setPos(unit + 0.5)
+
+    def _levels(self):
+        """The colour range: the clean trace's, so steering does not re-scale the colours
+        (before and after stay comparable) and a slider drag skips the percentile; the
+        difference's own range in difference mode."""
+        s = self.session
+        if self.difference.isChecked() or s.clean_trace is None or s.probe not in s.clean_trace.arrays:
+            return color_scale(self._values)
+        key = (id(s.clean_trace), s.probe)
+        if self._level_key != key:
+            clean = s.clean_trace[s.probe]
+            self._level_key, self._level_value = key, color_scale(clean.reshape(clean.shape[0], -1))
+        return self._level_value
 
     def _reset_view(self):
         self._shown_key = None

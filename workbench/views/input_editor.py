@@ -11,15 +11,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPlainTextEdit, QV
 from engine.errors import SeqScopeError
 from engine.tokenizers import read_numeric
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
-SAMPLE_SUFFIXES = (".txt", ".py", ".npy", ".csv")
-
-
-def bundled_samples() -> list[Path]:
-    """Sample inputs shipped with the example models (``assets/models/<model>/sample*``)."""
-    if not ASSETS.exists():
-        return []
-    return [p for p in sorted(ASSETS.glob("*/sample*")) if p.suffix in SAMPLE_SUFFIXES]
+from ..examples import bundled_samples
 
 DEBOUNCE_MS = 250
 

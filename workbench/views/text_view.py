@@ -122,11 +122,12 @@ class TextView(QWidget):
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
 
-    def unit_values(self) -> np.ndarray | None:
+    def unit_values(self, trace=None) -> np.ndarray | None:
         s = self.session
-        if s.trace is None or s.probe not in s.trace.arrays or not s.units:
+        trace = s.trace if trace is None else trace
+        if trace is None or s.probe not in trace.arrays or not s.units:
             return None
-        a = s.trace[s.probe]
+        a = trace[s.probe]
         return a.reshape(a.shape[0], -1)[:, s.units[0]]
 
     def shown_text(self) -> str:
@@ -144,7 +145,9 @@ class TextView(QWidget):
             return
         columns = max(20, (self.scroll.viewport().width() - 4) // self.canvas.cell_w - 1)
         self.canvas.set_tokens(s.trace.token_text, columns)
-        low, high, cmap = color_scale(values)
+        # the clean run's colour range: steering changes the colours, not the scale
+        clean = self.unit_values(s.clean_trace) if s.clean_trace is not None else None
+        low, high, cmap = color_scale(values if clean is None or clean.shape != values.shape else clean)
         self.canvas.colors = rgb_scaled(values, low, high, cmap)
         self.canvas.cursor = s.step
         self.canvas.update()

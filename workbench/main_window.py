@@ -34,6 +34,7 @@ VIEWS = [
     ("Attention", "attention", "AttentionView", Qt.BottomDockWidgetArea),
 ]
 MAX_RECENT = 8
+BUSY_DELAY_MS = 300  # show the progress bar for work that has lasted this long
 
 
 class MainWindow(QMainWindow):
@@ -82,6 +83,8 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
+        self._busy_timer = QTimer(self, singleShot=True, interval=BUSY_DELAY_MS, timeout=self._show_busy)
+        self._progress_shown = (0, 0)  # (done, total) of the running job, shown once it has lasted
         self.last_error: str | None = None
         self.error_dialog: QMessageBox | None = None
 
@@ -253,14 +256,30 @@ class MainWindow(QMainWindow):
         self.error_dialog.open()  # window-modal, does not block the event loop
 
     def _busy(self, busy: bool):
-        self.progress.setVisible(busy)
-        self.cancel_button.setVisible(busy)
+        """The progress bar and Cancel show only for work that lasts: a re-run while a slider
+        is dragged ends in tens of milliseconds, and showing and hiding them each time would
+        re-lay out the status bar on every edit."""
         if busy:
-            self.progress.setRange(0, 0)
+            if not self._busy_timer.isActive() and not self.progress.isVisible():
+                self._progress_shown = (0, 0)
+                self._busy_timer.start()
+            return
+        self._busy_timer.stop()
+        self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
+
+    def _show_busy(self):
+        if self.session.runner.is_busy():
+            self.progress.setRange(0, max(self._progress_shown[1], 0))
+            self.progress.setValue(self._progress_shown[0])
+            self.progress.setVisible(True)
+            self.cancel_button.setVisible(True)
 
     def _progress(self, done: int, total: int):
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
+        self._progress_shown = (done, max(total, 1))
+        if self.progress.isVisible():
+            self.progress.setRange(0, max(total, 1))
+            self.progress.setValue(done)
 
     def _model_changed(self):
         s = self.session

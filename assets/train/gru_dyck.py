@@ -9,8 +9,6 @@ the one that tracks the type of the innermost open bracket (the top of the stack
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -193,25 +191,13 @@ def write_card(out: Path, ev: dict, args) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=trainkit.MODELS / NAME)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--minutes", type=float, default=15.0, help="stop training early after this long")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
+    ap = trainkit.arguments(__doc__, NAME, steps=3000, minutes=15.0, seed=0, batch=32, lr=3e-3, card_only=True)
     ap.add_argument("--seq", type=int, default=192)
-    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--embed", type=int, default=8)
-    ap.add_argument("--card-only", action="store_true", help="rewrite README.md from the evidence.json in --out")
     args = ap.parse_args(argv)
     if args.card_only:
-        ev = json.loads((args.out / "evidence.json").read_text())
-        for k, v in ev["args"].items():
-            setattr(args, k, v)
-        write_card(args.out, ev, args)
-        return ev
+        return trainkit.rewrite_card(args, write_card)
     total = trainkit.Budget(1e9)
     torch = trainkit.setup_torch(args.seed, args.threads)
     F = torch.nn.functional

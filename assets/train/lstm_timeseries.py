@@ -10,7 +10,6 @@ intervention at the end of the delay to show that the answer depends on it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -227,15 +226,8 @@ def write_card(out: Path, ev: dict, args) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=trainkit.MODELS / NAME)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--minutes", type=float, default=15.0, help="stop training early after this long")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=64)
+    ap = trainkit.arguments(__doc__, NAME, steps=3000, minutes=15.0, seed=0, batch=64, lr=3e-3)
     ap.add_argument("--seq", type=int, default=160)
-    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=32)
     args = ap.parse_args(argv)
     total = trainkit.Budget(1e9)

@@ -3,6 +3,8 @@ SeqScope's own format and checking that ``engine.load`` gives back the same logi
 ``evidence.json`` and the model card."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import os
 import platform
@@ -65,27 +67,17 @@ def environment() -> dict:
 
 def add_provenance(path: Path, note: str) -> None:
     """Re-write a ``save_model`` file with one more metadata entry, ``seqscope_provenance``
-    (which script made it).  Its length is chosen so that the file's first byte is not 0x80:
-    the engine's format sniffing (``engine.loading._sniff``) checks for a pickle's first byte
-    before it checks for safetensors, and would take a safetensors file whose 8-byte header
-    length has 0x80 as its low byte for a pickle and lose its vocabulary and config."""
+    (which script made it)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for pad in range(0, 64):
-        meta["seqscope_provenance"] = note + " " * pad
-        tmp = path.with_name("." + path.name + ".prov")
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            first = f.read(1)
-        if first != b"\x80":
-            os.replace(tmp, path)
-            return
-        tmp.unlink()
-    raise RuntimeError("could not write a header that the engine sniffs as safetensors")
+    meta["seqscope_provenance"] = note
+    tmp = path.with_name("." + path.name + ".prov")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
 
 
 def save_and_verify(stack, path: Path, inputs, torch_logits: np.ndarray, note: str = "") -> float:
@@ -105,6 +97,32 @@ def save_and_verify(stack, path: Path, inputs, torch_logits: np.ndarray, note: s
     if not diff < 1e-4:
         raise RuntimeError(f"engine.load({path.name}) does not reproduce the torch module's logits: max diff {diff}")
     return diff
+
+
+def arguments(doc: str, name: str, *, steps: int, minutes: float, seed: int, batch: int, lr: float,
+              card_only: bool = False) -> argparse.ArgumentParser:
+    """The options every training script takes (each adds its own model sizes)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=MODELS / name)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--minutes", type=float, default=minutes, help="stop training early after this long")
+    ap.add_argument("--seed", type=int, default=seed)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--lr", type=float, default=lr)
+    if card_only:
+        ap.add_argument("--card-only", action="store_true", help="rewrite README.md from the evidence.json in --out")
+    return ap
+
+
+def rewrite_card(args, write_card) -> dict:
+    """``--card-only``: the card again from the evidence in ``--out``, with the arguments it was
+    trained with."""
+    ev = json.loads((args.out / "evidence.json").read_text())
+    for k, v in ev["args"].items():
+        setattr(args, k, v)
+    write_card(args.out, ev, args)
+    return ev
 
 
 def write_json(path: Path, obj) -> None:

@@ -31,6 +31,7 @@ class _TextCanvas(QWidget):
         self.cell_h = metrics.height() + 2
         self.ascent = metrics.ascent() + 1
         self.tokens: tuple[str, ...] = ()
+        self._shown: list[str] = []  # each token as drawn (newline as ↵, tabs as spaces)
         self.rows = self.cols = self.widths = np.zeros(0, dtype=int)
         self.colors = np.zeros((0, 3), dtype=np.uint8)
         self.cursor = -1
@@ -55,6 +56,7 @@ class _TextCanvas(QWidget):
             if "\n" in tok:
                 r, c = r + 1, 0
         self.rows, self.cols, self.widths = rows, cols, widths
+        self._shown = [tok.replace("\n", "↵").replace("\t", " " * TAB_CELLS) for tok in tokens]
         height = (int(rows[-1]) + 2 if n else 1) * self.cell_h
         self.setMinimumHeight(height)
         self.resize(self.width(), height)
@@ -69,18 +71,20 @@ class _TextCanvas(QWidget):
             return
         top, bottom = event.rect().top() // self.cell_h, event.rect().bottom() // self.cell_h + 1
         lo, hi = np.searchsorted(self.rows, top, "left"), np.searchsorted(self.rows, bottom, "right")
-        for i in range(lo, hi):
-            x, y = int(self.cols[i]) * self.cell_w, int(self.rows[i]) * self.cell_h
-            rect = QRect(x, y, int(self.widths[i]) * self.cell_w, self.cell_h)
-            if i < len(self.colors):
-                r, g, b = self.colors[i]
-                painter.fillRect(rect, QColor(int(r), int(g), int(b)))
-            text = self.tokens[i].replace("\n", "↵").replace("\t", " " * TAB_CELLS)
-            painter.setPen(Qt.black)
-            painter.drawText(x, y + self.ascent, text)
-            if i == self.cursor:
-                painter.setPen(QPen(Qt.black, 2))
-                painter.drawRect(rect.adjusted(0, 0, -1, -1))
+        cw, ch, ascent = self.cell_w, self.cell_h, self.ascent
+        xs, ys = (self.cols[lo:hi] * cw).tolist(), (self.rows[lo:hi] * ch).tolist()
+        ws = (self.widths[lo:hi] * cw).tolist()
+        rgb = self.colors[lo:min(hi, len(self.colors))].tolist()
+        shown = self._shown[lo:hi]
+        for x, y, w, c in zip(xs, ys, ws, rgb):  # per token: keep these loops lean
+            painter.fillRect(x, y, w, ch, QColor(*c))
+        painter.setPen(Qt.black)
+        for x, y, text in zip(xs, ys, shown):
+            painter.drawText(x, y + ascent, text)
+        if lo <= self.cursor < hi:
+            k = self.cursor - lo
+            painter.setPen(QPen(Qt.black, 2))
+            painter.drawRect(QRect(xs[k], ys[k], ws[k], ch).adjusted(0, 0, -1, -1))
         painter.end()
 
     def token_at(self, x: int, y: int) -> int | None:

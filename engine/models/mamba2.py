@@ -64,7 +64,8 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .chunked import ChunkedLayerModel
-from .mamba import AttentionWindow
+from .mamba import AttentionWindow, MambaModel
+from .mamba import _canonical_names  # file keys -> backbone.* names, found by the A_log keys
 
 SITES = ("in", "z", "x", "B", "C", "dt", "state", "y", "gated", "out", "attn")
 #: steps per SSD block (the L x L products inside a chunk)
@@ -231,13 +232,8 @@ class Mamba2Model(ChunkedLayerModel):
         P = self.config.head_dim
         return list(range(head * P, (head + 1) * P))
 
-    def state_units(self, channels, states=None) -> list[int]:
-        """Unit indices of the ``state`` probe (flattened ``channel * d_state + state``) for
-        ``channels`` and, optionally, only some ``states`` of each: for interventions."""
-        N = self.config.d_state
-        channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
-        states = range(N) if states is None else ([states] if isinstance(states, (int, np.integer)) else states)
-        return [int(c) * N + int(n) for c in channels for n in states]
+    #: unit indices of the ``state`` probe (flattened ``channel * d_state + state``), as Mamba's
+    state_units = MambaModel.state_units
 
     def info(self) -> dict:
         return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
@@ -492,7 +488,7 @@ def ssd_attention(dt, B, C, A, rows, cols, *, groups: int = 1, reduce="mean_abs"
         if j1 <= c0:
             continue
         seg = S[i0:i1, None, :] - S[None, c0:j1, :]  # [Li, J, H], >= 0 where j <= i
-        causal = torch.arange(i0, i1)[:, None] >= torch.arange(c0, j1)[None, :]
+        causal = torch.arange(i0, i1, device=dt.device)[:, None] >= torch.arange(c0, j1, device=dt.device)[None, :]
         decay = torch.exp((seg * A.double()).masked_fill(~causal[..., None], -math.inf).to(dtype))
         cb = torch.einsum("ign,jgn->ijg", C[i0:i1], B[c0:j1])
         alpha = _per_head(cb[..., None], H)[..., 0] * decay * dt[None, c0:j1]
@@ -592,33 +588,6 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
                          "(the results do not depend on it)")
         return out, "transformers Mamba2ForCausalLM"
     return {}, ""
-
-
-def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
-    """File keys → ``Mamba2ForCausalLM`` names whatever the prefix (``backbone.``, none,
-    ``model.``), with ``embedding`` read as ``embeddings``.  Returns (canonical → tensor,
-    canonical → file key)."""
-    prefixes = {m.group(1) for k in tensors if (m := _DT_BIAS.match(k))}
-    if len(prefixes) != 1:
-        found = ", ".join(sorted(prefixes)) or "none"
-        raise LoadError(f"{name}: expected Mamba2 layer weights named …layers.{{i}}.mixer.dt_bias under one prefix "
-                        f"(found prefixes: {found})")
-    prefix = prefixes.pop()
-    outer = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else ""
-    canon, origin = {}, {}
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            rest = k[len(prefix):]
-            if rest.startswith("embedding."):
-                rest = "embeddings." + rest[len("embedding."):]
-            cn = "backbone." + rest
-        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
-            cn = k[len(outer):]
-        else:
-            cn = k
-        canon[cn] = v
-        origin[cn] = k
-    return canon, origin
 
 
 def _infer_config(canon: dict, stated: dict, notes: list) -> dict:

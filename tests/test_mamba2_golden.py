@@ -153,7 +153,8 @@ def test_the_ssd_block_equals_its_own_sequential_form():
     """One block straight from the recurrence, with a non-zero entering state and G = 2."""
     g = torch.Generator().manual_seed(0)
     L, nb, H, P, G, N = 37, 2, 4, 3, 2, 5
-    x, Bm, Cm = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((L, nb, H, P), (L, nb, G, N), (L, nb, G, N)))
+    x, Bm, Cm = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                 for shape in ((L, nb, H, P), (L, nb, G, N), (L, nb, G, N)))
     dt = torch.rand(L, nb, H, generator=g, dtype=torch.float64) * 2
     A = -torch.rand(H, generator=g, dtype=torch.float64) * 3
     S0 = torch.randn(nb, H, P, N, generator=g, dtype=torch.float64)

@@ -145,8 +145,9 @@ def reference_suffix(hf, x, state0, embeds):
 def test_a_state_patch_accepts_the_traces_three_dimensional_array_and_flat_units():
     model = ours(hf_model(25, layers=1))
     src = engine.run(model, ids(20, 6))
+    units = model.state_units([2, 3], 1)
     tr = engine.run(model, ids(20, 7), interventions=[
-        Intervention("layers.0.state", "patch", src["layers.0.state"], positions=[8], units=model.state_units([2, 3], 1))])
+        Intervention("layers.0.state", "patch", src["layers.0.state"], positions=[8], units=units)])
     got, want = tr["layers.0.state"][8], src["layers.0.state"][8]
     np.testing.assert_array_equal(got[[2, 3], 1], want[[2, 3], 1])
     assert not np.allclose(got[4], want[4])

@@ -116,7 +116,8 @@ def test_random_edit_sessions_always_match_full_runs():
                                     units=[int(rng.integers(0, widths[probe]))]))
         elif action == 1:
             k = int(rng.integers(0, len(ivs)))
-            ivs[k] = Intervention(ivs[k].probe, "add", float(rng.normal()), positions=ivs[k].positions, units=ivs[k].units)
+            old = ivs[k]
+            ivs[k] = Intervention(old.probe, "add", float(rng.normal()), positions=old.positions, units=old.units)
         elif action == 2:
             ivs.pop(int(rng.integers(0, len(ivs))))
         elif action == 3:

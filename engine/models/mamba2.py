@@ -57,7 +57,6 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -309,7 +308,8 @@ class Mamba2Model(ChunkedLayerModel):
         cfg = self.config
         lay = self.layers[k]
         n, nb = h.shape[:2]
-        di, GN, H, P, N, G = cfg.d_inner, cfg.n_groups * cfg.d_state, cfg.n_heads, cfg.head_dim, cfg.d_state, cfg.n_groups
+        di, H, P, N, G = cfg.d_inner, cfg.n_heads, cfg.head_dim, cfg.d_state, cfg.n_groups
+        GN = G * N
         S, buf = state
 
         def edit(site, v):
@@ -321,15 +321,7 @@ class Mamba2Model(ChunkedLayerModel):
         inp = edit("in", self._rms(h, lay.norm_w))
         proj = F.linear(inp, lay.in_w, lay.in_b)
         z = edit("z", proj[..., :di])
-        xbc = proj[..., di:di + cfg.conv_dim]
-        xc = torch.cat([buf, xbc]) if cfg.d_conv > 1 else xbc  # [K-1+n, B, conv_dim]
-        conv = xc[0:n] * lay.conv_w[:, 0]
-        for j in range(1, cfg.d_conv):
-            conv = conv + xc[j:j + n] * lay.conv_w[:, j]
-        if lay.conv_b is not None:
-            conv = conv + lay.conv_b
-        conv = F.silu(conv)
-        new_buf = xc[n:].clone() if cfg.d_conv > 1 else buf
+        conv, new_buf = self._causal_conv(lay, proj[..., di:di + cfg.conv_dim], buf)
         x = edit("x", conv[..., :di])
         Bm = edit("B", conv[..., di:di + GN])
         Cm = edit("C", conv[..., di + GN:])
@@ -345,6 +337,18 @@ class Mamba2Model(ChunkedLayerModel):
         if states is not None:
             vals["state"] = states.reshape(n, nb, di, N)
         return vals, (S, new_buf)
+
+    def _causal_conv(self, lay, xbc, buf):
+        """``silu(depthwise causal conv(xBC))`` over a chunk's rows [n, B, conv_dim], continuing
+        from ``buf``, the K - 1 rows before them.  Returns (result, the buffer after the chunk)."""
+        n, K = xbc.shape[0], self.config.d_conv
+        xc = torch.cat([buf, xbc]) if K > 1 else xbc  # [K-1+n, B, conv_dim]
+        conv = xc[0:n] * lay.conv_w[:, 0]
+        for j in range(1, K):
+            conv = conv + xc[j:j + n] * lay.conv_w[:, j]
+        if lay.conv_b is not None:
+            conv = conv + lay.conv_b
+        return F.silu(conv), (xc[n:].clone() if K > 1 else buf)
 
     def _gated_norm(self, y, z, w):
         """``rmsnorm(y * silu(z)) * w`` with the mean square taken over each of the G groups."""
@@ -662,7 +666,8 @@ def load_mamba2(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     expected = canonical_weight_shapes(cfg)
     emb = canon.get("backbone.embeddings.weight")
     if cfg.tie_embeddings and "lm_head.weight" in canon:
-        if emb is not None and canon["lm_head.weight"].shape == emb.shape and not torch.equal(canon["lm_head.weight"], emb):
+        lm = canon["lm_head.weight"]
+        if emb is not None and lm.shape == emb.shape and not torch.equal(lm, emb):
             raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from "
                             "them in the file")
         expected = {**expected, "lm_head.weight": (cfg.vocab_size, cfg.d_model)}

@@ -163,3 +163,43 @@ def test_cli_info_lists_the_mamba2_probes(tmp_path, capsys):
     main(["info", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "mamba2" in out and "layers.0.state" in out and "[16, 2]" in out
+
+
+def mamba_ssm_folder(path, hf, vocab_size, pad=8, **cfg):
+    """What mamba_ssm's MambaLMHeadModel.save_pretrained writes for a Mamba2 model: its own
+    config keys, the embedding named ``embedding``, lm_head saved even when tied, vocabulary padded."""
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {k.replace("backbone.embeddings.", "backbone.embedding."): v.clone() for k, v in hf.state_dict().items()}
+    torch.save(sd, path / "pytorch_model.bin")
+    c = hf.config
+    ssm_cfg = {"layer": "Mamba2", "d_state": c.state_size, "d_conv": c.conv_kernel, "expand": c.expand,
+               "headdim": c.head_dim, "ngroups": c.n_groups, "chunk_size": 64, **cfg.pop("ssm_cfg", {})}
+    config = {"d_model": c.hidden_size, "d_intermediate": 0, "n_layer": c.num_hidden_layers, "vocab_size": vocab_size,
+              "ssm_cfg": ssm_cfg, "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True,
+              "fused_add_norm": True, "pad_vocab_size_multiple": pad, "tie_embeddings": True, **cfg}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_mamba_ssm_layout_loads(tmp_path):
+    hf = hf_model(50, vocab=48, d=16, N=4, layers=2, heads=8, head_dim=4, groups=2, tie_word_embeddings=True)
+    folder = mamba_ssm_folder(tmp_path / "m", hf, vocab_size=45)  # 48 rows = 45 padded to a multiple of 8
+    model = engine.load(folder, device="cpu")
+    assert isinstance(model, Mamba2Model) and model.info()["layout"] == "mamba_ssm"
+    assert model.vocab_size == 48 and model.config.n_groups == 2 and "padded to 48" in model.info()["notes"]
+    ids = np.random.default_rng(1).integers(0, 45, 70)
+    np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], hf_logits(hf, ids),
+                               atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"d_intermediate": 64}, "MLP blocks"),
+    ({"attn_layer_idx": [1]}, "hybrid"),
+    ({"ssm_cfg": {"norm_before_gate": True}}, "normalises before the gate"),
+    ({"ssm_cfg": {"d_ssm": 8}}, "gated MLP inside the mixer"),
+])
+def test_mamba_ssm_variants_we_do_not_have_are_refused(tmp_path, cfg, message):
+    hf = hf_model(51, vocab=24, d=8, N=2, layers=2, heads=4, head_dim=4, tie_word_embeddings=True)
+    folder = mamba_ssm_folder(tmp_path / "m", hf, vocab_size=24, **cfg)
+    with pytest.raises(LoadError, match=message):
+        engine.load(folder, device="cpu")

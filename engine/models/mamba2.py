@@ -19,7 +19,9 @@ Canonical weight names are those of ``Mamba2ForCausalLM``: ``backbone.embeddings
 conv_dim + H, d], conv1d.weight [conv_dim, 1, K], conv1d.bias, dt_bias [H], A_log [H], D [H],
 norm.weight [d_inner], out_proj.weight [d, d_inner]}`` (``conv_dim = d_inner + 2 G N``; biases
 of in_proj/out_proj when ``use_bias``), ``backbone.norm_f.weight``, ``lm_head.weight`` (absent
-when tied).  ``save_pretrained`` folders load with :func:`engine.load`; the config's
+when tied).  ``save_pretrained`` folders load with :func:`engine.load`, and so does the original
+``mamba_ssm`` layout (``config.json`` with ``d_model``, ``n_layer``, ``ssm_cfg: {"layer": "Mamba2",
+...}`` + ``pytorch_model.bin``; ``backbone.embedding``; the gated norm's epsilon fixed at 1e-5); the config's
 ``chunk_size`` is recorded but not used (SeqScope chunks its own way; the numbers do not depend
 on it).  ``n_groups`` cannot be read from the weights alone: without a config, G = 1 is assumed.
 
@@ -84,6 +86,7 @@ class Mamba2Config:
     n_groups: int = 1
     d_conv: int = 4
     norm_eps: float = 1e-5
+    gate_norm_eps: float | None = None  # the gated norm's epsilon when it differs (mamba_ssm: 1e-5)
     in_proj_bias: bool = False
     out_proj_bias: bool = False
     conv_bias: bool = True
@@ -355,7 +358,8 @@ class Mamba2Model(ChunkedLayerModel):
         g = y * F.silu(z)
         G = self.config.n_groups
         gg = g.reshape(*g.shape[:-1], G, -1)
-        gg = gg * torch.rsqrt(gg.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)
+        eps = self.config.norm_eps if self.config.gate_norm_eps is None else self.config.gate_norm_eps
+        gg = gg * torch.rsqrt(gg.pow(2).mean(-1, keepdim=True) + eps)
         return w * gg.reshape(g.shape)
 
     def _scan(self, A, x, dt, Bm, Cm, S, a, state_edits, want_states):
@@ -548,12 +552,14 @@ def _stated_model_types(configs: list) -> set[str]:
 
 def looks_like_mamba2(tensors: dict, configs: list) -> bool:
     """A Mamba2 checkpoint: a config that says so (``model_type`` "mamba2", SeqScope's family
-    "mamba2"), or, when no config names another model type, ``…layers.{i}.mixer.dt_bias``
+    "mamba2", mamba_ssm's ``ssm_cfg.layer`` "Mamba2"), or, when no config names another model type, ``…layers.{i}.mixer.dt_bias``
     tensors next to one-dimensional ``A_log`` (Mamba (1) has a matrix ``A_log`` and no ``dt_bias``)."""
     a_logs = [v for k, v in tensors.items() if _A_LOG.match(k)]
     if any(v.ndim != 1 for v in a_logs):  # Mamba (1) weights, whatever a config says
         return False
     if any(d.get("family") == "mamba2" for _, d in configs) or "mamba2" in _stated_model_types(configs):
+        return True
+    if any(_mamba_ssm_layer(d) == "Mamba2" for _, d in configs):
         return True
     if _stated_model_types(configs):
         return False
@@ -565,6 +571,8 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
     for src, d in configs:
         if d.get("family") == "mamba2":  # SeqScope's own metadata
             return {k: v for k, v in d.items() if k in Mamba2Config.__dataclass_fields__}, "SeqScope"
+        if _mamba_ssm_layer(d) == "Mamba2":
+            return _mamba_ssm_fields(src, d, notes), "mamba_ssm"
         if str(d.get("model_type", "")).lower() != "mamba2":
             continue
         act = str(d.get("hidden_act", "silu"))
@@ -592,6 +600,44 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
                          "(the results do not depend on it)")
         return out, "transformers Mamba2ForCausalLM"
     return {}, ""
+
+
+def _mamba_ssm_layer(d: dict) -> str | None:
+    """The ``ssm_cfg.layer`` of a mamba_ssm ``MambaLMHeadModel`` config (None for other configs)."""
+    if "d_model" in d and "n_layer" in d and isinstance(d.get("ssm_cfg"), dict):
+        return str(d["ssm_cfg"].get("layer", "Mamba1"))
+    return None
+
+
+def _mamba_ssm_fields(src: str, d: dict, notes: list) -> dict:
+    """Mamba2Config fields from a mamba_ssm config (``d_model``, ``n_layer``, ``ssm_cfg`` …), with
+    mamba_ssm's defaults; what SeqScope's Mamba2 does not have is refused in words."""
+    ssm = d["ssm_cfg"]
+    refuse = [(d.get("d_intermediate"), f"d_intermediate={d.get('d_intermediate')} adds MLP blocks between the mixers"),
+              (d.get("attn_layer_idx"), f"attn_layer_idx={d.get('attn_layer_idx')} adds attention layers (a hybrid)"),
+              (not d.get("rms_norm", True), "rms_norm=false uses LayerNorm blocks"),
+              (ssm.get("d_ssm") not in (None, int(ssm.get("expand", 2)) * int(d["d_model"])),
+               f"d_ssm={ssm.get('d_ssm')} adds a gated MLP inside the mixer"),
+              (not ssm.get("rmsnorm", True), "rmsnorm=false drops the gated norm"),
+              (ssm.get("norm_before_gate", False), "norm_before_gate=true normalises before the gate"),
+              (ssm.get("D_has_hdim", False), "D_has_hdim=true gives D per channel")]
+    for bad, why in refuse:
+        if bad:
+            raise LoadError(f"{src}: {why}, which SeqScope's Mamba2 does not have")
+    vocab, pad = int(d["vocab_size"]), int(d.get("pad_vocab_size_multiple", 1) or 1)
+    if vocab % pad:
+        notes.append(f"vocab_size {vocab} padded to {vocab + pad - vocab % pad} (pad_vocab_size_multiple {pad})")
+        vocab += pad - vocab % pad
+    d_inner = int(ssm.get("expand", 2)) * int(d["d_model"])
+    headdim = int(ssm.get("headdim", 64))
+    dt_min, dt_max = _dt_limit(ssm.get("dt_limit", (0.0, math.inf)))
+    return {"d_model": int(d["d_model"]), "n_layer": int(d["n_layer"]), "vocab_size": vocab,
+            "n_heads": d_inner // headdim, "head_dim": headdim, "d_state": int(ssm.get("d_state", 128)),
+            "n_groups": int(ssm.get("ngroups", 1)), "d_conv": int(ssm.get("d_conv", 4)),
+            "norm_eps": float(d.get("norm_epsilon", 1e-5)), "gate_norm_eps": 1e-5,
+            "in_proj_bias": bool(ssm.get("bias", False)), "out_proj_bias": bool(ssm.get("bias", False)),
+            "conv_bias": bool(ssm.get("conv_bias", True)), "dt_min": dt_min, "dt_max": dt_max,
+            "tie_embeddings": bool(d.get("tie_embeddings", True)), "chunk_size": int(ssm.get("chunk_size", 256))}
 
 
 def _infer_config(canon: dict, stated: dict, notes: list) -> dict:

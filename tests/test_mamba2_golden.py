@@ -240,6 +240,8 @@ def test_attn_probe_is_the_documented_reduction_over_the_window():
         hi = min(60, L)
         alpha = per_head_attention(model, trace, 1, (20, hi), (10, 50), s)
         np.testing.assert_allclose(att[20:hi], alpha.abs().mean(-1).numpy(), atol=1e-6, rtol=1e-5)
+        np.testing.assert_array_equal(m2.attention_from_trace(trace, model, 1, (20, hi), (10, 50), sequence=s),
+                                      att[20:hi])
         assert np.all(att[20:hi][np.triu_indices(hi - 20, k=11, m=40)] == 0)  # key j > row i
 
 
@@ -263,6 +265,8 @@ def test_progress_cancel_and_half_precision():
     with pytest.raises(Cancelled):
         engine.run(model, np.arange(50) % 37, chunk=16, should_stop=lambda: True)
     half = ours(hf_model(14, layers=2), dtype=torch.bfloat16)
-    tr = engine.run(half, np.arange(50) % 37, probes="logits")
+    assert half.scan_dtype == torch.float32
+    tr = engine.run(half, np.arange(50) % 37, probes=["logits", "layers.*.state"])
+    assert tr["layers.1.state"].dtype == np.float32 and np.isfinite(tr["layers.1.state"]).all()
     full = engine.run(model, np.arange(50) % 37, probes="logits")
     assert np.abs(tr["logits"] - full["logits"]).max() < 0.1 * np.abs(full["logits"]).max()

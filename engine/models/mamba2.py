@@ -153,14 +153,14 @@ NOT_EDITABLE_ATTN = "it is computed from dt, B and C after the run and feeds not
 class _Layer:
     """One layer's weights, in the model's dtype and device."""
 
-    def __init__(self, w: dict, p: str):
+    def __init__(self, w: dict, p: str, scan_dtype):
         m = p + "mixer."
         self.norm_w = w[p + "norm.weight"]
         self.in_w, self.in_b = w[m + "in_proj.weight"], w.get(m + "in_proj.bias")
         self.conv_w = w[m + "conv1d.weight"][:, 0, :]  # [conv_dim, K]
         self.conv_b = w.get(m + "conv1d.bias")
         self.dt_bias = w[m + "dt_bias"]
-        self.A = -torch.exp(w[m + "A_log"])  # [H]
+        self.A = -torch.exp(w[m + "A_log"].to(scan_dtype))  # [H], in the scan's dtype
         self.D = w[m + "D"]
         self.gate_norm_w = w[m + "norm.weight"]
         self.out_w, self.out_b = w[m + "out_proj.weight"], w.get(m + "out_proj.bias")
@@ -205,13 +205,18 @@ class Mamba2Model(ChunkedLayerModel):
         self.embed = w["backbone.embeddings.weight"]
         self.head = w.get("lm_head.weight", self.embed)
         self.norm_f_w = w["backbone.norm_f.weight"]
-        self.layers = [_Layer(w, f"backbone.layers.{i}.") for i in range(self.config.n_layer)]
+        self.layers = [_Layer(w, f"backbone.layers.{i}.", self.scan_dtype) for i in range(self.config.n_layer)]
 
     # -- housekeeping -----------------------------------------------------------------
     def to(self, device=None, dtype=None) -> "Mamba2Model":
         self._set_weights(self._weights, dtype or self.dtype,
                           torch.device(device) if device is not None else self.device)
         return self
+
+    @property
+    def scan_dtype(self):
+        """The scan runs in float32 for half-precision models (as ``transformers`` does)."""
+        return torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
 
     @property
     def vocab_size(self) -> int:
@@ -287,7 +292,7 @@ class Mamba2Model(ChunkedLayerModel):
     # -- the forward pass -----------------------------------------------------------------
     def initial_state(self, batch: int):
         cfg = self.config
-        S = torch.zeros(batch, cfg.n_heads, cfg.head_dim, cfg.d_state, dtype=self.dtype, device=self.device)
+        S = torch.zeros(batch, cfg.n_heads, cfg.head_dim, cfg.d_state, dtype=self.scan_dtype, device=self.device)
         conv = torch.zeros(cfg.d_conv - 1, batch, cfg.conv_dim, dtype=self.dtype, device=self.device)
         return S, conv
 
@@ -331,9 +336,10 @@ class Mamba2Model(ChunkedLayerModel):
         dt = F.softplus(proj[..., di + cfg.conv_dim:] + lay.dt_bias).clamp(cfg.dt_min, cfg.dt_max)
         dt = edit("dt", dt)
         xh = x.reshape(n, nb, H, P)
-        Bg, Cg = Bm.reshape(n, nb, G, N), Cm.reshape(n, nb, G, N)
-        ys, S, states = self._scan(lay.A, xh, dt, Bg, Cg, S, a, edits.get("state", ()), "state" in record)
-        y = edit("y", (ys + xh * lay.D[:, None]).reshape(n, nb, di))
+        sd = self.scan_dtype
+        Bg, Cg = Bm.reshape(n, nb, G, N).to(sd), Cm.reshape(n, nb, G, N).to(sd)
+        ys, S, states = self._scan(lay.A, xh.to(sd), dt.to(sd), Bg, Cg, S, a, edits.get("state", ()), "state" in record)
+        y = edit("y", (ys.to(x.dtype) + xh * lay.D[:, None]).reshape(n, nb, di))
         gated = edit("gated", self._gated_norm(y, z, lay.gate_norm_w))
         out = edit("out", h + F.linear(gated, lay.out_w, lay.out_b))
         vals = {"in": inp, "z": z, "x": x, "B": Bm, "C": Cm, "dt": dt, "y": y, "gated": gated, "out": out}
@@ -503,6 +509,20 @@ def ssd_attention(dt, B, C, A, rows, cols, *, groups: int = 1, reduce="mean_abs"
         part = alpha.abs().mean(-1) if reduce else alpha
         out[i0 - r0:i1 - r0, :j1 - c0] = part
     return out
+
+
+def attention_from_trace(trace, model: Mamba2Model, layer: int, rows, cols, *, sequence: int = 0,
+                         reduce="mean_abs"):
+    """Implicit attention of ``layer`` for one sequence of a trace that captured
+    ``layers.{layer}.dt``, ``.B`` and ``.C`` (``A`` and the group count come from the model).
+    Returns a NumPy array (see :func:`ssd_attention`)."""
+    name = f"layers.{layer}."
+    try:
+        dt, B, C = (torch.tensor(trace.array(name + s, sequence)) for s in ("dt", "B", "C"))
+    except KeyError as exc:
+        raise KeyError(f"the trace must hold {name}dt, {name}B and {name}C: {exc}") from None
+    A = model.A(layer).to(dt.dtype).cpu()
+    return ssd_attention(dt, B, C, A, rows, cols, groups=model.config.n_groups, reduce=reduce).numpy()
 
 
 def from_transformers(hf_model, **kwargs) -> Mamba2Model:

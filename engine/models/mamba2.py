@@ -572,8 +572,9 @@ def _stated_model_types(configs: list) -> set[str]:
 
 def looks_like_mamba2(tensors: dict, configs: list) -> bool:
     """A Mamba2 checkpoint: a config that says so (``model_type`` "mamba2", SeqScope's family
-    "mamba2", mamba_ssm's ``ssm_cfg.layer`` "Mamba2"), or, when no config names another model type, ``…layers.{i}.mixer.dt_bias``
-    tensors next to one-dimensional ``A_log`` (Mamba (1) has a matrix ``A_log`` and no ``dt_bias``)."""
+    "mamba2", mamba_ssm's ``ssm_cfg.layer`` "Mamba2"), or, when no config names another model
+    type, ``…layers.{i}.mixer.dt_bias`` tensors next to one-dimensional ``A_log``.  Never Mamba (1)
+    weights (a matrix ``A_log``), whatever a config says: those are left to ``engine.models.mamba``."""
     a_logs = [v for k, v in tensors.items() if _A_LOG.match(k)]
     if any(v.ndim != 1 for v in a_logs):  # Mamba (1) weights, whatever a config says
         return False

@@ -71,6 +71,8 @@ from .mamba import _canonical_names  # file keys -> backbone.* names, found by t
 SITES = ("in", "z", "x", "B", "C", "dt", "state", "y", "gated", "out", "attn")
 #: steps per SSD block (the L x L products inside a chunk)
 BLOCK = 64
+#: steps per stretch when every step's state is formed (the ``state`` probe)
+STATE_SUB = 16
 #: rows per tile of the implicit attention (a row is computed alike whichever rows were asked for)
 TILE = 64
 
@@ -456,17 +458,36 @@ def ssd_block(A, x, dt, Bm, Cm, S0, want_states=False, outputs=True):
     if not outputs:
         return None, S_end, None
     Ch = _per_head(Cm, H).permute(1, 2, 0, 3)
-    seg = cs[..., :, None] - cs[..., None, :]  # [B, H, L, L]
-    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp(seg.masked_fill(~causal, -math.inf).to(dtype))  # 0 above the diagonal
+    decay = _decay_matrix(cs, dtype)
     into = torch.exp(cs.to(dtype))[..., None]  # exp(cs_i): decay of S0 up to step i
     y = (Ch @ Bh.transpose(-1, -2) * decay) @ xdt + (Ch @ S0.transpose(-1, -2)) * into
-    states = None
-    if want_states:
-        dBx = (xdt[..., :, None] * Bh[..., None, :]).reshape(nb, H, L, P * Bh.shape[-1])
-        states = (decay @ dBx).reshape(nb, H, L, P, -1) + into[..., None] * S0[:, :, None]
-        states = states.permute(2, 0, 1, 3, 4)
+    states = _every_state(cs, xdt, Bh, S0) if want_states else None
     return y.permute(2, 0, 1, 3), S_end, states
+
+
+def _decay_matrix(cs, dtype):
+    """``exp(cs_i - cs_j)`` for j <= i and 0 above the diagonal: [..., L] -> [..., L, L]."""
+    L = cs.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=cs.device).tril()
+    return torch.exp((cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, -math.inf).to(dtype))
+
+
+def _every_state(cs, xdt, Bh, S0, sub: int = STATE_SUB):
+    """``S_i`` after every step of a block, [L, B, H, P, N], ``sub`` steps at a time (each from
+    the state before it: a [sub, sub] product per stretch, not [L, L])."""
+    nb, H, L, P = xdt.shape
+    N = Bh.shape[-1]
+    out = []
+    S = S0
+    for o in range(0, L, sub):
+        e = min(o + sub, L)
+        c = cs[..., o:e] - (cs[..., o - 1:o] if o else 0)  # log-decay from the stretch's start
+        dBx = (xdt[..., o:e, :, None] * Bh[..., o:e, None, :]).reshape(nb, H, e - o, P * N)
+        st = (_decay_matrix(c, xdt.dtype) @ dBx).reshape(nb, H, e - o, P, N)
+        st = st + torch.exp(c.to(xdt.dtype))[..., None, None] * S[:, :, None]
+        out.append(st)
+        S = st[:, :, -1]
+    return torch.cat(out, 2).permute(2, 0, 1, 3, 4)
 
 
 def ssd_attention(dt, B, C, A, rows, cols, *, groups: int = 1, reduce="mean_abs", tile: int = TILE,

@@ -453,8 +453,8 @@ class RecurrentGemmaModel(ChunkedLayerModel):
         vh = values.reshape(-1, B, kv, 1, hd).expand(-1, B, kv, H // kv, hd).reshape(-1, B, H, hd)
         o = torch.einsum("bhnm,mbhd->nbhd", weights, vh).reshape(n, B, H * hd)
         vals["o"] = o = edit("o", o)
-        keep = cfg.attention_window_size - 1
-        return self._linear(o, t + "o_proj"), keys[keys.shape[0] - keep:].clone(), values[values.shape[0] - keep:].clone()
+        first_kept = max(0, keys.shape[0] - (cfg.attention_window_size - 1))
+        return self._linear(o, t + "o_proj"), keys[first_kept:].clone(), values[first_kept:].clone()
 
     def _rotary(self, a, n):
         """cos and sin of the rotary embedding for positions ``a..a+n-1``: [n, 1, rotary_dim]."""

@@ -181,8 +181,9 @@ def embedding_scale(hidden_size: int) -> float:
 
 def input_scale(decay: torch.Tensor, first: int) -> torch.Tensor:
     """``sqrt(1 - a_t^2)``, the RG-LRU's normalisation of its input, for steps ``first..``
-    (decay [steps, ...]); 1 at position 0, where the state resets."""
-    scale = torch.sqrt(1 - decay * decay)
+    (decay [steps, ...]); 1 at position 0, where the state resets, and 0 where an edit made
+    ``|a_t| > 1``."""
+    scale = torch.sqrt((1 - decay * decay).clamp(min=0))
     if first == 0:
         scale[0] = 1
     return scale
@@ -295,7 +296,7 @@ class RecurrentGemmaModel(ChunkedLayerModel):
             "gate_r": (w, "recurrence gate r_t = sigmoid(blockdiag(u_t) + b), one block per head"),
             "gate_i": (w, "input gate i_t = sigmoid(blockdiag(u_t) + b), one block per head"),
             "a": (w, "decay a_t = exp(-8 r_t softplus(Lambda)) (0 at position 0, where the state resets); "
-                     "the input is scaled by sqrt(1 - a_t^2)"),
+                     "the input is scaled by sqrt(1 - a_t^2) (0 if an edit makes |a_t| > 1)"),
             "state": (w, "RG-LRU state h_t = a_t h_(t-1) + sqrt(1 - a_t^2) i_t u_t"),
             "mix": (w, "h_t * y_t, the input of linear_out"),
             "q": (H * hd, f"queries q_proj(in) after the rotary embedding; head h is units {hd}h..{hd}h+{hd - 1}"),
@@ -549,15 +550,16 @@ def scan_blocks(coef, inp, h, hs, block: int = BLOCK):
     """``hs[t] = coef_t hs[t-1] + inp_t`` from ``h`` (returns the last state), ``block`` steps
     at a time: ``h_t = P_t0 h + sum_(s<=t) P_ts inp_s`` with ``P_ts = prod_(k=s+1..t) coef_k``
     formed by a cumulative product (exact for any coefficients, zeros included: no logarithms
-    and no division)."""
+    and no division).  Terms with s > t are selected away, not multiplied by 0, so a NaN or inf
+    that an edit put at step s never reaches an earlier step."""
     n = coef.shape[0]
     for p in range(0, n, block):
         c, u = coef[p:p + block], inp[p:p + block]
         m = c.shape[0]
-        later = torch.ones(m, m, dtype=torch.bool, device=c.device).tril(-1)[:, :, None, None]  # s < t
-        P = torch.where(later, c[:, None], torch.ones_like(c[:1, None])).cumprod(0)  # [t, s, ...]
-        P = P * torch.ones(m, m, dtype=c.dtype, device=c.device).tril()[:, :, None, None]
-        hs[p:p + m] = torch.einsum("tsbd,sbd->tbd", P, u) + c.cumprod(0) * h
+        tri = torch.ones(m, m, dtype=torch.bool, device=c.device)
+        after, upto = tri.tril(-1)[:, :, None, None], tri.tril()[:, :, None, None]  # s < t, s <= t
+        P = torch.where(after, c[:, None], torch.ones_like(c[:1, None])).cumprod(0)  # [t, s, ...]
+        hs[p:p + m] = torch.where(upto, P * u[None], 0).sum(1) + c.cumprod(0) * h
         h = hs[p + m - 1].clone()
     return h
 

@@ -30,7 +30,7 @@ CASES = {
 }
 
 
-def hf_model(case="mqa-w8", seed=0):
+def hf_model(case="mqa-w8", seed=0, rope_theta=500.0):
     """A random ``RecurrentGemmaForCausalLM`` whose norms, biases and gates are far from their
     initial values (zeros, and gates near 0.5 at transformers' init), so that each matters."""
     d, H, kv, lru, win, L, types, K, act, rot, bias = CASES[case]
@@ -39,7 +39,7 @@ def hf_model(case="mqa-w8", seed=0):
         num_hidden_layers=L, vocab_size=37, hidden_size=d, intermediate_size=3 * d, num_attention_heads=H,
         num_key_value_heads=kv, lru_width=lru, attention_window_size=win, block_types=list(types),
         conv1d_width=K, hidden_activation=act, attention_bias=bias,
-        rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": rot},
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "partial_rotary_factor": rot},
         attn_implementation="eager")
     model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
     with torch.no_grad():

@@ -100,7 +100,7 @@ def reference(w, ids, cfg, overrides=None, state0=None, start=None, pos0=0):
                 i = site(nm("gate_i"), t, gate("input_gate"))
                 a = np.exp(-8.0 * r * _softplus(w[tb + "rg_lru.recurrent_param"]))
                 a = site(nm("a"), t, np.zeros_like(a) if pos == 0 else a)
-                norm = np.ones_like(a) if pos == 0 else np.sqrt(1 - a ** 2)
+                norm = np.ones_like(a) if pos == 0 else np.sqrt(np.maximum(0, 1 - a ** 2))  # 0 if an edit made |a| > 1
                 h = site(nm("state"), t, a * h + norm * (i * u))
                 mixed = lin("linear_out", site(nm("mix"), t, h * y))
             else:

@@ -57,6 +57,7 @@ from .errors import LoadError
 from .models import mamba as _mamba
 from .models import mamba2 as _mamba2
 from .models import mingru as _mingru
+from .models import recurrent_gemma as _recurrent_gemma
 from .models import rwkv as _rwkv
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
@@ -118,6 +119,16 @@ class _Found:
 # public API
 # ======================================================================================
 
+#: the families with loaders of their own (``looks_like``/``load``), asked in this order before
+#: the classic RNN stack's inference; Mamba2 before Mamba (Mamba's test would take its A_log too)
+FAMILIES = (
+    _mamba2,
+    _mamba,
+    _mingru,
+    _rwkv,
+    _recurrent_gemma,
+)
+
 
 def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) -> RecurrentStack:
     """Open a checkpoint file or folder and build an instrumented model.
@@ -136,7 +147,7 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
         configs = _stored_configs(found)
         if isinstance(found.metadata.get("seqscope_config"), Mapping):
             configs.insert(0, ("metadata seqscope_config", dict(found.metadata["seqscope_config"])))
-        for family in (_mamba2, _mamba, _mingru, _rwkv):
+        for family in FAMILIES:
             if family.looks_like(found.tensors, configs):
                 return _build_family(family, found, configs, device=device, dtype=dtype, strict=strict,
                                      source=str(path))

@@ -60,6 +60,11 @@ class ChunkedLayerModel(SequenceModel):
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _attention_needs(self, k: int) -> frozenset:
+        """The sites the ``attn`` probe of layer ``k`` is computed from: ``ATTENTION_NEEDS``,
+        unless a family's layers are of several kinds (RecurrentGemma)."""
+        return self.ATTENTION_NEEDS
+
     # -- the attention window (families with an ``attn`` probe) ---------------------------
     @property
     def attention_window(self):
@@ -130,7 +135,7 @@ class ChunkedLayerModel(SequenceModel):
             want_sites = {s for s in self.sites if layer_probe(k, s) in want}
             record = want_sites - {"attn"}
             if "attn" in want_sites:
-                record |= self.ATTENTION_NEEDS
+                record |= self._attention_needs(k)
             s = starts[k]
             if s >= T:  # the layer cannot change: the previous run's arrays
                 for site in record | want_sites:

@@ -1,0 +1,113 @@
+"""RecurrentGemma (Griffin) speed, side by side in one process: SeqScope's instrumented forward
+pass against ``transformers``' CPU forward of the same weights (its RG-LRU scan is a Python
+loop over time).
+
+    nice .venv/bin/python benchmarks/recurrent_gemma.py            # T = 256 (batch 2) and 1024
+    nice .venv/bin/python benchmarks/recurrent_gemma.py --quick    # T = 256 only
+
+Model: 6 layers (recurrent, recurrent, attention) x 2, hidden 256, lru width 256, 4 heads
+(1 key/value head), attention window 512, vocabulary 1024, random weights.  Contenders
+(median of interleaved repeats, wall time):
+
+  hf          transformers RecurrentGemmaForCausalLM.forward (use_cache=False, sdpa): logits
+  bare        ours, logits only (the default scan: numba when installed)
+  bare-torch  ours, logits only, with the closed-form torch scan (the GPU path)
+  probes      ours, every probe except attn
+  attn        logits plus every layer's attn for a 256 x 256 window (the last 256 steps)
+  rerun       an intervention at step 0.9 T re-run from the prefix cache (every probe but attn)
+
+Threads: torch and numba both use ``--threads`` (default 1: the machine is shared).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import engine  # noqa: E402
+from engine import Intervention, PrefixCache, Span  # noqa: E402
+from engine.models.mamba import numba_available  # noqa: E402
+from engine.models.recurrent_gemma import from_transformers  # noqa: E402
+
+ALL_BUT_ATTN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i",
+                                                                 "a", "state", "mix", "q", "k", "v", "o", "out")]
+
+
+def build(seed=0):
+    from transformers import RecurrentGemmaConfig, RecurrentGemmaForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    cfg = RecurrentGemmaConfig(num_hidden_layers=6, vocab_size=1024, hidden_size=256, intermediate_size=768,
+                               num_attention_heads=4, num_key_value_heads=1, lru_width=256, attention_window_size=512)
+    return RecurrentGemmaForCausalLM(cfg).eval()
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="T = 256 only")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if numba_available():
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    hf = build()
+    ours, ref = from_transformers(hf), from_transformers(hf, scan="torch")
+    print(f"torch {torch.__version__}, threads {args.threads}, scan {ours.scan}")
+    engine.run(ours, np.arange(300) % 1024)  # compile the numba kernel, warm the allocator
+    for T, B in [(256, 2)] + ([] if args.quick else [(1024, 1)]):
+        seqs = [np.random.default_rng(T + b).integers(0, 1024, T) for b in range(B)]
+        x = torch.tensor(np.stack(seqs))
+        ours.attention_window = ((T - 256, T), (T - 256, T))
+        cache = PrefixCache()
+        engine.run(ours, seqs, probes=ALL_BUT_ATTN, cache=cache)
+        flip = {"v": 0.5}
+
+        def hf_forward():
+            with torch.no_grad():
+                hf(x, use_cache=False)
+
+        def rerun():  # a slider move: the same intervention with a new value, from the cache
+            flip["v"] = 1.0 - flip["v"]
+            engine.run(ours, seqs, probes=ALL_BUT_ATTN, cache=cache,
+                       interventions=[Intervention("layers.0.a", "scale", flip["v"], positions=Span(int(0.9 * T)))])
+
+        contenders = {"hf": hf_forward,
+                      "bare": lambda: engine.run(ours, seqs, probes="logits"),
+                      "bare-torch": lambda: engine.run(ref, seqs, probes="logits"),
+                      "probes": lambda: engine.run(ours, seqs, probes=ALL_BUT_ATTN),
+                      "attn": lambda: engine.run(ours, seqs, probes=["logits", "layers.*.attn"]),
+                      "rerun": rerun}
+        times = {k: [] for k in contenders}
+        for _ in range(args.repeats):
+            for k, fn in contenders.items():
+                times[k].append(timed(fn))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"\nbatch {B}, T = {T}  (median of {args.repeats})")
+        for k, v in med.items():
+            print(f"  {k:<11} {v * 1e3:9.1f} ms")
+        b = med["bare"]
+        for k in ("hf", "bare-torch", "probes", "attn"):
+            print(f"  {k} / bare {'':<{10 - len(k)}} {med[k] / b:6.2f}")
+        print(f"  rerun / probes      {med['rerun'] / med['probes']:6.2f}   (edit at 0.9 T from the prefix cache)")
+
+
+if __name__ == "__main__":
+    main()

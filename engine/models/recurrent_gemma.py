@@ -1,0 +1,734 @@
+"""Griffin / RecurrentGemma (De et al. 2024; Botev et al. 2024): an instrumented language model
+in the layout of ``transformers``' ``RecurrentGemmaForCausalLM``.
+
+The model::
+
+    x_0 = embed[token] * sqrt(d)               (sqrt(d) rounded to bfloat16, as transformers does)
+    layer i:  n = rmsnorm(x)                   rmsnorm(v) = v / sqrt(mean(v^2) + eps) * (1 + w)
+              recurrent layers (RG-LRU):
+                  y   = gelu(linear_y(n))                      the output gate branch
+                  u   = conv1d(linear_x(n))                    causal, depthwise, width conv1d_width
+                  r_t = sigmoid(blockdiag_r(u_t)),  i_t = sigmoid(blockdiag_i(u_t))
+                                                               one (width/heads)^2 block per head
+                  a_t = sigma(Lambda)^(8 r_t) = exp(-8 r_t softplus(Lambda))
+                  h_t = a_t h_(t-1) + sqrt(1 - a_t^2) (i_t u_t)
+                        at position 0 the state resets: a_0 = 0 and the factor sqrt(1 - a_0^2) is 1
+                  m   = h * y;   x = x + linear_out(m)
+              local-attention layers (every third by default, per ``block_types``):
+                  q, k, v = q_proj(n), k_proj(n), v_proj(n)   multi-query: few k/v heads
+                  rotary embedding on the first half of each head (partial_rotary_factor)
+                  o_t = sum over the last attention_window_size steps of softmax(q_t.k_s / sqrt(hd)) v_s
+                  x = x + o_proj(o)
+              x = x + down(gelu(gate(rmsnorm(x))) * up(rmsnorm(x)))   the MLP block
+    logits = cap * tanh(lm_head(rmsnorm(x)) / cap)               soft cap, 30 by default
+
+Canonical weight names are those of ``RecurrentGemmaForCausalLM``: ``model.embed_tokens.weight``,
+``model.final_norm.weight``, ``lm_head.weight`` (absent when tied); per layer
+``model.layers.{i}.temporal_pre_norm.weight``, ``channel_pre_norm.weight``,
+``mlp_block.{gate_proj, up_proj, down_proj}.{weight, bias}`` and either
+``temporal_block.{linear_y, linear_x, linear_out}.{weight, bias}``, ``temporal_block.conv_1d.{weight
+(lru, 1, K), bias}``, ``temporal_block.rg_lru.{recurrent_param (lru), input_gate_weight (heads, bw,
+bw), input_gate_bias (heads, bw), recurrent_gate_weight, recurrent_gate_bias}`` or
+``temporal_block.{q_proj, k_proj, v_proj}.weight`` (+ bias with attention_bias),
+``temporal_block.o_proj.{weight, bias}``.  A folder written by ``save_pretrained`` (or a bare
+``RecurrentGemmaModel``) loads with :func:`engine.load`.
+
+Probe sites: recurrent layers ``in`` (normed input), ``y_branch``, ``x_branch`` (linear_x),
+``conv``, ``gate_r``, ``gate_i``, ``a`` (decay), ``state`` (h), ``mix`` (h * y), ``out``, ``attn``
+(implicit attention ``alpha_ij = (prod_(k=j+1..i) a_k) sqrt(1 - a_j^2) i_j`` per channel, so that
+``h_i = sum_j alpha_ij u_j``); attention layers ``in``, ``q``, ``k`` (after the rotary embedding),
+``v``, ``o`` (attention output of every head, before o_proj), ``out``, ``attn`` (the softmax
+attention, mean over heads).  ``attn`` is computed for :attr:`attention_window` only.
+
+Runs like the other chunked families (``engine.models.chunked``): per chunk every per-token
+quantity at once, edits applied to the whole chunk before what is computed from them; the
+recurrence is a compiled numba loop on the CPU or, elsewhere, a closed form over blocks of
+``BLOCK`` steps (products of decays by a cumulative product, no loop over steps), split at the
+steps where ``state`` is edited.  A layer's state at a chunk boundary is ``(h, conv buffer,
+keys, values)``: a recurrent layer uses the first two (h and the last conv1d_width - 1 values of
+``x_branch``), an attention layer the last two (its last attention_window_size - 1 keys and
+values; the position is the step itself).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import LoadError
+from ..probes import ProbeSpec, layer_probe
+from .chunked import ChunkedLayerModel
+from .mamba import AttentionWindow, numba_available
+from .mingru import _scan_numba, gated_attention
+
+RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "out", "attn")
+ATTENTION_SITES = ("in", "q", "k", "v", "o", "out", "attn")
+#: steps whose decay products the torch scan forms at once ([BLOCK, BLOCK, batch, width])
+BLOCK = 16
+#: the exponent c of a_t = sigma(Lambda)^(c r_t)
+C_EXPONENT = 8.0
+ACTIVATIONS = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+@dataclass(frozen=True)
+class RecurrentGemmaConfig:
+    """The fields of ``transformers``' ``RecurrentGemmaConfig`` that change what a run computes
+    (``block_types`` cycles over the layers as there)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    vocab_size: int
+    intermediate_size: int  # the MLP's gate and up projections each have intermediate_size // 2 rows
+    num_attention_heads: int
+    num_key_value_heads: int
+    lru_width: int
+    attention_window_size: int = 2048
+    conv1d_width: int = 4
+    block_types: tuple = ("recurrent", "recurrent", "attention")
+    rms_norm_eps: float = 1e-6
+    logits_soft_cap: float = 30.0
+    rope_theta: float = 10000.0
+    partial_rotary_factor: float = 0.5
+    hidden_activation: str = "gelu_pytorch_tanh"
+    attention_bias: bool = False
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "block_types", tuple(self.block_types))
+        for name in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads",
+                     "num_key_value_heads", "lru_width", "attention_window_size", "conv1d_width"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.block_types or set(self.block_types) - {"recurrent", "attention"}:
+            raise ValueError(f"block_types must list 'recurrent' and 'attention', got {list(self.block_types)}")
+        if self.hidden_size % self.num_attention_heads or self.lru_width % self.num_attention_heads:
+            raise ValueError("hidden_size and lru_width must be multiples of num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.hidden_activation not in ACTIVATIONS:
+            raise ValueError(f"hidden_activation {self.hidden_activation!r} is not supported "
+                             f"(supported: {', '.join(ACTIVATIONS)})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def block_width(self) -> int:
+        return self.lru_width // self.num_attention_heads
+
+    def kind(self, layer: int) -> str:
+        return self.block_types[layer % len(self.block_types)]
+
+    def to_json(self) -> str:
+        return json.dumps({"family": "recurrent_gemma", **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RecurrentGemmaConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def canonical_weight_shapes(cfg: RecurrentGemmaConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight a model with this config has (``RecurrentGemmaForCausalLM`` names)."""
+    d, w, V, H, bw = cfg.hidden_size, cfg.lru_width, cfg.vocab_size, cfg.num_attention_heads, cfg.block_width
+    f, hd, kv = cfg.intermediate_size // 2, cfg.head_dim, cfg.num_key_value_heads
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, d)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "temporal_pre_norm.weight"] = (d,)
+        t = p + "temporal_block."
+        if cfg.kind(i) == "recurrent":
+            for lin in ("linear_y", "linear_x"):
+                shapes[t + lin + ".weight"], shapes[t + lin + ".bias"] = (w, d), (w,)
+            shapes[t + "linear_out.weight"], shapes[t + "linear_out.bias"] = (d, w), (d,)
+            shapes[t + "conv_1d.weight"], shapes[t + "conv_1d.bias"] = (w, 1, cfg.conv1d_width), (w,)
+            shapes[t + "rg_lru.recurrent_param"] = (w,)
+            for gate in ("input_gate", "recurrent_gate"):
+                shapes[t + f"rg_lru.{gate}_weight"], shapes[t + f"rg_lru.{gate}_bias"] = (H, bw, bw), (H, bw)
+        else:
+            for proj, rows in (("q_proj", H * hd), ("k_proj", kv * hd), ("v_proj", kv * hd)):
+                shapes[t + proj + ".weight"] = (rows, d)
+                if cfg.attention_bias:
+                    shapes[t + proj + ".bias"] = (rows,)
+            shapes[t + "o_proj.weight"], shapes[t + "o_proj.bias"] = (d, H * hd), (d,)
+        shapes[p + "channel_pre_norm.weight"] = (d,)
+        m = p + "mlp_block."
+        shapes[m + "gate_proj.weight"], shapes[m + "gate_proj.bias"] = (f, d), (f,)
+        shapes[m + "up_proj.weight"], shapes[m + "up_proj.bias"] = (f, d), (f,)
+        shapes[m + "down_proj.weight"], shapes[m + "down_proj.bias"] = (d, f), (d,)
+    shapes["model.final_norm.weight"] = (d,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, d)
+    return shapes
+
+
+#: why interventions on ``attn`` are refused
+NOT_EDITABLE_ATTN = "it is computed after the run from the gates (recurrent layers) or from q and k " \
+    "(attention layers) and feeds nothing; intervene on a, gate_i, state, q, k, v or o instead"
+
+
+def embedding_scale(hidden_size: int) -> float:
+    """``sqrt(hidden_size)`` as ``transformers`` applies it: a bfloat16 buffer."""
+    return float(torch.tensor(hidden_size ** 0.5, dtype=torch.bfloat16))
+
+
+def input_scale(decay: torch.Tensor, first: int) -> torch.Tensor:
+    """``sqrt(1 - a_t^2)``, the RG-LRU's normalisation of its input, for steps ``first..``
+    (decay [steps, ...]); 1 at position 0, where the state resets, and 0 where an edit made
+    ``|a_t| > 1``."""
+    scale = torch.sqrt((1 - decay * decay).clamp(min=0))
+    if first == 0:
+        scale[0] = 1
+    return scale
+
+
+class RecurrentGemmaModel(ChunkedLayerModel):
+    """An instrumented RecurrentGemma (Griffin) language model.  Build with :func:`engine.load`,
+    :func:`from_transformers`, or from a config and canonical weights.
+
+    ``scan``: ``"numba"`` (compiled CPU loop, needs ``numba``), ``"torch"`` (closed form over
+    blocks of steps: the GPU path) or ``"auto"`` (numba on a CPU when installed).
+    ``attention_window``: see :class:`engine.models.mamba.AttentionWindow`.
+    """
+
+    architecture = "recurrent_gemma"
+    #: every site of either kind of layer, in display order
+    SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "q", "k", "v", "mix", "o", "out",
+             "attn")
+    NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
+
+    def __init__(self, config: RecurrentGemmaConfig, weights: dict, *, tokenizer=None, source: str = "",
+                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
+        expected = canonical_weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        if scan not in ("auto", "numba", "torch"):
+            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
+        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
+        self._scan_request = scan
+        self._window = AttentionWindow()
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._specs = self._build_specs()
+
+    # -- housekeeping -------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "RecurrentGemmaModel":
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        self._w = {k: v.to(device=device, dtype=dtype) for k, v in self._w.items()}
+        self.device, self.dtype = device, dtype
+        return self
+
+    @property
+    def scan(self) -> str:
+        """The scan in use: ``"numba"`` or ``"torch"``."""
+        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+        if self._scan_request == "auto":
+            return "numba" if compiled and numba_available() else "torch"
+        return "torch" if self._scan_request == "numba" and not compiled else self._scan_request
+
+    @scan.setter
+    def scan(self, value):
+        if value not in ("auto", "numba", "torch"):
+            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
+        if value == "numba" and not numba_available():
+            raise ValueError("scan='numba' needs the numba package (pip install numba)")
+        self._scan_request = value
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    def layer_kind(self, layer: int) -> str:
+        """``"recurrent"`` or ``"attention"``."""
+        return self.config.kind(layer)
+
+    def info(self) -> dict:
+        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
+                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "scan": self.scan, "attention_window": self._window_json(),
+                **self.load_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._w)
+
+    def cache_key(self):
+        return (self.scan, self._window)
+
+    # -- probes ---------------------------------------------------------------------------
+    def _build_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        d, w, H, hd, kv = cfg.hidden_size, cfg.lru_width, cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        where = f"rows {r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in rows outside the window"
+        desc = {
+            "in": (d, "input of the temporal block: rmsnorm(x) * (1 + w) of the residual stream"),
+            "y_branch": (w, "output gate branch y = gelu(linear_y(in)); mix = state * y"),
+            "x_branch": (w, "linear_x(in), the input of the causal convolution"),
+            "conv": (w, "u = conv1d(x_branch), causal and depthwise: the RG-LRU's input"),
+            "gate_r": (w, "recurrence gate r_t = sigmoid(blockdiag(u_t) + b), one block per head"),
+            "gate_i": (w, "input gate i_t = sigmoid(blockdiag(u_t) + b), one block per head"),
+            "a": (w, "decay a_t = exp(-8 r_t softplus(Lambda)) (0 at position 0, where the state resets); "
+                     "the input is scaled by sqrt(1 - a_t^2) (0 if an edit makes |a_t| > 1)"),
+            "state": (w, "RG-LRU state h_t = a_t h_(t-1) + sqrt(1 - a_t^2) i_t u_t"),
+            "mix": (w, "h_t * y_t, the input of linear_out"),
+            "q": (H * hd, f"queries q_proj(in) after the rotary embedding; head h is units {hd}h..{hd}h+{hd - 1}"),
+            "k": (kv * hd, f"keys k_proj(in) after the rotary embedding ({kv} key/value head(s) of {hd})"),
+            "v": (kv * hd, f"values v_proj(in) ({kv} key/value head(s) of {hd})"),
+            "o": (H * hd, f"local attention output of every head (window {cfg.attention_window_size} steps), "
+                          "the input of o_proj"),
+            "out": (d, "residual stream after the layer (temporal block and MLP block)"),
+        }
+        attn = {"recurrent": "implicit attention mean_c alpha_ij over channels, alpha_ij = "
+                             "(prod_(k=j+1..i) a_k) sqrt(1 - a_j^2) i_j (h_i = sum_j alpha_ij u_j); " + where,
+                "attention": f"softmax attention of step i on key step j, mean over the {H} heads "
+                             f"(0 outside the local window of {cfg.attention_window_size} steps); " + where}
+        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding times sqrt(hidden_size), fed to layer 0")]
+        for k in range(cfg.num_hidden_layers):
+            kind = cfg.kind(k)
+            for site in RECURRENT_SITES if kind == "recurrent" else ATTENTION_SITES:
+                if site == "attn":
+                    specs.append(ProbeSpec(layer_probe(k, site), (c1 - c0,), ("token", "key"), attn[kind],
+                                           layer=k, site=site))
+                else:
+                    width, text = desc[site]
+                    specs.append(ProbeSpec(layer_probe(k, site), (width,), ("token", "unit"),
+                                           f"{kind} layer: {text}", layer=k, site=site))
+        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
+                               f"next-token scores {cfg.logits_soft_cap:g} tanh(lm_head(rmsnorm(x)) / "
+                               f"{cfg.logits_soft_cap:g}) (before softmax)"))
+        return specs
+
+    def _attention_needs(self, k: int) -> frozenset:
+        return frozenset({"a", "gate_i"} if self.layer_kind(k) == "recurrent" else {"q", "k"})
+
+    def _site_shapes(self):
+        cfg = self.config
+        d, w, hd = cfg.hidden_size, cfg.lru_width, cfg.head_dim
+        shapes = {s: (w,) for s in RECURRENT_SITES}
+        shapes.update({"in": (d,), "out": (d,), "q": (cfg.num_attention_heads * hd,), "o": (cfg.num_attention_heads * hd,),
+                       "k": (cfg.num_key_value_heads * hd,), "v": (cfg.num_key_value_heads * hd,)})
+        return shapes
+
+    # -- forward ----------------------------------------------------------------------------
+    def initial_state(self, batch: int):
+        """``(h, conv buffer, keys, values)``: zeros, and no keys or values yet."""
+        cfg = self.config
+        z = dict(dtype=self.dtype, device=self.device)
+        kv = cfg.num_key_value_heads * cfg.head_dim
+        return (torch.zeros(batch, cfg.lru_width, **z), torch.zeros(cfg.conv1d_width - 1, batch, cfg.lru_width, **z),
+                torch.zeros(0, batch, kv, **z), torch.zeros(0, batch, kv, **z))
+
+    def _norm(self, x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps) * (1 + w)
+
+    def _gelu(self, x):
+        return F.gelu(x, approximate=ACTIVATIONS[self.config.hidden_activation])
+
+    def _embed_tokens(self, x):
+        return F.embedding(x, self._w["model.embed_tokens.weight"]) * embedding_scale(self.config.hidden_size)
+
+    def _logits(self, h):
+        cap = self.config.logits_soft_cap
+        head = self._w.get("lm_head.weight", self._w["model.embed_tokens.weight"])
+        return torch.tanh(F.linear(self._norm(h, self._w["model.final_norm.weight"]), head) / cap) * cap
+
+    def _linear(self, x, name):
+        return F.linear(x, self._w[name + ".weight"], self._w.get(name + ".bias"))
+
+    def _layer_chunk(self, k, h, a, state, edits, record):
+        def edit(site, v):
+            for e in edits.get(site, ()):
+                if len(e.steps) and e.steps[-1] >= a and e.steps[0] < a + h.shape[0]:
+                    v = e.apply_all(v, a)
+            return v
+
+        p = f"model.layers.{k}."
+        vals = {"in": edit("in", self._norm(h, self._w[p + "temporal_pre_norm.weight"]))}
+        if self.layer_kind(k) == "recurrent":
+            mixed, lru, buf = self._recurrent_block(p + "temporal_block.", vals, a, *state[:2], edit, edits.get("state", ()))
+            state = (lru, buf, *state[2:])
+        else:
+            mixed, keys, values = self._attention_block(p + "temporal_block.", vals, a, *state[2:], edit)
+            state = (*state[:2], keys, values)
+        r = h + mixed
+        n = self._norm(r, self._w[p + "channel_pre_norm.weight"])
+        m = p + "mlp_block."
+        ff = self._linear(self._gelu(self._linear(n, m + "gate_proj")) * self._linear(n, m + "up_proj"), m + "down_proj")
+        vals["out"] = edit("out", r + ff)
+        return vals, state
+
+    def _recurrent_block(self, t, vals, a, lru, buf, edit, state_edits):
+        """The RG-LRU block on a chunk: fills ``vals``; returns (its output, h, conv buffer)."""
+        cfg = self.config
+        w = self._w
+        x = vals["in"]
+        n = x.shape[0]
+        vals["y_branch"] = y = edit("y_branch", self._gelu(self._linear(x, t + "linear_y")))
+        vals["x_branch"] = xb = edit("x_branch", self._linear(x, t + "linear_x"))
+        xc = torch.cat([buf, xb])  # [K-1+n, B, width]
+        kernel = w[t + "conv_1d.weight"][:, 0, :]
+        u = xc[0:n] * kernel[:, 0]
+        for j in range(1, cfg.conv1d_width):
+            u = u + xc[j:j + n] * kernel[:, j]
+        vals["conv"] = u = edit("conv", u + w[t + "conv_1d.bias"])
+        new_buf = xc[n:].clone()
+        vals["gate_r"] = r = edit("gate_r", torch.sigmoid(self._block_diagonal(u, t + "rg_lru.recurrent_gate")))
+        vals["gate_i"] = i = edit("gate_i", torch.sigmoid(self._block_diagonal(u, t + "rg_lru.input_gate")))
+        decay = torch.exp(-C_EXPONENT * r * F.softplus(w[t + "rg_lru.recurrent_param"]))
+        if a == 0:
+            decay[0] = 0  # the reset at the first position
+        vals["a"] = decay = edit("a", decay)
+        inp = (u * i) * input_scale(decay, a)
+        vals["state"], lru = self._recurrence(decay, inp, lru, state_edits, a)
+        vals["mix"] = mix = edit("mix", vals["state"] * y)
+        return self._linear(mix, t + "linear_out"), lru, new_buf
+
+    def _block_diagonal(self, u, name):
+        H, bw = self.config.num_attention_heads, self.config.block_width
+        heads = u.reshape(*u.shape[:-1], H, bw)
+        out = torch.einsum("...hi,hij->...hj", heads, self._w[name + "_weight"]) + self._w[name + "_bias"]
+        return out.reshape(u.shape)
+
+    def _recurrence(self, decay, inp, h, state_edits, a):
+        """``h_t = decay_t h_(t-1) + inp_t`` over the chunk, split after each edited step."""
+        n = decay.shape[0]
+        hs = torch.empty_like(inp)
+        decay, inp = decay.contiguous(), inp.contiguous()
+        scan = _scan_numba if self.scan == "numba" else scan_blocks
+        steps = sorted({int(s) - a for e in state_edits for s in e.steps if a <= s < a + n})
+        h = h.clone().contiguous()
+        o = 0
+        for t in steps + [n]:
+            stop = min(t + 1, n)
+            if stop > o:
+                h = scan(decay[o:stop], inp[o:stop], h, hs[o:stop])
+            if t == n:
+                break
+            for e in state_edits:
+                h = e.apply_step(h, a + t)
+            hs[t] = h = h.contiguous()
+            o = t + 1
+        return hs, h
+
+    def _attention_block(self, t, vals, a, keys, values, edit):
+        """Local multi-query attention on a chunk: fills ``vals``; returns (its output, the
+        last ``attention_window_size - 1`` keys and values)."""
+        cfg = self.config
+        x = vals["in"]
+        n, B = x.shape[:2]
+        cos, sin = self._rotary(a, n)
+        vals["q"] = q = edit("q", rotate(self._linear(x, t + "q_proj"), cos, sin, cfg.head_dim))
+        vals["k"] = k = edit("k", rotate(self._linear(x, t + "k_proj"), cos, sin, cfg.head_dim))
+        vals["v"] = v = edit("v", self._linear(x, t + "v_proj"))
+        keys, values = torch.cat([keys, k]), torch.cat([values, v])
+        weights = local_attention_weights(q, keys, a, a + n - keys.shape[0], cfg)  # [B, H, n, keys]
+        H, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        vh = values.reshape(-1, B, kv, 1, hd).expand(-1, B, kv, H // kv, hd).reshape(-1, B, H, hd)
+        o = torch.einsum("bhnm,mbhd->nbhd", weights, vh).reshape(n, B, H * hd)
+        vals["o"] = o = edit("o", o)
+        first_kept = max(0, keys.shape[0] - (cfg.attention_window_size - 1))
+        return self._linear(o, t + "o_proj"), keys[first_kept:].clone(), values[first_kept:].clone()
+
+    def _rotary(self, a, n):
+        """cos and sin of the rotary embedding for positions ``a..a+n-1``: [n, 1, rotary_dim]."""
+        rot = self.config.rotary_dim
+        inv = 1.0 / (self.config.rope_theta ** (torch.arange(0, rot, 2, dtype=self.dtype, device=self.device) / rot))
+        freqs = torch.arange(a, a + n, dtype=self.dtype, device=self.device)[:, None] * inv
+        emb = torch.cat([freqs, freqs], -1)[:, None, :]
+        return emb.cos(), emb.sin()
+
+    def _attention(self, k, out, old, s, T, B):
+        """The ``attn`` probe of layer ``k``: the whole window is recomputed whenever one of its
+        rows may have changed."""
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        res = torch.full((T, B, c1 - c0), float("nan"), dtype=self.dtype, device=self.device)
+        if s:
+            res[:s] = old[layer_probe(k, "attn")][:s]
+        hi = min(r1, T)
+        if r0 >= hi or s >= hi:
+            return res
+        if self.layer_kind(k) == "recurrent":
+            decay, gate = out[layer_probe(k, "a")], out[layer_probe(k, "gate_i")]
+            weight = input_scale(decay, 0) * gate
+            for b in range(B):
+                res[r0:hi, b] = gated_attention(decay[:, b], weight[:, b], (r0, hi), (c0, c1))
+        else:
+            q, keys = out[layer_probe(k, "q")], out[layer_probe(k, "k")]
+            res[r0:hi] = local_attention(q, keys, (r0, hi), (c0, c1), self.config).permute(1, 0, 2)
+        return res
+
+
+# ======================================================================================
+# local attention and the rotary embedding
+# ======================================================================================
+
+
+def rotate(x, cos, sin, head_dim):
+    """The rotary embedding on the first ``rotary_dim`` units of every head of ``x`` [n, B,
+    heads * head_dim] (pairs ``(j, j + rotary_dim / 2)``, as ``transformers``' rotate_half)."""
+    n, B, width = x.shape
+    heads = x.reshape(n, B, width // head_dim, head_dim)
+    rot = cos.shape[-1]
+    r, rest = heads[..., :rot], heads[..., rot:]
+    half = torch.cat([-r[..., rot // 2:], r[..., :rot // 2]], -1)
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    return torch.cat([r * c + half * s, rest], -1).reshape(n, B, width)
+
+
+def local_attention_weights(q, keys, q_first: int, k_first: int, cfg: RecurrentGemmaConfig) -> torch.Tensor:
+    """Softmax weights [B, heads, queries, keys] of queries ``q`` [n, B, heads * hd] at
+    positions ``q_first..`` on ``keys`` [m, B, kv_heads * hd] at positions ``k_first..``: query
+    step i sees key step j when ``i - attention_window_size < j <= i``."""
+    H, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    n, B, m = q.shape[0], q.shape[1], keys.shape[0]
+    qh = q.reshape(n, B, kv, H // kv, hd)
+    kh = keys.reshape(m, B, kv, hd)
+    scores = torch.einsum("nbkgd,mbkd->bkgnm", qh, kh).reshape(B, H, n, m) * hd ** -0.5
+    i = torch.arange(q_first, q_first + n, device=q.device)[:, None]
+    j = torch.arange(k_first, k_first + m, device=q.device)[None, :]
+    visible = (j <= i) & (j > i - cfg.attention_window_size)
+    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
+
+
+def local_attention(q, keys, rows, cols, cfg: RecurrentGemmaConfig, reduce="mean") -> torch.Tensor:
+    """The attention of query steps ``rows`` on key steps ``cols`` (half-open ranges), from a
+    layer's ``q`` [T, B, heads * hd] and ``k`` [T, B, kv_heads * hd] probes: [B, rows, cols]
+    (mean over heads) or [B, heads, rows, cols] (``reduce=None``); 0 where j is not visible."""
+    T, B = q.shape[:2]
+    (r0, r1), (c0, c1) = rows, cols
+    H = cfg.num_attention_heads
+    out = q.new_zeros((B, r1 - r0, c1 - c0) if reduce else (B, H, r1 - r0, c1 - c0))
+    r1c = min(r1, T)
+    lo = max(0, r0 - cfg.attention_window_size + 1)  # the first key any row can see
+    if r1c <= r0:
+        return out
+    wts = local_attention_weights(q[r0:r1c], keys[lo:r1c], r0, lo, cfg)  # [B, H, rows, lo..r1c)
+    a, b = max(c0, lo), min(c1, r1c)
+    if a < b:
+        part = wts[..., a - lo:b - lo]
+        if reduce:
+            out[:, :r1c - r0, a - c0:b - c0] = part.mean(1)
+        else:
+            out[:, :, :r1c - r0, a - c0:b - c0] = part
+    return out
+
+
+# ======================================================================================
+# the recurrence h_t = coef_t h_(t-1) + inp_t in closed form over blocks of steps
+# ======================================================================================
+
+
+def scan_blocks(coef, inp, h, hs, block: int = BLOCK):
+    """``hs[t] = coef_t hs[t-1] + inp_t`` from ``h`` (returns the last state), ``block`` steps
+    at a time: ``h_t = P_t0 h + sum_(s<=t) P_ts inp_s`` with ``P_ts = prod_(k=s+1..t) coef_k``
+    formed by a cumulative product (exact for any coefficients, zeros included: no logarithms
+    and no division).  Terms with s > t are selected away, not multiplied by 0, so a NaN or inf
+    that an edit put at step s never reaches an earlier step."""
+    n = coef.shape[0]
+    for p in range(0, n, block):
+        c, u = coef[p:p + block], inp[p:p + block]
+        m = c.shape[0]
+        tri = torch.ones(m, m, dtype=torch.bool, device=c.device)
+        after, upto = tri.tril(-1)[:, :, None, None], tri.tril()[:, :, None, None]  # s < t, s <= t
+        P = torch.where(after, c[:, None], torch.ones_like(c[:1, None])).cumprod(0)  # [t, s, ...]
+        hs[p:p + m] = torch.where(upto, P * u[None], 0).sum(1) + c.cumprod(0) * h
+        h = hs[p + m - 1].clone()
+    return h
+
+
+# ======================================================================================
+# loading
+# ======================================================================================
+
+_TEMPORAL = re.compile(r"^(.*?)layers\.(\d+)\.temporal_block\.(rg_lru\.recurrent_param|q_proj\.weight)$")
+
+
+def looks_like_recurrent_gemma(tensors: dict, configs: list) -> bool:
+    """A RecurrentGemma checkpoint: ``…layers.{i}.temporal_block.rg_lru…`` or ``…q_proj``
+    tensors, or a config with ``model_type`` "recurrent_gemma"."""
+    if any(_TEMPORAL.match(k) for k in tensors):
+        return True
+    return any(str(d.get("model_type", "")).lower() == "recurrent_gemma" or d.get("family") == "recurrent_gemma"
+               for _, d in configs)
+
+
+def _config_from_files(configs: list) -> tuple[dict, str]:
+    for src, d in configs:
+        if d.get("family") == "recurrent_gemma":
+            return {k: v for k, v in d.items() if k in RecurrentGemmaConfig.__dataclass_fields__}, "SeqScope"
+        if str(d.get("model_type", "")).lower() == "recurrent_gemma":
+            out = {k: d[k] for k in RecurrentGemmaConfig.__dataclass_fields__ if d.get(k) is not None}
+            rope = d.get("rope_parameters") or {}
+            for key in ("rope_theta", "partial_rotary_factor"):  # transformers 5 keeps them in rope_parameters
+                if key in rope:
+                    out[key] = rope[key]
+            if d.get("final_logit_softcapping") and "logits_soft_cap" not in out:
+                out["logits_soft_cap"] = d["final_logit_softcapping"]
+            if out.get("lru_width") is None and "hidden_size" in out:
+                out["lru_width"] = out["hidden_size"]
+            if out.get("num_key_value_heads") is None and "num_attention_heads" in out:
+                out["num_key_value_heads"] = out["num_attention_heads"]
+            return out, "transformers RecurrentGemmaForCausalLM"
+    return {}, ""
+
+
+def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
+    """File keys -> ``RecurrentGemmaForCausalLM`` names whatever the prefix (``model.``, none);
+    returns (canonical -> tensor, canonical -> file key)."""
+    prefixes = {m.group(1) for k in tensors if (m := _TEMPORAL.match(k))}
+    if len(prefixes) != 1:
+        raise LoadError(f"{name}: expected RecurrentGemma layers named …layers.{{i}}.temporal_block.* under one "
+                        f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
+    prefix = prefixes.pop()
+    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
+    canon, origin = {}, {}
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            cn = "model." + k[len(prefix):]
+        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
+            cn = k[len(outer):]
+        else:
+            cn = k
+        canon[cn], origin[cn] = v, k
+    return canon, origin
+
+
+def _infer_config(canon: dict, stated: dict, notes: list) -> dict:
+    """Config fields from the weights where the config files left them out."""
+    out = dict(stated)
+    kinds = []
+    while any(k.startswith(f"model.layers.{len(kinds)}.") for k in canon):
+        i = len(kinds)
+        kinds.append("attention" if f"model.layers.{i}.temporal_block.q_proj.weight" in canon else "recurrent")
+    out.setdefault("num_hidden_layers", len(kinds))
+    out.setdefault("block_types", tuple(kinds) or ("recurrent",))
+
+    def shape(key):
+        v = canon.get(key)
+        return tuple(v.shape) if v is not None else None
+
+    emb = shape("model.embed_tokens.weight")
+    if emb and len(emb) == 2:
+        out.setdefault("vocab_size", emb[0])
+        out.setdefault("hidden_size", emb[1])
+    rec = next((i for i, kd in enumerate(kinds) if kd == "recurrent"), None)
+    att = next((i for i, kd in enumerate(kinds) if kd == "attention"), None)
+    if rec is not None:
+        t = f"model.layers.{rec}.temporal_block."
+        if (s := shape(t + "rg_lru.recurrent_param")) and len(s) == 1:
+            out.setdefault("lru_width", s[0])
+        if (s := shape(t + "rg_lru.input_gate_weight")) and len(s) == 3:
+            out.setdefault("num_attention_heads", s[0])
+        if (s := shape(t + "conv_1d.weight")) and len(s) == 3:
+            out.setdefault("conv1d_width", s[2])
+    if att is not None and "hidden_size" in out:
+        t = f"model.layers.{att}.temporal_block."
+        q, kk = shape(t + "q_proj.weight"), shape(t + "k_proj.weight")
+        out.setdefault("attention_bias", t + "q_proj.bias" in canon)
+        if "num_attention_heads" in out and q and kk:
+            hd = out["hidden_size"] // out["num_attention_heads"]
+            out.setdefault("num_key_value_heads", max(1, kk[0] // hd))
+        if "attention_window_size" not in out:
+            notes.append("no config states attention_window_size; the default 2048 was used")
+    out.setdefault("lru_width", out.get("hidden_size", 0))
+    out.setdefault("num_key_value_heads", out.get("num_attention_heads", 1))
+    if (s := shape("model.layers.0.mlp_block.gate_proj.weight")) and len(s) == 2:
+        out.setdefault("intermediate_size", 2 * s[0])
+    if "lm_head.weight" not in canon:
+        out["tie_word_embeddings"] = True
+    elif "tie_word_embeddings" not in stated:
+        lm, e = canon["lm_head.weight"], canon.get("model.embed_tokens.weight")
+        out["tie_word_embeddings"] = e is not None and lm.shape == e.shape and bool(torch.equal(lm, e))
+    return out
+
+
+def load_recurrent_gemma(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True,
+                         **kwargs) -> RecurrentGemmaModel:
+    """A :class:`RecurrentGemmaModel` from a checkpoint's tensors and its configs
+    (``[(where, dict)]``); every problem is a LoadError naming the keys involved."""
+    notes: list[str] = []
+    stated, layout = _config_from_files(configs)
+    canon, origin = _canonical_names(tensors, name)
+    fields = _infer_config(canon, stated, notes)
+    try:
+        cfg = RecurrentGemmaConfig.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise LoadError(f"{name}: the RecurrentGemma config is not valid: {exc}") from None
+    expected = canonical_weight_shapes(cfg)
+    if cfg.tie_word_embeddings and "lm_head.weight" in canon:  # a tied head saved anyway must equal the embedding
+        lm, e = canon["lm_head.weight"], canon.get("model.embed_tokens.weight")
+        if e is not None and lm.shape == e.shape and not torch.equal(lm, e):
+            raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from them")
+        expected = {**expected, "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    missing = [key(cn) for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
+    unused = [key(cn) for cn in canon if cn not in expected]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
+    if bad:
+        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    if unused and strict:
+        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
+                     + " (load with strict=False to ignore them)")
+    if parts:
+        what = layout or "layout from the weights"
+        raise LoadError(f"{name} does not hold the weights of a RecurrentGemma model ({what}: "
+                        f"hidden_size={cfg.hidden_size}, layers={cfg.num_hidden_layers} "
+                        f"{list(cfg.block_types)[:cfg.num_hidden_layers]}, lru_width={cfg.lru_width}, "
+                        f"heads={cfg.num_attention_heads}): " + ". ".join(parts))
+    if unused:
+        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+    weights = {cn: canon[cn] for cn in expected if not (cn == "lm_head.weight" and cfg.tie_word_embeddings)}
+    try:
+        model = RecurrentGemmaModel(cfg, weights, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name}: could not build the RecurrentGemma model: {exc}") from None
+    model.load_info.update({"format": fmt, "layout": layout or "inferred from the weights"})
+    if notes:
+        model.load_info["notes"] = "\n".join(notes)
+    return model
+
+
+def from_transformers(hf_model, **kwargs) -> RecurrentGemmaModel:
+    """Wrap an in-memory ``transformers`` ``RecurrentGemmaForCausalLM`` (weights are copied)."""
+    kwargs.setdefault("dtype", next(hf_model.parameters()).dtype)
+    c = hf_model.config.to_dict()
+    c["model_type"] = "recurrent_gemma"
+    return load_recurrent_gemma(dict(hf_model.state_dict()), [("config", c)], name=f"<in-memory {type(hf_model).__name__}>",
+                                fmt="in-memory", source=f"<in-memory {type(hf_model).__name__}>", **kwargs)
+
+
+#: the names engine.loading looks for in a family module
+looks_like = looks_like_recurrent_gemma
+load = load_recurrent_gemma

@@ -13,7 +13,8 @@ does (``config.json`` + ``model.safetensors``, a tied ``lm_head`` left out).
 
 ``overrides`` edit a value by hand: ``{(probe, t): f}`` with probe ``layers.{k}.{site}``, ``f(value)
 -> value`` (``state``: the [H*K, V] array after step t).  ``state0 = {layer: [H*K, V]}`` starts a
-layer from a state; ``start_layer_input`` replaces the embedding rows.
+layer from a state; ``start_layer_input`` replaces the embedding rows; ``start_position`` is the
+position of the first token (RetNet's rotary embeddings).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def float64_weights(sd: dict) -> dict:
     return {k: v.detach().double().cpu().numpy() for k, v in sd.items()}
 
 
-def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_layer_input=None):
+def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_layer_input=None, start_position=0):
     """One sequence.  ``w``: float64 arrays with fla names; ``config``: the fla ``config.json``
     dict.  Returns ``{probe: [T, ...]}`` for embed, every layer site but attn, and logits."""
     overrides = overrides or {}
@@ -100,7 +101,7 @@ def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_
                     proj[m] = _silu(acc)
             q, k, v = phi(proj["q"]), phi(proj["k"]), proj["v"]
             if family == "retnet":
-                ang = t * inv_freq
+                ang = (start_position + t) * inv_freq
                 cos, sin = np.cos(ang), np.sin(ang)
 
                 def rot(z):

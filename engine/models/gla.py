@@ -68,6 +68,7 @@ from .mamba import AttentionWindow
 FAMILIES = ("gla", "retnet")
 FEATURE_MAPS = {None: None, "relu": F.relu, "sigmoid": torch.sigmoid, "swish": F.silu, "silu": F.silu}
 SUB = 64  #: steps per sub-chunk of the chunked recurrence
+BLK = 16  #: rows per block inside a sub-chunk (GLA's pairwise sums)
 TILE = 32  #: rows per tile of the implicit attention
 ROTARY_BASE = 10000.0
 
@@ -532,36 +533,63 @@ def _recurrence(q, k, v, log_a, S, a, state_edits, want_states):
 
 def _chunked_scan(q, k, v, log_a, S, want_states):
     """The recurrence over ``n`` steps in sub-chunks of ``SUB`` (tensors [B, H, n, .]).  Inside a
-    sub-chunk with cumulative log decay b (inclusive): ``o_i = (q_i e^(b_i)) S_0 + sum_(j<=i)
-    (sum_c q_ic k_jc e^(b_ic - b_jc)) v_j``; then ``S = e^(b_last) S_0 + sum_j (k_j
-    e^(b_last - b_j))^T v_j``.  Every exponent is <= 0 for decays <= 1."""
-    B, H, n = q.shape[:3]
-    o = q.new_empty(B, H, n, v.shape[-1])
-    states = q.new_empty(B, H, n, k.shape[-1], v.shape[-1]) if want_states else None
-    scalar = log_a.shape[-1] == 1  # RetNet: one decay per head
-    for s in range(0, n, SUB):
-        e = min(s + SUB, n)
+    sub-chunk with cumulative log decay b (inclusive): ``o_i = (q_i e^(b_i)) S_0 + sum_(j<=i) A_ij
+    v_j`` with ``A_ij = sum_c q_ic k_jc e^(b_ic - b_jc)``; then ``S = e^(b_last) S_0 + sum_j (k_j
+    e^(b_last - b_j))^T v_j``.  Every exponent is <= 0 for decays <= 1.  Every step's state
+    (``want_states``) comes from a loop over the steps."""
+    o = q.new_empty(*q.shape[:3], v.shape[-1])
+    states = _states_by_steps(k, v, log_a, S) if want_states else None
+    intra = _intra_scalar if log_a.shape[-1] == 1 else _intra_gated
+    for s in range(0, q.shape[2], SUB):
+        e = min(s + SUB, q.shape[2])
         qc, kc, vc = q[:, :, s:e], k[:, :, s:e], v[:, :, s:e]
         b = torch.cumsum(log_a[:, :, s:e], 2)  # [B|1, H, C, K|1]
-        C = e - s
-        future = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
-        if scalar:
-            diff = (b - b.transpose(-1, -2)).masked_fill(future, float("-inf"))  # [.., C(i), C(j)]
-            A = (qc @ kc.transpose(-1, -2)) * torch.exp(diff)
-            decay_ij = None
-        else:
-            diff = (b[:, :, :, None, :] - b[:, :, None, :, :]).masked_fill(future[..., None], float("-inf"))
-            decay_ij = torch.exp(diff)  # [B, H, C(i), C(j), K]
-            A = (qc[:, :, :, None, :] * kc[:, :, None, :, :] * decay_ij).sum(-1)
-        o[:, :, s:e] = (qc * torch.exp(b)) @ S + A @ vc
-        if want_states:
-            if decay_ij is None:
-                decay_ij = torch.exp(diff)[..., None]
-            weighted = decay_ij * kc[:, :, None, :, :]  # [B, H, C(i), C(j), K]
-            states[:, :, s:e] = torch.exp(b)[..., None] * S[:, :, None] + weighted.transpose(-1, -2) @ vc[:, :, None]
-        last = b[:, :, -1:]  # [., H, 1, K|1]
+        o[:, :, s:e] = (qc * torch.exp(b)) @ S + intra(qc, kc, b) @ vc
+        last = b[:, :, -1:]
         S = torch.exp(last).transpose(-1, -2) * S + (kc * torch.exp(last - b)).transpose(-1, -2) @ vc
     return o, S, states
+
+
+def _intra_scalar(q, k, b):
+    """``A_ij = (q_i . k_j) e^(b_i - b_j)`` for j <= i (one decay per head: b [., H, C, 1])."""
+    C = q.shape[2]
+    future = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
+    return (q @ k.transpose(-1, -2)) * torch.exp((b - b.transpose(-1, -2)).masked_fill(future, float("-inf")))
+
+
+def _intra_gated(q, k, b):
+    """``A_ij = sum_c q_ic k_jc e^(b_ic - b_jc)`` for j <= i (a decay per key channel), in blocks
+    of ``BLK`` rows: columns before a block factorise through the cumulative decay just before
+    it (``q_i e^(b_i - ref)`` times ``k_j e^(ref - b_j)``, both exponents <= 0: one matmul);
+    columns inside the block are summed pairwise."""
+    B, H, C, K = q.shape
+    nb = -(-C // BLK)
+    pad = nb * BLK - C
+    if pad:  # zero queries and keys, no decay: rows and columns that are cut off again
+        q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
+        b = torch.cat([b, b[:, :, -1:].expand(-1, -1, pad, -1)], 2)
+    qb, kb, bb = (x.reshape(B, H, nb, BLK, K) for x in (q, k, b))
+    ref = F.pad(bb[:, :, :-1, -1:], (0, 0, 0, 0, 1, 0))  # [B, H, nb, 1, K]: b just before each block
+    cols = torch.arange(nb * BLK, device=q.device)
+    not_before = cols[None, :] >= (torch.arange(nb, device=q.device) * BLK)[:, None]  # [nb, C]
+    k_ref = k[:, :, None] * torch.exp((ref - b[:, :, None]).masked_fill(not_before[..., None], float("-inf")))
+    A = (qb * torch.exp(bb - ref)) @ k_ref.transpose(-1, -2)  # [B, H, nb, BLK, C]
+    future = torch.ones(BLK, BLK, dtype=torch.bool, device=q.device).triu(1)
+    diff = (bb[..., :, None, :] - bb[..., None, :, :]).masked_fill(future[..., None], float("-inf"))
+    inside = (qb[..., :, None, :] * kb[..., None, :, :] * torch.exp(diff)).sum(-1)  # [B, H, nb, BLK, BLK]
+    A = A.reshape(B, H, nb, BLK, nb, BLK)
+    A.diagonal(0, 2, 4).add_(inside.permute(0, 1, 3, 4, 2))
+    return A.reshape(B, H, nb * BLK, nb * BLK)[:, :, :C, :C]
+
+
+def _states_by_steps(k, v, log_a, S):
+    """Every step's state ``S_t = diag(e^(log_a_t)) S_(t-1) + k_t^T v_t``, [B, H, n, K, V]."""
+    out = k.new_empty(*k.shape[:3], k.shape[-1], v.shape[-1])
+    a = torch.exp(log_a)[..., None]  # [B|1, H, n, K|1, 1]
+    for t in range(k.shape[2]):
+        S = a[:, :, t] * S + k[:, :, t, :, None] * v[:, :, t, None, :]
+        out[:, :, t] = S
+    return out
 
 
 # ======================================================================================

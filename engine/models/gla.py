@@ -68,7 +68,7 @@ from .mamba import AttentionWindow
 FAMILIES = ("gla", "retnet")
 FEATURE_MAPS = {None: None, "relu": F.relu, "sigmoid": torch.sigmoid, "swish": F.silu, "silu": F.silu}
 SUB = 64  #: steps per sub-chunk of the chunked recurrence
-BLK = 16  #: rows per block inside a sub-chunk (GLA's pairwise sums)
+BLK = 8  #: rows per block inside a sub-chunk (GLA's pairwise sums)
 TILE = 32  #: rows per tile of the implicit attention
 ROTARY_BASE = 10000.0
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import engine
-from engine.models.gla import SUB, LinearAttentionModel, linear_attention
+from engine.models.gla import SUB, LinearAttentionModel, attention_from_trace, linear_attention
 from gla_reference import fla_config, float64_weights, load_fla_naive, random_checkpoint, reference_lm, save_fla_folder
 
 CASES = [
@@ -162,3 +162,14 @@ def test_the_attn_probe_holds_the_window_mean_abs_over_heads(family):
         cols = min(60, T) - 10
         want[:, :cols] = full[20:hi, 10:10 + cols].abs().mean(-1).numpy()
         np.testing.assert_allclose(att[20:hi], want, atol=1e-12, rtol=1e-10)
+        np.testing.assert_allclose(attention_from_trace(tr, model, 1, (20, 90), (10, 60), sequence=s)[:hi - 20],
+                                   want, atol=1e-12, rtol=1e-10)
+
+
+def test_a_long_input_computes_only_the_window():
+    model, _, _ = build("gla", seed=13)
+    model.attention_window = ((2900, 2964), (2800, 2964))
+    tr = engine.run(model, ids(3000, 9), probes="layers.0.attn")
+    att = tr["layers.0.attn"]
+    assert att.shape == (3000, 164) and np.isnan(att[:2900]).all() and np.isnan(att[2964:]).all()
+    assert np.isfinite(att[2900:2964]).all() and (att[2900:2964, :100] > 0).all()

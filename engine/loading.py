@@ -54,6 +54,8 @@ from pathlib import Path
 import torch
 
 from .errors import LoadError
+from .models import hgrn as _hgrn
+from .models import lru as _lru
 from .models import mamba as _mamba
 from .models import mingru as _mingru
 from .models import rwkv as _rwkv
@@ -135,7 +137,7 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
         configs = _stored_configs(found)
         if isinstance(found.metadata.get("seqscope_config"), Mapping):
             configs.insert(0, ("metadata seqscope_config", dict(found.metadata["seqscope_config"])))
-        for family in (_mamba, _mingru, _rwkv):
+        for family in (_mamba, _mingru, _rwkv, _hgrn, _lru):
             if family.looks_like(found.tensors, configs):
                 return _build_family(family, found, configs, device=device, dtype=dtype, strict=strict,
                                      source=str(path))

@@ -1,0 +1,218 @@
+"""The scan shared by the diagonal (elementwise) linear recurrences, HGRN and LRU::
+
+    h_t = a_t * h_(t-1) + v_t          per channel; real (HGRN) or complex (LRU)
+
+with ``a_t`` data dependent ([n, B, D]) or one constant per channel ([D]).
+
+No loop over steps: a stretch of steps is cut into blocks of ``SUB`` steps, and inside a block
+every step comes at once from the products of the coefficients,
+
+    h_t = sum_(s=-1..t) P[t, s] v_s,    P[t, s] = a_(s+1) ... a_t,   v_(-1) = h entering the block,
+
+``P`` being a masked cumulative product (or, for a constant ``a``, a table of its powers).
+Only the blocks follow one another.  Every block has the same shape (the last one is padded),
+so a step's value has the same bits however far the stretch reaches past it: a run cut at an
+edited state, or re-run from a cached state, computes the steps it shares with a full run
+exactly as the full run does.  Products, not sums of logarithms, so gates that are zero or
+negative (after an intervention) are exact too.
+"""
+from __future__ import annotations
+
+import torch
+
+from .chunked import ChunkedLayerModel
+
+#: steps per block: the work per step grows with it, the number of sequential blocks shrinks
+SUB = 32
+
+
+def _block_products(a: torch.Tensor) -> torch.Tensor:
+    """``a`` [S, B, D] -> ``P`` [S, S + 1, B, D] with ``P[t, s + 1] = a_(s+1) ... a_t`` for
+    ``-1 <= s <= t`` and 0 above the diagonal (s > t)."""
+    S = a.shape[0]
+    t = torch.arange(S, device=a.device)
+    s = torch.arange(-1, S, device=a.device)
+    below = (t[:, None] > s[None, :])[:, :, None, None]  # a_t is a factor of P[t, s] when t > s
+    P = torch.where(below, a[:, None], torch.ones((), dtype=a.dtype, device=a.device)).cumprod(0)
+    upper = (t[:, None] < s[None, :])[:, :, None, None]
+    return P.masked_fill(upper, 0)
+
+
+def constant_powers(log_a: torch.Tensor) -> torch.Tensor:
+    """For a constant ``a = exp(log_a)`` per channel ([D], real or complex): the ``P`` of a
+    block, ``P[t, s + 1] = a^(t - s)`` below the diagonal, [SUB, SUB + 1, 1, D].  Each power is
+    ``exp(m log_a)``, computed directly (no error piles up over m)."""
+    t = torch.arange(SUB, device=log_a.device)
+    s = torch.arange(-1, SUB, device=log_a.device)
+    m = (t[:, None] - s[None, :])  # [SUB, SUB + 1]
+    P = torch.exp(m.clamp(min=0).to(log_a.real.dtype)[:, :, None] * log_a)
+    return P.masked_fill((m < 0)[:, :, None], 0)[:, :, None, :]
+
+
+def diagonal_scan(a, v: torch.Tensor, h: torch.Tensor, powers: torch.Tensor | None = None) -> torch.Tensor:
+    """``h_t = a_t h_(t-1) + v_t`` over the steps of ``v`` [n, B, D], from ``h`` [B, D].
+
+    ``a`` is [n, B, D], or None with ``powers`` from :func:`constant_powers` for a constant
+    coefficient.  Returns every ``h_t``, [n, B, D]."""
+    n, B, D = v.shape
+    out = v.new_empty(n, B, D)
+    pad = -n % SUB
+    if pad:
+        v = torch.cat([v, v.new_zeros(pad, B, D)])
+        if a is not None:
+            a = torch.cat([a, a.new_ones(pad, B, D)])
+    for p in range(0, n, SUB):
+        P = powers if a is None else _block_products(a[p:p + SUB])
+        vs = torch.cat([h[None], v[p:p + SUB]])  # [SUB + 1, B, D]: the entering state first
+        hs = (P * vs[None]).sum(1)
+        q = min(p + SUB, n)
+        out[p:q] = hs[:q - p]
+        h = hs[q - p - 1]
+    return out
+
+
+def scan_split_at_edits(a, v, h, a0: int, state_edits, powers=None, flat=None, unflat=None) -> torch.Tensor:
+    """:func:`diagonal_scan` over a chunk whose first step is ``a0``, cut after every step where
+    an intervention edits the state: steps up to t run, the state after t is edited (and
+    recorded so), the scan goes on from it.  ``flat``/``unflat`` turn a state [B, D] into the
+    probe's flat units [B, width] and back (complex states show re and im)."""
+    n = v.shape[0]
+    hs = v.new_empty(v.shape)
+    steps = sorted({int(t) - a0 for e in state_edits for t in e.steps if a0 <= t < a0 + n})
+    o = 0
+    for t in steps + [n]:
+        stop = min(t + 1, n)
+        if stop > o:
+            hs[o:stop] = diagonal_scan(None if a is None else a[o:stop], v[o:stop], h, powers)
+            h = hs[stop - 1]
+        if t == n:
+            break
+        x = flat(h) if flat else h
+        for e in state_edits:
+            x = e.apply_step(x, a0 + t)
+        h = unflat(x) if unflat else x
+        hs[t] = h
+        o = t + 1
+    return hs
+
+
+def edits_in_chunk(edits: dict, a: int, n: int):
+    """``edit(site, v)``: the interventions on ``site`` applied to a chunk's values [n, B, ...]
+    holding steps ``a..a+n-1``."""
+    def edit(site, v):
+        for e in edits.get(site, ()):
+            if len(e.steps) and e.steps[-1] >= a and e.steps[0] < a + n:
+                v = e.apply_all(v, a)
+        return v
+    return edit
+
+
+def check_weights(name: str, what: str, expected: dict, canon: dict, origin: dict, strict: bool) -> list[str]:
+    """The unused file keys; a LoadError naming missing, misshapen (and, when ``strict``,
+    unexpected) tensors by their names in the file."""
+    from ..errors import LoadError
+
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    missing = [key(cn) for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != tuple(expected[cn])]
+    unused = [key(cn) for cn in canon if cn not in expected]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing[:12]))
+    if bad:
+        parts.append("wrong shapes: " + "; ".join(bad[:8]))
+    if unused and strict:
+        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
+    if parts:
+        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    return unused
+
+
+class DiagonalRecurrenceModel(ChunkedLayerModel):
+    """What HGRN and LRU models share besides the scan: weights checked against the config
+    (``weight_shapes(config)``), held in the model's dtype and device, ``_prepare()`` for the
+    tensors derived from them, the attention window, ``info``."""
+
+    NOT_EDITABLE = {"attn": "it is computed from the recorded gates after the run and feeds nothing; "
+                            "intervene on the sites it is computed from instead"}
+
+    @staticmethod
+    def weight_shapes(config) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _prepare(self):
+        """Tensors derived from the weights (after loading and after :meth:`to`)."""
+
+    def __init__(self, config, weights: dict, *, tokenizer=None, source: str = "", dtype=torch.float32,
+                 device="cpu", attention_window=None):
+        from .mamba import AttentionWindow
+
+        expected = self.weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
+        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
+        self._window = AttentionWindow()
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._prepare()
+        self._specs = self._build_specs()
+
+    def to(self, device=None, dtype=None):
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        self._w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in self._w.items()}
+        self._prepare()
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.n_layer
+
+    def info(self) -> dict:
+        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
+                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._w)
+
+    def cache_key(self):
+        return self._window
+
+    def _attention_rows(self, k, out, old, s, T, B, rows_of_sequence):
+        """The ``attn`` probe of layer ``k``: NaN outside the window's rows, the rows before
+        ``s`` from the previous run, the window's rows computed by ``rows_of_sequence(b, (r0,
+        hi), cols)`` -> [hi - r0, cols] for sequence b (the whole window each time, so a
+        re-run computes it exactly as a full run does)."""
+        from ..probes import layer_probe
+
+        (r0, r1), cols = self._window.rows, self._window.cols
+        res = torch.full((T, B, self._window.width), float("nan"), dtype=self.dtype, device=self.device)
+        if s:
+            res[:s] = old[layer_probe(k, "attn")][:s]
+        hi = min(r1, T)
+        if r0 < hi and s < hi:
+            for b in range(B):
+                res[r0:hi, b] = rows_of_sequence(b, (r0, hi), cols)
+        return res

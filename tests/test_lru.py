@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import engine
-from engine import Intervention, LoadError, PrefixCache, Span
+from diagonal_checks import assert_cached_rerun_is_shorter_and_exact, assert_edit_is_causal, \
+    assert_edit_sessions_match_full_runs, assert_not_claimed
+from engine import Intervention, LoadError, Span
 from engine.models import hgrn, lru
 from engine.models.lru import LRUConfig, LRUModel, canonical_weight_shapes, lru_attention, save_lru
 from lru_reference import reference
@@ -89,14 +91,7 @@ def test_attention_reproduces_the_output_in_float64():
 
 @pytest.mark.parametrize("site", ["in", "Bu", "state", "y", "out"])
 def test_steps_before_t_are_bit_identical_and_later_steps_change(site):
-    model, w, cfg = make()
-    x = np.random.default_rng(6).integers(0, 23, 100)
-    t = 41
-    clean = engine.run(model, x, chunk=64)
-    edited = engine.run(model, x, chunk=64, interventions=[Intervention(f"layers.0.{site}", "add", 0.5, positions=Span(t))])
-    for name in clean.probes:
-        np.testing.assert_array_equal(edited[name][:t], clean[name][:t], err_msg=name)
-    assert np.abs(edited["logits"][t:] - clean["logits"][t:]).max() > 1e-4
+    assert_edit_is_causal(make()[0], f"layers.0.{site}", 23)
 
 
 def test_editing_the_input_and_the_state_matches_the_reference():
@@ -139,41 +134,11 @@ def test_patched_state_equals_running_the_suffix_from_that_state():
 
 
 def test_a_cached_rerun_starts_at_the_chunk_before_the_edit_and_equals_a_full_run():
-    model, w, cfg = make(layers=3)
-    model.attention_window = ((20, 90), (0, 80))
-    x = np.random.default_rng(11).integers(0, 23, 100)
-    cache = PrefixCache()
-    engine.run(model, x, cache=cache, chunk=16)
-    iv = Intervention("layers.1.state", "add", 0.4, positions=Span(45), units=[1, 3])
-    cached = engine.run(model, x, interventions=[iv], cache=cache, chunk=16)
-    assert cache.last_starts == [2**62, 32, 32]
-    full = engine.run(model, x, interventions=[iv], chunk=16)
-    for name in full.probes:
-        np.testing.assert_array_equal(cached[name], full[name], err_msg=name)
+    assert_cached_rerun_is_shorter_and_exact(make(layers=3)[0], 23)
 
 
 def test_random_edit_sessions_always_match_full_runs():
-    model, w, cfg = make()
-    model.attention_window = ((20, 80), (0, 70))
-    rng = np.random.default_rng(10)
-    sites = [s.name for s in model.probe_specs() if s.layer is not None and s.site != "attn"]
-    widths = {s.name: int(np.prod(s.shape)) for s in model.probe_specs()}
-    cache = PrefixCache()
-    x = rng.integers(0, 23, 90)
-    ivs = []
-    for step in range(20):
-        if step % 3 == 2 and ivs:
-            ivs.pop(0)
-        elif step % 5 == 4:
-            x = np.concatenate([x, rng.integers(0, 23, 7)])
-        else:
-            probe = str(rng.choice(sites))
-            ivs.append(Intervention(probe, "add", float(rng.normal()), positions=Span(int(rng.integers(1, len(x)))),
-                                    units=[int(rng.integers(0, widths[probe]))]))
-        cached = engine.run(model, x, interventions=ivs, cache=cache, chunk=16)
-        full = engine.run(model, x, interventions=ivs, chunk=16)
-        for name in full.probes:
-            np.testing.assert_array_equal(cached[name], full[name], err_msg=name)
+    assert_edit_sessions_match_full_runs(make()[0], 23)
 
 
 # -- saving and loading ---------------------------------------------------------------------------
@@ -225,16 +190,6 @@ def test_wrong_or_missing_keys_are_named(tmp_path):
 
 
 def test_other_families_are_not_claimed(tmp_path):
-    lstm = torch.nn.LSTM(8, 16)
-    torch.save(lstm.state_dict(), tmp_path / "lstm.pt")
-    assert engine.load(tmp_path / "lstm.pt", device="cpu").architecture == "lstm"
-    assert not lru.looks_like(lstm.state_dict(), [])
-    model, w, cfg = make()
-    assert lru.looks_like(model.state_dict(), []) and not hgrn.looks_like(model.state_dict(), [])
-    transformers = pytest.importorskip("transformers")
-    cfg_m = transformers.MambaConfig(vocab_size=20, hidden_size=16, state_size=4, num_hidden_layers=1)
-    transformers.MambaForCausalLM(cfg_m).save_pretrained(tmp_path / "mamba")
-    from safetensors.torch import load_file
-
-    msd = load_file(tmp_path / "mamba" / "model.safetensors")
-    assert not lru.looks_like(msd, [("config.json", json.loads((tmp_path / "mamba" / "config.json").read_text()))])
+    assert_not_claimed(lru, tmp_path)
+    sd = make()[0].state_dict()
+    assert lru.looks_like(sd, []) and not hgrn.looks_like(sd, [])

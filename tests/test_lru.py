@@ -14,7 +14,7 @@ import torch
 
 import engine
 from diagonal_checks import assert_cached_rerun_is_shorter_and_exact, assert_edit_is_causal, \
-    assert_edit_sessions_match_full_runs, assert_not_claimed
+    assert_edit_sessions_match_full_runs, assert_every_probe_matches, assert_not_claimed
 from engine import Intervention, LoadError, Span
 from engine.models import hgrn, lru
 from engine.models.lru import LRUConfig, LRUModel, canonical_weight_shapes, lru_attention, save_lru
@@ -45,21 +45,13 @@ def make(d=12, N=10, layers=2, vocab=23, seed=0, dtype=torch.float32):
 
 
 CASES = {"d12-N10": {}, "d8-N16-3layers": {"d": 8, "N": 16, "layers": 3}}
-LENGTHS = (300, 1, 45)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES)
 def test_every_probe_matches_the_complex128_reference(case, dtype):
     model, w, cfg = make(**CASES[case], dtype=dtype)
-    seqs = [np.random.default_rng(L).integers(0, 23, L) for L in LENGTHS]
-    trace = engine.run(model, seqs, chunk=64)
-    tol = 3e-5 if dtype == torch.float32 else 1e-10
-    for s, ids in enumerate(seqs):
-        ref = reference(w, ids, cfg)
-        assert set(ref) == {n for n in trace.probes if not n.endswith(".attn")}
-        for name, expected in ref.items():
-            np.testing.assert_allclose(trace.array(name, s), expected, atol=tol, rtol=tol, err_msg=name)
+    assert_every_probe_matches(model, lambda ids: reference(w, ids, cfg))
 
 
 def test_attention_reproduces_the_output_in_float64():

@@ -3,7 +3,7 @@ from the paper's recurrence (``tests/lru_reference.py``), the implicit attention
 the output, interventions inside the recurrence (complex sites edited through their re/im
 units), exact cached re-runs, saving with ``save_lru`` and loading.
 
-Tolerances: vs the reference 3e-5 (float32 models, up to 300 steps) and 1e-10 (float64);
+Tolerances: vs the reference 1e-4 (float32 models, up to 300 steps, |lambda| up to 0.99) and 1e-10 (float64);
 attention identity 1e-8 (float64); cached re-runs and causality bit for bit.
 """
 import json
@@ -51,7 +51,8 @@ CASES = {"d12-N10": {}, "d8-N16-3layers": {"d": 8, "N": 16, "layers": 3}}
 @pytest.mark.parametrize("case", CASES)
 def test_every_probe_matches_the_complex128_reference(case, dtype):
     model, w, cfg = make(**CASES[case], dtype=dtype)
-    assert_every_probe_matches(model, lambda ids: reference(w, ids, cfg))
+    # float32: the states of channels with |lambda| near 1 sum ~1/(1 - |lambda|) terms
+    assert_every_probe_matches(model, lambda ids: reference(w, ids, cfg), tol32=1e-4)
 
 
 def test_attention_reproduces_the_output_in_float64():

@@ -2,19 +2,20 @@
 
     h_t = a_t * h_(t-1) + v_t          per channel; real (HGRN) or complex (LRU)
 
-with ``a_t`` data dependent ([n, B, D]) or one constant per channel ([D]).
+with ``a_t`` data dependent ([n, B, D]) or one constant per channel (given as ``log a``, [D]).
 
-No loop over steps: a stretch of steps is cut into blocks of ``SUB`` steps, and inside a block
-every step comes at once from the products of the coefficients,
+No loop over steps: the pairs (a_t, v_t) are combined by a parallel prefix scan (Hillis and
+Steele): in pass k = 1, 2, 4, ... every step t >= k takes in the pair k steps back,
 
-    h_t = sum_(s=-1..t) P[t, s] v_s,    P[t, s] = a_(s+1) ... a_t,   v_(-1) = h entering the block,
+    v_t <- v_t + a_t v_(t-k),    a_t <- a_t a_(t-k),
 
-``P`` being a masked cumulative product (or, for a constant ``a``, a table of its powers).
-Only the blocks follow one another.  Every block has the same shape (the last one is padded),
-so a step's value has the same bits however far the stretch reaches past it: a run cut at an
-edited state, or re-run from a cached state, computes the steps it shares with a full run
-exactly as the full run does.  Products, not sums of logarithms, so gates that are zero or
-negative (after an intervention) are exact too.
+so after ceil(log2 n) elementwise passes ``v_t`` is the state reached from zero and ``a_t`` the
+product a_0 ... a_t, and ``h_t = v_t + a_t h_(-1)``.  Products, not sums of logarithms: gates
+that are zero or negative (after an intervention) stay exact.  A step's value comes from
+elementwise operations on the steps at or before it only, in an order that does not depend
+on how far the stretch goes on: a run cut at an edited state, or re-run from a cached state,
+computes the steps it shares with a full run bit for bit.  For a constant ``a`` the factors
+are its powers, each computed directly as ``exp(m log a)``.
 """
 from __future__ import annotations
 
@@ -22,56 +23,27 @@ import torch
 
 from .chunked import ChunkedLayerModel
 
-#: steps per block: the work per step grows with it, the number of sequential blocks shrinks
-SUB = 32
 
-
-def _block_products(a: torch.Tensor) -> torch.Tensor:
-    """``a`` [S, B, D] -> ``P`` [S, S + 1, B, D] with ``P[t, s + 1] = a_(s+1) ... a_t`` for
-    ``-1 <= s <= t`` and 0 above the diagonal (s > t)."""
-    S = a.shape[0]
-    t = torch.arange(S, device=a.device)
-    s = torch.arange(-1, S, device=a.device)
-    below = (t[:, None] > s[None, :])[:, :, None, None]  # a_t is a factor of P[t, s] when t > s
-    P = torch.where(below, a[:, None], torch.ones((), dtype=a.dtype, device=a.device)).cumprod(0)
-    upper = (t[:, None] < s[None, :])[:, :, None, None]
-    return P.masked_fill(upper, 0)
-
-
-def constant_powers(log_a: torch.Tensor) -> torch.Tensor:
-    """For a constant ``a = exp(log_a)`` per channel ([D], real or complex): the ``P`` of a
-    block, ``P[t, s + 1] = a^(t - s)`` below the diagonal, [SUB, SUB + 1, 1, D].  Each power is
-    ``exp(m log_a)``, computed directly (no error piles up over m)."""
-    t = torch.arange(SUB, device=log_a.device)
-    s = torch.arange(-1, SUB, device=log_a.device)
-    m = (t[:, None] - s[None, :])  # [SUB, SUB + 1]
-    P = torch.exp(m.clamp(min=0).to(log_a.real.dtype)[:, :, None] * log_a)
-    return P.masked_fill((m < 0)[:, :, None], 0)[:, :, None, :]
-
-
-def diagonal_scan(a, v: torch.Tensor, h: torch.Tensor, powers: torch.Tensor | None = None) -> torch.Tensor:
+def diagonal_scan(a, v: torch.Tensor, h: torch.Tensor, log_a: torch.Tensor | None = None) -> torch.Tensor:
     """``h_t = a_t h_(t-1) + v_t`` over the steps of ``v`` [n, B, D], from ``h`` [B, D].
 
-    ``a`` is [n, B, D], or None with ``powers`` from :func:`constant_powers` for a constant
-    coefficient.  Returns every ``h_t``, [n, B, D]."""
-    n, B, D = v.shape
-    out = v.new_empty(n, B, D)
-    pad = -n % SUB
-    if pad:
-        v = torch.cat([v, v.new_zeros(pad, B, D)])
+    ``a`` is [n, B, D], or None with ``log_a`` [D] for a constant coefficient ``exp(log_a)``.
+    Returns every ``h_t``, [n, B, D]."""
+    n = v.shape[0]
+    k = 1
+    while k < n:
+        factor = a[k:] if a is not None else torch.exp(k * log_a)
+        v = torch.cat([v[:k], v[k:] + factor * v[:-k]])
         if a is not None:
-            a = torch.cat([a, a.new_ones(pad, B, D)])
-    for p in range(0, n, SUB):
-        P = powers if a is None else _block_products(a[p:p + SUB])
-        vs = torch.cat([h[None], v[p:p + SUB]])  # [SUB + 1, B, D]: the entering state first
-        hs = (P * vs[None]).sum(1)
-        q = min(p + SUB, n)
-        out[p:q] = hs[:q - p]
-        h = hs[q - p - 1]
-    return out
+            a = torch.cat([a[:k], a[k:] * a[:-k]])
+        k *= 2
+    if a is None:  # a^(t+1) for the entering state
+        steps = torch.arange(1, n + 1, device=v.device, dtype=log_a.real.dtype)
+        a = torch.exp(steps[:, None] * log_a)[:, None, :]
+    return v + a * h
 
 
-def scan_split_at_edits(a, v, h, a0: int, state_edits, powers=None, flat=None, unflat=None) -> torch.Tensor:
+def scan_split_at_edits(a, v, h, a0: int, state_edits, log_a=None, flat=None, unflat=None) -> torch.Tensor:
     """:func:`diagonal_scan` over a chunk whose first step is ``a0``, cut after every step where
     an intervention edits the state: steps up to t run, the state after t is edited (and
     recorded so), the scan goes on from it.  ``flat``/``unflat`` turn a state [B, D] into the
@@ -83,7 +55,7 @@ def scan_split_at_edits(a, v, h, a0: int, state_edits, powers=None, flat=None, u
     for t in steps + [n]:
         stop = min(t + 1, n)
         if stop > o:
-            hs[o:stop] = diagonal_scan(None if a is None else a[o:stop], v[o:stop], h, powers)
+            hs[o:stop] = diagonal_scan(None if a is None else a[o:stop], v[o:stop], h, log_a)
             h = hs[stop - 1]
         if t == n:
             break

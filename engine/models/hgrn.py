@@ -34,8 +34,9 @@ prod_(k=j+1..i) f_k`` per channel, so ``h_i = sum_j alpha_ij i_j``; shown as the
 channels, for the window of :attr:`attention_window` only).
 
 Runs chunk by chunk (``engine.models.chunked``): every per-token quantity of a chunk at once,
-interventions applied to the whole chunk, then the recurrence by :mod:`.diagonal`'s block
-scan, cut where the state is edited.  The prefix cache keeps ``h`` and the two conv buffers.
+interventions applied to the whole chunk, then the recurrence by :mod:`.diagonal`'s parallel
+prefix scan (log2(chunk) elementwise passes, no loop over steps), cut where the state is
+edited.  The prefix cache keeps ``h`` and the two conv buffers.
 """
 from __future__ import annotations
 

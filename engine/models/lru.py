@@ -33,8 +33,8 @@ index them flattened: unit = 2 * channel + part, part 0 real, 1 imaginary; see
 ``mean_h |c_ij,h|`` over the d output units.
 
 Runs chunk by chunk (``engine.models.chunked``): every per-token quantity of a chunk at once,
-then the recurrence by :mod:`.diagonal`'s block scan with a table of powers of lambda, cut
-where the state is edited.  The prefix cache keeps ``s``.
+then the recurrence by :mod:`.diagonal`'s parallel prefix scan (its factors powers of lambda,
+each computed directly), cut where the state is edited.  The prefix cache keeps ``s``.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .diagonal import DiagonalRecurrenceModel, check_weights, constant_powers, edits_in_chunk, scan_split_at_edits
+from .diagonal import DiagonalRecurrenceModel, check_weights, edits_in_chunk, scan_split_at_edits
 
 SITES = ("in", "Bu", "state", "y", "out", "attn")
 COMPLEX_SITES = ("Bu", "state")
@@ -143,7 +143,6 @@ class LRUModel(DiagonalRecurrenceModel):
         w = self._w
         self._log_lam = [log_lambda(w[f"layers.{k}.lru.nu_log"], w[f"layers.{k}.lru.theta_log"])
                          for k in range(self.config.n_layer)]
-        self._powers = [constant_powers(ll) for ll in self._log_lam]
 
     def C(self, layer: int) -> torch.Tensor:
         """The complex output matrix of a layer, [d_model, d_state]."""
@@ -213,7 +212,7 @@ class LRUModel(DiagonalRecurrenceModel):
         bu = torch.complex(F.linear(u, w[p + "lru.B_re"]) * gamma, F.linear(u, w[p + "lru.B_im"]) * gamma)
         if edits.get("Bu"):
             bu = from_units(edit("Bu", to_units(bu)))
-        hs = scan_split_at_edits(None, bu, state[0], a, edits.get("state", ()), powers=self._powers[k],
+        hs = scan_split_at_edits(None, bu, state[0], a, edits.get("state", ()), log_a=self._log_lam[k],
                                  flat=to_units, unflat=from_units)
         y = edit("y", F.linear(hs.real, w[p + "lru.C_re"]) - F.linear(hs.imag, w[p + "lru.C_im"]) + w[p + "lru.D"] * u)
         g = F.linear(F.gelu(y), w[p + "glu.weight"], w[p + "glu.bias"])

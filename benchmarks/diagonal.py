@@ -30,9 +30,9 @@ from engine.models.lru import canonical_weight_shapes as lru_shapes  # noqa: E40
 BLOCK_SCAN = diagonal.diagonal_scan
 
 
-def loop_scan(a, v, h, log_a=None):
+def loop_scan(a, v, h, powers=None):
     """The reference recurrence, one step at a time."""
-    lam = a if a is not None else torch.exp(log_a).expand_as(v)
+    lam = a if a is not None else powers.complex(2)[1].expand_as(v)
     out = torch.empty_like(v)
     for t in range(v.shape[0]):
         h = lam[t] * h + v[t]

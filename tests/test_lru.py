@@ -64,12 +64,12 @@ def test_attention_reproduces_the_output_in_float64():
         bu = torch.view_as_complex(torch.tensor(trace[f"layers.{k}.Bu"]))
         s = torch.view_as_complex(torch.tensor(trace[f"layers.{k}.state"]))
         u, y = torch.tensor(trace[f"layers.{k}.in"]), torch.tensor(trace[f"layers.{k}.y"])
-        D, C, log_lam = torch.tensor(w[f"layers.{k}.lru.D"]), model.C(k), model._log_lam[k]
-        c = lru_attention(bu, log_lam, C, (0, T), (0, T), reduce=None)  # [T, T, d]
+        D, C, log_lam, powers = torch.tensor(w[f"layers.{k}.lru.D"]), model.C(k), model._log_lam[k], model._powers[k]
+        c = lru_attention(bu, powers, C, (0, T), (0, T), reduce=None)  # [T, T, d]
         torch.testing.assert_close(c.sum(1) + D * u, y, atol=1e-8, rtol=1e-8)
         # a sub-window: its columns, the later columns, and the state before its first column
         (r0, r1), (c0, c1) = (30, 70), (10, 60)
-        part = lru_attention(bu, log_lam, C, (r0, r1), (c0, c1), reduce=None)
+        part = lru_attention(bu, powers, C, (r0, r1), (c0, c1), reduce=None)
         torch.testing.assert_close(part, c[r0:r1, c0:c1], atol=1e-14, rtol=1e-12)
         i = torch.arange(r0, r1)
         before = torch.exp((i - c0 + 1)[:, None] * log_lam) * s[c0 - 1]  # lambda^(i-c0+1) s_(c0-1)

@@ -15,7 +15,7 @@ that are zero or negative (after an intervention) stay exact.  A step's value co
 elementwise operations on the steps at or before it only, in an order that does not depend
 on how far the stretch goes on: a run cut at an edited state, or re-run from a cached state,
 computes the steps it shares with a full run bit for bit.  For a constant ``a`` the factors
-are its powers, each computed directly as ``exp(m log a)``.
+are its powers, each computed directly as ``exp(m log a)`` once per model (:class:`Powers`).
 """
 from __future__ import annotations
 
@@ -24,26 +24,67 @@ import torch
 from .chunked import ChunkedLayerModel
 
 
-def diagonal_scan(a, v: torch.Tensor, h: torch.Tensor, log_a: torch.Tensor | None = None) -> torch.Tensor:
+def diagonal_scan(a, v: torch.Tensor, h: torch.Tensor, powers: "Powers | None" = None) -> torch.Tensor:
     """``h_t = a_t h_(t-1) + v_t`` over the steps of ``v`` [n, B, D], from ``h`` [B, D].
 
-    ``a`` is [n, B, D], or None with ``log_a`` [D] for a constant coefficient ``exp(log_a)``.
-    Returns every ``h_t``, [n, B, D]."""
+    ``a`` is [n, B, D], or None with ``powers`` (:class:`Powers`) for a constant coefficient.
+    Returns every ``h_t``, [n, B, D].  Products and sums are separate operations (never fused
+    into one rounding), so every element rounds alike however long the stretch."""
+    if a is None:
+        return _constant_scan(v, h, powers)
     n = v.shape[0]
     k = 1
     while k < n:
-        factor = a[k:] if a is not None else torch.exp(k * log_a)
-        v = torch.cat([v[:k], v[k:] + factor * v[:-k]])
-        if a is not None:
-            a = torch.cat([a[:k], a[k:] * a[:-k]])
+        v = torch.cat([v[:k], v[k:] + a[k:] * v[:-k]])
+        a = torch.cat([a[:k], a[k:] * a[:-k]])
         k *= 2
-    if a is None:  # a^(t+1) for the entering state
-        steps = torch.arange(1, n + 1, device=v.device, dtype=log_a.real.dtype)
-        a = torch.exp(steps[:, None] * log_a)[:, None, :]
     return v + a * h
 
 
-def scan_split_at_edits(a, v, h, a0: int, state_edits, log_a=None, flat=None, unflat=None) -> torch.Tensor:
+class Powers:
+    """The powers ``a^m = exp(m log a)`` of a constant per-channel coefficient, m = 0, 1, ...,
+    as real and imaginary tables [M, D], each entry computed directly from ``log a`` [D]
+    (complex).  Grown on demand by appending: an entry, once computed, is never recomputed, so
+    every run of a model uses the same bits."""
+
+    def __init__(self, log_a: torch.Tensor, size: int = 257):
+        self.log_a = log_a
+        self.re = self.im = log_a.real.new_empty(0, log_a.shape[0])
+        self.upto(size - 1)
+
+    def upto(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables holding at least the powers 0..n."""
+        M = self.re.shape[0]
+        if n >= M:
+            m = torch.arange(M, max(n + 1, 2 * M), dtype=self.re.dtype, device=self.re.device)[:, None]
+            mag, ang = torch.exp(m * self.log_a.real), m * self.log_a.imag
+            self.re = torch.cat([self.re, mag * torch.cos(ang)])
+            self.im = torch.cat([self.im, mag * torch.sin(ang)])
+        return self.re, self.im
+
+    def complex(self, n: int) -> torch.Tensor:
+        """The powers 0..n-1 as one complex tensor [n, D]."""
+        re, im = self.upto(n)
+        return torch.complex(re[:n], im[:n])
+
+
+def _constant_scan(v, h, powers: Powers):
+    """:func:`diagonal_scan` for a constant complex coefficient, in real arithmetic on the
+    real and imaginary parts (torch's complex kernels are several times slower on a CPU)."""
+    n = v.shape[0]
+    pr, pi = powers.upto(n)
+    vr, vi = v.real.contiguous(), v.imag.contiguous()
+    k = 1
+    while k < n:
+        fr, fi = pr[k], pi[k]
+        vr, vi = (torch.cat([vr[:k], vr[k:] + fr * vr[:-k] - fi * vi[:-k]]),
+                  torch.cat([vi[:k], vi[k:] + fr * vi[:-k] + fi * vr[:-k]]))
+        k *= 2
+    ar, ai = pr[1:n + 1, None, :], pi[1:n + 1, None, :]  # a^(t+1), for the entering state
+    return torch.complex(vr + ar * h.real - ai * h.imag, vi + ar * h.imag + ai * h.real)
+
+
+def scan_split_at_edits(a, v, h, a0: int, state_edits, powers=None, flat=None, unflat=None) -> torch.Tensor:
     """:func:`diagonal_scan` over a chunk whose first step is ``a0``, cut after every step where
     an intervention edits the state: steps up to t run, the state after t is edited (and
     recorded so), the scan goes on from it.  ``flat``/``unflat`` turn a state [B, D] into the
@@ -55,7 +96,7 @@ def scan_split_at_edits(a, v, h, a0: int, state_edits, log_a=None, flat=None, un
     for t in steps + [n]:
         stop = min(t + 1, n)
         if stop > o:
-            hs[o:stop] = diagonal_scan(None if a is None else a[o:stop], v[o:stop], h, log_a)
+            hs[o:stop] = diagonal_scan(None if a is None else a[o:stop], v[o:stop], h, powers)
             h = hs[stop - 1]
         if t == n:
             break

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .diagonal import DiagonalRecurrenceModel, check_weights, edits_in_chunk, scan_split_at_edits
+from .diagonal import DiagonalRecurrenceModel, Powers, check_weights, edits_in_chunk, scan_split_at_edits
 
 SITES = ("in", "Bu", "state", "y", "out", "attn")
 COMPLEX_SITES = ("Bu", "state")
@@ -108,11 +108,11 @@ def from_units(x: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(x.unflatten(-1, (-1, 2)).contiguous())
 
 
-def lru_attention(bu: torch.Tensor, log_lam: torch.Tensor, C: torch.Tensor, rows, cols, reduce="mean_abs"):
+def lru_attention(bu: torch.Tensor, powers: Powers, C: torch.Tensor, rows, cols, reduce="mean_abs"):
     """Implicit attention of one sequence: ``c_ij = Re(C (lambda^(i-j) * bu_j))`` for ``j <= i``
-    (0 above the diagonal and past the sequence).  ``bu`` [T, N] complex, ``C`` [d, N] complex.
-    Returns [rows, cols] (``mean_h |c_ij,h|``) or [rows, cols, d] (``reduce=None``).  Each power
-    of lambda is computed directly, ``exp((i - j) log lambda)``, a tile of rows at a time."""
+    (0 above the diagonal and past the sequence).  ``bu`` [T, N] complex, ``powers`` those of
+    lambda (:class:`~engine.models.diagonal.Powers`), ``C`` [d, N] complex.  Returns [rows,
+    cols] (``mean_h |c_ij,h|``) or [rows, cols, d] (``reduce=None``), a tile of rows at a time."""
     T = bu.shape[0]
     (r0, r1), (c0, c1) = rows, cols
     d = C.shape[0]
@@ -120,12 +120,12 @@ def lru_attention(bu: torch.Tensor, log_lam: torch.Tensor, C: torch.Tensor, rows
     r1c, c1c = min(r1, T), min(c1, T)
     if r1c <= r0 or c1c <= c0:
         return out
+    table = powers.complex(max(r1c - c0, 1))  # lambda^m for every lag m = i - j >= 0 in the window
     j = torch.arange(c0, c1c, device=bu.device)
     for i0 in range(r0, r1c, TILE):
         i = torch.arange(i0, min(i0 + TILE, r1c), device=bu.device)
         m = i[:, None] - j[None, :]
-        z = torch.exp(m.clamp(min=0).to(bu.real.dtype)[..., None] * log_lam) * bu[c0:c1c]
-        z = z.masked_fill((m < 0)[..., None], 0)
+        z = (table[m.clamp(min=0)] * bu[c0:c1c]).masked_fill((m < 0)[..., None], 0)
         c = F.linear(z.real, C.real) - F.linear(z.imag, C.imag)  # [rows, cols, d]
         out[i0 - r0:i0 - r0 + len(i), :c1c - c0] = c.abs().mean(-1) if reduce else c
     return out
@@ -143,6 +143,7 @@ class LRUModel(DiagonalRecurrenceModel):
         w = self._w
         self._log_lam = [log_lambda(w[f"layers.{k}.lru.nu_log"], w[f"layers.{k}.lru.theta_log"])
                          for k in range(self.config.n_layer)]
+        self._powers = [Powers(ll) for ll in self._log_lam]
 
     def C(self, layer: int) -> torch.Tensor:
         """The complex output matrix of a layer, [d_model, d_state]."""
@@ -212,7 +213,7 @@ class LRUModel(DiagonalRecurrenceModel):
         bu = torch.complex(F.linear(u, w[p + "lru.B_re"]) * gamma, F.linear(u, w[p + "lru.B_im"]) * gamma)
         if edits.get("Bu"):
             bu = from_units(edit("Bu", to_units(bu)))
-        hs = scan_split_at_edits(None, bu, state[0], a, edits.get("state", ()), log_a=self._log_lam[k],
+        hs = scan_split_at_edits(None, bu, state[0], a, edits.get("state", ()), powers=self._powers[k],
                                  flat=to_units, unflat=from_units)
         y = edit("y", F.linear(hs.real, w[p + "lru.C_re"]) - F.linear(hs.imag, w[p + "lru.C_im"]) + w[p + "lru.D"] * u)
         g = F.linear(F.gelu(y), w[p + "glu.weight"], w[p + "glu.bias"])
@@ -224,7 +225,7 @@ class LRUModel(DiagonalRecurrenceModel):
         bu = torch.view_as_complex(out[layer_probe(k, "Bu")].contiguous())
         C = self.C(k)
         return self._attention_rows(k, out, old, s, T, B,
-                                    lambda b, rows, cols: lru_attention(bu[:, b], self._log_lam[k], C, rows, cols))
+                                    lambda b, rows, cols: lru_attention(bu[:, b], self._powers[k], C, rows, cols))
 
 
 # ======================================================================================

@@ -27,7 +27,7 @@ from hgrn_reference import reference
 
 
 def make(d=12, layers=2, vocab=23, conv=0, lower_bound=True, expand=1, tie=False, gate_norm=True, ff=20, seed=0,
-         dtype=torch.float32):
+         dtype=torch.float32, device="cpu"):
     torch.manual_seed(seed)
     cfg = HGRNConfig(d_model=d, n_layer=layers, vocab_size=vocab, d_inner=d * expand, ff_inner=ff, conv_size=conv,
                      lower_bound=lower_bound, gate_norm_weight=gate_norm, tie_embeddings=tie)
@@ -37,7 +37,7 @@ def make(d=12, layers=2, vocab=23, conv=0, lower_bound=True, expand=1, tie=False
             w[k] = 1 + 0.1 * torch.randn_like(w[k])
     if lower_bound:
         w["model.lower_bounds"] = torch.randn(layers, d, dtype=torch.float64)
-    return HGRNModel(cfg, w, dtype=dtype), {k: v.numpy() for k, v in w.items()}, cfg
+    return HGRNModel(cfg, w, dtype=dtype, device=device), {k: v.numpy() for k, v in w.items()}, cfg
 
 
 CASES = {"plain": {}, "conv-tied": {"d": 16, "conv": 4, "tie": True},

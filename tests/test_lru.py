@@ -38,10 +38,10 @@ def random_weights(cfg: LRUConfig, seed=0) -> dict:
     return w
 
 
-def make(d=12, N=10, layers=2, vocab=23, seed=0, dtype=torch.float32):
+def make(d=12, N=10, layers=2, vocab=23, seed=0, dtype=torch.float32, device="cpu"):
     cfg = LRUConfig(d_model=d, d_state=N, n_layer=layers, vocab_size=vocab)
     w = random_weights(cfg, seed)
-    return LRUModel(cfg, w, dtype=dtype), {k: v.numpy() for k, v in w.items()}, cfg
+    return LRUModel(cfg, w, dtype=dtype, device=device), {k: v.numpy() for k, v in w.items()}, cfg
 
 
 CASES = {"d12-N10": {}, "d8-N16-3layers": {"d": 8, "N": 16, "layers": 3}}

@@ -2,7 +2,7 @@
 
     h_t = a_t * h_(t-1) + v_t          per channel; real (HGRN) or complex (LRU)
 
-with ``a_t`` data dependent ([n, B, D]) or one constant per channel (given as ``log a``, [D]).
+with ``a_t`` data dependent ([n, B, D]) or one constant per channel (its powers, :class:`Powers`).
 
 No loop over steps: the pairs (a_t, v_t) are combined by a parallel prefix scan (Hillis and
 Steele): in pass k = 1, 2, 4, ... every step t >= k takes in the pair k steps back,

@@ -55,6 +55,8 @@ import torch
 
 from .errors import LoadError
 from .models import gla as _gla
+from .models import hgrn as _hgrn
+from .models import lru as _lru
 from .models import mamba as _mamba
 from .models import mamba2 as _mamba2
 from .models import mingru as _mingru
@@ -129,6 +131,8 @@ FAMILIES = (
     _rwkv,
     _recurrent_gemma,
     _gla,
+    _hgrn,
+    _lru,
 )
 
 

@@ -29,7 +29,8 @@ Canonical weight names are those of ``xLSTMForCausalLM`` with ``weight_mode="sin
 ``mlstm_layer.{q, k, v, ogate_preact}.weight``, ``mlstm_layer.{igate_preact, fgate_preact}.weight/bias``,
 ``mlstm_layer.multihead_norm.weight``, ``mlstm_layer.out_proj.weight``, ``norm_ffn.weight``,
 ``ffn.{proj_up_gate, proj_up, proj_down}.weight`` (and ``.bias`` on all of these, norms included,
-when ``use_bias``); ``backbone.out_norm.weight``; ``lm_head.weight`` (absent when tied).  Folders
+when ``use_bias``); ``backbone.out_norm.weight``; ``lm_head.weight`` (when absent, the head is the
+embedding matrix; ``transformers``' xLSTM ignores ``tie_word_embeddings`` and always saves it).  Folders
 written with ``weight_mode="fused"`` (``qkv_opreact``, ``ifgate_preact``, ``proj_up_gate_z``) are
 split into these names on loading.
 
@@ -199,6 +200,8 @@ class XLSTMModel(ChunkedLayerModel):
         self.source = str(source)
         self.load_info: dict = {}
         self.dtype = dtype
+        #: the recurrence runs in at least float32 (as transformers' inference_state_dtype)
+        self.state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.device = torch.device(device)
         w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
         self.parameter_count = int(sum(v.numel() for v in w.values()))
@@ -302,7 +305,7 @@ class XLSTMModel(ChunkedLayerModel):
     # -- the forward pass -------------------------------------------------------------------
     def initial_state(self, batch: int):
         cfg = self.config
-        z = dict(dtype=self.dtype, device=self.device)
+        z = dict(dtype=self.state_dtype, device=self.device)
         return (torch.zeros(batch, cfg.num_heads, cfg.dk, cfg.dv, **z), torch.zeros(batch, cfg.num_heads, cfg.dk, **z),
                 torch.zeros(batch, cfg.num_heads, **z))
 
@@ -354,9 +357,10 @@ class XLSTMModel(ChunkedLayerModel):
         cfg = self.config
         n, B = vals["q"].shape[:2]
         H, dk, dv = cfg.num_heads, cfg.dk, cfg.dv
-        heads = lambda t, d: t.reshape(n, B, H, d).permute(1, 2, 0, 3)  # noqa: E731  [B, H, n, d]
+        sd = self.state_dtype
+        heads = lambda t, d: t.to(sd).reshape(n, B, H, d).permute(1, 2, 0, 3)  # noqa: E731  [B, H, n, d]
         q, k, v = heads(vals["q"], dk), heads(vals["k"], dk), heads(vals["v"], dv)
-        li, lf = vals["gate_i"].permute(1, 2, 0), vals["gate_f"].permute(1, 2, 0)  # [B, H, n]
+        li, lf = vals["gate_i"].to(sd).permute(1, 2, 0), vals["gate_f"].to(sd).permute(1, 2, 0)  # [B, H, n]
         C, N, M = state
         want_states = "state" in record
         state_edits = {s: edits.get(s, ()) for s in ("state", "normalizer")}
@@ -395,7 +399,7 @@ class XLSTMModel(ChunkedLayerModel):
                     break
         m = torch.cat(ms, 2)  # [B, H, n]
         grow = torch.exp(m)
-        out = {"h": torch.cat(hs, 2).permute(2, 0, 1, 3).reshape(n, B, H * dv),
+        out = {"h": torch.cat(hs, 2).permute(2, 0, 1, 3).reshape(n, B, H * dv).to(self.dtype),
                "normalizer": (torch.cat(ns, 2) * grow[..., None]).permute(2, 0, 1, 3),
                "m": m.permute(2, 0, 1)}
         if want_states:
@@ -504,9 +508,6 @@ def mlstm_attention(q, k, gate_i, gate_f, normalizer, m, rows, cols, eps=1e-6) -
 def from_transformers(hf_model, **kwargs) -> XLSTMModel:
     """Wrap an in-memory ``transformers`` ``xLSTMForCausalLM`` (weights are copied)."""
     sd = dict(hf_model.state_dict())
-    tied = bool(getattr(hf_model.config, "tie_word_embeddings", False))
-    if tied:
-        sd.pop("lm_head.weight", None)
     kwargs.setdefault("dtype", next(hf_model.parameters()).dtype)
     return load_xlstm(sd, [("config", hf_model.config.to_dict())], name=f"<in-memory {type(hf_model).__name__}>",
                       fmt="in-memory", source=f"<in-memory {type(hf_model).__name__}>", **kwargs)
@@ -557,8 +558,8 @@ def _config_fields(configs: list) -> dict:
         if str(d.get("model_type", "")).lower() == "xlstm":
             out = {"use_bias": bool(d.get("use_bias", False)), "norm_eps": float(d.get("norm_eps", 1e-6)),
                    "eps": float(d.get("eps", 1e-6)), "gate_soft_cap": d.get("gate_soft_cap", 15.0),
-                   "logit_soft_cap": d.get("output_logit_soft_cap", 30.0),
-                   "tie_embeddings": bool(d.get("tie_word_embeddings", False))}
+                   "logit_soft_cap": d.get("output_logit_soft_cap", 30.0)}
+            # tie_word_embeddings is not read: transformers' xLSTM always has its own lm_head
             for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
                                  ("vocab_size", "vocab_size"), ("num_heads", "num_heads")):
                 if isinstance(d.get(theirs), int):
@@ -588,8 +589,7 @@ def _infer_config(canon: dict, stated: dict) -> dict:
         if value is not None:
             out.setdefault(key, value)
     out.setdefault("use_bias", p + "mlstm_layer.q.bias" in canon)
-    if "lm_head.weight" not in canon:
-        out["tie_embeddings"] = True
+    out["tie_embeddings"] = "lm_head.weight" not in canon
     return out
 
 
@@ -623,8 +623,7 @@ def load_xlstm(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     missing = [key(cn) for cn in expected if cn not in canon]
     bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
            if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    tied_head = cfg.tie_embeddings and "lm_head.weight" in canon
-    unused = [key(cn) for cn in canon if cn not in expected and not (tied_head and cn == "lm_head.weight")]
+    unused = [key(cn) for cn in canon if cn not in expected]
     parts = []
     if missing:
         parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))

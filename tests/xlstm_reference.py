@@ -86,11 +86,10 @@ def reference_xlstm(w: dict, ids, n_layer: int, heads: int, *, norm_eps=1e-6, ep
             fa, ia = np.exp(lf + m - m_new), np.exp(li - m_new)
             C = fa[:, None, None] * C + ia[:, None, None] * kh[:, :, None] * vh[:, None, :]
             n = fa[:, None] * n + ia[:, None] * kh
-            m = m_new
-            grow = np.exp(m)
-            C = site(L + "state", t, C * grow[:, None, None]) / grow[:, None, None]
-            n = site(L + "normalizer", t, n * grow[:, None]) / grow[:, None]
-            site(L + "m", t, m.copy())
+            Cu, nu = C * np.exp(m_new)[:, None, None], n * np.exp(m_new)[:, None]
+            m = site(L + "m", t, m_new)  # an edited m: the scale the (unstabilised) state is kept in
+            C = site(L + "state", t, Cu) * np.exp(-m)[:, None, None]
+            n = site(L + "normalizer", t, nu) * np.exp(-m)[:, None]
             num = np.einsum("hk,hkv->hv", qh, C)
             den = np.maximum(np.abs((qh * n).sum(-1)), np.exp(-m)) + eps
             h = site(L + "h", t, (num / den[:, None]).reshape(-1))

@@ -36,14 +36,14 @@ split into these names on loading.
 
 Probe sites per layer: ``in`` (rmsnorm(x), the mixer's input), ``q``, ``k``, ``v``, ``gate_i``
 (log input gate i~), ``gate_f`` (log forget gate), ``gate_o``, ``state`` (C per head, only when
-asked), ``normalizer`` (n per head), ``m`` (stabiliser, read only), ``h`` (before the multihead
+asked), ``normalizer`` (n per head), ``m`` (the stabiliser), ``h`` (before the multihead
 norm and the output gate), ``mix`` (the block's mLSTM branch, added to the residual), ``out``
 (the residual stream after the block) and ``attn`` (implicit attention over a window).
 
 How a layer runs: per engine chunk, every per-token quantity at once; the recurrence in the
 chunkwise-parallel form, ``SUB`` steps at a time (within a block: cumulative sums of log f, a
 masked [SUB, SUB] matrix of decays per head, two matmuls; across blocks: the stabilised state).
-An edit of ``state`` or ``normalizer`` at step t takes the block's state at t in closed form,
+An edit of ``state``, ``normalizer`` or ``m`` at step t takes the block's state at t in closed form,
 edits it, recomputes h_t from it and starts the next block at t + 1; the steps before t are
 the very numbers an unedited run computes.  The block grid is fixed relative to the chunk, so
 a re-run from a state kept at a chunk boundary (C, n, m stabilised) equals a full run bit for bit.
@@ -154,8 +154,6 @@ def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
 NOT_EDITABLE = {
     "attn": "it is computed from q, k and the gates after the run and feeds nothing; "
             "intervene on q, k, v, gate_i, gate_f, state or normalizer instead",
-    "m": "the stabiliser only rescales the stored state (the equations do not depend on it); "
-         "intervene on gate_i, gate_f, state or normalizer instead",
 }
 
 
@@ -269,8 +267,8 @@ class XLSTMModel(ChunkedLayerModel):
             "state": "memory C_t = f_t C_(t-1) + i_t k_t v_t^T per head (head x key x value), unstabilised "
                      "(interventions index it flattened: unit = (head*d_qk + key)*d_v + value)",
             "normalizer": "normaliser n_t = f_t n_(t-1) + i_t k_t per head (head x key), unstabilised",
-            "m": "stabiliser m_t = max(log f_t + m_(t-1), i~_t) per head: the stored state is exp(-m) C "
-                 "(read only)",
+            "m": "stabiliser m_t = max(log f_t + m_(t-1), i~_t) per head: the stored state is exp(-m) C; "
+                 "h depends on it only through eps exp(m) (an edit sets the scale the edited state is kept in)",
             "h": "cell output C_t^T q'_t / (max(|n_t.q'_t|, exp(m_t)) + eps exp(m_t)), before the "
                  "multihead norm and the output gate",
             "mix": "the mLSTM branch W_out (o * multihead_layernorm(h)), added to the residual stream",
@@ -352,8 +350,8 @@ class XLSTMModel(ChunkedLayerModel):
         return vals, state
 
     def _cell(self, vals, state, a, edits, record):
-        """The mLSTM recurrence over one chunk, ``SUB`` steps at a time; edits of ``state`` and
-        ``normalizer`` split a block after the edited step."""
+        """The mLSTM recurrence over one chunk, ``SUB`` steps at a time; edits of ``state``,
+        ``normalizer`` and ``m`` split a block after the edited step."""
         cfg = self.config
         n, B = vals["q"].shape[:2]
         H, dk, dv = cfg.num_heads, cfg.dk, cfg.dv
@@ -363,37 +361,27 @@ class XLSTMModel(ChunkedLayerModel):
         li, lf = vals["gate_i"].to(sd).permute(1, 2, 0), vals["gate_f"].to(sd).permute(1, 2, 0)  # [B, H, n]
         C, N, M = state
         want_states = "state" in record
-        state_edits = {s: edits.get(s, ()) for s in ("state", "normalizer")}
+        state_edits = {s: edits.get(s, ()) for s in ("m", "state", "normalizer")}
         steps = sorted({int(t) - a for es in state_edits.values() for e in es for t in e.steps if a <= t < a + n})
-        hs, ns, ms, cs = [], [], [], []
+        hs, ns, ms, cs = [], [], [], []  # per stretch of steps, [B, H, steps, ...]
+        edited = {}  # step -> the edited (unstabilised) state after it, recorded as given
         for p in range(0, n, SUB):
             end = min(p + SUB, n)
             o = p
             for t in [t for t in steps if p <= t < end] + [end]:
                 blk = _block(q[:, :, o:end], k[:, :, o:end], v[:, :, o:end], li[:, :, o:end], lf[:, :, o:end],
                              C, N, M, cfg.eps, upto=t - o, want_states=want_states)
+                C, N, M = blk.C, blk.N, blk.M
                 hs.append(blk.h[:, :, :t + 1 - o])
                 ns.append(blk.n[:, :, :t + 1 - o])
                 ms.append(blk.m[:, :, :t + 1 - o])
                 if want_states:
                     cs.append(blk.states[:, :, :t + 1 - o])
                 if t == end:
-                    C, N, M = blk.C, blk.N, blk.M
                     break
-                # the state after step t, edited in the unstabilised scale of the probes
-                C, N, M = blk.C, blk.N, blk.M
-                scale = torch.exp(M)
-                Cu = C * scale[..., None, None]
-                Nu = N * scale[..., None]
-                for e in state_edits["state"]:
-                    Cu = e.apply_step(Cu.reshape(B, -1), a + t).reshape(B, H, dk, dv)
-                for e in state_edits["normalizer"]:
-                    Nu = e.apply_step(Nu.reshape(B, -1), a + t).reshape(B, H, dk)
-                C, N = Cu / scale[..., None, None], Nu / scale[..., None]
-                hs[-1] = torch.cat([hs[-1][:, :, :-1], _readout(q[:, :, t], C, N, M, cfg.eps)[:, :, None]], 2)
-                ns[-1] = torch.cat([ns[-1][:, :, :-1], N[:, :, None]], 2)
-                if want_states:
-                    cs[-1] = torch.cat([cs[-1][:, :, :-1], C[:, :, None]], 2)
+                C, N, M, edited[t] = _edit_state(C, N, M, state_edits, a + t)
+                hs[-1][:, :, -1] = _readout(q[:, :, t], C, N, M, cfg.eps)
+                ms[-1][:, :, -1] = M
                 o = t + 1
                 if o == end:
                     break
@@ -404,6 +392,10 @@ class XLSTMModel(ChunkedLayerModel):
                "m": m.permute(2, 0, 1)}
         if want_states:
             out["state"] = (torch.cat(cs, 2) * grow[..., None, None]).permute(2, 0, 1, 3, 4)
+        for t, (Cu, Nu) in edited.items():
+            out["normalizer"][t] = Nu
+            if want_states:
+                out["state"][t] = Cu
         return out, (C.contiguous(), N.contiguous(), M.contiguous())
 
     def _attention(self, k, out, old, s, T, B):
@@ -423,6 +415,23 @@ class XLSTMModel(ChunkedLayerModel):
                                       (i0, i1), cols, eps=self.config.eps)
                 res[i0:i1, b] = att.abs().mean(-1).to(self.dtype)
         return res
+
+
+def _edit_state(C, N, M, edits: dict, step: int):
+    """The stabilised state after ``step`` with the edits of ``m``, ``state`` and ``normalizer``
+    applied (the last two in the unstabilised scale of the probes; an edited m sets the scale
+    the state is kept in).  Returns ``(C, N, M, (C unstabilised, N unstabilised))``."""
+    B, H, dk, dv = C.shape
+    Cu = C * torch.exp(M)[..., None, None]
+    Nu = N * torch.exp(M)[..., None]
+    for e in edits["m"]:
+        M = e.apply_step(M, step)
+    for e in edits["state"]:
+        Cu = e.apply_step(Cu.reshape(B, -1), step).reshape(B, H, dk, dv)
+    for e in edits["normalizer"]:
+        Nu = e.apply_step(Nu.reshape(B, -1), step).reshape(B, H, dk)
+    shrink = torch.exp(-M)
+    return Cu * shrink[..., None, None], Nu * shrink[..., None], M, (Cu, Nu)
 
 
 class _Block:

@@ -176,3 +176,18 @@ def test_cli_info_lists_the_xlstm_probes(tmp_path, capsys):
     main(["info", str(tmp_path), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "xlstm" in out and "layers.0.state" in out and "layers.0.gate_f" in out and "[2, 4, 8]" in out
+
+
+def test_seqscope_save_model_round_trips(tmp_path):
+    hf = hf_model(50, vocab=20, d=16, layers=2, heads=2, use_bias=True)
+    hf.save_pretrained(tmp_path / "hf")
+    model = engine.load(tmp_path / "hf", device="cpu")
+    from engine.loading import save_model
+
+    path = save_model(model, tmp_path / "x.safetensors")
+    back = engine.load(path, device="cpu")
+    assert back.config == model.config
+    ids = np.arange(40) % 20
+    np.testing.assert_array_equal(engine.run(back, ids, probes="logits")["logits"],
+                                  engine.run(model, ids, probes="logits")["logits"])
+

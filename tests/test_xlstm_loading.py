@@ -75,6 +75,14 @@ def test_a_bare_state_dict_without_config_is_inferred_from_the_weights(tmp_path)
     assert (c.n_layer, c.num_heads, c.qk_dim, c.v_dim, c.ffn_dim) == (3, 2, 16, 32, 64)
     ids = np.arange(25) % 30
     np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], hf_logits(hf, ids), atol=5e-5, rtol=5e-5)
+    # other prefixes: none (the backbone's own names beside lm_head), or DataParallel's module.
+    for name, sd in [("bare", {k.removeprefix("backbone."): v for k, v in hf.state_dict().items()}),
+                     ("module", {"module." + k: v for k, v in hf.state_dict().items()})]:
+        torch.save(sd, tmp_path / f"{name}.pt")
+        other = engine.load(tmp_path / f"{name}.pt", device="cpu")
+        assert not other.config.tie_embeddings, name
+        np.testing.assert_array_equal(engine.run(other, ids, probes="logits")["logits"],
+                                      engine.run(model, ids, probes="logits")["logits"])
 
 
 def test_a_head_saved_without_lm_head_uses_the_embedding():

@@ -612,10 +612,10 @@ def load_xlstm(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     outer = prefix[: -len("backbone.")] if prefix.endswith("backbone.") else ""
     canon, origin = {}, {}
     for k, v in tensors.items():
-        if k.startswith(prefix):
-            cn = "backbone." + k[len(prefix):]
-        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
+        if k.startswith(outer) and k[len(outer):].startswith("lm_head."):
             cn = k[len(outer):]
+        elif k.startswith(prefix):
+            cn = "backbone." + k[len(prefix):]
         else:
             cn = k
         canon[cn], origin[cn] = v, k

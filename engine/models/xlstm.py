@@ -12,9 +12,9 @@ The model::
               per head, from C_0 = 0, n_0 = 0, m_0 = 0:
                   m_t = max(log f_t + m_(t-1), i~_t)                       the stabiliser
                   C_t = f_t C_(t-1) + i_t k_t v_t^T        n_t = f_t n_(t-1) + i_t k_t
-                  h_t = C_t^T q'_t / (max(|n_t . q'_t|, exp(m_t)) + eps exp(m_t))     q' = q / sqrt(d_qk)
+                  h_t = C_t^T q'_t / (max(|n_t . q'_t|, 1) + eps exp(m_t))     q' = q / sqrt(d_qk)
               x = x + W_out (o * multihead_layernorm(h))
-              x = x + W_down (silu(W_gate n) * W_up n),  n = rmsnorm(x)         norm_ffn
+              x = x + W_down (silu(W_gate g) * W_up g),  g = rmsnorm(x)         norm_ffn
     logits = softcap_30(lm_head(rmsnorm(x)))                   out_norm
 
 ``softcap_c(z) = c tanh(z / c)`` (gates: ``gate_soft_cap``, 15 by default; logits:
@@ -35,10 +35,14 @@ written with ``weight_mode="fused"`` (``qkv_opreact``, ``ifgate_preact``, ``proj
 split into these names on loading.
 
 Probe sites per layer: ``in`` (rmsnorm(x), the mixer's input), ``q``, ``k``, ``v``, ``gate_i``
-(log input gate i~), ``gate_f`` (log forget gate), ``gate_o``, ``state`` (C per head, only when
-asked), ``normalizer`` (n per head), ``m`` (the stabiliser), ``h`` (before the multihead
-norm and the output gate), ``mix`` (the block's mLSTM branch, added to the residual), ``out``
-(the residual stream after the block) and ``attn`` (implicit attention over a window).
+(the log input gate i~, after the soft cap), ``gate_f`` (the log forget gate, <= 0), ``gate_o``,
+``state`` (C per head, [heads, d_qk, d_v], only when asked), ``normalizer`` (n per head), ``m``
+(the stabiliser), ``h`` (before the multihead norm and the output gate), ``mix`` (the block's
+mLSTM branch, added to the residual), ``out`` (the residual stream after the block) and
+``attn`` (implicit attention over a window).  Every site but ``attn`` takes interventions;
+``state`` and ``normalizer`` are edited in the unstabilised scale of the probes, and an edit of
+``m`` sets the scale the state is kept in (h depends on m only through ``eps exp(m)``), so a
+patch of all three reproduces another run's state exactly.
 
 How a layer runs: per engine chunk, every per-token quantity at once; the recurrence in the
 chunkwise-parallel form, ``SUB`` steps at a time (within a block: cumulative sums of log f, a
@@ -269,7 +273,7 @@ class XLSTMModel(ChunkedLayerModel):
             "normalizer": "normaliser n_t = f_t n_(t-1) + i_t k_t per head (head x key), unstabilised",
             "m": "stabiliser m_t = max(log f_t + m_(t-1), i~_t) per head: the stored state is exp(-m) C; "
                  "h depends on it only through eps exp(m) (an edit sets the scale the edited state is kept in)",
-            "h": "cell output C_t^T q'_t / (max(|n_t.q'_t|, exp(m_t)) + eps exp(m_t)), before the "
+            "h": "cell output C_t^T q'_t / (max(|n_t.q'_t|, 1) + eps exp(m_t)), before the "
                  "multihead norm and the output gate",
             "mix": "the mLSTM branch W_out (o * multihead_layernorm(h)), added to the residual stream",
             "out": "residual stream after the block (mLSTM branch and feed-forward)",

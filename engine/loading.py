@@ -62,6 +62,7 @@ from .models import mamba2 as _mamba2
 from .models import mingru as _mingru
 from .models import recurrent_gemma as _recurrent_gemma
 from .models import rwkv as _rwkv
+from .models import xlstm as _xlstm
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
 
@@ -133,6 +134,7 @@ FAMILIES = (
     _gla,
     _hgrn,
     _lru,
+    _xlstm,
 )
 
 

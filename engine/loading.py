@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from .errors import LoadError
+from .models import deltanet as _deltanet
 from .models import mamba as _mamba
 from .models import mingru as _mingru
 from .models import rwkv as _rwkv
@@ -135,7 +136,7 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
         configs = _stored_configs(found)
         if isinstance(found.metadata.get("seqscope_config"), Mapping):
             configs.insert(0, ("metadata seqscope_config", dict(found.metadata["seqscope_config"])))
-        for family in (_mamba, _mingru, _rwkv):
+        for family in (_mamba, _mingru, _rwkv, _deltanet):
             if family.looks_like(found.tensors, configs):
                 return _build_family(family, found, configs, device=device, dtype=dtype, strict=strict,
                                      source=str(path))

@@ -1,0 +1,651 @@
+"""DeltaNet: an instrumented linear-attention language model with the delta rule, in the layout
+of ``flash-linear-attention`` (fla) ``DeltaNetForCausalLM`` folders (``model_type`` "delta_net").
+
+The model (Schlag et al. 2021; Yang et al. 2024, "Parallelizing Linear Transformers with the
+Delta Rule over Sequence Length"), per head h of H, with key width d_k and value width d_v::
+
+    x_0 = embed[token]
+    layer i:  n = rmsnorm(x)                                         attn_norm
+              q, k, v = conv_q(W_q n), conv_k(W_k n), conv_v(W_v n)  causal depthwise convs of
+                        width conv_size, each followed by silu (q and k only when
+                        qk_activation is silu; else relu / elu+1 / identity after the conv)
+              q, k = q / ||q||, k / ||k||                            qk_norm "l2" (eps 1e-6 inside
+                        the root), or q / sum(q), k / sum(k) for "sum"
+              beta = sigmoid(W_b n)                                  [H]; 1 without use_beta
+              S_t = (I - beta_t k_t k_t^T) S_(t-1) + beta_t k_t v_t^T    S [d_k, d_v], S_(-1) = 0
+              o_t = S_t^T q_t / sqrt(d_k)
+              y = rmsnorm_head(o) (* silu(W_g n) with use_gate)      o_norm, per head
+              x = x + W_o y
+              x = x + down(silu(gate(m)) * up(m)),  m = rmsnorm(x)   mlp_norm, swiglu MLP
+    logits = lm_head(rmsnorm(x))                                     model.norm
+
+Without ``use_short_conv`` the convolutions are left out (q, k keep their activation and v its
+silu).  Canonical weight names are fla's: ``model.embeddings.weight``; per layer
+``model.layers.{i}.attn_norm.weight``, ``attn.{q,k,v}_proj.weight``, ``attn.b_proj.weight``
+(use_beta), ``attn.{q,k,v}_conv1d.weight`` [width, 1, conv_size] (+ ``.bias`` with conv_bias),
+``attn.g_proj.weight`` (use_gate), ``attn.o_norm.weight`` [d_v], ``attn.o_proj.weight``,
+``mlp_norm.weight``, ``mlp.{gate,up,down}_proj.weight``; ``model.norm.weight``, ``lm_head.weight``
+(absent when tied).  Hybrid models (fla's ``attn`` config: softmax attention in some layers)
+are refused.
+
+Probe sites of layer i: ``in`` (n), ``q``, ``k`` (after activation and normalisation, without
+the 1/sqrt(d_k) scale), ``v``, ``beta``, ``state`` (S_t per head [H, d_k, d_v], recorded only
+when asked for), ``o`` (the delta-rule readout), ``g`` (silu of the gate, with use_gate), ``y``
+(what o_proj reads), ``mid`` (the residual stream after the mixer), ``mlp`` (the MLP's output),
+``out`` (the residual stream after the block) and ``attn``: the implicit attention
+``o_i = sum_j alpha_ij v_j`` with, per head,
+
+    alpha_ij = beta_j k_j^T (I - beta_(j+1) k_(j+1) k_(j+1)^T) ... (I - beta_i k_i k_i^T) q_i / sqrt(d_k)
+
+(0 for j > i).  Since the delta rule is linear in v, row i of alpha over a window of columns is
+the readout of the same delta rule run with one-hot values e_j at the window's columns (and 0
+elsewhere): :func:`delta_rule_attention` computes exactly that, only for the window's rows and
+columns, so a long input never costs T^2.
+
+How a layer runs
+----------------
+Chunk by chunk, every per-token quantity at once; the delta rule in the chunked form of Yang
+et al. on sub-chunks of ``SUB`` steps: with U = the "pseudo-values" u_t = beta_t (v_t -
+S_(t-1)^T k_t), S_t = S_0 + sum_(j<=t) k_j u_j^T, and U solves the unit lower-triangular system
+(I + diag(beta) tril(K K^T, -1)) U = diag(beta) (V - K S_0) (one ``solve_triangular`` per
+sub-chunk: no Python loop over steps); then O = Q S_0 + tril(Q K^T) U and S_new = S_0 + K^T U.
+The full per-step state is a cumulative sum of k_j u_j^T, built only when ``state`` is asked for.
+An intervention on ``state`` at step t splits the sub-chunk there: the steps up to t run, the
+state is edited, o_t is read again from it, and the rest of the sub-chunk starts from it.  The
+prefix cache keeps S and the three convolution buffers (the last conv_size - 1 projections).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import LoadError
+from ..probes import ProbeSpec, layer_probe
+from .chunked import ChunkedLayerModel
+
+#: steps of one triangular solve of the delta rule
+SUB = 64
+#: the epsilon fla's l2norm kernel adds under the root
+L2_EPS = 1e-6
+
+NOT_EDITABLE_ATTN = "it is computed from q, k and beta after the run and feeds nothing; " \
+    "intervene on q, k, v, beta or state instead"
+
+
+@dataclass(frozen=True)
+class DeltaNetConfig:
+    d_model: int
+    n_layer: int
+    vocab_size: int
+    num_heads: int
+    key_dim: int  # all heads: hidden_size * expand_k
+    value_dim: int  # all heads: hidden_size * expand_v
+    intermediate_size: int
+    use_beta: bool = True
+    use_gate: bool = False
+    use_short_conv: bool = True
+    conv_size: int = 4
+    conv_bias: bool = False
+    qk_activation: str = "silu"
+    qk_norm: str = "l2"
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.qk_activation not in ("silu", "relu", "elu", "identity"):
+            raise ValueError(f"qk_activation must be silu, relu, elu or identity, got {self.qk_activation!r}")
+        if self.qk_norm not in ("l2", "sum"):
+            raise ValueError(f"qk_norm must be 'l2' or 'sum', got {self.qk_norm!r}")
+        for name in ("d_model", "n_layer", "vocab_size", "num_heads", "key_dim", "value_dim", "intermediate_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
+            raise ValueError(f"key_dim {self.key_dim} and value_dim {self.value_dim} must be multiples of "
+                             f"num_heads {self.num_heads}")
+        if self.use_short_conv and self.conv_size < 1:
+            raise ValueError(f"conv_size must be positive, got {self.conv_size}")
+
+    @property
+    def head_k(self) -> int:
+        return self.key_dim // self.num_heads
+
+    @property
+    def head_v(self) -> int:
+        return self.value_dim // self.num_heads
+
+    def to_json(self) -> str:
+        return json.dumps({"family": "deltanet", **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DeltaNetConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def canonical_weight_shapes(cfg: DeltaNetConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight of a model with this config (fla names), with its shape."""
+    d, dk, dv, H, K = cfg.d_model, cfg.key_dim, cfg.value_dim, cfg.num_heads, cfg.conv_size
+    shapes: dict[str, tuple[int, ...]] = {"model.embeddings.weight": (cfg.vocab_size, d)}
+    for i in range(cfg.n_layer):
+        p = f"model.layers.{i}."
+        a = p + "attn."
+        shapes[p + "attn_norm.weight"] = (d,)
+        shapes[a + "q_proj.weight"] = (dk, d)
+        shapes[a + "k_proj.weight"] = (dk, d)
+        shapes[a + "v_proj.weight"] = (dv, d)
+        if cfg.use_beta:
+            shapes[a + "b_proj.weight"] = (H, d)
+        if cfg.use_short_conv:
+            for name, width in (("q", dk), ("k", dk), ("v", dv)):
+                shapes[a + f"{name}_conv1d.weight"] = (width, 1, K)
+                if cfg.conv_bias:
+                    shapes[a + f"{name}_conv1d.bias"] = (width,)
+        if cfg.use_gate:
+            shapes[a + "g_proj.weight"] = (dv, d)
+        shapes[a + "o_norm.weight"] = (cfg.head_v,)
+        shapes[a + "o_proj.weight"] = (d, dv)
+        shapes[p + "mlp_norm.weight"] = (d,)
+        shapes[p + "mlp.gate_proj.weight"] = (cfg.intermediate_size, d)
+        shapes[p + "mlp.up_proj.weight"] = (cfg.intermediate_size, d)
+        shapes[p + "mlp.down_proj.weight"] = (d, cfg.intermediate_size)
+    shapes["model.norm.weight"] = (d,)
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    return shapes
+
+
+# ======================================================================================
+# the delta rule, chunked
+# ======================================================================================
+
+
+def delta_rule_chunk(q, k, v, beta, S):
+    """Steps of the delta rule at once.  ``q``, ``k`` [B, H, n, d_k] (q already scaled), ``v``
+    [B, H, n, d_v], ``beta`` [B, H, n], ``S`` [B, H, d_k, d_v] the state before the first step.
+    Returns ``(o [B, H, n, d_v], U [B, H, n, d_v], S after the last step)``, U the pseudo-values
+    u_t = beta_t (v_t - S_(t-1)^T k_t), so that S_t = S + sum_(j<=t) k_j u_j^T."""
+    b = beta[..., None]
+    strictly_lower = torch.tril(k @ k.transpose(-1, -2), -1) * b  # diag(beta) tril(K K^T, -1)
+    U = torch.linalg.solve_triangular(strictly_lower, b * (v - k @ S), upper=False, unitriangular=True)
+    o = q @ S + torch.tril(q @ k.transpose(-1, -2)) @ U
+    return o, U, S + k.transpose(-1, -2) @ U
+
+
+def states_after_each_step(k, U, S):
+    """S_t for every step of a :func:`delta_rule_chunk` call: [B, H, n, d_k, d_v]."""
+    return S[:, :, None] + torch.cumsum(k[..., :, None] * U[..., None, :], dim=2)
+
+
+def delta_rule_attention(q, k, beta, rows, cols) -> torch.Tensor:
+    """Implicit attention of the delta rule from a zero state, for one sequence: ``q``, ``k``
+    [T, H, d_k] (q scaled), ``beta`` [T, H].  Returns alpha [rows, cols, H] for the half-open
+    ranges ``rows`` and ``cols`` (0 for j > i and outside T), with o_i = sum_j alpha_ij v_j.
+    Runs the delta rule with one-hot values at the window's columns over steps c0..r1-1 only."""
+    T, H, _ = q.shape
+    (r0, r1), (c0, c1) = rows, cols
+    out = q.new_zeros(r1 - r0, c1 - c0, H)
+    r1c, c1c = min(r1, T), min(c1, T)
+    if r1c <= r0 or c1c <= c0 or r1c <= c0:
+        return out
+    width = c1c - c0
+    S = q.new_zeros(1, H, q.shape[-1], width)
+    for a in range(c0, r1c, SUB):  # sub-chunks on a grid from c0
+        b = min(a + SUB, r1c)
+        onehot = q.new_zeros(b - a, width)
+        j = torch.arange(a, min(b, c1c))
+        onehot[j - a, j - c0] = 1
+        qa, ka = (x[a:b].permute(1, 0, 2)[None] for x in (q, k))
+        o, _, S = delta_rule_chunk(qa, ka, onehot.expand(1, H, b - a, width), beta[a:b].T[None], S)
+        lo, hi = max(a, r0), b
+        if lo < hi:
+            out[lo - r0:hi - r0, :width] = o[0, :, lo - a:hi - a].permute(1, 2, 0)
+    return out
+
+
+# ======================================================================================
+# the model
+# ======================================================================================
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _qk_activation(x, kind):
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "elu":
+        return F.elu(x) + 1
+    return x  # silu is applied with the convolution; identity
+
+
+def _qk_normalise(x, kind):
+    if kind == "l2":
+        return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + L2_EPS)
+    return x / x.sum(-1, keepdim=True)
+
+
+class DeltaNetModel(ChunkedLayerModel):
+    """An instrumented DeltaNet language model (fla ``delta_net`` layout).  Build it with
+    :func:`engine.load` or from a config and canonical weights.  ``attention_window``: see
+    :class:`engine.models.mamba.AttentionWindow`."""
+
+    architecture = "deltanet"
+    ATTENTION_NEEDS = frozenset({"q", "k", "beta"})
+    NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
+
+    def __init__(self, config: DeltaNetConfig, weights: dict, *, tokenizer=None, source: str = "",
+                 dtype=torch.float32, device="cpu", attention_window=None):
+        from .mamba import AttentionWindow
+
+        expected = canonical_weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
+        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
+        self._window = AttentionWindow()
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._specs = self._build_specs()
+
+    # -- housekeeping -------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "DeltaNetModel":
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        self._w = {k: v.to(device=device, dtype=dtype) for k, v in self._w.items()}
+        self.device, self.dtype = device, dtype
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.n_layer
+
+    @property
+    def scale(self) -> float:
+        return 1 / math.sqrt(self.config.head_k)
+
+    def state_units(self, head: int, keys=None, values=None) -> list[int]:
+        """Flat unit indices of the ``state`` probe (head, key row, value column) for
+        interventions: all keys / values of ``head`` unless given."""
+        cfg = self.config
+        keys = range(cfg.head_k) if keys is None else ([keys] if isinstance(keys, (int, np.integer)) else keys)
+        values = range(cfg.head_v) if values is None else (
+            [values] if isinstance(values, (int, np.integer)) else values)
+        return [(int(head) * cfg.head_k + int(i)) * cfg.head_v + int(j) for i in keys for j in values]
+
+    def info(self) -> dict:
+        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
+                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._w)
+
+    def cache_key(self):
+        return self._window
+
+    # -- probes ---------------------------------------------------------------------------
+    @property
+    def sites(self) -> tuple[str, ...]:
+        gate = ("g",) if self.config.use_gate else ()
+        return ("in", "q", "k", "v", "beta", "state", "o") + gate + ("y", "mid", "mlp", "out", "attn")
+
+    def _site_shapes(self):
+        cfg = self.config
+        return {"in": (cfg.d_model,), "q": (cfg.key_dim,), "k": (cfg.key_dim,), "v": (cfg.value_dim,),
+                "beta": (cfg.num_heads,), "state": (cfg.num_heads, cfg.head_k, cfg.head_v),
+                "o": (cfg.value_dim,), "g": (cfg.value_dim,), "y": (cfg.value_dim,), "mid": (cfg.d_model,),
+                "mlp": (cfg.d_model,), "out": (cfg.d_model,)}
+
+    def _build_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        conv = "causal conv + " if cfg.use_short_conv else ""
+        desc = {
+            "in": "rmsnorm(x) (attn_norm): the input of the q, k, v, beta and gate projections",
+            "q": f"query q_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({conv}W_q in), heads side by side "
+                 "(without the 1/sqrt(d_k) scale)",
+            "k": f"key k_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({conv}W_k in), heads side by side",
+            "v": f"value v_t = silu({conv}W_v in), heads side by side",
+            "beta": "writing strength beta_t per head: sigmoid(W_b in)" if cfg.use_beta else
+                    "writing strength beta_t per head (1: the model has no b_proj)",
+            "state": "fast-weight state S_t = (I - beta_t k_t k_t^T) S_(t-1) + beta_t k_t v_t^T per head, "
+                     "head x d_k x d_v (interventions index it flattened: (head*d_k + key)*d_v + value)",
+            "o": "delta-rule readout o_t = S_t^T q_t / sqrt(d_k), heads side by side",
+            "g": "output gate silu(W_g in), multiplies the normalised readout",
+            "y": "rmsnorm of each head's readout (o_norm)" + (" times the gate" if cfg.use_gate else "")
+                 + ": the input of o_proj",
+            "mid": "residual stream after the mixer: x + o_proj(y)",
+            "mlp": "swiglu MLP output down(silu(gate(m)) * up(m)), m = rmsnorm(mid)",
+            "out": "residual stream after the block: mid + mlp",
+            "attn": f"implicit attention mean_h |alpha_ij| over heads, alpha_ij = beta_j k_j^T (prod_(m=j+1..i) "
+                    f"(I - beta_m k_m k_m^T)) q_i / sqrt(d_k) (o_i = sum_j alpha_ij v_j); rows {r0}..{r1 - 1}, "
+                    f"column m is key step {c0}+m; 0 where j > i, NaN in rows outside the window",
+        }
+        shapes = {**self._site_shapes(), "attn": (c1 - c0,)}
+        dims = {"state": ("token", "head", "key", "value"), "attn": ("token", "key"), "beta": ("token", "head")}
+        specs = [ProbeSpec("embed", (cfg.d_model,), ("token", "unit"), "token embedding fed to layer 0")]
+        for k in range(cfg.n_layer):
+            for site in self.sites:
+                specs.append(ProbeSpec(layer_probe(k, site), shapes[site], dims.get(site, ("token", "unit")),
+                                       desc[site], layer=k, site=site))
+        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
+                               "next-token scores lm_head(rmsnorm(x)) (before softmax)"))
+        return specs
+
+    # -- forward --------------------------------------------------------------------------
+    def initial_state(self, batch: int):
+        cfg = self.config
+        z = dict(dtype=self.dtype, device=self.device)
+        S = torch.zeros(batch, cfg.num_heads, cfg.head_k, cfg.head_v, **z)
+        K = cfg.conv_size - 1 if cfg.use_short_conv else 0
+        return (S, torch.zeros(K, batch, cfg.key_dim, **z), torch.zeros(K, batch, cfg.key_dim, **z),
+                torch.zeros(K, batch, cfg.value_dim, **z))
+
+    def _embed_tokens(self, x):
+        return F.embedding(x, self._w["model.embeddings.weight"])
+
+    def _logits(self, h):
+        w = self._w
+        return F.linear(_rms(h, w["model.norm.weight"], self.config.norm_eps), w.get("lm_head.weight",
+                                                                                  w["model.embeddings.weight"]))
+
+    def _short_conv(self, p, name, x, buf):
+        """Causal depthwise convolution of projections ``x`` [n, B, width] continuing after the
+        buffer ``buf`` (the previous conv_size - 1 projections); returns (result, new buffer)."""
+        cfg = self.config
+        if not cfg.use_short_conv:
+            return x, buf
+        K = cfg.conv_size
+        wc = self._w[p + f"attn.{name}_conv1d.weight"][:, 0, :]
+        xc = torch.cat([buf, x])
+        n = x.shape[0]
+        c = xc[0:n] * wc[:, 0]
+        for j in range(1, K):
+            c = c + xc[j:j + n] * wc[:, j]
+        bias = self._w.get(p + f"attn.{name}_conv1d.bias")
+        return (c if bias is None else c + bias), xc[n:].clone()
+
+    def _layer_chunk(self, k, x, a, state, edits, record):
+        cfg = self.config
+        w = self._w
+        p = f"model.layers.{k}."
+        n, B = x.shape[:2]
+        H, dk, dv = cfg.num_heads, cfg.head_k, cfg.head_v
+        S, buf_q, buf_k, buf_v = state
+
+        def edit(site, val):
+            for e in edits.get(site, ()):
+                if len(e.steps) and e.steps[-1] >= a and e.steps[0] < a + n:
+                    val = e.apply_all(val, a)
+            return val
+
+        hin = edit("in", _rms(x, w[p + "attn_norm.weight"], cfg.norm_eps))
+        qc, buf_q = self._short_conv(p, "q", F.linear(hin, w[p + "attn.q_proj.weight"]), buf_q)
+        kc, buf_k = self._short_conv(p, "k", F.linear(hin, w[p + "attn.k_proj.weight"]), buf_k)
+        vc, buf_v = self._short_conv(p, "v", F.linear(hin, w[p + "attn.v_proj.weight"]), buf_v)
+        if cfg.qk_activation == "silu":
+            qc, kc = F.silu(qc), F.silu(kc)
+        q = _qk_normalise(_qk_activation(qc.view(n, B, H, dk), cfg.qk_activation), cfg.qk_norm)
+        kk = _qk_normalise(_qk_activation(kc.view(n, B, H, dk), cfg.qk_activation), cfg.qk_norm)
+        q = edit("q", q.reshape(n, B, H * dk))
+        kk = edit("k", kk.reshape(n, B, H * dk))
+        v = edit("v", F.silu(vc))
+        beta = torch.sigmoid(F.linear(hin, w[p + "attn.b_proj.weight"])) if cfg.use_beta else x.new_ones(n, B, H)
+        beta = edit("beta", beta)
+
+        o, S, states = self._delta_rule(q, kk, v, beta, S, a, edits.get("state", ()), "state" in record)
+        o = edit("o", o)
+        y = _rms(o.view(n, B, H, dv), w[p + "attn.o_norm.weight"], cfg.norm_eps).reshape(n, B, H * dv)
+        vals = {"in": hin, "q": q, "k": kk, "v": v, "beta": beta, "o": o}
+        if cfg.use_gate:
+            g = edit("g", F.silu(F.linear(hin, w[p + "attn.g_proj.weight"])))
+            y = y * g
+            vals["g"] = g
+        y = edit("y", y)
+        mid = edit("mid", x + F.linear(y, w[p + "attn.o_proj.weight"]))
+        m = _rms(mid, w[p + "mlp_norm.weight"], cfg.norm_eps)
+        mlp = edit("mlp", F.linear(F.silu(F.linear(m, w[p + "mlp.gate_proj.weight"])) * F.linear(m, w[p + "mlp.up_proj.weight"]),
+                                   w[p + "mlp.down_proj.weight"]))
+        vals.update({"y": y, "mid": mid, "mlp": mlp, "out": edit("out", mid + mlp)})
+        if states is not None:
+            vals["state"] = states
+        return vals, (S, buf_q, buf_k, buf_v)
+
+    def _delta_rule(self, q, k, v, beta, S, a, state_edits, want_states):
+        """The delta rule over a chunk of steps ``a..a+n-1`` (``q``, ``k``, ``v`` [n, B, width],
+        ``beta`` [n, B, H]) on sub-chunks of ``SUB`` steps, split where ``state`` is edited.
+        Returns (o [n, B, value_dim], the state after the chunk, the states [n, B, H, d_k, d_v]
+        when asked for, else None)."""
+        cfg = self.config
+        n, B = q.shape[:2]
+        H, dk, dv = cfg.num_heads, cfg.head_k, cfg.head_v
+        heads = lambda t, d: t.reshape(n, B, H, d).permute(1, 2, 0, 3)  # noqa: E731  -> [B, H, n, d]
+        qh, kh, vh = heads(q * self.scale, dk), heads(k, dk), heads(v, dv)
+        bh = beta.permute(1, 2, 0)
+        o = q.new_empty(B, H, n, dv)
+        states = q.new_empty(B, H, n, dk, dv) if want_states else None
+        edit_steps = sorted({int(t) - a for e in state_edits for t in e.steps if a <= t < a + n})
+        for s0 in range(0, n, SUB):  # the sub-chunk grid is fixed relative to the chunk
+            s1 = min(s0 + SUB, n)
+            first = s0
+            for last in sorted({t for t in edit_steps if s0 <= t < s1} | {s1 - 1}):
+                seg = slice(first, last + 1)
+                o_seg, U, S_next = delta_rule_chunk(qh[:, :, seg], kh[:, :, seg], vh[:, :, seg], bh[:, :, seg], S)
+                o[:, :, seg] = o_seg
+                if states is not None:
+                    states[:, :, seg] = states_after_each_step(kh[:, :, seg], U, S)
+                S = S_next
+                if last in edit_steps:  # an edit of the state after step `last`, then its readout again
+                    flat = S.reshape(B, H * dk * dv)
+                    for e in state_edits:
+                        flat = e.apply_step(flat, a + last)
+                    S = flat.reshape(B, H, dk, dv)
+                    o[:, :, last] = (qh[:, :, last, None, :] @ S)[:, :, 0]
+                    if states is not None:
+                        states[:, :, last] = S
+                first = last + 1
+        o = o.permute(2, 0, 1, 3).reshape(n, B, H * dv)
+        return o, S, (states.permute(2, 0, 1, 3, 4) if states is not None else None)
+
+    def _attention(self, k, out, old, s, T, B):
+        """The ``attn`` probe: the whole window again whenever one of its rows may have changed
+        (so a re-run computes it exactly as a full run)."""
+        cfg = self.config
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        name = layer_probe(k, "attn")
+        res = torch.full((T, B, c1 - c0), float("nan"), dtype=self.dtype, device=self.device)
+        if s:
+            res[:s] = old[name][:s]
+        hi = min(r1, T)
+        if r0 < hi and s < hi:
+            q, kk, beta = (out[layer_probe(k, site)] for site in ("q", "k", "beta"))
+            for b in range(B):
+                alpha = delta_rule_attention((q[:, b] * self.scale).view(T, cfg.num_heads, cfg.head_k),
+                                             kk[:, b].view(T, cfg.num_heads, cfg.head_k), beta[:, b],
+                                             (r0, hi), (c0, c1))
+                res[r0:hi, b] = alpha.abs().mean(-1)
+        return res
+
+
+# ======================================================================================
+# loading: fla DeltaNetForCausalLM folders
+# ======================================================================================
+
+_Q_PROJ = re.compile(r"^(.*?)layers\.(\d+)\.attn\.q_proj\.weight$")
+#: tensors of other fla families with the same q/k/v names
+_OTHER_FLA = ("attn.A_log", "attn.a_proj.weight", "attn.gk_proj", "attn.g_norm_swish_gate", "attn.dt_bias",
+              "attn.f_proj", "attn.i_proj")
+
+
+def looks_like_deltanet(tensors: dict, configs: list) -> bool:
+    """An fla DeltaNet checkpoint: ``config.json`` with ``model_type`` "delta_net", or (with no
+    model_type stated) ``…layers.{i}.attn.q_proj.weight`` next to ``attn.o_norm.weight`` and
+    convolutions or ``b_proj``, and none of the tensors of fla's other families."""
+    for _, d in configs:
+        if "model_type" in d:
+            return str(d["model_type"]).lower() == "delta_net"
+        if str(d.get("family", "")).lower() == "deltanet":
+            return True
+    if not any(_Q_PROJ.match(k) for k in tensors):
+        return False
+    keys = list(tensors)
+    if any(marker in key for key in keys for marker in _OTHER_FLA):
+        return False
+    has = lambda suffix: any(key.endswith(suffix) for key in keys)  # noqa: E731
+    return has("attn.o_norm.weight") and (has("attn.k_conv1d.weight") or has("attn.b_proj.weight"))
+
+
+def _stated_config(configs: list, name: str) -> dict:
+    """DeltaNetConfig fields stated by fla's config.json (or SeqScope metadata)."""
+    for src, d in configs:
+        if str(d.get("family", "")).lower() == "deltanet":
+            return {k: v for k, v in d.items() if k in DeltaNetConfig.__dataclass_fields__}
+        if str(d.get("model_type", "")).lower() != "delta_net":
+            continue
+        if d.get("attn"):
+            raise LoadError(f"{src}: 'attn' puts softmax attention in layers {d['attn'].get('layers')} (a hybrid "
+                            "model); SeqScope's DeltaNet reads pure DeltaNet models only")
+        act = str(d.get("hidden_act", "swish"))
+        if act not in ("swish", "silu"):
+            raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's DeltaNet supports the swish (swiglu) MLP only")
+        if d.get("allow_neg_eigval"):
+            raise LoadError(f"{src}: allow_neg_eigval (beta in (0, 2)) is not supported")
+        out = {}
+        for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
+                             ("num_heads", "num_heads"), ("conv_size", "conv_size"),
+                             ("intermediate_size", "intermediate_size")):
+            if isinstance(d.get(theirs), int):
+                out[ours] = d[theirs]
+        for ours, theirs in (("use_beta", "use_beta"), ("use_gate", "use_gate"), ("use_short_conv", "use_short_conv"),
+                             ("tie_embeddings", "tie_word_embeddings")):
+            if theirs in d:
+                out[ours] = bool(d[theirs])
+        for key in ("qk_activation", "qk_norm"):
+            if key in d:
+                out[key] = str(d[key])
+        if "norm_eps" in d:
+            out["norm_eps"] = float(d["norm_eps"])
+        hid = out.get("d_model")
+        if hid:
+            out["key_dim"] = int(hid * float(d.get("expand_k", 1.0)))
+            out["value_dim"] = int(hid * float(d.get("expand_v", 1.0)))
+            if "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
+                inter = int(hid * (d.get("hidden_ratio") or 4) * 2 / 3)
+                out["intermediate_size"] = 256 * ((inter + 255) // 256)
+        return out
+    return {}
+
+
+def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
+    """File keys -> fla names whatever the prefix (``model.``, none, ``module.model.``)."""
+    prefixes = {m.group(1) for k in tensors if (m := _Q_PROJ.match(k))}
+    if len(prefixes) != 1:
+        raise LoadError(f"{name}: expected DeltaNet layer weights named …layers.{{i}}.attn.q_proj.weight under one "
+                        f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
+    prefix = prefixes.pop()
+    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
+    canon, origin = {}, {}
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            cn = "model." + k[len(prefix):]
+        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
+            cn = k[len(outer):]
+        else:
+            cn = k
+        canon[cn], origin[cn] = v, k
+    return canon, origin
+
+
+def _inferred_config(canon: dict, stated: dict) -> dict:
+    """DeltaNetConfig fields from the weights, where the config left them out."""
+    out = dict(stated)
+    n = 0
+    while f"model.layers.{n}.attn.q_proj.weight" in canon:
+        n += 1
+    out.setdefault("n_layer", n)
+    a = "model.layers.0.attn."
+    shape = lambda key, i: int(canon[key].shape[i]) if key in canon and canon[key].ndim > i else None  # noqa: E731
+    for field, key, i in (("d_model", a + "q_proj.weight", 1), ("key_dim", a + "q_proj.weight", 0),
+                          ("value_dim", a + "v_proj.weight", 0), ("vocab_size", "model.embeddings.weight", 0),
+                          ("intermediate_size", "model.layers.0.mlp.gate_proj.weight", 0),
+                          ("conv_size", a + "q_conv1d.weight", 2)):
+        if shape(key, i) is not None:
+            out.setdefault(field, shape(key, i))
+    if "num_heads" not in out:
+        if shape(a + "b_proj.weight", 0) is not None:
+            out["num_heads"] = shape(a + "b_proj.weight", 0)
+        elif shape(a + "o_norm.weight", 0) and out.get("value_dim"):
+            out["num_heads"] = out["value_dim"] // shape(a + "o_norm.weight", 0)
+    out.setdefault("use_beta", a + "b_proj.weight" in canon)
+    out.setdefault("use_gate", a + "g_proj.weight" in canon)
+    out.setdefault("use_short_conv", a + "q_conv1d.weight" in canon)
+    out["conv_bias"] = a + "q_conv1d.bias" in canon  # fla's config does not state it
+    out.setdefault("tie_embeddings", "lm_head.weight" not in canon)
+    return out
+
+
+def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True,
+                  **kwargs) -> DeltaNetModel:
+    """A :class:`DeltaNetModel` from a checkpoint's tensors and the configs stored with it
+    (``[(where, dict)]``); every problem is a LoadError naming the keys involved."""
+    stated = _stated_config(configs, name)
+    canon, origin = _canonical_names(tensors, name)
+    try:
+        cfg = DeltaNetConfig.from_dict(_inferred_config(canon, stated))
+    except (TypeError, ValueError) as exc:
+        raise LoadError(f"{name}: the DeltaNet config is not valid: {exc}") from None
+    expected = canonical_weight_shapes(cfg)
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    missing = [key(cn) for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
+    unused = [key(cn) for cn in canon if cn not in expected and not (cfg.tie_embeddings and cn == "lm_head.weight")]
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
+    if bad:
+        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    if unused and strict:
+        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
+    if parts:
+        raise LoadError(f"{name} does not hold the weights of a DeltaNet model (fla delta_net layout: d_model="
+                        f"{cfg.d_model}, n_layer={cfg.n_layer}, num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, "
+                        f"value_dim={cfg.value_dim}): " + ". ".join(parts))
+    try:
+        model = DeltaNetModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name}: could not build the DeltaNet model: {exc}") from None
+    model.load_info.update({"format": fmt, "layout": "fla DeltaNetForCausalLM"})
+    if unused:
+        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+    return model
+
+
+#: the names engine.loading looks for in a family module
+looks_like = looks_like_deltanet
+load = load_deltanet

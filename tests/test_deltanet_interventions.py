@@ -20,13 +20,13 @@ def ids(T, seed=0, vocab=29):
 EDITABLE = ["in", "q", "k", "v", "beta", "state", "o", "g", "y", "mid", "mlp", "out"]
 
 
+@pytest.mark.parametrize("chunk,t", [(16, 27), (128, 100)])  # inside a chunk; inside its second sub-chunk
 @pytest.mark.parametrize("site", EDITABLE)
-def test_steps_before_t_are_bit_identical_and_later_steps_change(tmp_path, site):
+def test_steps_before_t_are_bit_identical_and_later_steps_change(tmp_path, site, chunk, t):
     model, _, _ = build(tmp_path, 20, dtype=torch.float32, use_gate=True)
-    x = ids(70)
-    t = 27  # inside a chunk of 16
-    clean = engine.run(model, x, chunk=16)
-    edited = engine.run(model, x, chunk=16, interventions=[Intervention(f"layers.0.{site}", "add", 0.5, positions=Span(t))])
+    x = ids(140)
+    clean = engine.run(model, x, chunk=chunk)
+    edited = engine.run(model, x, chunk=chunk, interventions=[Intervention(f"layers.0.{site}", "add", 0.5, positions=Span(t))])
     for name in clean.probes:
         np.testing.assert_array_equal(edited[name][:t], clean[name][:t], err_msg=name)
     assert np.abs(edited["layers.1.out"][t:] - clean["layers.1.out"][t:]).max() > 1e-4

@@ -50,8 +50,9 @@ S_(t-1)^T k_t), S_t = S_0 + sum_(j<=t) k_j u_j^T, and U solves the unit lower-tr
 (I + diag(beta) tril(K K^T, -1)) U = diag(beta) (V - K S_0) (one ``solve_triangular`` per
 sub-chunk: no Python loop over steps); then O = Q S_0 + tril(Q K^T) U and S_new = S_0 + K^T U.
 The full per-step state is a cumulative sum of k_j u_j^T, built only when ``state`` is asked for.
-An intervention on ``state`` at step t splits the sub-chunk there: the steps up to t run, the
-state is edited, o_t is read again from it, and the rest of the sub-chunk starts from it.  The
+An intervention on ``state`` at step t splits the sub-chunk there: the state after step t is
+edited, o_t is read again from it, and the rest of the sub-chunk runs again from it (the steps
+up to t come from the same call as in a run without the edit, so they are bit-identical).  The
 prefix cache keeps S and the three convolution buffers (the last conv_size - 1 projections).
 """
 from __future__ import annotations
@@ -453,22 +454,27 @@ class DeltaNetModel(ChunkedLayerModel):
         for s0 in range(0, n, SUB):  # the sub-chunk grid is fixed relative to the chunk
             s1 = min(s0 + SUB, n)
             first = s0
-            for last in sorted({t for t in edit_steps if s0 <= t < s1} | {s1 - 1}):
-                seg = slice(first, last + 1)
-                o_seg, U, S_next = delta_rule_chunk(qh[:, :, seg], kh[:, :, seg], vh[:, :, seg], bh[:, :, seg], S)
-                o[:, :, seg] = o_seg
+            while first < s1:
+                # always to the end of the sub-chunk, so that the steps before an edit are
+                # computed exactly as in a run without it
+                seg = slice(first, s1)
+                o[:, :, seg], U, S_end = delta_rule_chunk(qh[:, :, seg], kh[:, :, seg], vh[:, :, seg], bh[:, :, seg], S)
                 if states is not None:
                     states[:, :, seg] = states_after_each_step(kh[:, :, seg], U, S)
-                S = S_next
-                if last in edit_steps:  # an edit of the state after step `last`, then its readout again
-                    flat = S.reshape(B, H * dk * dv)
-                    for e in state_edits:
-                        flat = e.apply_step(flat, a + last)
-                    S = flat.reshape(B, H, dk, dv)
-                    o[:, :, last] = (qh[:, :, last, None, :] @ S)[:, :, 0]
-                    if states is not None:
-                        states[:, :, last] = S
-                first = last + 1
+                edit_at = next((t for t in edit_steps if first <= t < s1), None)
+                if edit_at is None:
+                    S = S_end
+                    break
+                # the state after step `edit_at`, edited; its readout again; the rest from it
+                m = edit_at + 1 - first
+                flat = (S + kh[:, :, first:edit_at + 1].transpose(-1, -2) @ U[:, :, :m]).reshape(B, H * dk * dv)
+                for e in state_edits:
+                    flat = e.apply_step(flat, a + edit_at)
+                S = flat.reshape(B, H, dk, dv)
+                o[:, :, edit_at] = (qh[:, :, edit_at, None, :] @ S)[:, :, 0]
+                if states is not None:
+                    states[:, :, edit_at] = S
+                first = edit_at + 1
         o = o.permute(2, 0, 1, 3).reshape(n, B, H * dv)
         return o, S, (states.permute(2, 0, 1, 3, 4) if states is not None else None)
 

@@ -214,7 +214,7 @@ def delta_rule_attention(q, k, beta, rows, cols) -> torch.Tensor:
 
 
 def _rms(x, w, eps):
-    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
 def _qk_activation(x, kind):

@@ -84,10 +84,13 @@ class DeltaNetConfig:
     d_model: int
     n_layer: int
     vocab_size: int
-    num_heads: int
-    key_dim: int  # all heads: hidden_size * expand_k
-    value_dim: int  # all heads: hidden_size * expand_v
+    num_heads: int  # of q and k
+    key_dim: int  # all heads: hidden_size * expand_k (gated: num_heads * head_dim)
+    value_dim: int  # all heads: hidden_size * expand_v (gated: num_v_heads * head_dim * expand_v)
     intermediate_size: int
+    gated: bool = False  # the gated delta rule (fla gated_deltanet)
+    num_v_heads: int = 0  # 0: num_heads; more: each q/k head serves num_v_heads / num_heads value heads
+    allow_neg_eigval: bool = False  # beta = 2 sigmoid(.)
     use_beta: bool = True
     use_gate: bool = False
     use_short_conv: bool = True
@@ -106,9 +109,13 @@ class DeltaNetConfig:
         for name in ("d_model", "n_layer", "vocab_size", "num_heads", "key_dim", "value_dim", "intermediate_size"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
-            raise ValueError(f"key_dim {self.key_dim} and value_dim {self.value_dim} must be multiples of "
-                             f"num_heads {self.num_heads}")
+        if not self.num_v_heads:
+            object.__setattr__(self, "num_v_heads", self.num_heads)
+        if self.key_dim % self.num_heads or self.value_dim % self.num_v_heads or self.num_v_heads % self.num_heads:
+            raise ValueError(f"key_dim {self.key_dim} must be a multiple of num_heads {self.num_heads}, value_dim "
+                             f"{self.value_dim} one of num_v_heads {self.num_v_heads}, and that one of num_heads")
+        if self.gated and not self.use_beta:
+            raise ValueError("the gated delta rule always has beta (b_proj)")
         if self.use_short_conv and self.conv_size < 1:
             raise ValueError(f"conv_size must be positive, got {self.conv_size}")
 
@@ -118,10 +125,14 @@ class DeltaNetConfig:
 
     @property
     def head_v(self) -> int:
-        return self.value_dim // self.num_heads
+        return self.value_dim // self.num_v_heads
+
+    @property
+    def family(self) -> str:
+        return "gated_deltanet" if self.gated else "deltanet"
 
     def to_json(self) -> str:
-        return json.dumps({"family": "deltanet", **asdict(self)})
+        return json.dumps({"family": self.family, **asdict(self)})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DeltaNetConfig":
@@ -130,7 +141,7 @@ class DeltaNetConfig:
 
 def canonical_weight_shapes(cfg: DeltaNetConfig) -> dict[str, tuple[int, ...]]:
     """Every weight of a model with this config (fla names), with its shape."""
-    d, dk, dv, H, K = cfg.d_model, cfg.key_dim, cfg.value_dim, cfg.num_heads, cfg.conv_size
+    d, dk, dv, HV, K = cfg.d_model, cfg.key_dim, cfg.value_dim, cfg.num_v_heads, cfg.conv_size
     shapes: dict[str, tuple[int, ...]] = {"model.embeddings.weight": (cfg.vocab_size, d)}
     for i in range(cfg.n_layer):
         p = f"model.layers.{i}."
@@ -140,7 +151,11 @@ def canonical_weight_shapes(cfg: DeltaNetConfig) -> dict[str, tuple[int, ...]]:
         shapes[a + "k_proj.weight"] = (dk, d)
         shapes[a + "v_proj.weight"] = (dv, d)
         if cfg.use_beta:
-            shapes[a + "b_proj.weight"] = (H, d)
+            shapes[a + "b_proj.weight"] = (HV, d)
+        if cfg.gated:
+            shapes[a + "a_proj.weight"] = (HV, d)
+            shapes[a + "A_log"] = (HV,)
+            shapes[a + "dt_bias"] = (HV,)
         if cfg.use_short_conv:
             for name, width in (("q", dk), ("k", dk), ("v", dv)):
                 shapes[a + f"{name}_conv1d.weight"] = (width, 1, K)
@@ -177,21 +192,26 @@ def delta_rule_chunk(q, k, v, beta, S, g=None):
     if g is None:
         kk, qk = torch.tril(kk, -1), torch.tril(qk)
     else:
-        D, G = decay_ratios(g)
+        D, G = decay_ratios(g, k.dtype)
         kk, qk = torch.tril(kk * D, -1), qk * D
         kS, qS = kS * G[..., None], qS * G[..., None]
     U = torch.linalg.solve_triangular(kk * b, b * (v - kS), upper=False, unitriangular=True)
     return qS + qk @ U, U, state_after(k, U, S, g, k.shape[-2])
 
 
-def decay_ratios(g):
+def decay_ratios(g, dtype):
     """``(D, G)`` for log decays ``g`` [..., n]: D[t, j] = G_t / G_j for j <= t (0 above the
     diagonal) and G_t = exp(g_0 + ... + g_t), from a cumulative sum in float64."""
     c = torch.cumsum(g.double(), -1)
     n = g.shape[-1]
     above = torch.ones(n, n, dtype=torch.bool, device=g.device).triu(1)
     D = torch.exp((c[..., :, None] - c[..., None, :]).masked_fill(above, float("-inf")))
-    return D.to(g.dtype), torch.exp(c).to(g.dtype)
+    return D.to(dtype), torch.exp(c).to(dtype)
+
+
+def log_decay(decay):
+    """log(decay) in float64 for :func:`decay_ratios`; a decay of 0 (an edit) forgets all."""
+    return torch.log(decay.double()).clamp_min(-1e4)
 
 
 def state_after(k, U, S, g, m):
@@ -208,7 +228,7 @@ def states_after_each_step(k, U, S, g=None):
     """S_t for every step of a :func:`delta_rule_chunk` call: [B, H, n, d_k, d_v]."""
     if g is None:
         return S[:, :, None] + torch.cumsum(k[..., :, None] * U[..., None, :], dim=2)
-    D, G = decay_ratios(g)
+    D, G = decay_ratios(g, k.dtype)
     return G[..., None, None] * S[:, :, None] + torch.einsum("bhtj,bhjk,bhjv->bhtkv", D, k, U)
 
 
@@ -269,7 +289,6 @@ class DeltaNetModel(ChunkedLayerModel):
     :class:`engine.models.mamba.AttentionWindow`."""
 
     architecture = "deltanet"
-    ATTENTION_NEEDS = frozenset({"q", "k", "beta"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
     def __init__(self, config: DeltaNetConfig, weights: dict, *, tokenizer=None, source: str = "",
@@ -285,6 +304,7 @@ class DeltaNetModel(ChunkedLayerModel):
         if bad:
             raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
         self.config = config
+        self.architecture = config.family
         self.tokenizer = tokenizer
         self.source = str(source)
         self.load_info: dict = {}
@@ -344,13 +364,19 @@ class DeltaNetModel(ChunkedLayerModel):
     # -- probes ---------------------------------------------------------------------------
     @property
     def sites(self) -> tuple[str, ...]:
+        decay = ("decay",) if self.config.gated else ()
         gate = ("g",) if self.config.use_gate else ()
-        return ("in", "q", "k", "v", "beta", "state", "o") + gate + ("y", "mid", "mlp", "out", "attn")
+        return ("in", "q", "k", "v", "beta") + decay + ("state", "o") + gate + ("y", "mid", "mlp", "out", "attn")
+
+    @property
+    def ATTENTION_NEEDS(self) -> frozenset:  # noqa: N802 - the attribute ChunkedLayerModel reads
+        return frozenset({"q", "k", "beta", "decay"} if self.config.gated else {"q", "k", "beta"})
 
     def _site_shapes(self):
         cfg = self.config
+        HV = cfg.num_v_heads
         return {"in": (cfg.d_model,), "q": (cfg.key_dim,), "k": (cfg.key_dim,), "v": (cfg.value_dim,),
-                "beta": (cfg.num_heads,), "state": (cfg.num_heads, cfg.head_k, cfg.head_v),
+                "beta": (HV,), "decay": (HV,), "state": (HV, cfg.head_k, cfg.head_v),
                 "o": (cfg.value_dim,), "g": (cfg.value_dim,), "y": (cfg.value_dim,), "mid": (cfg.d_model,),
                 "mlp": (cfg.d_model,), "out": (cfg.d_model,)}
 
@@ -358,16 +384,20 @@ class DeltaNetModel(ChunkedLayerModel):
         cfg = self.config
         (r0, r1), (c0, c1) = self._window.rows, self._window.cols
         conv = "causal conv + " if cfg.use_short_conv else ""
+        two = "2 " if cfg.allow_neg_eigval else ""
+        decayed = "decay_t " if cfg.gated else ""
         desc = {
             "in": "rmsnorm(x) (attn_norm): the input of the q, k, v, beta and gate projections",
             "q": f"query q_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({conv}W_q in), heads side by side "
                  "(without the 1/sqrt(d_k) scale)",
             "k": f"key k_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({conv}W_k in), heads side by side",
             "v": f"value v_t = silu({conv}W_v in), heads side by side",
-            "beta": "writing strength beta_t per head: sigmoid(W_b in)" if cfg.use_beta else
+            "beta": f"writing strength beta_t per value head: {two}sigmoid(W_b in)" if cfg.use_beta else
                     "writing strength beta_t per head (1: the model has no b_proj)",
-            "state": "fast-weight state S_t = (I - beta_t k_t k_t^T) S_(t-1) + beta_t k_t v_t^T per head, "
-                     "head x d_k x d_v (interventions index it flattened: (head*d_k + key)*d_v + value)",
+            "decay": "forget gate decay_t = exp(-exp(A_log) softplus(W_a in + dt_bias)) per value head, "
+                     "scales the state before each write",
+            "state": f"fast-weight state S_t = {decayed}(I - beta_t k_t k_t^T) S_(t-1) + beta_t k_t v_t^T per value "
+                     "head, head x d_k x d_v (interventions index it flattened: (head*d_k + key)*d_v + value)",
             "o": "delta-rule readout o_t = S_t^T q_t / sqrt(d_k), heads side by side",
             "g": "output gate silu(W_g in), multiplies the normalised readout",
             "y": "rmsnorm of each head's readout (o_norm)" + (" times the gate" if cfg.use_gate else "")
@@ -376,11 +406,13 @@ class DeltaNetModel(ChunkedLayerModel):
             "mlp": "swiglu MLP output down(silu(gate(m)) * up(m)), m = rmsnorm(mid)",
             "out": "residual stream after the block: mid + mlp",
             "attn": f"implicit attention mean_h |alpha_ij| over heads, alpha_ij = beta_j k_j^T (prod_(m=j+1..i) "
-                    f"(I - beta_m k_m k_m^T)) q_i / sqrt(d_k) (o_i = sum_j alpha_ij v_j); rows {r0}..{r1 - 1}, "
+                    f"{decayed.replace('_t', '_m')}(I - beta_m k_m k_m^T)) q_i / sqrt(d_k) (o_i = sum_j alpha_ij v_j); "
+                    f"rows {r0}..{r1 - 1}, "
                     f"column m is key step {c0}+m; 0 where j > i, NaN in rows outside the window",
         }
         shapes = {**self._site_shapes(), "attn": (c1 - c0,)}
-        dims = {"state": ("token", "head", "key", "value"), "attn": ("token", "key"), "beta": ("token", "head")}
+        dims = {"state": ("token", "head", "key", "value"), "attn": ("token", "key"), "beta": ("token", "head"),
+                "decay": ("token", "head")}
         specs = [ProbeSpec("embed", (cfg.d_model,), ("token", "unit"), "token embedding fed to layer 0")]
         for k in range(cfg.n_layer):
             for site in self.sites:
@@ -394,7 +426,7 @@ class DeltaNetModel(ChunkedLayerModel):
     def initial_state(self, batch: int):
         cfg = self.config
         z = dict(dtype=self.dtype, device=self.device)
-        S = torch.zeros(batch, cfg.num_heads, cfg.head_k, cfg.head_v, **z)
+        S = torch.zeros(batch, cfg.num_v_heads, cfg.head_k, cfg.head_v, **z)
         K = cfg.conv_size - 1 if cfg.use_short_conv else 0
         return (S, torch.zeros(K, batch, cfg.key_dim, **z), torch.zeros(K, batch, cfg.key_dim, **z),
                 torch.zeros(K, batch, cfg.value_dim, **z))
@@ -428,7 +460,7 @@ class DeltaNetModel(ChunkedLayerModel):
         w = self._w
         p = f"model.layers.{k}."
         n, B = x.shape[:2]
-        H, dk, dv = cfg.num_heads, cfg.head_k, cfg.head_v
+        H, HV, dk, dv = cfg.num_heads, cfg.num_v_heads, cfg.head_k, cfg.head_v
         S, buf_q, buf_k, buf_v = state
 
         def edit(site, val):
@@ -448,13 +480,18 @@ class DeltaNetModel(ChunkedLayerModel):
         q = edit("q", q.reshape(n, B, H * dk))
         kk = edit("k", kk.reshape(n, B, H * dk))
         v = edit("v", F.silu(vc))
-        beta = torch.sigmoid(F.linear(hin, w[p + "attn.b_proj.weight"])) if cfg.use_beta else x.new_ones(n, B, H)
-        beta = edit("beta", beta)
+        beta = torch.sigmoid(F.linear(hin, w[p + "attn.b_proj.weight"])) if cfg.use_beta else x.new_ones(n, B, HV)
+        beta = edit("beta", 2 * beta if cfg.allow_neg_eigval else beta)
+        vals = {"in": hin, "q": q, "k": kk, "v": v, "beta": beta}
+        log_g = None
+        if cfg.gated:
+            rate = torch.exp(w[p + "attn.A_log"]) * F.softplus(F.linear(hin, w[p + "attn.a_proj.weight"]) + w[p + "attn.dt_bias"])
+            vals["decay"] = edit("decay", torch.exp(-rate))
+            log_g = log_decay(vals["decay"])
 
-        o, S, states = self._delta_rule(q, kk, v, beta, S, a, edits.get("state", ()), "state" in record)
-        o = edit("o", o)
-        y = _rms(o.view(n, B, H, dv), w[p + "attn.o_norm.weight"], cfg.norm_eps).reshape(n, B, H * dv)
-        vals = {"in": hin, "q": q, "k": kk, "v": v, "beta": beta, "o": o}
+        o, S, states = self._delta_rule(q, kk, v, beta, log_g, S, a, edits.get("state", ()), "state" in record)
+        o = vals["o"] = edit("o", o)
+        y = _rms(o.view(n, B, HV, dv), w[p + "attn.o_norm.weight"], cfg.norm_eps).reshape(n, B, HV * dv)
         if cfg.use_gate:
             g = edit("g", F.silu(F.linear(hin, w[p + "attn.g_proj.weight"])))
             y = y * g
@@ -469,17 +506,26 @@ class DeltaNetModel(ChunkedLayerModel):
             vals["state"] = states
         return vals, (S, buf_q, buf_k, buf_v)
 
-    def _delta_rule(self, q, k, v, beta, S, a, state_edits, want_states):
+    def _value_heads(self, x, n, B):
+        """q or k [n, B, key_dim] -> [B, num_v_heads, n, d_k]: each q/k head repeated for the value
+        heads it serves (value head h reads q/k head h // (num_v_heads / num_heads))."""
+        cfg = self.config
+        x = x.reshape(n, B, cfg.num_heads, cfg.head_k).permute(1, 2, 0, 3)
+        return x.repeat_interleave(cfg.num_v_heads // cfg.num_heads, dim=1) if cfg.num_v_heads > cfg.num_heads else x
+
+    def _delta_rule(self, q, k, v, beta, log_g, S, a, state_edits, want_states):
         """The delta rule over a chunk of steps ``a..a+n-1`` (``q``, ``k``, ``v`` [n, B, width],
-        ``beta`` [n, B, H]) on sub-chunks of ``SUB`` steps, split where ``state`` is edited.
-        Returns (o [n, B, value_dim], the state after the chunk, the states [n, B, H, d_k, d_v]
-        when asked for, else None)."""
+        ``beta`` and the log decays ``log_g`` (None for DeltaNet) [n, B, HV]) on sub-chunks of ``SUB`` steps,
+        split where ``state`` is edited.  Returns (o [n, B, value_dim], the state after the chunk,
+        the states [n, B, HV, d_k, d_v] when asked for, else None)."""
         cfg = self.config
         n, B = q.shape[:2]
-        H, dk, dv = cfg.num_heads, cfg.head_k, cfg.head_v
-        heads = lambda t, d: t.reshape(n, B, H, d).permute(1, 2, 0, 3)  # noqa: E731  -> [B, H, n, d]
-        qh, kh, vh = heads(q * self.scale, dk), heads(k, dk), heads(v, dv)
+        H, dk, dv = cfg.num_v_heads, cfg.head_k, cfg.head_v
+        qh, kh = self._value_heads(q * self.scale, n, B), self._value_heads(k, n, B)
+        vh = v.reshape(n, B, H, dv).permute(1, 2, 0, 3)
         bh = beta.permute(1, 2, 0)
+        gh = None if log_g is None else log_g.permute(1, 2, 0)
+        part = lambda x, seg: None if x is None else x[:, :, seg]  # noqa: E731
         o = q.new_empty(B, H, n, dv)
         states = q.new_empty(B, H, n, dk, dv) if want_states else None
         edit_steps = sorted({int(t) - a for e in state_edits for t in e.steps if a <= t < a + n})
@@ -490,16 +536,16 @@ class DeltaNetModel(ChunkedLayerModel):
                 # always to the end of the sub-chunk, so that the steps before an edit are
                 # computed exactly as in a run without it
                 seg = slice(first, s1)
-                o[:, :, seg], U, S_end = delta_rule_chunk(qh[:, :, seg], kh[:, :, seg], vh[:, :, seg], bh[:, :, seg], S)
+                o[:, :, seg], U, S_end = delta_rule_chunk(qh[:, :, seg], kh[:, :, seg], vh[:, :, seg], bh[:, :, seg], S,
+                                                          part(gh, seg))
                 if states is not None:
-                    states[:, :, seg] = states_after_each_step(kh[:, :, seg], U, S)
+                    states[:, :, seg] = states_after_each_step(kh[:, :, seg], U, S, part(gh, seg))
                 edit_at = next((t for t in edit_steps if first <= t < s1), None)
                 if edit_at is None:
                     S = S_end
                     break
                 # the state after step `edit_at`, edited; its readout again; the rest from it
-                m = edit_at + 1 - first
-                flat = (S + kh[:, :, first:edit_at + 1].transpose(-1, -2) @ U[:, :, :m]).reshape(B, H * dk * dv)
+                flat = state_after(kh[:, :, seg], U, S, part(gh, seg), edit_at + 1 - first).reshape(B, H * dk * dv)
                 for e in state_edits:
                     flat = e.apply_step(flat, a + edit_at)
                 S = flat.reshape(B, H, dk, dv)
@@ -522,10 +568,11 @@ class DeltaNetModel(ChunkedLayerModel):
         hi = min(r1, T)
         if r0 < hi and s < hi:
             q, kk, beta = (out[layer_probe(k, site)] for site in ("q", "k", "beta"))
+            qh, kh = self._value_heads(q * self.scale, T, B), self._value_heads(kk, T, B)  # [B, HV, T, d_k]
             for b in range(B):
-                alpha = delta_rule_attention((q[:, b] * self.scale).view(T, cfg.num_heads, cfg.head_k),
-                                             kk[:, b].view(T, cfg.num_heads, cfg.head_k), beta[:, b],
-                                             (r0, hi), (c0, c1))
+                g = log_decay(out[layer_probe(k, "decay")][:, b]) if cfg.gated else None
+                alpha = delta_rule_attention(qh[b].transpose(0, 1), kh[b].transpose(0, 1), beta[:, b], (r0, hi),
+                                             (c0, c1), g)
                 res[r0:hi, b] = alpha.abs().mean(-1)
         return res
 

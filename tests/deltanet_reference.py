@@ -27,11 +27,37 @@ FLA_DEFAULTS = dict(attn_mode="chunk", hidden_size=2048, expand_k=1.0, expand_v=
                     use_l2warp=False, vocab_size=32000)
 
 
+#: fla's GatedDeltaNetConfig defaults (fla/models/gated_deltanet/configuration_gated_deltanet.py)
+FLA_GATED_DEFAULTS = dict(attn_mode="chunk", hidden_size=2048, expand_v=2.0, use_gate=True, use_short_conv=True,
+                          allow_neg_eigval=False, conv_size=4, head_dim=256, num_heads=6, num_v_heads=None,
+                          max_position_embeddings=2048, hidden_ratio=4, intermediate_size=None, hidden_act="swish",
+                          num_hidden_layers=21, norm_eps=1e-6, attn=None, use_cache=True, pad_token_id=None,
+                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.02,
+                          fuse_norm=True, fuse_swiglu=True, fuse_cross_entropy=True, fuse_linear_cross_entropy=False,
+                          use_l2warp=False, vocab_size=32000)
+
+
 def fla_config(**overrides) -> dict:
     """A config.json of fla's ``DeltaNetConfig`` (as ``save_pretrained`` writes it)."""
     cfg = {**FLA_DEFAULTS, **overrides}
     return {"architectures": ["DeltaNetForCausalLM"], "model_type": "delta_net", "dtype": "float32",
             "transformers_version": "4.53.0", **cfg}
+
+
+def fla_gated_config(**overrides) -> dict:
+    """A config.json of fla's ``GatedDeltaNetConfig``."""
+    cfg = {**FLA_GATED_DEFAULTS, **overrides}
+    return {"architectures": ["GatedDeltaNetForCausalLM"], "model_type": "gated_deltanet", "dtype": "float32",
+            "transformers_version": "4.53.0", **cfg}
+
+
+def dims(cfg: dict) -> tuple[int, int, int, int]:
+    """(num_heads, num_v_heads, d_k, d_v) per head of a config.json dict."""
+    H = cfg["num_heads"]
+    if cfg["model_type"] == "gated_deltanet":
+        return H, cfg.get("num_v_heads") or H, cfg["head_dim"], int(cfg["head_dim"] * cfg["expand_v"])
+    d = cfg["hidden_size"]
+    return H, H, int(d * cfg["expand_k"]) // H, int(d * cfg["expand_v"]) // H
 
 
 def intermediate_size(cfg: dict) -> int:
@@ -46,8 +72,10 @@ def fla_state_dict(cfg: dict, seed=0, conv_bias=False) -> dict[str, torch.Tensor
     part of the block matters: convolutions, beta near 0 and 1, the gate, the MLP)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape, s=1.0: torch.randn(*shape, generator=g) * s  # noqa: E731
-    d, H, L, V = cfg["hidden_size"], cfg["num_heads"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    dk, dv = int(d * cfg["expand_k"]), int(d * cfg["expand_v"])
+    d, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    H, HV, hk, hv = dims(cfg)
+    dk, dv = H * hk, HV * hv
+    gated = cfg["model_type"] == "gated_deltanet"
     inter = intermediate_size(cfg)
     K = cfg["conv_size"]
     sd = {"model.embeddings.weight": r(V, d)}
@@ -58,8 +86,12 @@ def fla_state_dict(cfg: dict, seed=0, conv_bias=False) -> dict[str, torch.Tensor
         sd[a + "q_proj.weight"] = r(dk, d, s=d ** -0.5)
         sd[a + "k_proj.weight"] = r(dk, d, s=d ** -0.5)
         sd[a + "v_proj.weight"] = r(dv, d, s=d ** -0.5)
-        if cfg["use_beta"]:
-            sd[a + "b_proj.weight"] = r(H, d, s=2 * d ** -0.5)
+        if gated or cfg["use_beta"]:
+            sd[a + "b_proj.weight"] = r(HV, d, s=2 * d ** -0.5)
+        if gated:  # decays from about 0.3 to 0.999
+            sd[a + "a_proj.weight"] = r(HV, d, s=d ** -0.5)
+            sd[a + "A_log"] = torch.log(torch.rand(HV, generator=g) * 2 + 0.1)
+            sd[a + "dt_bias"] = r(HV, s=0.5) - 2
         if cfg["use_short_conv"]:
             for name, width in (("q", dk), ("k", dk), ("v", dv)):
                 sd[a + f"{name}_conv1d.weight"] = r(width, 1, K, s=0.7)
@@ -67,7 +99,7 @@ def fla_state_dict(cfg: dict, seed=0, conv_bias=False) -> dict[str, torch.Tensor
                     sd[a + f"{name}_conv1d.bias"] = r(width, s=0.3)
         if cfg["use_gate"]:
             sd[a + "g_proj.weight"] = r(dv, d, s=d ** -0.5)
-        sd[a + "o_norm.weight"] = 1 + r(dv // H, s=0.2)
+        sd[a + "o_norm.weight"] = 1 + r(hv, s=0.2)
         sd[a + "o_proj.weight"] = r(d, dv, s=dv ** -0.5)
         sd[p + "mlp_norm.weight"] = 1 + r(d, s=0.2)
         sd[p + "mlp.gate_proj.weight"] = r(inter, d, s=d ** -0.5)
@@ -121,10 +153,12 @@ def reference_deltanet(w: dict, cfg: dict, ids, overrides=None, state0=None, sta
     state0 = state0 or {}
     rec: dict[str, list] = {}
     T = len(ids) if start_layer_input is None else len(start_layer_input)
-    d, H, eps = cfg["hidden_size"], cfg["num_heads"], cfg["norm_eps"]
-    dk, dv = int(d * cfg["expand_k"]) // H, int(d * cfg["expand_v"]) // H
+    eps = cfg["norm_eps"]
+    H, HV, dk, dv = dims(cfg)
     K = cfg["conv_size"]
-    act, norm = cfg["qk_activation"], cfg["qk_norm"]
+    gated = cfg["model_type"] == "gated_deltanet"
+    act, norm = ("silu", "l2") if gated else (cfg["qk_activation"], cfg["qk_norm"])
+    use_beta = gated or cfg["use_beta"]
 
     def site(name, t, v):
         f = overrides.get((name, t))
@@ -138,8 +172,8 @@ def reference_deltanet(w: dict, cfg: dict, ids, overrides=None, state0=None, sta
         p = f"model.layers.{k}."
         a = p + "attn."
         name = lambda s: f"layers.{k}.{s}"  # noqa: E731
-        S0, hist0 = state0.get(k, (np.zeros((H, dk, dv)), (np.zeros((K - 1, H * dk)), np.zeros((K - 1, H * dk)),
-                                                            np.zeros((K - 1, H * dv)))))
+        S0, hist0 = state0.get(k, (np.zeros((HV, dk, dv)), (np.zeros((K - 1, H * dk)), np.zeros((K - 1, H * dk)),
+                                                             np.zeros((K - 1, HV * dv)))))
         S = S0.copy()
         hists = [list(h) for h in hist0]
         outs = []
@@ -164,15 +198,21 @@ def reference_deltanet(w: dict, cfg: dict, ids, overrides=None, state0=None, sta
             kk = _normalise(_activate(branches[1].reshape(H, dk), act), norm).reshape(-1)
             q = site(name("q"), t, q).reshape(H, dk)
             kk = site(name("k"), t, kk).reshape(H, dk)
-            v = site(name("v"), t, branches[2]).reshape(H, dv)
-            beta = 1 / (1 + np.exp(-(w[a + "b_proj.weight"] @ n))) if cfg["use_beta"] else np.ones(H)
-            beta = site(name("beta"), t, beta)
-            S = np.stack([(np.eye(dk) - beta[h] * np.outer(kk[h], kk[h])) @ S[h] + beta[h] * np.outer(kk[h], v[h])
-                          for h in range(H)])  # S_t = (I - beta k k^T) S_(t-1) + beta k v^T
+            v = site(name("v"), t, branches[2]).reshape(HV, dv)
+            beta = 1 / (1 + np.exp(-(w[a + "b_proj.weight"] @ n))) if use_beta else np.ones(HV)
+            beta = site(name("beta"), t, 2 * beta if cfg.get("allow_neg_eigval") and gated else beta)
+            decay = np.ones(HV)
+            if gated:
+                rate = np.exp(w[a + "A_log"]) * np.log1p(np.exp(w[a + "a_proj.weight"] @ n + w[a + "dt_bias"]))
+                decay = site(name("decay"), t, np.exp(-rate))
+            qh = lambda h: h // (HV // H)  # noqa: E731  the q/k head of value head h
+            S = np.stack([decay[h] * (np.eye(dk) - beta[h] * np.outer(kk[qh(h)], kk[qh(h)])) @ S[h]
+                          + beta[h] * np.outer(kk[qh(h)], v[h])
+                          for h in range(HV)])  # S_t = decay (I - beta k k^T) S_(t-1) + beta k v^T
             S = site(name("state"), t, S)
-            o = np.stack([S[h].T @ q[h] for h in range(H)]) / math.sqrt(dk)
+            o = np.stack([S[h].T @ q[qh(h)] for h in range(HV)]) / math.sqrt(dk)
             o = site(name("o"), t, o.reshape(-1))
-            y = _rms(o.reshape(H, dv), w[a + "o_norm.weight"], eps).reshape(-1)
+            y = _rms(o.reshape(HV, dv), w[a + "o_norm.weight"], eps).reshape(-1)
             if cfg["use_gate"]:
                 gate = site(name("g"), t, _silu(w[a + "g_proj.weight"] @ n))
                 y = y * gate
@@ -189,16 +229,17 @@ def reference_deltanet(w: dict, cfg: dict, ids, overrides=None, state0=None, sta
     return {k: np.stack(v) for k, v in rec.items()}
 
 
-def reference_attention(q, k, beta):
-    """alpha [T, T, H] from the product form: alpha_ij = beta_j k_j^T (I - beta_(j+1) k k^T) ...
-    (I - beta_i k_i k_i^T) q_i / sqrt(d_k) for j <= i, 0 above the diagonal.  ``q``, ``k``
-    [T, H, d_k] (q unscaled), ``beta`` [T, H]; float64."""
+def reference_attention(q, k, beta, decay=None):
+    """alpha [T, T, H] from the product form: alpha_ij = beta_j k_j^T a_(j+1) (I - beta_(j+1) k k^T)
+    ... a_i (I - beta_i k_i k_i^T) q_i / sqrt(d_k) for j <= i, 0 above the diagonal.  ``q``,
+    ``k`` [T, H, d_k] (q unscaled), ``beta`` and the decays a (1 without) [T, H]; float64."""
     T, H, dk = q.shape
+    decay = np.ones((T, H)) if decay is None else decay
     alpha = np.zeros((T, T, H))
     for h in range(H):
         for i in range(T):
-            g = q[i, h] / math.sqrt(dk)  # (I - b_m k_m k_m^T) ... q_i, built from m = i down to j + 1
+            g = q[i, h] / math.sqrt(dk)  # a_m (I - b_m k_m k_m^T) ... q_i, built from m = i down to j + 1
             for j in range(i, -1, -1):
                 alpha[i, j, h] = beta[j, h] * (k[j, h] @ g)
-                g = g - beta[j, h] * k[j, h] * (k[j, h] @ g)
+                g = decay[j, h] * (g - beta[j, h] * k[j, h] * (k[j, h] @ g))
     return alpha

@@ -582,19 +582,21 @@ class DeltaNetModel(ChunkedLayerModel):
 # ======================================================================================
 
 _Q_PROJ = re.compile(r"^(.*?)layers\.(\d+)\.attn\.q_proj\.weight$")
-#: tensors of other fla families with the same q/k/v names
-_OTHER_FLA = ("attn.A_log", "attn.a_proj.weight", "attn.gk_proj", "attn.g_norm_swish_gate", "attn.dt_bias",
-              "attn.f_proj", "attn.i_proj")
+#: tensors of other fla families with the same q/k/v names (GLA, HGRN, ...)
+_OTHER_FLA = ("attn.gk_proj", "attn.g_norm_swish_gate", "attn.f_proj", "attn.i_proj")
+_GATED = ("attn.A_log", "attn.a_proj.weight", "attn.dt_bias")
+MODEL_TYPES = {"delta_net": False, "gated_deltanet": True}  # -> gated
 
 
 def looks_like_deltanet(tensors: dict, configs: list) -> bool:
-    """An fla DeltaNet checkpoint: ``config.json`` with ``model_type`` "delta_net", or (with no
-    model_type stated) ``…layers.{i}.attn.q_proj.weight`` next to ``attn.o_norm.weight`` and
-    convolutions or ``b_proj``, and none of the tensors of fla's other families."""
+    """An fla (gated) DeltaNet checkpoint: ``config.json`` with ``model_type`` "delta_net" or
+    "gated_deltanet", or (with no model_type stated) ``…layers.{i}.attn.q_proj.weight`` next to
+    ``attn.o_norm.weight`` and convolutions, ``b_proj`` or the gated rule's ``A_log``,
+    ``a_proj`` and ``dt_bias``, and none of the tensors of fla's other families."""
     for _, d in configs:
         if "model_type" in d:
-            return str(d["model_type"]).lower() == "delta_net"
-        if str(d.get("family", "")).lower() == "deltanet":
+            return str(d["model_type"]).lower() in MODEL_TYPES
+        if str(d.get("family", "")).lower() in ("deltanet", "gated_deltanet"):
             return True
     if not any(_Q_PROJ.match(k) for k in tensors):
         return False
@@ -602,27 +604,30 @@ def looks_like_deltanet(tensors: dict, configs: list) -> bool:
     if any(marker in key for key in keys for marker in _OTHER_FLA):
         return False
     has = lambda suffix: any(key.endswith(suffix) for key in keys)  # noqa: E731
+    gated = [has(marker) for marker in _GATED]
+    if any(gated) and not all(gated):
+        return False
     return has("attn.o_norm.weight") and (has("attn.k_conv1d.weight") or has("attn.b_proj.weight"))
 
 
 def _stated_config(configs: list, name: str) -> dict:
     """DeltaNetConfig fields stated by fla's config.json (or SeqScope metadata)."""
     for src, d in configs:
-        if str(d.get("family", "")).lower() == "deltanet":
+        if str(d.get("family", "")).lower() in ("deltanet", "gated_deltanet"):
             return {k: v for k, v in d.items() if k in DeltaNetConfig.__dataclass_fields__}
-        if str(d.get("model_type", "")).lower() != "delta_net":
+        model_type = str(d.get("model_type", "")).lower()
+        if model_type not in MODEL_TYPES:
             continue
+        gated = MODEL_TYPES[model_type]
         if d.get("attn"):
             raise LoadError(f"{src}: 'attn' puts softmax attention in layers {d['attn'].get('layers')} (a hybrid "
-                            "model); SeqScope's DeltaNet reads pure DeltaNet models only")
+                            "model); SeqScope reads pure (gated) DeltaNet models only")
         act = str(d.get("hidden_act", "swish"))
         if act not in ("swish", "silu"):
             raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's DeltaNet supports the swish (swiglu) MLP only")
-        if d.get("allow_neg_eigval"):
-            raise LoadError(f"{src}: allow_neg_eigval (beta in (0, 2)) is not supported")
-        out = {}
+        out = {"gated": gated}
         for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
-                             ("num_heads", "num_heads"), ("conv_size", "conv_size"),
+                             ("num_heads", "num_heads"), ("num_v_heads", "num_v_heads"), ("conv_size", "conv_size"),
                              ("intermediate_size", "intermediate_size")):
             if isinstance(d.get(theirs), int):
                 out[ours] = d[theirs]
@@ -630,18 +635,24 @@ def _stated_config(configs: list, name: str) -> dict:
                              ("tie_embeddings", "tie_word_embeddings")):
             if theirs in d:
                 out[ours] = bool(d[theirs])
+        if gated:  # DeltaNetConfig in fla does not pass allow_neg_eigval to its layers; GatedDeltaNetConfig does
+            out.update(use_beta=True, allow_neg_eigval=bool(d.get("allow_neg_eigval", False)))
+            out.setdefault("use_gate", True)
         for key in ("qk_activation", "qk_norm"):
-            if key in d:
+            if key in d and not gated:
                 out[key] = str(d[key])
         if "norm_eps" in d:
             out["norm_eps"] = float(d["norm_eps"])
         hid = out.get("d_model")
-        if hid:
+        if gated and isinstance(d.get("head_dim"), int) and "num_heads" in out:
+            out["key_dim"] = out["num_heads"] * d["head_dim"]
+            out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * int(d["head_dim"] * float(d.get("expand_v", 2.0)))
+        elif hid and not gated:
             out["key_dim"] = int(hid * float(d.get("expand_k", 1.0)))
             out["value_dim"] = int(hid * float(d.get("expand_v", 1.0)))
-            if "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
-                inter = int(hid * (d.get("hidden_ratio") or 4) * 2 / 3)
-                out["intermediate_size"] = 256 * ((inter + 255) // 256)
+        if hid and "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
+            inter = int(hid * (d.get("hidden_ratio") or 4) * 2 / 3)
+            out["intermediate_size"] = 256 * ((inter + 255) // 256)
         return out
     return {}
 
@@ -681,11 +692,12 @@ def _inferred_config(canon: dict, stated: dict) -> dict:
                           ("conv_size", a + "q_conv1d.weight", 2)):
         if shape(key, i) is not None:
             out.setdefault(field, shape(key, i))
-    if "num_heads" not in out:
-        if shape(a + "b_proj.weight", 0) is not None:
-            out["num_heads"] = shape(a + "b_proj.weight", 0)
-        elif shape(a + "o_norm.weight", 0) and out.get("value_dim"):
-            out["num_heads"] = out["value_dim"] // shape(a + "o_norm.weight", 0)
+    out.setdefault("gated", a + "A_log" in canon)
+    heads = shape(a + "b_proj.weight", 0) or shape(a + "A_log", 0)  # value heads
+    if not heads and shape(a + "o_norm.weight", 0) and out.get("value_dim"):
+        heads = out["value_dim"] // shape(a + "o_norm.weight", 0)
+    if heads:
+        out.setdefault("num_heads", heads)  # without a config: no grouped value heads
     out.setdefault("use_beta", a + "b_proj.weight" in canon)
     out.setdefault("use_gate", a + "g_proj.weight" in canon)
     out.setdefault("use_short_conv", a + "q_conv1d.weight" in canon)
@@ -703,7 +715,7 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     try:
         cfg = DeltaNetConfig.from_dict(_inferred_config(canon, stated))
     except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the DeltaNet config is not valid: {exc}") from None
+        raise LoadError(f"{name}: the (gated) DeltaNet config is not valid: {exc}") from None
     expected = canonical_weight_shapes(cfg)
     key = lambda cn: origin.get(cn, cn)  # noqa: E731
     missing = [key(cn) for cn in expected if cn not in canon]
@@ -718,14 +730,15 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     if unused and strict:
         parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
     if parts:
-        raise LoadError(f"{name} does not hold the weights of a DeltaNet model (fla delta_net layout: d_model="
+        raise LoadError(f"{name} does not hold the weights of a {cfg.family} model (fla layout: d_model="
                         f"{cfg.d_model}, n_layer={cfg.n_layer}, num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, "
                         f"value_dim={cfg.value_dim}): " + ". ".join(parts))
     try:
         model = DeltaNetModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise LoadError(f"{name}: could not build the DeltaNet model: {exc}") from None
-    model.load_info.update({"format": fmt, "layout": "fla DeltaNetForCausalLM"})
+    model.load_info.update({"format": fmt, "layout": "fla " + ("GatedDeltaNetForCausalLM" if cfg.gated
+                                                              else "DeltaNetForCausalLM")})
     if unused:
         model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
     return model

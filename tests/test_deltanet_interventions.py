@@ -171,3 +171,43 @@ def test_bad_interventions_are_refused_in_words(tmp_path, iv, message):
     model, _, _ = build(tmp_path, 28, dtype=torch.float32)
     with pytest.raises(InterventionError, match=message):
         engine.run(model, ids(10), interventions=[iv])
+
+
+# -- gated DeltaNet -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", ["decay", "beta", "state", "v"])
+def test_gated_steps_before_t_are_bit_identical_and_later_steps_change(tmp_path, site):
+    model, _, _ = build(tmp_path, 29, dtype=torch.float32, gated=True, num_v_heads=4)
+    x = ids(140)
+    clean = engine.run(model, x, chunk=128)
+    edited = engine.run(model, x, chunk=128, interventions=[Intervention(f"layers.0.{site}", "scale", 0.5,
+                                                                         positions=Span(100))])
+    for name in clean.probes:
+        np.testing.assert_array_equal(edited[name][:100], clean[name][:100], err_msg=name)
+    assert np.abs(edited["logits"][100:] - clean["logits"][100:]).max() > 1e-4
+
+
+def test_gated_decay_edits_match_the_reference(tmp_path):
+    """A decay of 0 wipes the state before the write; 1 keeps all of it."""
+    model, cfg, w = build(tmp_path, 30, gated=True, num_v_heads=4)
+    x = ids(90, 9)
+    ivs = [Intervention("layers.0.decay", "set", 0.0, positions=[20, 70], units=[1]),
+           Intervention("layers.1.decay", "set", 1.0, positions=Span(30, 40)),
+           Intervention("layers.1.state", "add", 0.25, positions=[66], units=model.state_units(3))]
+    tr = engine.run(model, x, interventions=ivs, chunk=32)
+
+    def wipe(v):
+        v[1] = 0.0
+        return v
+
+    def keep(v):
+        return np.ones_like(v)
+
+    def add(v):
+        v[3] += 0.25
+        return v
+
+    overrides = {("layers.0.decay", 20): wipe, ("layers.0.decay", 70): wipe, ("layers.1.state", 66): add,
+                 **{("layers.1.decay", t): keep for t in range(30, 40)}}
+    check(tr, reference_deltanet(w, cfg, x, overrides=overrides))

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import engine
-from deltanet_reference import (float64_weights, fla_config, fla_state_dict, intermediate_size, reference_deltanet,
-                                write_fla_folder)
+from deltanet_reference import (float64_weights, fla_config, fla_gated_config, fla_state_dict, intermediate_size,
+                                reference_deltanet, write_fla_folder)
 from engine import LoadError
 from engine.models.deltanet import DeltaNetModel, looks_like_deltanet
 
@@ -24,8 +24,8 @@ def reference_logits(cfg, sd, ids, conv_bias=False):
     return reference_deltanet(float64_weights(sd), cfg, ids, conv_bias=conv_bias)["logits"]
 
 
-def folder(tmp_path, seed=0, name="m", conv_bias=False, **cfg):
-    config = fla_config(**{**SMALL, **cfg})
+def folder(tmp_path, seed=0, name="m", conv_bias=False, gated=False, **cfg):
+    config = fla_gated_config(**{**SMALL, "head_dim": 8, **cfg}) if gated else fla_config(**{**SMALL, **cfg})
     sd = fla_state_dict(config, seed, conv_bias=conv_bias)
     return write_fla_folder(tmp_path / name, config, sd), config, sd
 
@@ -33,81 +33,59 @@ def folder(tmp_path, seed=0, name="m", conv_bias=False, **cfg):
 # -- save_pretrained ---------------------------------------------------------------------------
 
 
-def fla_like_model(config: dict, seed: int):
-    """A ``transformers`` PreTrainedModel with fla's DeltaNetForCausalLM module names and
-    config class (``model_type`` "delta_net"), for its ``save_pretrained``; no forward."""
+def fla_like_model(config: dict, sd: dict):
+    """A ``transformers`` PreTrainedModel holding ``sd`` under fla's module names, with a config
+    class of fla's ``model_type``, for its ``save_pretrained``; no forward."""
     transformers = pytest.importorskip("transformers")
+    special = ("architectures", "model_type", "dtype", "transformers_version", "pad_token_id", "bos_token_id",
+               "eos_token_id", "tie_word_embeddings")
 
-    class DeltaNetConfig(transformers.PretrainedConfig):
-        model_type = "delta_net"
+    class FlaConfig(transformers.PretrainedConfig):
+        model_type = config["model_type"]
 
         def __init__(self, **kw):
-            for key, value in {**fla_config(), **kw}.items():
-                if key not in ("architectures", "model_type", "dtype", "transformers_version",
-                               "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings"):
+            for key, value in {**config, **kw}.items():
+                if key not in special:
                     setattr(self, key, value)
-            super().__init__(**{k: kw[k] for k in ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                   "tie_word_embeddings") if k in kw})
+            super().__init__(**{k: kw[k] for k in special[4:] if k in kw})
 
-    class Attn(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            d, H, K = c.hidden_size, c.num_heads, c.conv_size
-            dk, dv = int(d * c.expand_k), int(d * c.expand_v)
-            self.q_proj, self.k_proj = nn.Linear(d, dk, bias=False), nn.Linear(d, dk, bias=False)
-            self.v_proj = nn.Linear(d, dv, bias=False)
-            self.b_proj = nn.Linear(d, H, bias=False)
-            self.q_conv1d = nn.Conv1d(dk, dk, K, groups=dk, padding=K - 1, bias=False)  # fla's ShortConvolution
-            self.k_conv1d = nn.Conv1d(dk, dk, K, groups=dk, padding=K - 1, bias=False)
-            self.v_conv1d = nn.Conv1d(dv, dv, K, groups=dv, padding=K - 1, bias=False)
-            self.o_norm = nn.RMSNorm(dv // H)
-            self.o_proj = nn.Linear(dv, d, bias=False)
-
-    class Block(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            inter = intermediate_size(c.to_dict())
-            self.attn_norm, self.attn, self.mlp_norm = nn.RMSNorm(c.hidden_size), Attn(c), nn.RMSNorm(c.hidden_size)
-            self.mlp = nn.Module()
-            self.mlp.gate_proj = nn.Linear(c.hidden_size, inter, bias=False)
-            self.mlp.up_proj = nn.Linear(c.hidden_size, inter, bias=False)
-            self.mlp.down_proj = nn.Linear(inter, c.hidden_size, bias=False)
-
-    class DeltaNetForCausalLM(transformers.PreTrainedModel):
-        config_class = DeltaNetConfig
+    class FlaForCausalLM(transformers.PreTrainedModel):
+        config_class = FlaConfig
         base_model_prefix = "model"
 
         def __init__(self, c):
             super().__init__(c)
-            self.model = nn.Module()
-            self.model.embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
-            self.model.layers = nn.ModuleList([Block(c) for _ in range(c.num_hidden_layers)])
-            self.model.norm = nn.RMSNorm(c.hidden_size)
-            self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+            for key, tensor in sd.items():
+                *path, leaf = key.split(".")
+                module = self
+                for part in path:
+                    if not hasattr(module, part):
+                        module.add_module(part, nn.Module())
+                    module = getattr(module, part)
+                module.register_parameter(leaf, nn.Parameter(tensor.clone()))
 
         def _init_weights(self, module):
             pass
 
-    m = DeltaNetForCausalLM(DeltaNetConfig(**config))
-    sd = fla_state_dict(fla_config(**config), seed)
-    m.load_state_dict(sd)
-    return m, sd
+    return FlaForCausalLM(FlaConfig(**{k: v for k, v in config.items() if k not in special[:4]}))
 
 
-def test_save_pretrained_folder_loads_unchanged(tmp_path):
-    config = dict(SMALL)
-    m, sd = fla_like_model(config, seed=40)
-    m.save_pretrained(tmp_path)
+@pytest.mark.parametrize("gated", [False, True], ids=["delta_net", "gated_deltanet"])
+def test_save_pretrained_folder_loads_unchanged(tmp_path, gated):
+    config = fla_gated_config(**SMALL, head_dim=8, num_v_heads=4) if gated else fla_config(**SMALL)
+    sd = fla_state_dict(config, seed=40)
+    fla_like_model(config, sd).save_pretrained(tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
-    assert written["model_type"] == "delta_net" and written["qk_activation"] == "silu"
+    assert written["model_type"] == config["model_type"] and written["use_short_conv"] is True
     model = engine.load(tmp_path, device="cpu")
     assert isinstance(model, DeltaNetModel)
     info = model.info()
-    assert info["architecture"] == "deltanet" and info["layout"] == "fla DeltaNetForCausalLM"
+    assert info["architecture"] == ("gated_deltanet" if gated else "deltanet")
+    assert info["layout"] == "fla " + ("GatedDeltaNetForCausalLM" if gated else "DeltaNetForCausalLM")
     assert info["format"] == "safetensors"
     ids = np.random.default_rng(0).integers(0, 31, 90)
-    np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"],
-                               reference_logits(fla_config(**config), sd, ids), atol=5e-5, rtol=5e-5)
+    np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], reference_logits(config, sd, ids),
+                               atol=5e-5, rtol=5e-5)
     assert isinstance(engine.load(tmp_path / "config.json", device="cpu"), DeltaNetModel)
 
 
@@ -235,11 +213,11 @@ def test_other_checkpoints_are_not_claimed(tmp_path):
     torch.save(lstm, tmp_path / "lstm.pt")
     assert not isinstance(engine.load(tmp_path / "lstm.pt", device="cpu"), DeltaNetModel)
 
-    # fla's gated DeltaNet and GLA share q/k/v/o names: not this family
+    # GLA and other fla families share q/k/v/o names: not this family
     sd = fla_state_dict(fla_config(**SMALL), 0)
     assert looks_like_deltanet(sd, [])
-    assert not looks_like_deltanet({**sd, "model.layers.0.attn.A_log": torch.zeros(2)}, [])
-    assert not looks_like_deltanet(sd, [("config.json", {"model_type": "gated_deltanet"})])
+    assert not looks_like_deltanet({**sd, "model.layers.0.attn.A_log": torch.zeros(2)}, [])  # half a gated layer
+    assert not looks_like_deltanet(sd, [("config.json", {"model_type": "gla"})])
     assert not looks_like_deltanet({**sd, "model.layers.0.attn.gk_proj.0.weight": torch.zeros(2, 16)}, [])
 
 
@@ -267,3 +245,36 @@ def test_cli_info_lists_the_deltanet_probes(tmp_path, capsys):
     main(["info", str(path), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "deltanet" in out and "layers.0.state" in out and "[2, 8, 8]" in out
+
+
+# -- gated DeltaNet ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [{}, {"num_v_heads": 4, "expand_v": 1.0, "use_gate": False},
+                                 {"allow_neg_eigval": True, "intermediate_size": None}],
+                         ids=["default", "gva-nogate", "negeig-defaultmlp"])
+def test_gated_variants_load_and_match_the_reference(tmp_path, cfg):
+    path, config, sd = folder(tmp_path, 50, gated=True, **cfg)
+    model = engine.load(path, device="cpu")
+    assert model.architecture == "gated_deltanet" and model.config.gated
+    assert model.config.num_v_heads == (config["num_v_heads"] or config["num_heads"])
+    ids = np.random.default_rng(2).integers(0, 31, 80)
+    np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], reference_logits(config, sd, ids),
+                               atol=5e-5, rtol=5e-5)
+
+
+def test_gated_weights_alone_are_recognised_and_bad_keys_named(tmp_path):
+    from safetensors.torch import save_file
+
+    config = fla_gated_config(**SMALL, head_dim=8)
+    sd = fla_state_dict(config, 51)
+    save_file(sd, tmp_path / "w.safetensors")
+    model = engine.load(tmp_path / "w.safetensors", device="cpu")
+    assert model.config.gated and model.config.num_heads == 2 and model.config.head_v == 16
+    ids = np.arange(30) % 31
+    np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], reference_logits(config, sd, ids),
+                               atol=5e-5, rtol=5e-5)
+    path, _, _ = folder(tmp_path, 52, "g", gated=True)
+    rewrite(path, lambda sd: sd.pop("model.layers.1.attn.dt_bias"))
+    with pytest.raises(LoadError, match=r"missing model\.layers\.1\.attn\.dt_bias"):
+        engine.load(path, device="cpu")

@@ -131,3 +131,16 @@ def test_random_edit_sessions_always_match_full_runs(model):
             x[int(rng.integers(0, len(x)))] = int(rng.integers(0, 29))
         cached = engine.run(model, x, interventions=ivs, cache=cache, chunk=16)
         assert_traces_equal(cached, engine.run(model, x, interventions=ivs, chunk=16))
+
+
+@pytest.mark.parametrize("site", ["decay", "state"])
+def test_gated_rerun_from_cache_equals_full_rerun(tmp_path, site):
+    m, _, _ = build(tmp_path, 37, dtype=torch.float32, gated=True, num_v_heads=4)
+    m.attention_window = ((20, 90), (0, 90))
+    x = ids(100, 4)
+    cache = PrefixCache()
+    engine.run(m, x, cache=cache, chunk=32)
+    iv = Intervention(f"layers.0.{site}", "scale", 0.5, positions=Span(50), units=[2])
+    cached = engine.run(m, x, interventions=[iv], cache=cache, chunk=32)
+    assert cache.last_starts == [32, 32]
+    assert_traces_equal(cached, engine.run(m, x, interventions=[iv], chunk=32))

@@ -739,8 +739,12 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
         raise LoadError(f"{name}: could not build the DeltaNet model: {exc}") from None
     model.load_info.update({"format": fmt, "layout": "fla " + ("GatedDeltaNetForCausalLM" if cfg.gated
                                                               else "DeltaNetForCausalLM")})
-    if unused:
-        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+    notes = ["unused tensors (strict=False): " + ", ".join(unused[:12])] if unused else []
+    if "num_heads" not in stated:
+        notes.append(f"no config states num_heads: {cfg.num_heads} taken from the weights (one per beta), so "
+                     f"d_k = {cfg.head_k}; give config.json if the model groups value heads (num_v_heads)")
+    if notes:
+        model.load_info["notes"] = "\n".join(notes)
     return model
 
 

@@ -1,8 +1,10 @@
-"""DeltaNet: an instrumented linear-attention language model with the delta rule, in the layout
-of ``flash-linear-attention`` (fla) ``DeltaNetForCausalLM`` folders (``model_type`` "delta_net").
+"""DeltaNet and gated DeltaNet: instrumented linear-attention language models with the delta
+rule, in the layout of ``flash-linear-attention`` (fla) folders: ``DeltaNetForCausalLM``
+(``model_type`` "delta_net") and ``GatedDeltaNetForCausalLM`` (``model_type`` "gated_deltanet").
 
 The model (Schlag et al. 2021; Yang et al. 2024, "Parallelizing Linear Transformers with the
-Delta Rule over Sequence Length"), per head h of H, with key width d_k and value width d_v::
+Delta Rule over Sequence Length"; Yang et al. 2025, "Gated Delta Networks"), per value head h,
+with key width d_k and value width d_v::
 
     x_0 = embed[token]
     layer i:  n = rmsnorm(x)                                         attn_norm
@@ -11,31 +13,38 @@ Delta Rule over Sequence Length"), per head h of H, with key width d_k and value
                         qk_activation is silu; else relu / elu+1 / identity after the conv)
               q, k = q / ||q||, k / ||k||                            qk_norm "l2" (eps 1e-6 inside
                         the root), or q / sum(q), k / sum(k) for "sum"
-              beta = sigmoid(W_b n)                                  [H]; 1 without use_beta
-              S_t = (I - beta_t k_t k_t^T) S_(t-1) + beta_t k_t v_t^T    S [d_k, d_v], S_(-1) = 0
+              beta = sigmoid(W_b n)                                  per value head; 1 without
+                        use_beta; 2 sigmoid(W_b n) with allow_neg_eigval (gated only)
+              a = exp(-exp(A_log) softplus(W_a n + dt_bias))         gated only (the "decay"),
+                        per value head; 1 for DeltaNet
+              S_t = a_t (I - beta_t k_t k_t^T) S_(t-1) + beta_t k_t v_t^T    S [d_k, d_v], S_(-1) = 0
               o_t = S_t^T q_t / sqrt(d_k)
               y = rmsnorm_head(o) (* silu(W_g n) with use_gate)      o_norm, per head
               x = x + W_o y
               x = x + down(silu(gate(m)) * up(m)),  m = rmsnorm(x)   mlp_norm, swiglu MLP
     logits = lm_head(rmsnorm(x))                                     model.norm
 
-Without ``use_short_conv`` the convolutions are left out (q, k keep their activation and v its
-silu).  Canonical weight names are fla's: ``model.embeddings.weight``; per layer
-``model.layers.{i}.attn_norm.weight``, ``attn.{q,k,v}_proj.weight``, ``attn.b_proj.weight``
-(use_beta), ``attn.{q,k,v}_conv1d.weight`` [width, 1, conv_size] (+ ``.bias`` with conv_bias),
-``attn.g_proj.weight`` (use_gate), ``attn.o_norm.weight`` [d_v], ``attn.o_proj.weight``,
-``mlp_norm.weight``, ``mlp.{gate,up,down}_proj.weight``; ``model.norm.weight``, ``lm_head.weight``
-(absent when tied).  Hybrid models (fla's ``attn`` config: softmax attention in some layers)
-are refused.
+DeltaNet has as many value heads as q/k heads (d_k = hidden * expand_k / num_heads, d_v =
+hidden * expand_v / num_heads); gated DeltaNet has d_k = head_dim, d_v = head_dim * expand_v,
+always silu and l2 on q and k, and may give each q/k head several value heads (num_v_heads:
+value head h reads q/k head h // (num_v_heads / num_heads)).  Without ``use_short_conv`` the
+convolutions are left out (q, k keep their activation and v its silu).  Canonical weight names
+are fla's: ``model.embeddings.weight``; per layer ``model.layers.{i}.attn_norm.weight``,
+``attn.{q,k,v}_proj.weight``, ``attn.b_proj.weight`` (use_beta), ``attn.a_proj.weight``,
+``attn.A_log``, ``attn.dt_bias`` (gated), ``attn.{q,k,v}_conv1d.weight`` [width, 1, conv_size]
+(+ ``.bias`` with conv_bias), ``attn.g_proj.weight`` (use_gate), ``attn.o_norm.weight`` [d_v],
+``attn.o_proj.weight``, ``mlp_norm.weight``, ``mlp.{gate,up,down}_proj.weight``;
+``model.norm.weight``, ``lm_head.weight`` (absent when tied).  Hybrid models (fla's ``attn``
+config: softmax attention in some layers) are refused.
 
 Probe sites of layer i: ``in`` (n), ``q``, ``k`` (after activation and normalisation, without
-the 1/sqrt(d_k) scale), ``v``, ``beta``, ``state`` (S_t per head [H, d_k, d_v], recorded only
-when asked for), ``o`` (the delta-rule readout), ``g`` (silu of the gate, with use_gate), ``y``
-(what o_proj reads), ``mid`` (the residual stream after the mixer), ``mlp`` (the MLP's output),
-``out`` (the residual stream after the block) and ``attn``: the implicit attention
-``o_i = sum_j alpha_ij v_j`` with, per head,
+the 1/sqrt(d_k) scale), ``v``, ``beta``, ``decay`` (gated), ``state`` (S_t per value head
+[HV, d_k, d_v], recorded only when asked for), ``o`` (the delta-rule readout), ``g`` (silu of
+the gate, with use_gate), ``y`` (what o_proj reads), ``mid`` (the residual stream after the
+mixer), ``mlp`` (the MLP's output), ``out`` (the residual stream after the block) and ``attn``:
+the implicit attention ``o_i = sum_j alpha_ij v_j`` with, per value head,
 
-    alpha_ij = beta_j k_j^T (I - beta_(j+1) k_(j+1) k_(j+1)^T) ... (I - beta_i k_i k_i^T) q_i / sqrt(d_k)
+    alpha_ij = beta_j k_j^T a_(j+1) (I - beta_(j+1) k_(j+1) k_(j+1)^T) ... a_i (I - beta_i k_i k_i^T) q_i / sqrt(d_k)
 
 (0 for j > i).  Since the delta rule is linear in v, row i of alpha over a window of columns is
 the readout of the same delta rule run with one-hot values e_j at the window's columns (and 0
@@ -45,12 +54,14 @@ columns, so a long input never costs T^2.
 How a layer runs
 ----------------
 Chunk by chunk, every per-token quantity at once; the delta rule in the chunked form of Yang
-et al. on sub-chunks of ``SUB`` steps: with U = the "pseudo-values" u_t = beta_t (v_t -
-S_(t-1)^T k_t), S_t = S_0 + sum_(j<=t) k_j u_j^T, and U solves the unit lower-triangular system
-(I + diag(beta) tril(K K^T, -1)) U = diag(beta) (V - K S_0) (one ``solve_triangular`` per
-sub-chunk: no Python loop over steps); then O = Q S_0 + tril(Q K^T) U and S_new = S_0 + K^T U.
-The full per-step state is a cumulative sum of k_j u_j^T, built only when ``state`` is asked for.
-An intervention on ``state`` at step t splits the sub-chunk there: the state after step t is
+et al. on sub-chunks of ``SUB`` steps.  With the "pseudo-values" u_t = beta_t (v_t - S'_t^T k_t),
+S'_t = a_t S_(t-1), and G_t = a_0 ... a_t within the sub-chunk (G = 1 for DeltaNet):
+S_t = G_t S_0 + sum_(j<=t) (G_t / G_j) k_j u_j^T, and U solves the unit lower-triangular system
+(I + diag(beta) tril((G_t / G_j) K K^T, -1)) U = diag(beta) (V - diag(G) K S_0) (one
+``solve_triangular`` per sub-chunk: no Python loop over steps); then
+O = diag(G) Q S_0 + tril((G_t / G_j) Q K^T) U.  The ratios G_t / G_j come from a cumulative sum
+of log a in float64.  The full per-step state is built only when ``state`` is asked for.  An
+intervention on ``state`` at step t splits the sub-chunk there: the state after step t is
 edited, o_t is read again from it, and the rest of the sub-chunk runs again from it (the steps
 up to t come from the same call as in a run without the edit, so they are bit-identical).  The
 prefix cache keeps S and the three convolution buffers (the last conv_size - 1 projections).

@@ -218,3 +218,14 @@ def test_attention_window_past_the_end_and_columns_after_the_rows(tmp_path):
     assert np.all(np.isnan(a[:5]))
     assert np.all(a[5:20] == 0)  # every column is after these rows
     assert np.all(a[20:, 5:] == 0) and np.all(a[20:, 0] > 0)
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["deltanet", "gated"])
+def test_half_precision_runs_close_to_float32(tmp_path, gated):
+    """bfloat16 weights and activations; the delta rule itself runs in float32.  Loose: 0.1."""
+    model, _, _ = build(tmp_path, 14, dtype=torch.bfloat16, gated=gated)
+    ids = np.random.default_rng(14).integers(0, 29, 100)
+    tr = engine.run(model, ids, chunk=64)
+    ref = engine.run(model.to(dtype=torch.float32), ids, chunk=64)
+    assert np.isfinite(tr["layers.1.attn"][:100, :100]).all()
+    np.testing.assert_allclose(tr["logits"], ref["logits"], atol=0.1 * np.abs(ref["logits"]).max())

@@ -276,6 +276,10 @@ def delta_rule_attention(q, k, beta, rows, cols, g=None) -> torch.Tensor:
 # ======================================================================================
 
 
+def _working_dtype(dtype):
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _rms(x, w, eps):
     return F.rms_norm(x, (x.shape[-1],), w, eps)
 
@@ -528,10 +532,13 @@ class DeltaNetModel(ChunkedLayerModel):
         """The delta rule over a chunk of steps ``a..a+n-1`` (``q``, ``k``, ``v`` [n, B, width],
         ``beta`` and the log decays ``log_g`` (None for DeltaNet) [n, B, HV]) on sub-chunks of ``SUB`` steps,
         split where ``state`` is edited.  Returns (o [n, B, value_dim], the state after the chunk,
-        the states [n, B, HV, d_k, d_v] when asked for, else None)."""
+        the states [n, B, HV, d_k, d_v] when asked for, else None).  Half precision runs in
+        float32 here (the triangular solve has no half-precision CPU kernel)."""
         cfg = self.config
         n, B = q.shape[:2]
         H, dk, dv = cfg.num_v_heads, cfg.head_k, cfg.head_v
+        dtype = q.dtype
+        q, k, v, beta, S = (x.to(_working_dtype(dtype)) for x in (q, k, v, beta, S))
         qh, kh = self._value_heads(q * self.scale, n, B), self._value_heads(k, n, B)
         vh = v.reshape(n, B, H, dv).permute(1, 2, 0, 3)
         bh = beta.permute(1, 2, 0)
@@ -564,8 +571,8 @@ class DeltaNetModel(ChunkedLayerModel):
                 if states is not None:
                     states[:, :, edit_at] = S
                 first = edit_at + 1
-        o = o.permute(2, 0, 1, 3).reshape(n, B, H * dv)
-        return o, S, (states.permute(2, 0, 1, 3, 4) if states is not None else None)
+        o = o.permute(2, 0, 1, 3).reshape(n, B, H * dv).to(dtype)
+        return o, S.to(dtype), (states.permute(2, 0, 1, 3, 4).to(dtype) if states is not None else None)
 
     def _attention(self, k, out, old, s, T, B):
         """The ``attn`` probe: the whole window again whenever one of its rows may have changed
@@ -578,13 +585,13 @@ class DeltaNetModel(ChunkedLayerModel):
             res[:s] = old[name][:s]
         hi = min(r1, T)
         if r0 < hi and s < hi:
-            q, kk, beta = (out[layer_probe(k, site)] for site in ("q", "k", "beta"))
+            q, kk, beta = (out[layer_probe(k, site)].to(_working_dtype(self.dtype)) for site in ("q", "k", "beta"))
             qh, kh = self._value_heads(q * self.scale, T, B), self._value_heads(kk, T, B)  # [B, HV, T, d_k]
             for b in range(B):
                 g = log_decay(out[layer_probe(k, "decay")][:, b]) if cfg.gated else None
                 alpha = delta_rule_attention(qh[b].transpose(0, 1), kh[b].transpose(0, 1), beta[:, b], (r0, hi),
                                              (c0, c1), g)
-                res[r0:hi, b] = alpha.abs().mean(-1)
+                res[r0:hi, b] = alpha.abs().mean(-1).to(self.dtype)
         return res
 
 

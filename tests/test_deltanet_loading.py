@@ -278,3 +278,17 @@ def test_gated_weights_alone_are_recognised_and_bad_keys_named(tmp_path):
     rewrite(path, lambda sd: sd.pop("model.layers.1.attn.dt_bias"))
     with pytest.raises(LoadError, match=r"missing model\.layers\.1\.attn\.dt_bias"):
         engine.load(path, device="cpu")
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["delta_net", "gated_deltanet"])
+def test_seqscope_save_model_round_trip(tmp_path, gated):
+    from engine.loading import save_model
+
+    path, _, _ = folder(tmp_path, 53, gated=gated, num_v_heads=4) if gated else folder(tmp_path, 53, use_gate=True)
+    model = engine.load(path, device="cpu")
+    save_model(model, tmp_path / "m.safetensors")
+    back = engine.load(tmp_path / "m.safetensors", device="cpu")
+    assert back.config == model.config and back.architecture == model.architecture
+    ids = np.arange(50) % 31
+    np.testing.assert_array_equal(engine.run(back, ids, probes="logits")["logits"],
+                                  engine.run(model, ids, probes="logits")["logits"])

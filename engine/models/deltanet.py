@@ -398,15 +398,15 @@ class DeltaNetModel(ChunkedLayerModel):
     def _build_specs(self) -> list[ProbeSpec]:
         cfg = self.config
         (r0, r1), (c0, c1) = self._window.rows, self._window.cols
-        conv = "causal conv + " if cfg.use_short_conv else ""
+        proj = (lambda w: f"conv({w} in)") if cfg.use_short_conv else (lambda w: f"{w} in")  # noqa: E731
         two = "2 " if cfg.allow_neg_eigval else ""
         decayed = "decay_t " if cfg.gated else ""
         desc = {
             "in": "rmsnorm(x) (attn_norm): the input of the q, k, v, beta and gate projections",
-            "q": f"query q_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({conv}W_q in), heads side by side "
-                 "(without the 1/sqrt(d_k) scale)",
-            "k": f"key k_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({conv}W_k in), heads side by side",
-            "v": f"value v_t = silu({conv}W_v in), heads side by side",
+            "q": f"query q_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({proj('W_q')}), heads side by side "
+                 "(without the 1/sqrt(d_k) scale; conv: causal depthwise, width conv_size)",
+            "k": f"key k_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({proj('W_k')}), heads side by side",
+            "v": f"value v_t = silu({proj('W_v')}), heads side by side",
             "beta": f"writing strength beta_t per value head: {two}sigmoid(W_b in)" if cfg.use_beta else
                     "writing strength beta_t per head (1: the model has no b_proj)",
             "decay": "forget gate decay_t = exp(-exp(A_log) softplus(W_a in + dt_bias)) per value head, "

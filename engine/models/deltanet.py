@@ -404,7 +404,8 @@ class DeltaNetModel(ChunkedLayerModel):
         desc = {
             "in": "rmsnorm(x) (attn_norm): the input of the q, k, v, beta and gate projections",
             "q": f"query q_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({proj('W_q')}), heads side by side "
-                 "(without the 1/sqrt(d_k) scale; conv: causal depthwise, width conv_size)",
+                 "(without the 1/sqrt(d_k) scale" + (f"; conv: causal depthwise, width {cfg.conv_size})"
+                                                     if cfg.use_short_conv else ")"),
             "k": f"key k_t = {cfg.qk_norm}-normalised {cfg.qk_activation}({proj('W_k')}), heads side by side",
             "v": f"value v_t = silu({proj('W_v')}), heads side by side",
             "beta": f"writing strength beta_t per value head: {two}sigmoid(W_b in)" if cfg.use_beta else

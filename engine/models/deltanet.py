@@ -501,8 +501,7 @@ class DeltaNetModel(ChunkedLayerModel):
         vals = {"in": hin, "q": q, "k": kk, "v": v, "beta": beta}
         log_g = None
         if cfg.gated:
-            rate = torch.exp(w[p + "attn.A_log"]) * F.softplus(F.linear(hin, w[p + "attn.a_proj.weight"]) + w[p + "attn.dt_bias"])
-            vals["decay"] = edit("decay", torch.exp(-rate))
+            vals["decay"] = edit("decay", self._decay(p, hin))
             log_g = log_decay(vals["decay"])
 
         o, S, states = self._delta_rule(q, kk, v, beta, log_g, S, a, edits.get("state", ()), "state" in record)
@@ -514,13 +513,22 @@ class DeltaNetModel(ChunkedLayerModel):
             vals["g"] = g
         y = edit("y", y)
         mid = edit("mid", x + F.linear(y, w[p + "attn.o_proj.weight"]))
-        m = _rms(mid, w[p + "mlp_norm.weight"], cfg.norm_eps)
-        mlp = edit("mlp", F.linear(F.silu(F.linear(m, w[p + "mlp.gate_proj.weight"])) * F.linear(m, w[p + "mlp.up_proj.weight"]),
-                                   w[p + "mlp.down_proj.weight"]))
+        mlp = edit("mlp", self._swiglu_mlp(p, _rms(mid, w[p + "mlp_norm.weight"], cfg.norm_eps)))
         vals.update({"y": y, "mid": mid, "mlp": mlp, "out": edit("out", mid + mlp)})
         if states is not None:
             vals["state"] = states
         return vals, (S, buf_q, buf_k, buf_v)
+
+    def _decay(self, p, hin):
+        """The gated rule's decay exp(-exp(A_log) softplus(W_a in + dt_bias)), per value head."""
+        w = self._w
+        return torch.exp(-torch.exp(w[p + "attn.A_log"]) * F.softplus(F.linear(hin, w[p + "attn.a_proj.weight"])
+                                                                        + w[p + "attn.dt_bias"]))
+
+    def _swiglu_mlp(self, p, m):
+        w = self._w
+        hidden = F.silu(F.linear(m, w[p + "mlp.gate_proj.weight"])) * F.linear(m, w[p + "mlp.up_proj.weight"])
+        return F.linear(hidden, w[p + "mlp.down_proj.weight"])
 
     def _value_heads(self, x, n, B):
         """q or k [n, B, key_dim] -> [B, num_v_heads, n, d_k]: each q/k head repeated for the value
@@ -665,7 +673,8 @@ def _stated_config(configs: list, name: str) -> dict:
         hid = out.get("d_model")
         if gated and isinstance(d.get("head_dim"), int) and "num_heads" in out:
             out["key_dim"] = out["num_heads"] * d["head_dim"]
-            out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * int(d["head_dim"] * float(d.get("expand_v", 2.0)))
+            head_v = int(d["head_dim"] * float(d.get("expand_v", 2.0)))
+            out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * head_v
         elif hid and not gated:
             out["key_dim"] = int(hid * float(d.get("expand_k", 1.0)))
             out["value_dim"] = int(hid * float(d.get("expand_v", 1.0)))
@@ -743,7 +752,8 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     unused = [key(cn) for cn in canon if cn not in expected and not (cfg.tie_embeddings and cn == "lm_head.weight")]
     parts = []
     if missing:
-        parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
+        more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
+        parts.append("missing " + ", ".join(missing[:12]) + more)
     if bad:
         parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
     if unused and strict:

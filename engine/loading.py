@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from .errors import LoadError
+from .models import deltanet as _deltanet
 from .models import gla as _gla
 from .models import hgrn as _hgrn
 from .models import lru as _lru
@@ -135,6 +136,7 @@ FAMILIES = (
     _hgrn,
     _lru,
     _xlstm,
+    _deltanet,
 )
 
 

@@ -14,11 +14,14 @@ Supported inputs
 * **Folders** in the Hugging Face layout: ``config.json`` + ``model.safetensors`` (or a sharded
   ``model.safetensors.index.json``) or ``pytorch_model.bin``; ``tokenizer.json`` is used
   through :class:`FileTokenizer`, ``vocab.json`` through :meth:`CharVocab.from_any`.
-* **Mamba (1)**: ``transformers`` ``MambaForCausalLM`` folders (``config.json`` with ``model_type``
-  "mamba" + safetensors) and the original ``mamba_ssm`` layout (``config.json`` with ``d_model``,
-  ``n_layer``, ``ssm_cfg``, … + ``pytorch_model.bin``), built by ``engine.models.mamba``; **minGRU /
-  minLSTM** state dicts of ``minGRU-pytorch``'s ``minLM`` (``engine.models.mingru``); **RWKV-4**:
-  ``transformers`` ``RwkvForCausalLM`` folders and BlinkDL ``.pth`` files (``engine.models.rwkv``).
+* **The modern families**, each built by its module in ``engine.models`` (tried in the order
+  of :data:`FAMILIES`, each recognising its own files by config and key names): Mamba (1)
+  (``transformers`` ``MambaForCausalLM`` folders and the original ``mamba_ssm`` layout),
+  Mamba2 (``Mamba2ForCausalLM`` and ``mamba_ssm`` Mamba2 folders), minGRU / minLSTM
+  (``minGRU-pytorch``'s ``minLM`` state dicts), RWKV-4 (``RwkvForCausalLM`` folders, BlinkDL
+  ``.pth``), RecurrentGemma / Griffin (``RecurrentGemmaForCausalLM``), xLSTM
+  (``xLSTMForCausalLM``), the ``flash-linear-attention`` folders of GLA, RetNet, HGRN, DeltaNet
+  and gated DeltaNet, and LRU in SeqScope's documented layout.
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 
@@ -141,7 +144,8 @@ FAMILIES = (
 
 
 def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) -> RecurrentStack:
-    """Open a checkpoint file or folder and build an instrumented model.
+    """Open a checkpoint file or folder and build an instrumented model (a
+    :class:`RecurrentStack`, or the family's own model class for the modern families).
 
     ``config``: a dict (StackConfig fields, plus ``nonlinearity`` and ``key_map``: file key →
     canonical name), a :class:`StackConfig`, or the path of a JSON file holding such a dict;
@@ -152,7 +156,7 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if config is None:  # families with their own loaders (Mamba, minGRU/minLSTM) read their own configs
+    if config is None:  # the families with their own loaders read their own configs
         found = _read(Path(path))
         configs = _stored_configs(found)
         if isinstance(found.metadata.get("seqscope_config"), Mapping):

@@ -57,6 +57,7 @@ from .errors import LoadError
 from .models import mamba as _mamba
 from .models import mingru as _mingru
 from .models import rwkv as _rwkv
+from .models import rwkv7 as _rwkv7
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
 
@@ -135,7 +136,7 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
         configs = _stored_configs(found)
         if isinstance(found.metadata.get("seqscope_config"), Mapping):
             configs.insert(0, ("metadata seqscope_config", dict(found.metadata["seqscope_config"])))
-        for family in (_mamba, _mingru, _rwkv):
+        for family in (_mamba, _mingru, _rwkv7, _rwkv):
             if family.looks_like(found.tensors, configs):
                 return _build_family(family, found, configs, device=device, dtype=dtype, strict=strict,
                                      source=str(path))

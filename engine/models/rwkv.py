@@ -702,8 +702,13 @@ _OTHER_RWKV = {"rwkv5": "RWKV-5", "rwkv6": "RWKV-6", "rwkv7": "RWKV-7", "rwkv6qw
 
 def looks_like_rwkv(tensors: dict, configs: list) -> bool:
     """An RWKV checkpoint: ``…blocks.{i}.attention.time_first`` (transformers) or
-    ``blocks.{i}.att.time_first`` (BlinkDL RWKV-4) tensors, a later RWKV version's tensors
-    (refused in words), or a config with ``model_type`` "rwkv" or a later version."""
+    ``blocks.{i}.att.time_first`` (BlinkDL RWKV-4) tensors, an RWKV-5/6 file's tensors
+    (refused in words), or a config with ``model_type`` "rwkv" or a later version.  RWKV-7
+    ``.pth`` files are not claimed: ``engine.models.rwkv7`` reads them."""
+    from .rwkv7 import looks_like_rwkv7
+
+    if looks_like_rwkv7(tensors, []):
+        return False
     if any(_HF_KEY.match(k) or _BLINK_KEY.match(k) or _LATER.search(k) for k in tensors):
         return True
     return any(str(d.get("model_type", "")).lower() in ("rwkv", *_OTHER_RWKV) for _, d in configs)

@@ -613,7 +613,7 @@ def attention_from_trace(trace, layer: int, rows, cols, *, sequence: int = 0, n_
     array.  ``n_head`` defaults to the state probe's or the model config's."""
     name = f"layers.{layer}."
     try:
-        r, w, k, kk, a = (torch.as_tensor(trace.array(name + s, sequence)) for s in ("r", "w", "k", "kk", "a"))
+        r, w, k, kk, a = (torch.tensor(trace.array(name + s, sequence)) for s in ("r", "w", "k", "kk", "a"))
     except KeyError as exc:
         raise KeyError(f"the trace must hold {name}r, w, k, kk and a: {exc}") from None
     if n_head is None:

@@ -47,8 +47,9 @@ form (pairwise decay products from cumulative sums of log w, one unit-triangular
 removal terms ``c_t = S_(t-1) kk_t``), which reduces a piece to ``o = R' S_0^T + O`` and
 ``S_end = S_0 P + U``; only these two matmuls run piece after piece (see :func:`wkv7_pieces`).
 Per-step states are built only when the ``state`` probe is asked for or a state edit needs
-one.  An intervention on ``state`` at step t takes the piece's state after t, edits it and runs
-the rest of the piece as a new piece, so steps up to t are computed exactly as without it.  The
+one.  An intervention on ``state`` at step t takes the piece's state after t, edits it,
+recomputes ``o_t = S_t r_t`` from it and runs the rest of the piece as a new piece, so steps
+before t are computed exactly as without it.  The
 piece grid is fixed relative to the chunk grid, so a re-run from a state kept at a chunk
 boundary equals a full re-run bit for bit.
 
@@ -372,9 +373,10 @@ class Rwkv7Model(ChunkedLayerModel):
         z = lay.w0 + torch.tanh(mix("w") @ lay.w1) @ lay.w2
         log_w = -DECAY_SCALE * torch.sigmoid(z)
         w = torch.exp(log_w)
-        if active("w"):
-            w = edit("w", w)
-            log_w = torch.log(w)
+        if active("w"):  # log w again only where an edit changed w (elsewhere it keeps its bits)
+            edited = edit("w", w)
+            log_w = torch.where(edited != w, torch.log(edited), log_w)
+            w = edited
         k0 = F.linear(mix("k"), lay.Wk)
         iclr = edit("a", torch.sigmoid(lay.a0 + (mix("a") @ lay.a1) @ lay.a2))
         g = edit("g", torch.sigmoid(mix("g") @ lay.g1) @ lay.g2)
@@ -550,6 +552,7 @@ def _run_piece(S, piece, p0, p1, steps, inputs, o, states, state_edits, start):
     for e in state_edits:
         flat = e.apply_step(flat, start + t)
     S = flat.reshape(B, H, Nv, Nk).contiguous()
+    o[:, :, t] = (S @ inputs[0][:, :, t, :, None])[..., 0]  # o_t = S_t r_t reads the edited state
     if states is not None:
         states[:, :, t] = S
     if t + 1 == p1:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import engine
-from engine.models.rwkv7 import (SUB, Rwkv7Model, attention_from_trace, delta_rule_attention, load_rwkv7,
+from engine.models.rwkv7 import (SUB, Rwkv7Model, _piece_bounds, attention_from_trace, delta_rule_attention, load_rwkv7,
                                  wkv7_pieces)
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7
 
@@ -109,8 +109,9 @@ def test_chunk_and_piece_sizes_do_not_change_the_result():
 
 
 def test_pieces_match_a_step_by_step_recurrence_with_extreme_decays():
-    """The chunked recurrence alone, from a non-zero state, with decays down to 0 (an edit can
-    set them): pairwise sums of log w keep exact zeros and no NaN."""
+    """The chunked recurrence alone, from a non-zero state, with decays of 0, 1e-30 and 1e3 (an
+    edit can set them): pieces end where the factors e^(+-sum log w) would get large, a zero
+    decay gives exact zeros, nothing is NaN."""
     g = torch.Generator().manual_seed(3)
     B, H, n, N, Nv = 2, 3, 45, 5, 4
     S0 = torch.randn(B, H, Nv, N, generator=g, dtype=torch.float64)
@@ -121,7 +122,11 @@ def test_pieces_match_a_step_by_step_recurrence_with_extreme_decays():
     w = torch.rand(B, H, n, N, generator=g, dtype=torch.float64)
     w[0, 1, 10:12] = 0.0
     w[1, 0, 30, :2] = 1e-30
+    w[1, 2, 20:26, 1] = 1e3  # grows (an edit can do that too): pieces end before e^(sum) gets large
     o, S, states = wkv7_pieces(S0, r, torch.log(w), k, v, -kk, kk * a, want_states=True)
+    # a piece ends before a zero decay (10, 11) and where the sums spread past LOG_SPREAD (24: four
+    # steps of log 1e3 after 20; 30: log 1e-30); a piece's own first decay may be anything
+    assert _piece_bounds(torch.log(w), 16) == [(0, 10), (10, 11), (11, 24), (24, 30), (30, 45)]
     St = S0.clone()
     for t in range(n):
         St = (St * w[:, :, t, None, :] - (St @ kk[:, :, t, :, None]) * (kk * a)[:, :, t, None, :]

@@ -41,6 +41,21 @@ def test_steps_before_t_are_bit_identical_and_later_steps_change(site):
         assert np.abs(edited["layers.0.state"][t + 1] - clean["layers.0.state"][t + 1]).max() > 1e-4
 
 
+@pytest.mark.parametrize("op,value", [("zero", None), ("scale", 1e-20), ("scale", 1e4)])
+def test_extreme_decay_edits_keep_earlier_steps_bit_identical(op, value):
+    """Such decays end a piece of the chunked recurrence early: only from step t on."""
+    model = model_for(random_state_dict(20, layers=2))
+    x = ids(70)
+    t = 37
+    clean = engine.run(model, x, chunk=32)
+    edited = engine.run(model, x, chunk=32, interventions=[
+        Intervention("layers.0.w", op, value, positions=[t, t + 3, t + 4], units=[0, 1])])
+    for name in clean.probes:
+        np.testing.assert_array_equal(edited[name][:t], clean[name][:t], err_msg=name)
+        assert np.isfinite(edited[name]).all(), name
+    assert np.abs(edited["layers.0.o"][t + 1] - clean["layers.0.o"][t + 1]).max() > 1e-4
+
+
 def run64(sd, x, interventions, chunk=16):
     return engine.run(model_for(sd, torch.float64), x, interventions=interventions, chunk=chunk)
 

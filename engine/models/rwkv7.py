@@ -77,6 +77,9 @@ from .mamba import AttentionWindow
 SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "ffn_in", "ffn_k", "ffn", "out", "attn")
 #: steps per piece of the chunked recurrence
 SUB = 16
+#: the largest spread of summed log decays inside a piece: factors e^(+-30) keep float32 far
+#: from overflow
+LOG_SPREAD = 30.0
 #: -log w = DECAY_SCALE * sigmoid(...): e^(-1/2), as the training code's -softplus(-z) - 0.5
 DECAY_SCALE = math.exp(-0.5)
 NORM_EPS = 1e-5  # ln0, ln1, ln2, ln_out
@@ -433,52 +436,45 @@ class Rwkv7Model(ChunkedLayerModel):
 # ======================================================================================
 
 
-def _pairwise_decay(log_w):
-    """``E[..., t, jj, :] = prod_(jj <= m <= t) w_m`` for ``jj <= t + 1`` (1 when ``jj = t + 1``,
-    the empty product), 0 above; ``log_w`` [..., n, N] -> [..., n, n + 1, N].  Sums of logs are
-    taken per pair (a cumulative sum down each column), so no difference of large sums appears
-    and a decay of 0 gives exact zeros."""
-    n = log_w.shape[-2]
-    t = torch.arange(n, device=log_w.device)[:, None]
-    jj = torch.arange(n + 1, device=log_w.device)[None, :]
-    terms = torch.where((t >= jj)[..., None], log_w[..., :, None, :], torch.zeros((), dtype=log_w.dtype,
-                                                                                     device=log_w.device))
-    G = torch.cumsum(terms, dim=-3)
-    return torch.exp(torch.where((t + 1 >= jj)[..., None], G, torch.full((), float("-inf"), dtype=G.dtype,
-                                                                         device=G.device)))
-
-
 class _Piece:
     """A stretch of m steps of the recurrence, reduced so that from any state S_0 before it
     the outputs are ``o = R S_0^T + O`` and the state after it ``S_0 P + U`` (all batched over
     the leading axes).  Inputs [..., m, N]: receptance r, log decay, key k, value v, removal
-    direction al (= -kk) and write direction be (= kk a)."""
+    direction al (= -kk) and write direction be (= kk a).
+
+    With ``L_t`` the sum of log w over the piece's steps after its first one, through t, every
+    decay between two steps of the piece is ``e^(L_t - L_j)``, and it factorises as ``e^(L_t)
+    e^(-L_j)``: the pairwise sums become matmuls.  The factors stay finite because a piece
+    never lets the ``L_t`` spread by more than ``LOG_SPREAD`` (:func:`_piece_bounds`); the first
+    step's own decay (which may be 0) only multiplies ``S_0``."""
 
     def __init__(self, r, log_w, k, v, al, be):
-        E = _pairwise_decay(log_w)
-        Eq = E[..., 1:, :]  # Eq[t, j] = prod_(j < m <= t) w_m for j <= t: from after step j through t
-        D = torch.cat([torch.zeros_like(Eq[..., :1, :, :]), Eq[..., :-1, :, :]], dim=-3)  # through t - 1, j < t
-        through = E[..., :, 0, :]  # prod_(m <= t) w_m
-        before = torch.cat([torch.ones_like(through[..., :1, :]), through[..., :-1, :]], dim=-2)
-        tail = Eq[..., -1, :, :]  # from after step j to the end of the piece
-        # c_t = S_(t-1) al_t: (I - Mb) c = (al * before) S_0^T + Mk v
-        aD = al[..., :, None, :] * D
-        Mk = (aD * k[..., None, :, :]).sum(-1)
-        Mb = (aD * be[..., None, :, :]).sum(-1)
+        w_first = torch.exp(log_w[..., :1, :])
+        L = torch.cumsum(torch.cat([torch.zeros_like(log_w[..., :1, :]), log_w[..., 1:, :]], -2).double(), -2)
+        up, down = torch.exp(L).to(r.dtype), torch.exp(-L).to(r.dtype)
+        through = w_first * up  # prod of w over the piece's steps through t
+        before = torch.cat([torch.ones_like(through[..., :1, :]), through[..., :-1, :]], -2)  # through t - 1
+        up_before = torch.cat([torch.ones_like(up[..., :1, :]), up[..., :-1, :]], -2)
+        tail = torch.exp(L[..., -1:, :] - L).to(r.dtype)  # from after step j to the end of the piece
+        k_down, be_down = k * down, be * down
+        # c_t = S_(t-1) al_t solves (I - Mb) c = (al * before) S_0^T + Mk v
+        a_up = al * up_before
+        Mk = torch.tril(a_up @ k_down.transpose(-1, -2), -1)
+        Mb = torch.tril(a_up @ be_down.transpose(-1, -2), -1)
         eye = torch.eye(Mb.shape[-1], dtype=Mb.dtype, device=Mb.device)
         Nk = k.shape[-1]
         X = torch.linalg.solve_triangular(eye - Mb, torch.cat([al * before, Mk @ v], -1), upper=False,
                                           unitriangular=True)
         self.Wa, self.cv = X[..., :Nk], X[..., Nk:]  # c = Wa S_0^T + cv
-        rE = r[..., :, None, :] * Eq
-        Qk = (rE * k[..., None, :, :]).sum(-1)
-        Qb = (rE * be[..., None, :, :]).sum(-1)
+        r_up = r * up
+        Qk = torch.tril(r_up @ k_down.transpose(-1, -2))
+        Qb = torch.tril(r_up @ be_down.transpose(-1, -2))
         self.R = r * through + Qb @ self.Wa
         self.O = Qk @ v + Qb @ self.cv
         bt = be * tail
         self.P = torch.diag_embed(through[..., -1, :]) + self.Wa.transpose(-1, -2) @ bt
         self.U = v.transpose(-1, -2) @ (k * tail) + self.cv.transpose(-1, -2) @ bt
-        self.Eq, self.through, self.k, self.v, self.be = Eq, through, k, v, be
+        self.through, self.up, self.k_down, self.be_down, self.v = through, up, k_down, be_down, v
 
     def outputs(self, S0):
         return self.R @ S0.transpose(-1, -2) + self.O
@@ -487,12 +483,11 @@ class _Piece:
         return S0 @ self.P + self.U
 
     def states(self, S0):
-        """S_t after every step, [..., m, N_v, N_k]: S_0 diag(prod w) + sum_(j<=t) (v_j^T k_j +
-        c_j^T be_j) diag(prod_(j<m<=t) w_m)."""
+        """S_t after every step, [..., m, N_v, N_k]: S_0 diag(prod w) + (sum_(j<=t) v_j^T k_j
+        e^(-L_j) + c_j^T be_j e^(-L_j)) diag(e^(L_t))."""
         c = self.Wa @ S0.transpose(-1, -2) + self.cv
-        S = S0[..., None, :, :] * self.through[..., :, None, :]
-        S = S + torch.einsum("...jv,...tjm->...tvm", self.v, self.Eq * self.k[..., None, :, :])
-        return S + torch.einsum("...jv,...tjm->...tvm", c, self.Eq * self.be[..., None, :, :])
+        writes = self.v[..., :, None] * self.k_down[..., None, :] + c[..., :, None] * self.be_down[..., None, :]
+        return S0[..., None, :, :] * self.through[..., :, None, :] + torch.cumsum(writes, -3) * self.up[..., :, None, :]
 
     def take(self, p):
         """Piece ``p`` of a batch of pieces (the axis before the steps)."""
@@ -502,32 +497,55 @@ class _Piece:
         return one
 
 
-def _split_pieces(x, sub):
-    """[B, H, n, N] -> [B, H, P, sub, N], zero-padded at the end (padded steps have decay 1
-    and no key, value or removal: they change nothing before them)."""
-    B, H, n, N = x.shape
-    P = -(-n // sub)
-    if P * sub != n:
-        x = torch.cat([x, x.new_zeros(B, H, P * sub - n, N)], dim=2)
-    return x.view(B, H, P, sub, N)
+def _piece_bounds(log_w, sub):
+    """Pieces ``(p, q)`` of at most ``sub`` steps covering ``log_w``'s steps (axis 2).  A piece
+    ends early before a step where the sums of log w after its first step would spread by more
+    than ``LOG_SPREAD`` in some channel (only edited decays get there: natural ones have
+    |log w| < 0.61).  A bound depends only on the steps before it, so an edit at step t moves
+    none before t."""
+    n = log_w.shape[2]
+    bounds, p = [], 0
+    while p < n:
+        q = min(p + sub, n)
+        if q - p > 1:
+            sums = torch.cumsum(log_w[:, :, p + 1:q].double(), 2)
+            spread = torch.cummax(sums.clamp(min=0), 2).values - torch.cummin(sums.clamp(max=0), 2).values
+            bad = ~(spread <= LOG_SPREAD).flatten(3).permute(2, 0, 1, 3).flatten(1).all(1)  # NaN is bad too
+            if bad.any():
+                q = p + 1 + int(bad.nonzero()[0])
+        bounds.append((p, q))
+        p = q
+    return bounds
+
+
+def _gather_pieces(x, bounds, sub):
+    """[B, H, n, N] -> [B, H, pieces, sub, N], each piece zero-padded at its end (padded steps
+    have decay 1 and no key, value or removal: they change nothing before them)."""
+    parts = []
+    for p, q in bounds:
+        part = x[:, :, p:q]
+        if q - p < sub:
+            part = torch.cat([part, part.new_zeros(*part.shape[:2], sub - (q - p), part.shape[3])], 2)
+        parts.append(part)
+    return torch.stack(parts, 2)
 
 
 def wkv7_pieces(S, r, log_w, k, v, al, be, *, want_states=False, state_edits=(), start=0, sub=SUB):
-    """The recurrence over n steps in pieces of ``sub``: ``S`` [B, H, N_v, N_k] the state
-    before, ``r``, ``log_w``, ``k``, ``al``, ``be`` [B, H, n, N_k], ``v`` [B, H, n, N_v].
+    """The recurrence over n steps in pieces of at most ``sub``: ``S`` [B, H, N_v, N_k] the
+    state before, ``r``, ``log_w``, ``k``, ``al``, ``be`` [B, H, n, N_k], ``v`` [B, H, n, N_v].
     Returns ``(o [B, H, n, N_v], state after, states [B, H, n, N_v, N_k] or None)``.
     ``state_edits`` (bound interventions, steps counted from ``start``) edit the state after
     their steps."""
     B, H, n, _ = r.shape
     Nv = v.shape[-1]
-    pieces = _Piece(*(_split_pieces(t, sub) for t in (r, log_w, k, v, al, be)))
+    bounds = _piece_bounds(log_w, sub)
+    inputs = (r, log_w, k, v, al, be)
+    pieces = _Piece(*(_gather_pieces(t, bounds, sub) for t in inputs))
     o = v.new_empty(B, H, n, Nv)
     states = v.new_empty(B, H, n, Nv, S.shape[-1]) if want_states else None
     steps = sorted({int(t) - start for e in state_edits for t in e.steps if start <= t < start + n})
-    inputs = (r, log_w, k, v, al, be)
-    for p, p0 in enumerate(range(0, n, sub)):
-        p1 = min(p0 + sub, n)
-        S = _run_piece(S, pieces.take(p), p0, p1, [t for t in steps if p0 <= t < p1], inputs, o, states,
+    for i, (p0, p1) in enumerate(bounds):
+        S = _run_piece(S, pieces.take(i), p0, p1, [t for t in steps if p0 <= t < p1], inputs, o, states,
                        state_edits, start)
     return o, S, states
 
@@ -540,8 +558,9 @@ def _run_piece(S, piece, p0, p1, steps, inputs, o, states, state_edits, start):
     end = piece.end_state(S)
     if states is None and not steps:
         return end
+    # per-step states from their closed form, row by row as in any run; what is carried on
+    # is ``end`` whether or not states are recorded (they agree to rounding)
     St = piece.states(S)[:, :, :m]
-    St[:, :, m - 1] = end  # the state carried on, whether or not states are recorded
     if states is not None:
         states[:, :, p0:p1] = St
     if not steps:

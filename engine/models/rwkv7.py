@@ -43,15 +43,18 @@ Chunks of the engine's grid (multiples of ``chunk``); in a chunk every per-token
 from batched matmuls (interventions applied to whole chunks, each before what is computed from
 it), then the state recurrence in the chunked form of the generalized delta rule, with no loop
 over steps: the chunk is cut into pieces of ``SUB`` steps; inside a piece everything is closed
-form (pairwise decay products from cumulative sums of log w, one unit-triangular solve for the
-removal terms ``c_t = S_(t-1) kk_t``), which reduces a piece to ``o = R' S_0^T + O`` and
-``S_end = S_0 P + U``; only these two matmuls run piece after piece (see :func:`wkv7_pieces`).
-Per-step states are built only when the ``state`` probe is asked for or a state edit needs
-one.  An intervention on ``state`` at step t takes the piece's state after t, edits it,
-recomputes ``o_t = S_t r_t`` from it and runs the rest of the piece as a new piece, so steps
-before t are computed exactly as without it.  The
-piece grid is fixed relative to the chunk grid, so a re-run from a state kept at a chunk
-boundary equals a full re-run bit for bit.
+form (decays between steps as ``e^(L_t) e^(-L_j)`` from a cumulative sum L of log w, so the
+pairwise sums are matmuls, and one unit-triangular solve for the removal terms ``c_t = S_(t-1)
+kk_t``), which reduces a piece to ``o = R S_0^T + O`` and ``S_end = S_0 P + U``; only these two
+matmuls run piece after piece (:class:`_Piece`, :func:`wkv7_pieces`).  A piece ends early where
+edited decays would make those factors overflow (:func:`_piece_bounds`).  Per-step states
+are built (a cumulative sum of the writes, O(N^2) per step) only when the ``state`` probe is
+asked for or a state edit needs one.  An intervention on ``state`` at step t takes the piece's
+state after t, edits it, recomputes ``o_t = S_t r_t`` from it and runs the rest of the piece as
+a new piece.  A step's value never depends on anything after it (pieces have a fixed padded
+size, their bounds depend only on earlier steps), so steps before an edit are bit-identical to
+a run without it; the piece grid follows the chunk grid, so a re-run from a state kept at a
+chunk boundary equals a full re-run bit for bit.
 
 Implicit attention (probe ``attn``): the recurrence is linear in the values, so per head
 ``o_i = sum_(j<=i) alpha_ij v_j`` with ``alpha_ij = k_j A_(j+1) ... A_i r_i^T`` (A_t = diag(w_t)

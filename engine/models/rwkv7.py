@@ -631,7 +631,7 @@ def delta_rule_attention(r, w, k, kk, a, n_head: int, rows, cols, *, block: int 
 
 
 def attention_from_trace(trace, layer: int, rows, cols, *, sequence: int = 0, n_head: int | None = None,
-                         reduce="absmean"):
+                         reduce="mean_abs"):
     """Implicit attention of ``layer`` for one sequence of a trace that captured
     ``layers.{layer}.r``, ``.w``, ``.k``, ``.kk`` and ``.a``: [rows, cols] (the mean over heads
     of |alpha|, as the ``attn`` probe) or, with ``reduce=None``, [rows, cols, heads].  A NumPy
@@ -645,7 +645,7 @@ def attention_from_trace(trace, layer: int, rows, cols, *, sequence: int = 0, n_
         cfg = json.loads(trace.model_info["config"])
         n_head = cfg["d_model"] // cfg["head_size"]
     alpha = delta_rule_attention(r, w, k, kk, a, n_head, rows, cols)
-    return (alpha.abs().mean(-1) if reduce == "absmean" else alpha).numpy()
+    return (alpha.abs().mean(-1) if reduce == "mean_abs" else alpha).numpy()
 
 
 # ======================================================================================

@@ -721,7 +721,8 @@ def _config_from_files(name: str, configs: list, notes: list) -> tuple[dict, str
         mt = str(d.get("model_type", "")).lower()
         if mt in _OTHER_RWKV:
             raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_RWKV[mt]}): SeqScope reads RWKV-4 models "
-                            "(transformers RwkvForCausalLM) so far; this version is not supported yet")
+                            "(transformers RwkvForCausalLM) so far; this version is not supported yet"
+                            + (" (RWKV-7 loads from BlinkDL .pth files)" if mt == "rwkv7" else ""))
         if mt == "rwkv":
             out = {"norm_eps": float(d.get("layer_norm_epsilon", 1e-5))}
             for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),

@@ -213,6 +213,7 @@ class Rwkv7Model(ChunkedLayerModel):
         self._weights = {k: weights[k].detach() for k in expected}
         self._v_first = None
         self._window = AttentionWindow()
+        self.device, self.dtype = torch.device("cpu"), dtype
         self.to(device, dtype)
         if attention_window is not None:
             self.attention_window = attention_window

@@ -19,7 +19,7 @@ Supported inputs
   (``transformers`` ``MambaForCausalLM`` folders and the original ``mamba_ssm`` layout),
   Mamba2 (``Mamba2ForCausalLM`` and ``mamba_ssm`` Mamba2 folders), minGRU / minLSTM
   (``minGRU-pytorch``'s ``minLM`` state dicts), RWKV-4 (``RwkvForCausalLM`` folders, BlinkDL
-  ``.pth``), RecurrentGemma / Griffin (``RecurrentGemmaForCausalLM``), xLSTM
+  ``.pth``), RWKV-7 (BlinkDL ``.pth``), RecurrentGemma / Griffin (``RecurrentGemmaForCausalLM``), xLSTM
   (``xLSTMForCausalLM``), the ``flash-linear-attention`` folders of GLA, RetNet, HGRN, DeltaNet
   and gated DeltaNet, and LRU in SeqScope's documented layout.
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
@@ -66,6 +66,7 @@ from .models import mamba2 as _mamba2
 from .models import mingru as _mingru
 from .models import recurrent_gemma as _recurrent_gemma
 from .models import rwkv as _rwkv
+from .models import rwkv7 as _rwkv7
 from .models import xlstm as _xlstm
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
 from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
@@ -128,11 +129,13 @@ class _Found:
 # ======================================================================================
 
 #: the families with loaders of their own (``looks_like``/``load``), asked in this order before
-#: the classic RNN stack's inference; Mamba2 before Mamba (Mamba's test would take its A_log too)
+#: the classic RNN stack's inference; Mamba2 before Mamba (Mamba's test would take its A_log too),
+#: RWKV-7 before RWKV-4
 FAMILIES = (
     _mamba2,
     _mamba,
     _mingru,
+    _rwkv7,
     _rwkv,
     _recurrent_gemma,
     _gla,

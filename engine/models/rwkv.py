@@ -702,8 +702,13 @@ _OTHER_RWKV = {"rwkv5": "RWKV-5", "rwkv6": "RWKV-6", "rwkv7": "RWKV-7", "rwkv6qw
 
 def looks_like_rwkv(tensors: dict, configs: list) -> bool:
     """An RWKV checkpoint: ``…blocks.{i}.attention.time_first`` (transformers) or
-    ``blocks.{i}.att.time_first`` (BlinkDL RWKV-4) tensors, a later RWKV version's tensors
-    (refused in words), or a config with ``model_type`` "rwkv" or a later version."""
+    ``blocks.{i}.att.time_first`` (BlinkDL RWKV-4) tensors, an RWKV-5/6 file's tensors
+    (refused in words), or a config with ``model_type`` "rwkv" or a later version.  RWKV-7
+    ``.pth`` files are not claimed: ``engine.models.rwkv7`` reads them."""
+    from .rwkv7 import looks_like_rwkv7
+
+    if looks_like_rwkv7(tensors, []):
+        return False
     if any(_HF_KEY.match(k) or _BLINK_KEY.match(k) or _LATER.search(k) for k in tensors):
         return True
     return any(str(d.get("model_type", "")).lower() in ("rwkv", *_OTHER_RWKV) for _, d in configs)
@@ -716,7 +721,8 @@ def _config_from_files(name: str, configs: list, notes: list) -> tuple[dict, str
         mt = str(d.get("model_type", "")).lower()
         if mt in _OTHER_RWKV:
             raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_RWKV[mt]}): SeqScope reads RWKV-4 models "
-                            "(transformers RwkvForCausalLM) so far; this version is not supported yet")
+                            "(transformers RwkvForCausalLM) so far; this version is not supported yet"
+                            + (" (RWKV-7 loads from BlinkDL .pth files)" if mt == "rwkv7" else ""))
         if mt == "rwkv":
             out = {"norm_eps": float(d.get("layer_norm_epsilon", 1e-5))}
             for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),

@@ -1,0 +1,758 @@
+"""RWKV-7 ("Goose"): an instrumented RNN language model in the layout of BlinkDL's ``.pth``
+files, as the ``rwkv`` package reads them (Peng et al. 2025, "RWKV-7 Goose with Expressive
+Dynamic State Evolution").
+
+The model (C channels in H heads of N, so C = H N; F feed-forward width)::
+
+    x_0 = ln0(emb[token])
+    layer i:  x_t = ln1(h_t)                                    time mixing
+              mix(mu) = x_t + (x_(t-1) - x_t) mu                (x_(-1) = 0: the token shift)
+              r = W_r mix(x_r)        k0 = W_k mix(x_k)        v0' = W_v mix(x_v)
+              w = exp(-e^(-1/2) sigmoid(w0 + tanh(mix(x_w) w1) w2))      decay, in (0.545, 1)
+              a = sigmoid(a0 + mix(x_a) a1 a2)                  in-context learning rate
+              g = sigmoid(mix(x_g) g1) g2                       output gate
+              kk = normalize_per_head(k0 * k_k)                 removal key (unit length per head)
+              k = k0 * (1 + (a - 1) * k_a)
+              v = v0' in layer 0 (it is v_first), else v0' + (v_first - v0') sigmoid(v0 + mix(x_v) v1 v2)
+              per head, S [N values x N keys]:
+              S_t = S_(t-1) (diag(w_t) - kk_t^T (kk_t * a_t)) + v_t^T k_t
+              o_t = S_t r_t
+              y_t = ln_x(o_t) + (sum_head r_t * k_t * r_k) v_t     ln_x: GroupNorm(H), eps 64e-5
+              h'_t = h_t + W_o (y_t * g_t)
+              f_t = ln2(h'_t)                                   channel mixing
+              out_t = h'_t + W_v' relu(W_k' (f_t + (f_(t-1) - f_t) x_k'))^2
+    logits = head(ln_out(out of the last layer))
+
+LayerNorms have epsilon 1e-5.  The state a re-run needs at step t is, per layer, S_t and the
+two token shifts (x_t, f_t); ``v_first`` is layer 0's ``v`` at the same token (not a state).
+
+Canonical weight names are the ``.pth`` names: ``emb.weight``, ``blocks.0.ln0.*``,
+``blocks.{i}.ln1/ln2.*``, ``blocks.{i}.att.{x_r, x_w, x_k, x_v, x_a, x_g (1,1,C), w0 (1,1,C),
+w1 (C,Dw), w2 (Dw,C), a0, a1, a2, v0, v1, v2 (layers >= 1 only), g1 (C,Dg), g2 (Dg,C), k_k, k_a
+(1,1,C), r_k (H,N), receptance/key/value/output.weight (C,C), ln_x.weight/bias (C)}``,
+``blocks.{i}.ffn.{x_k (1,1,C), key.weight (F,C), value.weight (C,F)}``, ``ln_out.*``,
+``head.weight (V,C)``.  There is no config file: every size comes from the shapes.
+
+Probe sites per layer: ``in`` (x), ``r``, ``w``, ``k``, ``kk``, ``a``, ``v``, ``g``, ``state``
+(S_t, [H, N, N], only when asked for), ``o``, ``att`` (W_o (y * g)), ``ffn_in`` (f), ``ffn_k``,
+``ffn``, ``out``, and ``attn``: the implicit attention.
+
+How a layer runs
+----------------
+Chunks of the engine's grid (multiples of ``chunk``); in a chunk every per-token quantity comes
+from batched matmuls (interventions applied to whole chunks, each before what is computed from
+it), then the state recurrence in the chunked form of the generalized delta rule, with no loop
+over steps: the chunk is cut into pieces of ``SUB`` steps; inside a piece everything is closed
+form (decays between steps as ``e^(L_t) e^(-L_j)`` from a cumulative sum L of log w, so the
+pairwise sums are matmuls, and one unit-triangular solve for the removal terms ``c_t = S_(t-1)
+kk_t``), which reduces a piece to ``o = R S_0^T + O`` and ``S_end = S_0 P + U``; only these two
+matmuls run piece after piece (:class:`_Piece`, :func:`wkv7_pieces`).  A piece ends early where
+edited decays would make those factors overflow (:func:`_piece_bounds`).  Per-step states
+are built (a cumulative sum of the writes, O(N^2) per step) only when the ``state`` probe is
+asked for or a state edit needs one.  An intervention on ``state`` at step t takes the piece's
+state after t, edits it, recomputes ``o_t = S_t r_t`` from it and runs the rest of the piece as
+a new piece.  A step's value never depends on anything after it (pieces have a fixed padded
+size, their bounds depend only on earlier steps), so steps before an edit are bit-identical to
+a run without it; the piece grid follows the chunk grid, so a re-run from a state kept at a
+chunk boundary equals a full re-run bit for bit.
+
+Implicit attention (probe ``attn``): the recurrence is linear in the values, so per head
+``o_i = sum_(j<=i) alpha_ij v_j`` with ``alpha_ij = k_j A_(j+1) ... A_i r_i^T`` (A_t = diag(w_t)
+- kk_t^T (kk_t * a_t)).  :func:`delta_rule_attention` runs the same chunked recurrence with one
+one-hot value per key column of the window (from the window's first column to its last row
+only, so a long input never costs T^2); the probe holds the mean over heads of |alpha_ij|.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import LoadError
+from ..probes import ProbeSpec, layer_probe
+from .chunked import ChunkedLayerModel
+from .mamba import AttentionWindow
+
+SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "ffn_in", "ffn_k", "ffn", "out", "attn")
+#: steps per piece of the chunked recurrence
+SUB = 16
+#: the largest spread of summed log decays inside a piece: factors e^(+-30) keep float32 far
+#: from overflow
+LOG_SPREAD = 30.0
+#: -log w = DECAY_SCALE * sigmoid(...): e^(-1/2), as the training code's -softplus(-z) - 0.5
+DECAY_SCALE = math.exp(-0.5)
+NORM_EPS = 1e-5  # ln0, ln1, ln2, ln_out
+LN_X_EPS = 64e-5  # the GroupNorm after the recurrence
+#: steps of the implicit attention computed at once
+ATTN_BLOCK = 256
+NOT_EDITABLE_ATTN = "it is computed from r, w, k, kk and a after the run and feeds nothing; " \
+    "intervene on those or on state instead"
+
+
+@dataclass(frozen=True)
+class Rwkv7Config:
+    d_model: int  # C
+    n_layer: int
+    vocab_size: int
+    head_size: int  # N; heads H = d_model // head_size
+    d_ffn: int
+    d_decay: int  # rank of w1/w2
+    d_aaa: int  # rank of a1/a2
+    d_mv: int  # rank of v1/v2 (0 with a single layer)
+    d_gate: int  # rank of g1/g2
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layer", "vocab_size", "head_size", "d_ffn", "d_decay", "d_aaa", "d_gate"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.head_size:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of head_size {self.head_size}")
+        if self.n_layer > 1 and self.d_mv <= 0:
+            raise ValueError("d_mv must be positive when there are several layers")
+
+    @property
+    def n_head(self) -> int:
+        return self.d_model // self.head_size
+
+    def to_json(self) -> str:
+        return json.dumps({"family": "rwkv7", **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Rwkv7Config":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def _vector(C):
+    return (1, 1, C)
+
+
+def canonical_weight_shapes(cfg: Rwkv7Config) -> dict[str, tuple[int, ...]]:
+    """Every weight a model with this config has (``.pth`` names), with its shape."""
+    C, V, Fd = cfg.d_model, cfg.vocab_size, cfg.d_ffn
+    shapes: dict[str, tuple[int, ...]] = {"emb.weight": (V, C), "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        for ln in ("ln1", "ln2"):
+            shapes[p + ln + ".weight"] = (C,)
+            shapes[p + ln + ".bias"] = (C,)
+        a = p + "att."
+        for m in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
+            shapes[a + m] = _vector(C)
+        loras = [("w", cfg.d_decay), ("a", cfg.d_aaa), ("g", cfg.d_gate)] + ([("v", cfg.d_mv)] if i else [])
+        for m, rank in loras:
+            shapes[a + m + "1"] = (C, rank)
+            shapes[a + m + "2"] = (rank, C)
+        if i:
+            shapes[a + "v0"] = _vector(C)
+        shapes[a + "r_k"] = (cfg.n_head, cfg.head_size)
+        for m in ("receptance", "key", "value", "output"):
+            shapes[a + m + ".weight"] = (C, C)
+        shapes[a + "ln_x.weight"] = (C,)
+        shapes[a + "ln_x.bias"] = (C,)
+        f = p + "ffn."
+        shapes[f + "x_k"] = _vector(C)
+        shapes[f + "key.weight"] = (Fd, C)
+        shapes[f + "value.weight"] = (C, Fd)
+    shapes["ln_out.weight"] = (C,)
+    shapes["ln_out.bias"] = (C,)
+    shapes["head.weight"] = (V, C)
+    return shapes
+
+
+class _Layer:
+    """One layer's weights, vectors flattened to [C]."""
+
+    def __init__(self, w: dict, i: int):
+        p, a, f = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn."
+        flat = lambda name: w[name].reshape(-1)  # noqa: E731
+        self.ln0 = (w["blocks.0.ln0.weight"], w["blocks.0.ln0.bias"]) if i == 0 else None
+        self.ln1 = (w[p + "ln1.weight"], w[p + "ln1.bias"])
+        self.ln2 = (w[p + "ln2.weight"], w[p + "ln2.bias"])
+        self.mix = {m: flat(a + "x_" + m) for m in "rwkvag"}
+        self.w0, self.w1, self.w2 = flat(a + "w0"), w[a + "w1"], w[a + "w2"]
+        self.a0, self.a1, self.a2 = flat(a + "a0"), w[a + "a1"], w[a + "a2"]
+        self.g1, self.g2 = w[a + "g1"], w[a + "g2"]
+        self.v_lora = (flat(a + "v0"), w[a + "v1"], w[a + "v2"]) if i else None
+        self.k_k, self.k_a, self.r_k = flat(a + "k_k"), flat(a + "k_a"), flat(a + "r_k")
+        self.Wr, self.Wk, self.Wv, self.Wo = (w[a + m + ".weight"] for m in ("receptance", "key", "value", "output"))
+        self.ln_x = (w[a + "ln_x.weight"], w[a + "ln_x.bias"])
+        self.ffn_mix, self.Fk, self.Fv = flat(f + "x_k"), w[f + "key.weight"], w[f + "value.weight"]
+
+
+class Rwkv7Model(ChunkedLayerModel):
+    """An instrumented RWKV-7 language model.  Build with :func:`engine.load` (a ``.pth`` file)
+    or from a config and canonical weights.  ``attention_window``: see :class:`AttentionWindow`.
+
+    A run keeps layer 0's ``v`` (``v_first``, read by every later layer) on the model while it
+    runs, so one model runs one forward pass at a time (as the workbench's single runner does)."""
+
+    architecture = "rwkv7"
+    SITES = SITES
+    ATTENTION_NEEDS = frozenset({"r", "w", "k", "kk", "a"})
+    NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
+
+    def __init__(self, config: Rwkv7Config, weights: dict, *, tokenizer=None, source: str = "",
+                 dtype=torch.float32, device="cpu", attention_window=None):
+        expected = canonical_weight_shapes(config)
+        missing = [k for k in expected if k not in weights]
+        if missing:
+            raise ValueError(f"weights missing for this config: {missing}")
+        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+               if tuple(weights[k].shape) != expected[k]]
+        if bad:
+            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.parameter_count = int(sum(weights[k].numel() for k in expected))
+        self._weights = {k: weights[k].detach() for k in expected}
+        self._v_first = None
+        self._window = AttentionWindow()
+        self.device, self.dtype = torch.device("cpu"), dtype
+        self.to(device, dtype)
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._specs = self._build_specs()
+
+    # -- housekeeping -------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> "Rwkv7Model":
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in self._weights.items()}
+        self._weights = w
+        self.embed, self.head = w["emb.weight"], w["head.weight"]
+        self.ln_out = (w["ln_out.weight"], w["ln_out.bias"])
+        self.layers = [_Layer(w, i) for i in range(self.config.n_layer)]
+        return self
+
+    @property
+    def scan_dtype(self):
+        """The dtype of the recurrence: float32 for half-precision models, as the ``rwkv`` package."""
+        return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.n_layer
+
+    def state_units(self, heads, values=None, keys=None) -> list[int]:
+        """Unit indices of the ``state`` probe (flattened ``(head * N + value) * N + key``) for
+        ``heads`` and, optionally, only some value rows / key columns: for interventions."""
+        N = self.config.head_size
+
+        def as_list(x):
+            return list(range(N)) if x is None else [int(x)] if isinstance(x, int) else [int(i) for i in x]
+
+        return [(h * N + i) * N + j for h in as_list(heads) for i in as_list(values) for j in as_list(keys)]
+
+    def info(self) -> dict:
+        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
+                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._weights)
+
+    def cache_key(self):
+        return self._window
+
+    # -- probes ---------------------------------------------------------------------------
+    def _build_specs(self) -> list[ProbeSpec]:
+        cfg = self.config
+        C, H, N = cfg.d_model, cfg.n_head, cfg.head_size
+        (r0, r1), (c0, c1) = self._window.rows, self._window.cols
+        desc = {
+            "in": (C, "x_t = ln1(h_t): the time-mixing input (and, at step t+1, its token-shift input)"),
+            "r": (C, "receptance r_t = W_r mix(x_r): reads the state, o_t = S_t r_t"),
+            "w": (C, "decay w_t = exp(-e^(-1/2) sigmoid(w0 + tanh(mix(x_w) w1) w2)), per key channel, in (0.545, 1)"),
+            "k": (C, "key k_t = k0_t (1 + (a_t - 1) k_a) written into the state as v_t^T k_t (k0 = W_k mix(x_k))"),
+            "kk": (C, "removal key kk_t = k0_t k_k normalised to unit length per head: the state loses "
+                      "S_(t-1) kk_t^T (kk_t a_t)"),
+            "a": (C, "in-context learning rate a_t = sigmoid(a0 + mix(x_a) a1 a2): how much of the old value "
+                     "along kk_t is removed"),
+            "v": (C, "value v_t = W_v mix(x_v) (layer 0: v_first), later layers mixed towards v_first by "
+                     "sigmoid(v0 + mix(x_v) v1 v2)"),
+            "g": (C, "output gate g_t = sigmoid(mix(x_g) g1) g2"),
+            "state": ((H, N, N), "state S_t after step t per head, [value, key]: S_t = S_(t-1) (diag(w_t) - "
+                                 "kk_t^T (kk_t a_t)) + v_t^T k_t (interventions index it flattened: unit = "
+                                 "(head*N + value)*N + key)"),
+            "o": (C, "recurrence output o_t = S_t r_t per head, before the ln_x GroupNorm"),
+            "att": (C, "time-mixing output W_o ((ln_x(o_t) + (sum_head r k r_k) v_t) g_t), added to the residual "
+                       "stream"),
+            "ffn_in": (C, "f_t = ln2(h_t + att_t): the channel-mixing input (and its token-shift input)"),
+            "ffn_k": (cfg.d_ffn, "channel-mixing hidden activation relu(W_k' (f_t + (f_(t-1) - f_t) x_k'))^2"),
+            "ffn": (C, "channel-mixing output W_v' ffn_k, added to the residual stream"),
+            "out": (C, "residual stream after the block: h_t + att_t + ffn_t"),
+            "attn": (c1 - c0, f"implicit attention mean over heads of |alpha_ij|, alpha_ij = k_j A_(j+1)...A_i "
+                              f"r_i^T with A_t = diag(w_t) - kk_t^T (kk_t a_t) (so o_i = sum_j alpha_ij v_j per "
+                              f"head); rows {r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in "
+                              "rows outside the window"),
+        }
+        specs = [ProbeSpec("embed", (C,), ("token", "unit"), "token embedding (layer 0 applies ln0 to it)")]
+        dims = {"state": ("token", "head", "value", "key"), "attn": ("token", "key")}
+        for k in range(cfg.n_layer):
+            for site in SITES:
+                shape, text = desc[site]
+                shape = shape if isinstance(shape, tuple) else (shape,)
+                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
+                                       layer=k, site=site))
+        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
+                               "next-token scores head(ln_out(x)) (before softmax)"))
+        return specs
+
+    # -- the forward pass -----------------------------------------------------------------
+    def forward(self, x, lengths, want, plan=None, *, resume=None, **kwargs):
+        """As :meth:`ChunkedLayerModel.forward`; layer 0's ``v`` is always recorded (later
+        layers read it as ``v_first``, and a re-run that skips layer 0 takes it from the
+        previous run's arrays)."""
+        T, B = x.shape[0], x.shape[1]
+        v0 = layer_probe(0, "v")
+        self._v_first = torch.empty(T, B, self.config.d_model, dtype=self.dtype, device=self.device)
+        if resume is not None and v0 in resume.old:
+            old = resume.old[v0][:T]
+            self._v_first[:old.shape[0]] = old
+        try:
+            return super().forward(x, lengths, set(want) | {v0}, plan, resume=resume, **kwargs)
+        finally:
+            self._v_first = None
+
+    def initial_state(self, batch: int):
+        C, H, N = self.config.d_model, self.config.n_head, self.config.head_size
+        S = torch.zeros(batch, H, N, N, dtype=self.scan_dtype, device=self.device)
+        zeros = torch.zeros(batch, C, dtype=self.dtype, device=self.device)
+        return S, zeros, zeros.clone()
+
+    @staticmethod
+    def _ln(h, wb, eps=NORM_EPS):
+        return F.layer_norm(h, (h.shape[-1],), wb[0], wb[1], eps)
+
+    def _logits(self, h):
+        return F.linear(self._ln(h, self.ln_out), self.head)
+
+    def _embed_tokens(self, x):
+        return F.embedding(x, self.embed)
+
+    def _site_shapes(self):
+        cfg = self.config
+        C = cfg.d_model
+        shapes = {s: (C,) for s in SITES if s != "attn"}
+        shapes["state"] = (cfg.n_head, cfg.head_size, cfg.head_size)
+        shapes["ffn_k"] = (cfg.d_ffn,)
+        return shapes
+
+    def _layer_chunk(self, k: int, h, a: int, state, edits, record):
+        """Steps ``a..a+n-1`` of layer ``k``: every per-token quantity at once, then the
+        chunked recurrence."""
+        lay = self.layers[k]
+        n, B = h.shape[0], h.shape[1]
+        H, N = self.config.n_head, self.config.head_size
+        S, x_prev, f_prev = state
+
+        def active(site):
+            return [e for e in edits.get(site, ()) if len(e.steps) and e.steps[-1] >= a and e.steps[0] < a + n]
+
+        def edit(site, v):
+            for e in active(site):
+                v = e.apply_all(v, a)
+            return v
+
+        if lay.ln0 is not None:
+            h = self._ln(h, lay.ln0)
+        x = edit("in", self._ln(h, lay.ln1))
+        shift = torch.cat([x_prev[None], x[:-1]]) - x
+
+        def mix(m):
+            return x + shift * lay.mix[m]
+
+        r = edit("r", F.linear(mix("r"), lay.Wr))
+        z = lay.w0 + torch.tanh(mix("w") @ lay.w1) @ lay.w2
+        log_w = -DECAY_SCALE * torch.sigmoid(z)
+        w = torch.exp(log_w)
+        if active("w"):  # log w again only where an edit changed w (elsewhere it keeps its bits)
+            edited = edit("w", w)
+            log_w = torch.where(edited != w, torch.log(edited), log_w)
+            w = edited
+        k0 = F.linear(mix("k"), lay.Wk)
+        iclr = edit("a", torch.sigmoid(lay.a0 + (mix("a") @ lay.a1) @ lay.a2))
+        g = edit("g", torch.sigmoid(mix("g") @ lay.g1) @ lay.g2)
+        kk = edit("kk", F.normalize((k0 * lay.k_k).view(n, B, H, N), dim=-1).view(n, B, H * N))
+        key = edit("k", k0 * (1 + (iclr - 1) * lay.k_a))
+        v = F.linear(mix("v"), lay.Wv)
+        if lay.v_lora is None:
+            v = edit("v", v)
+            self._v_first[a:a + n] = v
+        else:
+            v0, v1, v2 = lay.v_lora
+            v = edit("v", v + (self._v_first[a:a + n] - v) * torch.sigmoid(v0 + (mix("v") @ v1) @ v2))
+
+        sd = self.scan_dtype
+        heads = lambda t: t.to(sd).view(n, B, H, N).permute(1, 2, 0, 3)  # noqa: E731  [B, H, n, N]
+        o, S, states = wkv7_pieces(S, heads(r), heads(log_w), heads(key), heads(v), heads(-kk), heads(kk * iclr),
+                                   want_states="state" in record, state_edits=edits.get("state", ()), start=a)
+        o = edit("o", o.permute(2, 0, 1, 3).reshape(n, B, H * N).to(h.dtype))
+        y = F.group_norm(o.reshape(n * B, H * N), H, lay.ln_x[0], lay.ln_x[1], LN_X_EPS).view(n, B, H * N)
+        bonus = (r * key * lay.r_k).view(n, B, H, N).sum(-1, keepdim=True)
+        y = y + (bonus * v.view(n, B, H, N)).view(n, B, H * N)
+        att = edit("att", F.linear(y * g, lay.Wo))
+        h2 = h + att
+        f = edit("ffn_in", self._ln(h2, lay.ln2))
+        fshift = torch.cat([f_prev[None], f[:-1]]) - f
+        fk = edit("ffn_k", torch.square(torch.relu(F.linear(f + fshift * lay.ffn_mix, lay.Fk))))
+        ffn = edit("ffn", F.linear(fk, lay.Fv))
+        out = edit("out", h2 + ffn)
+        vals = {"in": x, "r": r, "w": w, "k": key, "kk": kk, "a": iclr, "v": v, "g": g, "o": o, "att": att,
+                "ffn_in": f, "ffn_k": fk, "ffn": ffn, "out": out}
+        if states is not None:
+            vals["state"] = states.permute(2, 0, 1, 3, 4)
+        return vals, (S, x[-1].clone(), f[-1].clone())
+
+    def _attention(self, k, out, old, s, T, B):
+        """The ``attn`` probe of layer ``k``: the whole window again whenever a row of it may
+        have changed (each row is computed the same way in any run), else the previous run's."""
+        (r0, r1), cols = self._window.rows, self._window.cols
+        name = layer_probe(k, "attn")
+        res = torch.full((T, B, self._window.width), float("nan"), dtype=self.dtype, device=self.device)
+        hi = min(r1, T)
+        if s and s >= hi:
+            res[:s] = old[name][:s]
+            return res
+        if r0 < hi:
+            r, w, key, kk, iclr = (out[layer_probe(k, site)] for site in ("r", "w", "k", "kk", "a"))
+            alpha = delta_rule_attention(r, w, key, kk, iclr, self.config.n_head, (r0, hi), cols)
+            res[r0:hi] = alpha.abs().mean(-1).to(self.dtype)
+        return res
+
+
+# ======================================================================================
+# the chunked recurrence
+# ======================================================================================
+
+
+class _Piece:
+    """A stretch of m steps of the recurrence, reduced so that from any state S_0 before it
+    the outputs are ``o = R S_0^T + O`` and the state after it ``S_0 P + U`` (all batched over
+    the leading axes).  Inputs [..., m, N]: receptance r, log decay, key k, value v, removal
+    direction al (= -kk) and write direction be (= kk a).
+
+    With ``L_t`` the sum of log w over the piece's steps after its first one, through t, every
+    decay between two steps of the piece is ``e^(L_t - L_j)``, and it factorises as ``e^(L_t)
+    e^(-L_j)``: the pairwise sums become matmuls.  The factors stay finite because a piece
+    never lets the ``L_t`` spread by more than ``LOG_SPREAD`` (:func:`_piece_bounds`); the first
+    step's own decay (which may be 0) only multiplies ``S_0``."""
+
+    def __init__(self, r, log_w, k, v, al, be):
+        w_first = torch.exp(log_w[..., :1, :])
+        L = torch.cumsum(torch.cat([torch.zeros_like(log_w[..., :1, :]), log_w[..., 1:, :]], -2).double(), -2)
+        up, down = torch.exp(L).to(r.dtype), torch.exp(-L).to(r.dtype)
+        through = w_first * up  # prod of w over the piece's steps through t
+        before = torch.cat([torch.ones_like(through[..., :1, :]), through[..., :-1, :]], -2)  # through t - 1
+        up_before = torch.cat([torch.ones_like(up[..., :1, :]), up[..., :-1, :]], -2)
+        tail = torch.exp(L[..., -1:, :] - L).to(r.dtype)  # from after step j to the end of the piece
+        k_down, be_down = k * down, be * down
+        # c_t = S_(t-1) al_t solves (I - Mb) c = (al * before) S_0^T + Mk v
+        a_up = al * up_before
+        Mk = torch.tril(a_up @ k_down.transpose(-1, -2), -1)
+        Mb = torch.tril(a_up @ be_down.transpose(-1, -2), -1)
+        eye = torch.eye(Mb.shape[-1], dtype=Mb.dtype, device=Mb.device)
+        Nk = k.shape[-1]
+        X = torch.linalg.solve_triangular(eye - Mb, torch.cat([al * before, Mk @ v], -1), upper=False,
+                                          unitriangular=True)
+        self.Wa, self.cv = X[..., :Nk], X[..., Nk:]  # c = Wa S_0^T + cv
+        r_up = r * up
+        Qk = torch.tril(r_up @ k_down.transpose(-1, -2))
+        Qb = torch.tril(r_up @ be_down.transpose(-1, -2))
+        self.R = r * through + Qb @ self.Wa
+        self.O = Qk @ v + Qb @ self.cv
+        bt = be * tail
+        self.P = torch.diag_embed(through[..., -1, :]) + self.Wa.transpose(-1, -2) @ bt
+        self.U = v.transpose(-1, -2) @ (k * tail) + self.cv.transpose(-1, -2) @ bt
+        self.through, self.up, self.k_down, self.be_down, self.v = through, up, k_down, be_down, v
+
+    def outputs(self, S0):
+        return self.R @ S0.transpose(-1, -2) + self.O
+
+    def end_state(self, S0):
+        return S0 @ self.P + self.U
+
+    def states(self, S0):
+        """S_t after every step, [..., m, N_v, N_k]: S_0 diag(prod w) + (sum_(j<=t) v_j^T k_j
+        e^(-L_j) + c_j^T be_j e^(-L_j)) diag(e^(L_t))."""
+        c = self.Wa @ S0.transpose(-1, -2) + self.cv
+        writes = self.v[..., :, None] * self.k_down[..., None, :] + c[..., :, None] * self.be_down[..., None, :]
+        return S0[..., None, :, :] * self.through[..., :, None, :] + torch.cumsum(writes, -3) * self.up[..., :, None, :]
+
+    def take(self, p):
+        """Piece ``p`` of a batch of pieces (the axis before the steps)."""
+        one = object.__new__(_Piece)
+        for name, t in vars(self).items():
+            setattr(one, name, t[:, :, p])
+        return one
+
+
+def _piece_bounds(log_w, sub):
+    """Pieces ``(p, q)`` of at most ``sub`` steps covering ``log_w``'s steps (axis 2).  A piece
+    ends early before a step where the sums of log w after its first step would spread by more
+    than ``LOG_SPREAD`` in some channel (only edited decays get there: natural ones have
+    |log w| < 0.61).  A bound depends only on the steps before it, so an edit at step t moves
+    none before t."""
+    n = log_w.shape[2]
+    bounds, p = [], 0
+    while p < n:
+        q = min(p + sub, n)
+        if q - p > 1:
+            sums = torch.cumsum(log_w[:, :, p + 1:q].double(), 2)
+            spread = torch.cummax(sums.clamp(min=0), 2).values - torch.cummin(sums.clamp(max=0), 2).values
+            bad = ~(spread <= LOG_SPREAD).flatten(3).permute(2, 0, 1, 3).flatten(1).all(1)  # NaN is bad too
+            if bad.any():
+                q = p + 1 + int(bad.nonzero()[0])
+        bounds.append((p, q))
+        p = q
+    return bounds
+
+
+def _gather_pieces(x, bounds, sub):
+    """[B, H, n, N] -> [B, H, pieces, sub, N], each piece zero-padded at its end (padded steps
+    have decay 1 and no key, value or removal: they change nothing before them)."""
+    parts = []
+    for p, q in bounds:
+        part = x[:, :, p:q]
+        if q - p < sub:
+            part = torch.cat([part, part.new_zeros(*part.shape[:2], sub - (q - p), part.shape[3])], 2)
+        parts.append(part)
+    return torch.stack(parts, 2)
+
+
+def wkv7_pieces(S, r, log_w, k, v, al, be, *, want_states=False, state_edits=(), start=0, sub=SUB):
+    """The recurrence over n steps in pieces of at most ``sub``: ``S`` [B, H, N_v, N_k] the
+    state before, ``r``, ``log_w``, ``k``, ``al``, ``be`` [B, H, n, N_k], ``v`` [B, H, n, N_v].
+    Returns ``(o [B, H, n, N_v], state after, states [B, H, n, N_v, N_k] or None)``.
+    ``state_edits`` (bound interventions, steps counted from ``start``) edit the state after
+    their steps."""
+    B, H, n, _ = r.shape
+    Nv = v.shape[-1]
+    bounds = _piece_bounds(log_w, sub)
+    inputs = (r, log_w, k, v, al, be)
+    pieces = _Piece(*(_gather_pieces(t, bounds, sub) for t in inputs))
+    o = v.new_empty(B, H, n, Nv)
+    states = v.new_empty(B, H, n, Nv, S.shape[-1]) if want_states else None
+    steps = sorted({int(t) - start for e in state_edits for t in e.steps if start <= t < start + n})
+    for i, (p0, p1) in enumerate(bounds):
+        S = _run_piece(S, pieces.take(i), p0, p1, [t for t in steps if p0 <= t < p1], inputs, o, states,
+                       state_edits, start)
+    return o, S, states
+
+
+def _run_piece(S, piece, p0, p1, steps, inputs, o, states, state_edits, start):
+    """Steps ``p0..p1-1`` from ``S``; an edit of the state after step ``t`` (in ``steps``)
+    restarts the rest of the piece from the edited state."""
+    m = p1 - p0
+    o[:, :, p0:p1] = piece.outputs(S)[:, :, :m]
+    end = piece.end_state(S)
+    if states is None and not steps:
+        return end
+    # per-step states from their closed form, row by row as in any run; what is carried on
+    # is ``end`` whether or not states are recorded (they agree to rounding)
+    St = piece.states(S)[:, :, :m]
+    if states is not None:
+        states[:, :, p0:p1] = St
+    if not steps:
+        return end
+    t = steps[0]
+    B, H, Nv, Nk = S.shape
+    flat = St[:, :, t - p0].reshape(B, H * Nv * Nk)
+    for e in state_edits:
+        flat = e.apply_step(flat, start + t)
+    S = flat.reshape(B, H, Nv, Nk).contiguous()
+    o[:, :, t] = (S @ inputs[0][:, :, t, :, None])[..., 0]  # o_t = S_t r_t reads the edited state
+    if states is not None:
+        states[:, :, t] = S
+    if t + 1 == p1:
+        return S
+    rest = _Piece(*(x[:, :, t + 1:p1] for x in inputs))
+    return _run_piece(S, rest, t + 1, p1, steps[1:], inputs, o, states, state_edits, start)
+
+
+# ======================================================================================
+# implicit attention
+# ======================================================================================
+
+
+def delta_rule_attention(r, w, k, kk, a, n_head: int, rows, cols, *, block: int = ATTN_BLOCK):
+    """Implicit attention of RWKV-7 layers, per head: ``alpha[i, j, h] = k_j A_(j+1) ... A_i r_i^T``
+    restricted to head h, with ``A_t = diag(w_t) - kk_t^T (kk_t a_t)``, so that the recurrence
+    output is ``o_i = sum_(j<=i) alpha_ij v_j`` (from an empty state).  ``r``, ``w``, ``k``,
+    ``kk``, ``a`` are the probes' values, [T, C] (one sequence) or [T, B, C].  Returns
+    [r1-r0, c1-c0, H] (or [r1-r0, B, c1-c0, H]) for ``rows=(r0, r1)``, ``cols=(c0, c1)``
+    (0 where j > i or beyond the sequence).
+
+    The recurrence is run from the window's first column to its last row with one one-hot
+    value per column (zero initial state, nothing before c0 is needed), ``block`` steps at a
+    time: its outputs are the attention rows."""
+    single = torch.as_tensor(r).ndim == 2
+    r, w, k, kk, a = (torch.as_tensor(x) for x in (r, w, k, kk, a))
+    if single:
+        r, w, k, kk, a = (x[:, None] for x in (r, w, k, kk, a))
+    dtype = r.dtype if r.dtype in (torch.float32, torch.float64) else torch.float32
+    T, B, C = r.shape
+    H = n_head
+    N = C // H
+    r0, r1 = (int(x) for x in rows)
+    c0, c1 = (int(x) for x in cols)
+    W = c1 - c0
+    res = torch.zeros(r1 - r0, B, W, H, dtype=dtype, device=r.device)
+    hi, c1c = min(r1, T), min(c1, T)
+    if c0 < hi:
+        S = torch.zeros(B, H, W, N, dtype=dtype, device=r.device)
+        heads = lambda x, s, e: x[s:e].to(dtype).view(e - s, B, H, N).permute(1, 2, 0, 3)  # noqa: E731
+        for s in range(c0, hi, block):
+            e = min(s + block, hi)
+            onehot = torch.zeros(e - s, W, dtype=dtype, device=r.device)
+            j = torch.arange(s, min(e, c1c), device=r.device)
+            onehot[j - s, j - c0] = 1
+            values = onehot.expand(B, H, e - s, W)
+            kk_ = heads(kk, s, e)
+            o, S, _ = wkv7_pieces(S, heads(r, s, e), torch.log(heads(w, s, e)), heads(k, s, e), values, -kk_,
+                                  kk_ * heads(a, s, e))
+            lo = max(s, r0)
+            if lo < e:  # o [B, H, steps, W] -> rows [steps, B, W, H]
+                res[lo - r0:e - r0] = o[:, :, lo - s:].permute(2, 0, 3, 1)
+    return res[:, 0] if single else res
+
+
+def attention_from_trace(trace, layer: int, rows, cols, *, sequence: int = 0, n_head: int | None = None,
+                         reduce="mean_abs"):
+    """Implicit attention of ``layer`` for one sequence of a trace that captured
+    ``layers.{layer}.r``, ``.w``, ``.k``, ``.kk`` and ``.a``: [rows, cols] (the mean over heads
+    of |alpha|, as the ``attn`` probe) or, with ``reduce=None``, [rows, cols, heads].  A NumPy
+    array.  ``n_head`` defaults to the state probe's or the model config's."""
+    name = f"layers.{layer}."
+    try:
+        r, w, k, kk, a = (torch.tensor(trace.array(name + s, sequence)) for s in ("r", "w", "k", "kk", "a"))
+    except KeyError as exc:
+        raise KeyError(f"the trace must hold {name}r, w, k, kk and a: {exc}") from None
+    if n_head is None:
+        cfg = json.loads(trace.model_info["config"])
+        n_head = cfg["d_model"] // cfg["head_size"]
+    alpha = delta_rule_attention(r, w, k, kk, a, n_head, rows, cols)
+    return (alpha.abs().mean(-1) if reduce == "mean_abs" else alpha).numpy()
+
+
+# ======================================================================================
+# loading: BlinkDL's RWKV-7 .pth files
+# ======================================================================================
+
+#: tensors only RWKV-7 has (RWKV-4/5/6 have none of them)
+_V7_KEY = re.compile(r"^(.*?)blocks\.(\d+)\.att\.(r_k|k_k|w0)$")
+#: present in some files for layer 0, where v_first makes them unused
+_LAYER0_V = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+
+
+def looks_like_rwkv7(tensors: dict, configs: list) -> bool:
+    """An RWKV-7 checkpoint: ``blocks.{i}.att.r_k`` / ``k_k`` / ``w0`` tensors (whatever the
+    prefix), or SeqScope's own config with family "rwkv7"."""
+    if any(_V7_KEY.match(k) for k in tensors):
+        return True
+    return any(d.get("family") == "rwkv7" for _, d in configs)
+
+
+def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
+    prefixes = {m.group(1) for k in tensors if (m := _V7_KEY.match(k))}
+    if len(prefixes) != 1:
+        found = ", ".join(repr(p) for p in sorted(prefixes)) or "none"
+        raise LoadError(f"{name}: expected RWKV-7 layer weights named blocks.{{i}}.att.r_k (and k_k, w0) under one "
+                        f"prefix (found prefixes: {found})")
+    prefix = prefixes.pop()
+    canon, origin = {}, {}
+    for k, v in tensors.items():
+        cn = k[len(prefix):] if k.startswith(prefix) else k
+        canon[cn], origin[cn] = v, k
+    return canon, origin
+
+
+def _infer_config(canon: dict, stated: dict) -> dict:
+    out = dict(stated)
+    n = 0
+    while f"blocks.{n}.att.r_k" in canon:
+        n += 1
+    out.setdefault("n_layer", n)
+
+    def dim(key, axis):
+        t = canon.get(key)
+        return int(t.shape[axis]) if t is not None and t.ndim == 2 else None
+
+    for field, key, axis in (("vocab_size", "emb.weight", 0), ("d_model", "emb.weight", 1),
+                             ("head_size", "blocks.0.att.r_k", 1), ("d_ffn", "blocks.0.ffn.key.weight", 0),
+                             ("d_decay", "blocks.0.att.w1", 1), ("d_aaa", "blocks.0.att.a1", 1),
+                             ("d_gate", "blocks.0.att.g1", 1), ("d_mv", "blocks.1.att.v1", 1)):
+        value = dim(key, axis)
+        if value is not None:
+            out.setdefault(field, value)
+    out.setdefault("d_mv", 0)
+    return out
+
+
+def load_rwkv7(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True, **kwargs) -> Rwkv7Model:
+    """Build a :class:`Rwkv7Model` from a checkpoint's tensors (``.pth`` names, any common
+    prefix).  Every problem is a LoadError naming the keys involved."""
+    notes: list[str] = []
+    stated = next(({k: v for k, v in d.items() if k in Rwkv7Config.__dataclass_fields__}
+                   for _, d in configs if d.get("family") == "rwkv7"), {})
+    canon, origin = _canonical_names(tensors, name)
+    fields = _infer_config(canon, stated)
+    try:
+        cfg = Rwkv7Config.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise LoadError(f"{name}: the RWKV-7 config is not valid ({exc}); read from the shapes: {fields}") from None
+    expected = canonical_weight_shapes(cfg)
+    for cn, shape in expected.items():  # vectors may be saved flat, or [1, 1, C] as trained
+        t = canon.get(cn)
+        if t is not None and len(shape) == 3 and tuple(t.shape) != shape and t.numel() == shape[-1]:
+            canon[cn] = t.reshape(shape)
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    ignored = [cn for cn in _LAYER0_V if cn in canon]
+    if ignored:
+        notes.append("layer 0's " + ", ".join(key(cn) for cn in ignored) + " are unused (layer 0's v is v_first)")
+    missing = [cn for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
+    unused = [key(cn) for cn in canon if cn not in expected and cn not in ignored]
+    what = (f"an RWKV-7 model (n_embd={cfg.d_model}, heads={cfg.n_head} x {cfg.head_size}, n_layer={cfg.n_layer}, "
+            f"ffn={cfg.d_ffn}, vocab_size={cfg.vocab_size})")
+    parts = []
+    if missing:
+        parts.append("missing " + ", ".join(key(cn) for cn in missing[:12])
+                     + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
+    if bad:
+        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    if unused and strict:
+        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
+                     + " (load with strict=False to ignore them)")
+    if parts:
+        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    if unused:
+        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+    try:
+        model = Rwkv7Model(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name}: could not build the RWKV-7 model: {exc}") from None
+    model.load_info.update({"format": fmt, "layout": "BlinkDL RWKV-7"})
+    if notes:
+        model.load_info["notes"] = "\n".join(notes)
+    return model
+
+
+#: the names engine.loading looks for in a family module
+looks_like = looks_like_rwkv7
+load = load_rwkv7

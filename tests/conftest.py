@@ -12,3 +12,21 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    """A shown main window with its own settings file (no recent files from elsewhere)."""
+    from PySide6.QtCore import QSettings
+
+    from workbench.main_window import MainWindow
+
+    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    w.resize(1400, 900)
+    w.show()
+    yield w
+    w.close()

@@ -204,6 +204,30 @@ def test_attn_probe_is_the_documented_reduction_over_the_window():
         assert np.all(att[20:hi][np.triu_indices(hi - 20, k=11, m=40)] == 0)  # key j > row i
 
 
+@pytest.mark.parametrize("rows,cols", [((0, 70), (0, 70)), ((30, 70), (5, 50))])
+def test_contribution_attention_weights_each_channel_by_what_reaches_the_output(rows, cols):
+    """``reduce="weighted"`` with |u| and |gate| * ||W_out column||: the per-channel sum, and an
+    upper bound of the norm of step j's exact contribution to the layer's output at step i."""
+    from engine.analysis.implicit_attention import contribution_attention
+
+    model = ours(hf_model(13, d=16, N=4, layers=2), dtype=torch.float64)
+    ids = np.random.default_rng(7).integers(0, 37, 70)
+    trace = engine.run(model, ids, chunk=16)
+    for k in range(2):
+        got = contribution_attention(trace, model, k, rows, cols)
+        alpha = per_channel_attention(model, trace, k, rows, cols)  # [R, W, D]
+        u = torch.tensor(trace[f"layers.{k}.conv"])[cols[0]:cols[1]]
+        gate = torch.tensor(trace[f"layers.{k}.gate"])[rows[0]:rows[1]]
+        W = model.out_proj_weight(k)
+        expect = torch.einsum("ijc,jc,ic,c->ij", alpha.abs(), u.abs(), gate.abs(), W.norm(dim=0))
+        np.testing.assert_allclose(got, expect.numpy(), atol=1e-12, rtol=1e-10)
+        exact = torch.einsum("ijc,jc,ic,dc->ijd", alpha, u, gate, W).norm(dim=-1)  # ||W_out (alpha u gate)||
+        assert np.all(got >= exact.numpy() - 1e-12) and float(exact.max()) > 0
+    with pytest.raises(ValueError):
+        selective_scan_attention(*(torch.rand(5, 2) for _ in range(3)), -torch.rand(2, 2), (0, 5), (0, 5),
+                                 reduce="weighted")
+
+
 def test_a_long_input_never_costs_t_squared():
     """Only the window is computed: 2000 steps, a 16 x 16 window."""
     model = ours(hf_model(13, d=16, N=4, layers=1))

@@ -18,6 +18,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 import engine
+from engine.errors import InputError
 from engine.interventions import Intervention
 
 from .runner import Runner
@@ -30,6 +31,21 @@ class RunResult:
     clean: engine.Trace
     steered: engine.Trace
     request: int
+
+
+def token_ids_from_text(text: str):
+    """Whitespace- or comma-separated token ids, as an int64 array; an :class:`InputError`
+    (returned, not raised) saying what is wrong otherwise."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return InputError("this model came without a vocabulary: type token ids (e.g. 12 7 31), "
+                          "or open a .npy file of them")
+    try:
+        return np.array([int(p) for p in parts], dtype=np.int64)
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        return InputError(f"this model came without a vocabulary, so the input is read as token ids; "
+                          f"{bad!r} is not one (type numbers such as 12 7 31)")
 
 
 class Session(QObject):
@@ -123,12 +139,19 @@ class Session(QObject):
         self.request_run()
 
     def set_values(self, values: np.ndarray):
-        self.values = np.asarray(values, dtype=np.float32)
+        values = np.asarray(values)
+        # token ids stay integers (a model without a vocabulary reads them); the rest is float32
+        self.values = values if np.issubdtype(values.dtype, np.integer) else values.astype(np.float32)
         self.text = None
         self.input_changed.emit()
         self.request_run()
 
     def current_input(self):
+        """What the model runs on: the text, or the numeric array; for a model that reads tokens
+        but came without a vocabulary (an RWKV-7 ``.pth``, say), the text read as token ids."""
+        if self.text is not None and self.model is not None and self.model.takes_tokens \
+                and self.model.tokenizer is None:
+            return token_ids_from_text(self.text)
         return self.text if self.text is not None else self.values
 
     # -- interventions ---------------------------------------------------------------------
@@ -209,6 +232,9 @@ class Session(QObject):
             return
         if isinstance(inp, str) and not inp:
             self.error.emit("the input is empty: type or open some text")
+            return
+        if isinstance(inp, InputError):
+            self.error.emit(str(inp))
             return
         ivs = tuple(self.interventions)
         n_tokens = len(inp) if isinstance(inp, str) else inp.shape[0]  # characters: an upper bound on tokens

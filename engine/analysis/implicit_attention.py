@@ -12,6 +12,13 @@ with ``alpha_ij = 0`` for ``j > i`` ("The Hidden Attention of Mamba Models", Ali
 2024).  ``alpha`` is per channel; for display it is reduced over channels by the mean of
 ``|alpha|`` (``reduce="mean_abs"``), documented in the probe description.
 
+``reduce="weighted"`` sums ``|alpha_ij,c| row_weight[i, c] col_weight[j, c]`` over channels
+instead.  With ``col_weight = |u|`` (the scan input), ``row_weight = |gate| * ||W_out[:, c]||``
+(the output gate and the norm of out_proj's column) it is how much of step j's input reaches
+the layer's output at step i, channel by channel: an upper bound of the norm of that
+contribution, which mean |alpha| cannot tell apart from channels whose input is near zero
+(:func:`contribution_attention`).
+
 Only a window of rows ``[r0, r1)`` and columns ``[c0, c1)`` is ever computed, so long inputs
 never cost T^2.  How: rows are taken in tiles of ``tile`` rows starting at ``i0``.  Columns
 before the tile use the factorisation through step ``i0``,
@@ -26,13 +33,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-REDUCTIONS = ("mean_abs", None)
+REDUCTIONS = ("mean_abs", "weighted", None)
 TILE = 64  #: rows per tile: a row is computed alike whichever tiles were asked for
 LEAF = 8  #: rows per leaf inside a tile, whose own columns are summed directly
 
 
 def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile: int = TILE,
-                             from_row: int | None = None) -> torch.Tensor:
+                             from_row: int | None = None, row_weight=None, col_weight=None) -> torch.Tensor:
     """Implicit attention of one sequence of one Mamba layer.
 
     ``dt`` [T, d_inner] (after softplus), ``B``/``C`` [T, d_state], ``A`` [d_inner, d_state]
@@ -48,10 +55,23 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
     """
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    if (reduce == "weighted") != (row_weight is not None and col_weight is not None):
+        raise ValueError('row_weight and col_weight [T, d_inner] go with reduce="weighted", and only with it')
     dt, B, C, A = (torch.as_tensor(v) for v in (dt, B, C, A))
     dtype = dt.dtype if dt.dtype in (torch.float32, torch.float64) else torch.float32
     dt, B, C, A = (v.to(dtype) for v in (dt, B, C, A))
     T, D = dt.shape
+    if reduce == "weighted":
+        row_weight, col_weight = (torch.as_tensor(v).to(dtype) for v in (row_weight, col_weight))
+
+    def reduced(blk, i0, j0):
+        """A block [L, J, D] of alpha for rows i0.., columns j0.., reduced as asked."""
+        if reduce == "mean_abs":
+            return blk.abs().mean(-1)
+        if reduce == "weighted":
+            L, J = blk.shape[:2]
+            return torch.einsum("ijc,ic,jc->ij", blk.abs(), row_weight[i0:i0 + L], col_weight[j0:j0 + J])
+        return blk
     r0, r1 = (int(v) for v in rows)
     c0, c1 = (int(v) for v in cols)
     R, W = r1 - r0, c1 - c0
@@ -77,10 +97,7 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
         P = C[None, i0:i1] * torch.exp(A[:, None, :] * seg_p[:, :, None])
         blk = torch.bmm(P, Q.transpose(1, 2))  # [D, L, J]: per channel [L, N] @ [N, J]
         L, J = blk.shape[1:]
-        if reduce == "mean_abs":
-            out[i0 - r0:i0 - r0 + L, j0 - c0:j0 - c0 + J] = blk.abs_().mean(0)
-        else:
-            out[i0 - r0:i0 - r0 + L, j0 - c0:j0 - c0 + J] = blk.permute(1, 2, 0)
+        out[i0 - r0:i0 - r0 + L, j0 - c0:j0 - c0 + J] = reduced(blk.permute(1, 2, 0), i0, j0)
 
     for i0 in range(first, r1c, tile):
         i1 = min(i0 + tile, r1c)
@@ -98,17 +115,9 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
                 if i < c1c:
                     new = (dt[i, :, None] * B[i, None, :])[None]
                     run = new if run is None else torch.cat([run, new])
-                _put(out, (run * C[i][None, None, :]).sum(-1)[None], i - r0, jlo - c0, reduce)
+                row = reduced((run * C[i][None, None, :]).sum(-1)[None], i, jlo)
+                out[i - r0:i - r0 + 1, jlo - c0:jlo - c0 + row.shape[1]] = row
     return out
-
-
-def _put(out, blk, row, col, reduce):
-    """Write a block [L, J, D] of alpha at (row, col) of ``out``, reduced as asked."""
-    L, J = blk.shape[:2]
-    if reduce == "mean_abs":
-        out[row:row + L, col:col + J] = blk.abs().mean(-1)
-    else:
-        out[row:row + L, col:col + J] = blk
 
 
 def scan_from_attention(alpha, u, D_skip) -> torch.Tensor:
@@ -131,4 +140,24 @@ def attention_from_trace(trace, model, layer: int, rows, cols, *, sequence: int 
     return selective_scan_attention(dt, B, C, A, rows, cols, reduce=reduce).numpy()
 
 
-__all__ = ["selective_scan_attention", "scan_from_attention", "attention_from_trace", "REDUCTIONS"]
+def contribution_attention(trace, model, layer: int, rows, cols, *, sequence: int = 0):
+    """How much of each step's input reaches the output of Mamba layer ``layer`` at each later
+    step: ``sum_c |alpha_ij,c| |u_j,c| |gate_i,c| ||W_out[:, c]||`` (see the module docstring),
+    for one sequence of a trace that captured the layer's ``dt``, ``B``, ``C``, ``conv`` (u)
+    and ``gate``.  Returns a NumPy array [rows, cols]."""
+    name = f"layers.{layer}."
+    try:
+        dt, B, C, u, gate = (trace.array(name + s, sequence) for s in ("dt", "B", "C", "conv", "gate"))
+    except KeyError as exc:
+        raise KeyError(f"the trace must hold {name}dt, .B, .C, .conv and .gate: {exc}") from None
+    dtype = torch.float64 if dt.dtype == np.float64 else torch.float32
+    A = model.A(layer).to(dtype).cpu()
+    out_norm = model.out_proj_weight(layer).to(dtype).cpu().norm(dim=0)  # [d_inner]
+    row_w = torch.as_tensor(np.abs(gate)).to(dtype) * out_norm
+    col_w = torch.as_tensor(np.abs(u)).to(dtype)
+    return selective_scan_attention(dt, B, C, A, rows, cols, reduce="weighted", row_weight=row_w,
+                                    col_weight=col_w).numpy()
+
+
+__all__ = ["selective_scan_attention", "scan_from_attention", "attention_from_trace", "contribution_attention",
+           "REDUCTIONS"]

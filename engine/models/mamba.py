@@ -264,6 +264,10 @@ class MambaModel(ChunkedLayerModel):
         """The continuous state matrix ``A = -exp(A_log)`` of a layer, [d_inner, d_state]."""
         return self.layers[layer].A
 
+    def out_proj_weight(self, layer: int) -> torch.Tensor:
+        """``out_proj``'s weight of a layer, [d_model, d_inner]."""
+        return self.layers[layer].out_w
+
     def state_units(self, channels, states=None) -> list[int]:
         """Unit indices of the ``state`` probe (flattened ``channel * d_state + state``) for
         ``channels`` and, optionally, only some ``states`` of each: for interventions."""

@@ -13,6 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
 from engine.analysis.cell_attention import cell_attention
+from engine.analysis.implicit_attention import contribution_attention
 from engine.probes import layer_probe
 
 from ._common import LazyRefresh, MessageStack, view_layer
@@ -32,6 +33,14 @@ def attention_source(session, layer: int):
         z = tr[gz]
         return "gru", 1.0 - z.astype(np.float64), z
     return None
+
+
+def can_weight_by_output(session, layer: int) -> bool:
+    """Whether the output-weighted implicit attention can be computed for the layer: a model
+    that exposes ``out_proj_weight`` (Mamba) and a trace holding the sites it is made from."""
+    if not hasattr(session.model, "out_proj_weight"):
+        return False
+    return all(layer_probe(layer, site) in session.trace.arrays for site in ("dt", "B", "C", "conv", "gate"))
 
 
 class AttentionView(QWidget):
@@ -55,12 +64,17 @@ class AttentionView(QWidget):
         self.size.setValue(128)
         self.size.setSuffix(" steps")
         self.one_unit = QCheckBox("selected unit only")
+        self.weighted = QCheckBox("weighted by what reaches the output")
+        self.weighted.setToolTip("Mamba layers: sum over channels of |alpha_ij| |u_j| |gate_i| ||out_proj column||, "
+                                 "how much of step j's input reaches the layer's output at step i "
+                                 "(engine.analysis.implicit_attention.contribution_attention)")
         self.caption = QLabel(" ")
         self.caption.setWordWrap(True)
         controls = QHBoxLayout()
         controls.addWidget(QLabel("window"))
         controls.addWidget(self.size)
         controls.addWidget(self.one_unit)
+        controls.addWidget(self.weighted)
         controls.addStretch(1)
         inner = QWidget()
         inner_layout = QVBoxLayout(inner)
@@ -76,6 +90,7 @@ class AttentionView(QWidget):
         self.values: np.ndarray | None = None
         self.size.valueChanged.connect(lambda _v: self._lazy.request())
         self.one_unit.toggled.connect(lambda _b: self._lazy.request())
+        self.weighted.toggled.connect(lambda _b: self._lazy.request())
         self.plot.scene().sigMouseClicked.connect(self._click)
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
@@ -101,7 +116,13 @@ class AttentionView(QWidget):
         start = max(0, min(step - size // 2, n - size))
         rows = cols = (start, start + size)
         kind = source[0]
-        if kind == "probe":
+        can_weight = kind == "probe" and can_weight_by_output(s, layer)
+        self.weighted.setVisible(can_weight)
+        self.one_unit.setVisible(kind != "probe")
+        if can_weight and self.weighted.isChecked():
+            values = contribution_attention(s.trace, s.model, layer, rows, cols, sequence=seq)
+            what = "sum over channels of |alpha_ij u_j gate_i| x ||out_proj column||: what reaches the output"
+        elif kind == "probe":
             recorded = s.trace[source[1]][sl]
             window = getattr(s.model, "attention_window", None)
             c0 = window.cols[0] if window is not None else 0

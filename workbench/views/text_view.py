@@ -144,7 +144,9 @@ class TextView(QWidget):
         if values is None or s.trace.token_text is None:
             self.canvas.set_tokens((), 1)
             self.canvas.colors = np.zeros((0, 3), np.uint8)
-            self.caption.setText("no trace yet" if s.trace is None else "numeric input: no text to show")
+            self.caption.setText("no trace yet" if s.trace is None else
+                                 "token ids without a vocabulary: no text to show" if s.model.takes_tokens else
+                                 "numeric input: no text to show")
             self.canvas.update()
             return
         columns = max(20, (self.scroll.viewport().width() - 4) // self.canvas.cell_w - 1)

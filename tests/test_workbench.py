@@ -37,18 +37,6 @@ def char_model_file(tmp_path):
     return path
 
 
-@pytest.fixture
-def window(qtbot, tmp_path):
-    from workbench.main_window import MainWindow
-
-    w = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat))
-    qtbot.addWidget(w)
-    w.resize(1400, 900)
-    w.show()
-    yield w
-    w.close()
-
-
 def open_with_text(qtbot, window, path, text=TEXT):
     s = window.session
     s.text = text
@@ -230,7 +218,6 @@ def test_closing_the_window_stops_the_worker_and_leaks_no_windows(qtbot, char_mo
     assert not leftovers
 
 
-
 def test_attention_view_shows_the_cell_path_around_the_cursor(qtbot, window, char_model_file):
     from engine.analysis.cell_attention import cell_attention
 
@@ -247,6 +234,36 @@ def test_attention_view_shows_the_cell_path_around_the_cursor(qtbot, window, cha
     np.testing.assert_allclose(view.values, expected)
     assert view.query_line.value() == 100.5
     assert "cell path" in view.caption.text()
+
+
+def test_attention_view_weights_mamba_attention_by_what_reaches_the_output(qtbot, window):
+    """On the bundled Mamba: the recorded attn probe by default, and on request the output-weighted
+    map, computed from the trace as engine.analysis computes it."""
+    from engine.analysis.implicit_attention import contribution_attention
+    from workbench.examples import examples
+
+    ex = next(e for e in examples() if e.name == "selective-ssm-recall")
+    s = window.session
+    s.text = ex.sample.read_text()
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        window.open_model(ex.model)
+    view = window.views["Attention"]
+    window.docks["Attention"].raise_()
+    s.select_probe("layers.1.out")
+    s.set_step(40)
+    view.size.setValue(32)
+    view.flush()
+    QApplication.processEvents()
+    assert view.weighted.isVisible() and not view.one_unit.isVisible()
+    rows = view.window_rows
+    plain = view.values.copy()
+    np.testing.assert_allclose(plain, s.trace["layers.1.attn"][rows[0]:rows[1], rows[0]:rows[1]])
+    view.weighted.setChecked(True)
+    QApplication.processEvents()
+    expected = contribution_attention(s.trace, s.model, 1, rows, rows, sequence=0)
+    np.testing.assert_allclose(view.values, expected)
+    assert not np.allclose(plain / plain.max(), expected / expected.max())
+    assert "reaches the output" in view.caption.text()
 
 
 def test_a_long_input_records_only_what_is_shown_and_stays_cancellable(qtbot, window, char_model_file):
@@ -282,3 +299,26 @@ def test_drag_and_drop_opens_a_model_and_it_is_remembered(qtbot, window, char_mo
     assert s.model_path == str(char_model_file)
     assert window.settings.value("recent_models") in ([str(char_model_file)], str(char_model_file))
     assert [a.text() for a in window.recent_menu.actions()] == [str(char_model_file)]
+
+
+def test_open_example_menu_opens_each_bundled_model_on_its_sample(qtbot, window):
+    """File ▸ Open example lists the bundled models; picking one opens it on its sample, even
+    right after a model that reads another kind of input (numbers, then text)."""
+    from workbench.examples import MODELS, examples
+
+    menu = next(a.menu() for a in window.menuBar().actions()[0].menu().actions() if a.text() == "Open example")
+    names = [a.text() for a in menu.actions()]
+    assert names[0] == "char-lstm-python"
+    assert sorted(names) == sorted(p.name for p in MODELS.iterdir() if p.is_dir())
+    s = window.session
+    by_name = {a.text(): a for a in menu.actions()}
+    for name in ("lstm-timeseries", "gru-dyck"):
+        ex = next(e for e in examples() if e.name == name)
+        with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+            by_name[name].trigger()
+        qtbot.waitUntil(lambda: s.model_path == str(ex.model) and not s.runner.is_busy(), timeout=WAIT)
+        assert s.trace is not None and s.trace.n_tokens > 10
+        if name == "gru-dyck":
+            assert s.trace.text(0) == ex.sample.read_text()
+        else:
+            assert not s.model.takes_tokens

@@ -160,3 +160,55 @@ def dms_delay_mask(layout: list[DMSTrial], n: int) -> tuple[np.ndarray, np.ndarr
         mask[tr.delay_start : tr.test_start] = True
         sign[tr.delay_start : tr.test_start] = tr.sample
     return mask, sign
+
+
+# -- multi-query associative recall ---------------------------------------------------------------
+
+#: keys are letters, values digits; ``?`` opens a query, a newline ends an episode
+RECALL_KEYS = "abcdefghijklmnop"
+RECALL_VALUES = "0123456789"
+RECALL_PIECES = ["\n", "?"] + list(RECALL_KEYS) + list(RECALL_VALUES)
+
+
+@dataclass(frozen=True)
+class RecallQuery:
+    key_pos: int  # position of the query's key (the model must name the value next)
+    pair_pos: int  # position of the same key in the pairs, where its value was given (value at pair_pos + 1)
+    value: str
+
+
+def recall_episode(rng: np.random.Generator, pairs=(4, 8), queries: int = 4) -> tuple[str, list[RecallQuery]]:
+    """One multi-query associative-recall episode (the MQAR task of Arora et al., *Zoology*,
+    2023), e.g. ``a3c7f1b9?c7?a3\\n``: key-value pairs (distinct keys, a number of pairs uniform
+    in ``pairs``), then ``queries`` queries ``?`` + key, each answered by its value, then a
+    newline.  Positions in the returned queries are relative to the episode's start."""
+    n = int(rng.integers(pairs[0], pairs[1] + 1))
+    keys = rng.choice(len(RECALL_KEYS), size=n, replace=False)
+    values = rng.integers(0, len(RECALL_VALUES), size=n)
+    text = "".join(RECALL_KEYS[k] + RECALL_VALUES[v] for k, v in zip(keys, values))
+    out = []
+    for q in rng.choice(n, size=min(queries, n), replace=False):
+        out.append(RecallQuery(key_pos=len(text) + 1, pair_pos=2 * int(q), value=RECALL_VALUES[values[q]]))
+        text += "?" + RECALL_KEYS[keys[q]] + RECALL_VALUES[values[q]]
+    return text + "\n", out
+
+
+def recall_text(rng: np.random.Generator, episodes: int, **kw) -> tuple[str, list[RecallQuery]]:
+    """Several episodes back to back (later episodes reuse keys with new values: the model must
+    answer from the current episode); query positions are absolute."""
+    text, queries = "", []
+    for _ in range(episodes):
+        ep, qs = recall_episode(rng, **kw)
+        queries += [RecallQuery(q.key_pos + len(text), q.pair_pos + len(text), q.value) for q in qs]
+        text += ep
+    return text, queries
+
+
+def recall_accuracy(logits: np.ndarray, queries: list[RecallQuery]) -> tuple[float, np.ndarray]:
+    """At each query key, is the paired value the top-scored of the ten values?  Returns
+    (accuracy, the predicted value index per query)."""
+    z = np.asarray(logits)
+    cols = [RECALL_PIECES.index(v) for v in RECALL_VALUES]
+    pred = z[[q.key_pos for q in queries]][:, cols].argmax(axis=1)
+    want = np.array([RECALL_VALUES.index(q.value) for q in queries])
+    return float((pred == want).mean()), pred

@@ -38,6 +38,11 @@ TILE = 64  #: rows per tile: a row is computed alike whichever tiles were asked 
 LEAF = 8  #: rows per leaf inside a tile, whose own columns are summed directly
 
 
+def _tensor(v) -> torch.Tensor:
+    """A tensor of ``v``; arrays are copied (a trace's arrays are read-only views)."""
+    return v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v))
+
+
 def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile: int = TILE,
                              from_row: int | None = None, row_weight=None, col_weight=None) -> torch.Tensor:
     """Implicit attention of one sequence of one Mamba layer.
@@ -57,12 +62,12 @@ def selective_scan_attention(dt, B, C, A, rows, cols, *, reduce="mean_abs", tile
         raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     if (reduce == "weighted") != (row_weight is not None and col_weight is not None):
         raise ValueError('row_weight and col_weight [T, d_inner] go with reduce="weighted", and only with it')
-    dt, B, C, A = (torch.as_tensor(v) for v in (dt, B, C, A))
+    dt, B, C, A = (_tensor(v) for v in (dt, B, C, A))
     dtype = dt.dtype if dt.dtype in (torch.float32, torch.float64) else torch.float32
     dt, B, C, A = (v.to(dtype) for v in (dt, B, C, A))
     T, D = dt.shape
     if reduce == "weighted":
-        row_weight, col_weight = (torch.as_tensor(v).to(dtype) for v in (row_weight, col_weight))
+        row_weight, col_weight = (_tensor(v).to(dtype) for v in (row_weight, col_weight))
 
     def reduced(blk, i0, j0):
         """A block [L, J, D] of alpha for rows i0.., columns j0.., reduced as asked."""
@@ -124,7 +129,7 @@ def scan_from_attention(alpha, u, D_skip) -> torch.Tensor:
     """``y_i = sum_j alpha_ij u_j + D u_i`` for a full per-channel window starting at 0:
     ``alpha`` [T, T, d_inner], ``u`` [T, d_inner], ``D_skip`` [d_inner]; the ungated scan output.
     Used to check that the attention reproduces the layer."""
-    alpha, u, D_skip = (torch.as_tensor(v) for v in (alpha, u, D_skip))
+    alpha, u, D_skip = (_tensor(v) for v in (alpha, u, D_skip))
     return torch.einsum("ijc,jc->ic", alpha, u) + D_skip * u
 
 

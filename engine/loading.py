@@ -13,7 +13,9 @@ Supported inputs
   or in ``config.json`` / ``vocab.json`` / ``tokenizer.json`` beside the file.
 * **Folders** in the Hugging Face layout: ``config.json`` + ``model.safetensors`` (or a sharded
   ``model.safetensors.index.json``) or ``pytorch_model.bin``; ``tokenizer.json`` is used
-  through :class:`FileTokenizer`, ``vocab.json`` through :meth:`CharVocab.from_any`.
+  through :class:`FileTokenizer`, ``vocab.json`` through :meth:`CharVocab.from_any`; an RWKV
+  "World" vocabulary file (``rwkv_vocab_*.txt``) beside a ``.pth`` through
+  :class:`RwkvWorldTokenizer`.
 * **The modern families**, each built by its module in ``engine.models`` (tried in the order
   of :data:`FAMILIES`, each recognising its own files by config and key names): Mamba (1)
   (``transformers`` ``MambaForCausalLM`` folders and the original ``mamba_ssm`` layout),
@@ -69,7 +71,7 @@ from .models import rwkv as _rwkv
 from .models import rwkv7 as _rwkv7
 from .models import xlstm as _xlstm
 from .models.stack import CELLS, RecurrentStack, StackConfig, canonical_weight_shapes
-from .tokenizers import CharVocab, FileTokenizer, tokenizer_from_dict
+from .tokenizers import CharVocab, FileTokenizer, RwkvWorldTokenizer, tokenizer_from_dict
 
 __all__ = ["load", "save_model", "LoadError"]
 
@@ -699,6 +701,8 @@ def _vocab_candidates(found: _Found, configs) -> list[tuple[str, object]]:
             p = found.side / fname
             if p.is_file():
                 out.append((fname, p))
+        for p in sorted(found.side.glob("rwkv_vocab_*.txt")):  # the RWKV "World" vocabulary beside a .pth
+            out.append((p.name, p))
     return out
 
 
@@ -708,6 +712,8 @@ def _make_tokenizer(found: _Found, configs, notes: list[str]):
             if isinstance(v, Path):
                 if v.name == "tokenizer.json":
                     return FileTokenizer(v), src
+                if v.name.startswith("rwkv_vocab_"):
+                    return RwkvWorldTokenizer(v), src
                 return CharVocab.from_any(json.loads(v.read_text())), src
             if src == "metadata seqscope_tokenizer":
                 base = found.side

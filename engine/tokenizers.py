@@ -1,5 +1,5 @@
 """Turning inputs into what a model reads: character vocabularies, ``tokenizer.json``
-files, and numeric sequences (``.npy``/``.csv``, time x features)."""
+files, the RWKV "World" vocabulary, and numeric sequences (``.npy``/``.csv``, time x features)."""
 from __future__ import annotations
 
 import csv
@@ -116,6 +116,69 @@ class FileTokenizer:
         return self._tok.id_to_token(i) or ""
 
 
+class RwkvWorldTokenizer:
+    """The RWKV "World" vocabulary (``rwkv_vocab_v20230424.txt``, shipped with BlinkDL's
+    RWKV-LM and the ``rwkv`` package; RWKV-5/6/7 world models read it).  Each line is
+    ``id literal length``, the literal a Python ``str`` or ``bytes`` (read with
+    ``ast.literal_eval``: nothing in the file runs).  Encoding is RWKV's: over the UTF-8 bytes,
+    at each position the longest vocabulary entry that matches.  Token texts are cut from the
+    input at the tokens' byte boundaries (rounded to whole characters), so they join back to it."""
+
+    kind = "rwkv_world"
+
+    def __init__(self, path):
+        import ast
+
+        self.path = str(path)
+        self._bytes: dict[int, bytes] = {}
+        try:
+            for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                first, last = line.index(" "), line.rindex(" ")
+                token = ast.literal_eval(line[first + 1:last])
+                token = token.encode("utf-8") if isinstance(token, str) else token
+                if not isinstance(token, bytes) or len(token) != int(line[last + 1:]):
+                    raise ValueError(f"line {n} is not 'id literal length'")
+                self._bytes[int(line[:first])] = token
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"cannot read the RWKV vocabulary {path}: {exc}") from None
+        self._ids = {b: i for i, b in self._bytes.items()}
+        self._lengths: dict[int, list[int]] = {}  # first byte -> token lengths, longest first
+        for b in self._ids:
+            self._lengths.setdefault(b[0], []).append(len(b))
+        for first, lens in self._lengths.items():
+            self._lengths[first] = sorted(set(lens), reverse=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self._bytes) + 1
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path}
+
+    def encode(self, text: str) -> tuple[np.ndarray, list[str]]:
+        data = text.encode("utf-8")
+        ids, bounds, i = [], [0], 0
+        while i < len(data):
+            for n in self._lengths.get(data[i], ()):
+                tid = self._ids.get(data[i:i + n])
+                if tid is not None:
+                    break
+            else:
+                raise InputError(f"byte {data[i]:#04x} at {i} is not in the RWKV vocabulary")
+            ids.append(tid)
+            i += n
+            bounds.append(i)
+        # token boundaries in characters: a boundary inside a character moves to that character's end
+        char_starts = np.cumsum([0] + [len(c.encode("utf-8")) for c in text])
+        cuts = np.searchsorted(char_starts, bounds, side="left").tolist()
+        return np.asarray(ids, dtype=np.int64), [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def piece(self, i: int) -> str:
+        return self._bytes.get(i, b"").decode("utf-8", errors="replace")
+
+
 def read_numeric(path) -> np.ndarray:
     """A numeric sequence, time x features, from ``.npy`` or ``.csv`` (a header row of
     column names is skipped).  A 1-D array is one feature."""
@@ -154,9 +217,10 @@ def _is_number(s: str) -> bool:
 
 
 def tokenizer_from_dict(d: dict, base: Path | None = None):
-    if d.get("kind") == "tokenizer.json":
+    files = {"tokenizer.json": FileTokenizer, RwkvWorldTokenizer.kind: RwkvWorldTokenizer}
+    if d.get("kind") in files:
         p = Path(d["path"])
-        return FileTokenizer(p if p.is_absolute() or base is None else base / p)
+        return files[d["kind"]](p if p.is_absolute() or base is None else base / p)
     return CharVocab.from_any(d)
 
 

@@ -109,3 +109,54 @@ def test_traces_with_the_state_and_attention_round_trip_through_hdf5(tmp_path):
     assert back.specs["layers.0.state"].dims == ("token", "head", "value", "key")
     for name in ("layers.0.state", "layers.0.attn", "logits"):
         np.testing.assert_array_equal(back.array(name, 1), trace.array(name, 1))
+
+
+WORLD_VOCAB = [  # id literal length, as rwkv_vocab_v20230424.txt writes them: str and bytes literals
+    "1 'a' 1", "2 'b' 1", "3 'ab' 2", "4 'abc' 3", "5 ' ' 1", "6 '\\n' 1", "7 'é' 2", "8 b'\\xc3' 1",
+    "9 b'\\xa9' 1", "10 ' ab' 3",
+]
+
+
+def test_a_world_vocabulary_beside_the_pth_makes_text_input_work(tmp_path):
+    from engine.tokenizers import RwkvWorldTokenizer
+
+    (tmp_path / "rwkv_vocab_v20230424.txt").write_text("\n".join(WORLD_VOCAB) + "\n", encoding="utf-8")
+    model = engine.load(save(random_state_dict(1, vocab=16), tmp_path / "m.pth"), device="cpu")
+    assert isinstance(model.tokenizer, RwkvWorldTokenizer)
+    assert model.info()["vocabulary"].endswith("rwkv_vocab_v20230424.txt")
+    trace = engine.run(model, "abcab é\nab")
+    # greedy longest match over the UTF-8 bytes: 'abc', 'ab', ' ', 'é', '\n', 'ab'
+    np.testing.assert_array_equal(trace.tokens, [4, 3, 5, 7, 6, 3])
+    assert "".join(trace.token_text) == "abcab é\nab"
+    ids, pieces = model.tokenizer.encode("b ab\xe9")  # ' ab' beats ' ' + 'ab'
+    assert ids.tolist() == [2, 10, 7] and "".join(pieces) == "b ab\xe9"
+
+
+def test_a_world_vocabulary_that_cannot_be_read_is_noted_not_fatal(tmp_path):
+    (tmp_path / "rwkv_vocab_bad.txt").write_text("1 'a' 5\n", encoding="utf-8")  # length does not match
+    model = engine.load(save(random_state_dict(1, vocab=16), tmp_path / "m.pth"), device="cpu")
+    assert model.tokenizer is None
+    assert "rwkv_vocab_bad.txt" in model.info()["notes"] and "could not be read" in model.info()["notes"]
+
+
+def test_world_tokenizer_encodes_as_the_rwkv_package_does():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("rwkv")
+    if spec is None or spec.origin is None:
+        pytest.skip("the rwkv package is not installed")
+    folder = Path(spec.origin).parent
+    vocab = folder / "rwkv_vocab_v20230424.txt"
+    ref_spec = importlib.util.spec_from_file_location("rwkv_tokenizer_ref", folder / "rwkv_tokenizer.py")
+    ref_mod = importlib.util.module_from_spec(ref_spec)
+    ref_spec.loader.exec_module(ref_mod)  # the tokenizer module alone, not the package's model code
+    ref = ref_mod.TRIE_TOKENIZER(str(vocab))
+    from engine.tokenizers import RwkvWorldTokenizer
+
+    ours = RwkvWorldTokenizer(vocab)
+    for text in ["Hello, world!\n    return x ** 2\n", "naïve café — 日本語のテキスト 🙂",
+                 Path(engine.__file__).with_name("run.py").read_text()[:5000]]:
+        ids, pieces = ours.encode(text)
+        assert ids.tolist() == ref.encode(text)
+        assert "".join(pieces) == text

@@ -6,6 +6,9 @@ model's housekeeping (:class:`FamilyModel`, :class:`ScannedFamilyModel`), its pr
 """
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import torch
 
 from ..errors import LoadError
@@ -215,3 +218,29 @@ def build_model(model_class, config, weights: dict, *, name: str, label: str, **
         return model_class(config, weights, **kwargs)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise LoadError(f"{name}: could not build the {label} model: {exc}") from None
+
+
+# -- configs ---------------------------------------------------------------------------------
+class FamilyConfig:
+    """What every family's config (a frozen dataclass) does alike: ``to_json`` tagged with the
+    family (so a trace file says which family wrote it), ``from_dict`` that passes over keys which
+    are not fields, and the check that sizes are positive."""
+
+    #: the ``family`` entry of :meth:`to_json`
+    FAMILY = ""
+
+    def family_tag(self) -> str:
+        return self.FAMILY
+
+    def to_json(self) -> str:
+        return json.dumps({"family": self.family_tag(), **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def require_positive(self, *names):
+        """A ValueError naming the first of the fields ``names`` that is not positive."""
+        for name in names:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -40,9 +40,8 @@ edited.  The prefix cache keeps ``h`` and the two conv buffers.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -50,14 +49,16 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, edits_in_chunk, scan_split_at_edits
-from .family import build_model, check_loaded_weights, probe_table, unused_note
+from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
 from .mingru import gated_attention
 
 SITES = ("in", "i", "f", "g", "state", "o", "out", "attn")
 
 
 @dataclass(frozen=True)
-class HGRNConfig:
+class HGRNConfig(FamilyConfig):
+    FAMILY = "hgrn"
+
     d_model: int
     n_layer: int
     vocab_size: int
@@ -70,18 +71,9 @@ class HGRNConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self):
-        for name in ("d_model", "n_layer", "vocab_size", "d_inner", "ff_inner"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "d_inner", "ff_inner")
         if self.lower_bound and self.d_inner != self.d_model:
             raise ValueError("the lower bounds are per hidden unit: with use_lower_bound, expand_ratio must be 1")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "hgrn", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HGRNConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def canonical_weight_shapes(cfg: HGRNConfig) -> dict[str, tuple[int, ...]]:

@@ -38,9 +38,8 @@ each computed directly), cut where the state is edited.  The prefix cache keeps 
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, Powers, edits_in_chunk, scan_split_at_edits
-from .family import build_model, check_loaded_weights, probe_table, unused_note
+from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
 
 SITES = ("in", "Bu", "state", "y", "out", "attn")
 COMPLEX_SITES = ("Bu", "state")
@@ -57,7 +56,9 @@ TILE = 32
 
 
 @dataclass(frozen=True)
-class LRUConfig:
+class LRUConfig(FamilyConfig):
+    FAMILY = "lru"
+
     d_model: int
     d_state: int
     n_layer: int
@@ -65,16 +66,7 @@ class LRUConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("d_model", "d_state", "n_layer", "vocab_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "lru", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LRUConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        self.require_positive("d_model", "d_state", "n_layer", "vocab_size")
 
 
 def canonical_weight_shapes(cfg: LRUConfig) -> dict[str, tuple[int, ...]]:

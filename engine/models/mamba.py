@@ -39,9 +39,8 @@ Implicit attention (probe ``attn``) is computed for a window of rows and columns
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -49,8 +48,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import (ScannedFamilyModel, build_model, check_loaded_weights, numba_available,  # noqa: F401
-                     probe_table, unused_note)
+from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
@@ -58,7 +57,9 @@ SUB = 64
 
 
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(FamilyConfig):
+    FAMILY = "mamba"
+
     d_model: int
     n_layer: int
     vocab_size: int
@@ -78,16 +79,7 @@ class MambaConfig:
             raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
         if not self.dt_rank:
             object.__setattr__(self, "dt_rank", -(-self.d_model // 16))
-        for name in ("d_model", "n_layer", "vocab_size", "d_inner", "d_state", "d_conv", "dt_rank"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "mamba", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MambaConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        self.require_positive("d_model", "n_layer", "vocab_size", "d_inner", "d_state", "d_conv", "dt_rank")
 
 
 def canonical_weight_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:

@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, names_under, probe_table, unused_note
 
 #: steps of one triangular solve of the delta rule
 SUB = 64
@@ -626,18 +626,7 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
     if len(prefixes) != 1:
         raise LoadError(f"{name}: expected DeltaNet layer weights named …layers.{{i}}.attn.q_proj.weight under one "
                         f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
-    prefix = prefixes.pop()
-    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
-    canon, origin = {}, {}
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            cn = "model." + k[len(prefix):]
-        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
-            cn = k[len(outer):]
-        else:
-            cn = k
-        canon[cn], origin[cn] = v, k
-    return canon, origin
+    return names_under(tensors, prefixes.pop(), "model.", "lm_head.")
 
 
 def _inferred_config(canon: dict, stated: dict) -> dict:

@@ -244,3 +244,21 @@ class FamilyConfig:
         for name in names:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def names_under(tensors: dict, prefix: str, root: str, head: str) -> tuple[dict, dict]:
+    """File keys -> canonical names for a file whose model body stands under ``prefix``: keys
+    under it move under ``root`` (``model.``, ``rwkv.``), a head key (``lm_head.…``) beside the
+    body keeps its name, anything else is left as it is.  Returns (canonical -> tensor,
+    canonical -> file key)."""
+    outer = prefix[: -len(root)] if prefix.endswith(root) else ""
+    canon, origin = {}, {}
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            cn = root + k[len(prefix):]
+        elif k.startswith(outer) and k[len(outer):].startswith(head):
+            cn = k[len(outer):]
+        else:
+            cn = k
+        canon[cn], origin[cn] = v, k
+    return canon, origin

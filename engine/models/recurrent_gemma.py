@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, unused_note
+from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, unused_note
 from .mingru import _scan_numba, gated_attention
 
 RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "out", "attn")
@@ -534,18 +534,7 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
     if len(prefixes) != 1:
         raise LoadError(f"{name}: expected RecurrentGemma layers named …layers.{{i}}.temporal_block.* under one "
                         f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
-    prefix = prefixes.pop()
-    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
-    canon, origin = {}, {}
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            cn = "model." + k[len(prefix):]
-        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
-            cn = k[len(outer):]
-        else:
-            cn = k
-        canon[cn], origin[cn] = v, k
-    return canon, origin
+    return names_under(tensors, prefixes.pop(), "model.", "lm_head.")
 
 
 def _infer_config(canon: dict, stated: dict, notes: list) -> dict:

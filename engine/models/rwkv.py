@@ -62,7 +62,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, probe_table,
+                     unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 
 SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out", "attn")
@@ -675,19 +676,9 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict, str]:
         raise LoadError(f"{name}: expected RWKV-4 layer weights named …blocks.{{i}}.attention.time_first "
                         f"(transformers) or blocks.{{i}}.att.time_first (BlinkDL) under one prefix (found prefixes: "
                         f"{found})")
+    if hf:  # the prefix is "rwkv." in RwkvForCausalLM files, "" in RwkvModel files
+        return (*names_under(tensors, hf.pop(), "rwkv.", "head."), "transformers RwkvForCausalLM")
     canon, origin = {}, {}
-    if hf:
-        prefix = hf.pop()  # "rwkv." in RwkvForCausalLM files, "" in RwkvModel files
-        outer = prefix[: -len("rwkv.")] if prefix.endswith("rwkv.") else ""
-        for k, v in tensors.items():
-            if k.startswith(prefix):
-                cn = "rwkv." + k[len(prefix):]
-            elif k.startswith(outer) and k[len(outer):].startswith("head."):
-                cn = k[len(outer):]
-            else:
-                cn = k
-            canon[cn], origin[cn] = v, k
-        return canon, origin, "transformers RwkvForCausalLM"
     prefix = blink.pop()
     for k, v in tensors.items():
         cn = _blink_name(k[len(prefix):]) if k.startswith(prefix) else k

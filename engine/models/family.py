@@ -1,8 +1,9 @@
 """What the chunked families (Mamba, Mamba2, RWKV-4/7, minGRU, RecurrentGemma, xLSTM, GLA/RetNet,
 DeltaNet, HGRN, LRU) share besides the forward pass of :mod:`engine.models.chunked`: the
 model's housekeeping (:class:`FamilyModel`, :class:`ScannedFamilyModel`), its probe table
-(:func:`probe_table`) and the checks and messages of their loaders (:func:`check_loaded_weights`,
-:func:`build_model`).  Written once so that every family says the same thing the same way.
+(:func:`probe_table`), its config's (:class:`FamilyConfig`), and what their loaders do alike
+(:func:`names_under`, :func:`check_loaded_weights`, :func:`build_model`).  Written once so that
+every family says the same thing the same way.
 """
 from __future__ import annotations
 

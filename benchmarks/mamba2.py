@@ -20,10 +20,7 @@ Threads: ``--threads`` (default 1: the machine is shared; the comparison is like
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
 from engine import Intervention, PrefixCache, Span  # noqa: E402
 from engine.models.mamba2 import from_transformers  # noqa: E402
+from timing import capture_contenders, median_times, print_times, speed_arguments, use_threads  # noqa: E402
 
 PER_TOKEN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "z", "x", "B", "C", "dt", "y", "gated", "out")]
 
@@ -49,19 +47,9 @@ def build(seed=0):
     return Mamba2ForCausalLM(cfg).eval()
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="T = 1024 only")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = speed_arguments(__doc__, argv)
+    use_threads(args.threads)
     hf = build()
     ours = from_transformers(hf)
     print(f"torch {torch.__version__}, threads {args.threads}")
@@ -73,34 +61,13 @@ def main(argv=None):
         ours.attention_window = ((T - 256, T), (T - 256, T))
         cache = PrefixCache()
         engine.run(ours, ids, probes=PER_TOKEN, cache=cache)
-        value = {"v": 0.5}
 
-        def hf_forward():
-            with torch.no_grad():
-                hf(x, use_cache=False)
-
-        def rerun():  # a slider move: the same intervention with a new value, from the cache
-            value["v"] = 1.0 - value["v"]
-            engine.run(ours, ids, probes=PER_TOKEN, cache=cache, interventions=[
-                Intervention("layers.0.dt", "scale", value["v"], positions=Span(int(0.9 * T)), units=[3])])
-
-        contenders = {
-            "hf": hf_forward,
-            "bare": lambda: engine.run(ours, ids, probes="logits"),
-            "probes": lambda: engine.run(ours, ids, probes=PER_TOKEN),
-            "+state": lambda: engine.run(ours, ids, probes=PER_TOKEN + ["layers.0.state"]),
-            "attn": lambda: engine.run(ours, ids, probes=["logits", "layers.*.attn"]),
-            "rerun": rerun,
-        }
-        times = {k: [] for k in contenders}
-        for _ in range(args.repeats):
-            for k, fn in contenders.items():
-                times[k].append(timed(fn))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        contenders = capture_contenders(
+            ours, ids, PER_TOKEN, hf, x, cache, state="layers.0.state",
+            edit=lambda v: Intervention("layers.0.dt", "scale", v, positions=Span(int(0.9 * T)), units=[3]))
+        med = median_times(contenders, args.repeats)
         rows.append((T, med))
-        print(f"\nT = {T}  (median of {args.repeats})")
-        for k, v in med.items():
-            print(f"  {k:<8} {v * 1e3:9.1f} ms")
+        print_times(f"T = {T}  (median of {args.repeats})", med, 8)
         b = med["bare"]
         print(f"  hf / bare        {med['hf'] / b:6.2f}")
         print(f"  probes / bare    {med['probes'] / b:6.2f}")

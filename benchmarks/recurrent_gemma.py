@@ -20,10 +20,7 @@ Threads: torch and numba both use ``--threads`` (default 1: the machine is share
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,7 @@ import engine  # noqa: E402
 from engine import Intervention, PrefixCache, Span  # noqa: E402
 from engine.models.mamba import numba_available  # noqa: E402
 from engine.models.recurrent_gemma import from_transformers  # noqa: E402
+from timing import capture_contenders, median_times, print_times, speed_arguments, use_threads  # noqa: E402
 
 ALL_BUT_ATTN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i",
                                                                  "a", "state", "mix", "q", "k", "v", "o", "out")]
@@ -51,23 +49,9 @@ def build(seed=0):
     return RecurrentGemmaForCausalLM(cfg).eval()
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="T = 256 only")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if numba_available():
-        import numba
-
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    args = speed_arguments(__doc__, argv, quick="T = 256 only")
+    use_threads(args.threads, numba=numba_available())
     hf = build()
     ours, ref = from_transformers(hf), from_transformers(hf, scan="torch")
     print(f"torch {torch.__version__}, threads {args.threads}, scan {ours.scan}")
@@ -78,31 +62,12 @@ def main(argv=None):
         ours.attention_window = ((T - 256, T), (T - 256, T))
         cache = PrefixCache()
         engine.run(ours, seqs, probes=ALL_BUT_ATTN, cache=cache)
-        flip = {"v": 0.5}
 
-        def hf_forward():
-            with torch.no_grad():
-                hf(x, use_cache=False)
-
-        def rerun():  # a slider move: the same intervention with a new value, from the cache
-            flip["v"] = 1.0 - flip["v"]
-            engine.run(ours, seqs, probes=ALL_BUT_ATTN, cache=cache,
-                       interventions=[Intervention("layers.0.a", "scale", flip["v"], positions=Span(int(0.9 * T)))])
-
-        contenders = {"hf": hf_forward,
-                      "bare": lambda: engine.run(ours, seqs, probes="logits"),
-                      "bare-torch": lambda: engine.run(ref, seqs, probes="logits"),
-                      "probes": lambda: engine.run(ours, seqs, probes=ALL_BUT_ATTN),
-                      "attn": lambda: engine.run(ours, seqs, probes=["logits", "layers.*.attn"]),
-                      "rerun": rerun}
-        times = {k: [] for k in contenders}
-        for _ in range(args.repeats):
-            for k, fn in contenders.items():
-                times[k].append(timed(fn))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nbatch {B}, T = {T}  (median of {args.repeats})")
-        for k, v in med.items():
-            print(f"  {k:<11} {v * 1e3:9.1f} ms")
+        contenders = capture_contenders(
+            ours, seqs, ALL_BUT_ATTN, hf, x, cache, reference=ref,
+            edit=lambda v: Intervention("layers.0.a", "scale", v, positions=Span(int(0.9 * T))))
+        med = median_times(contenders, args.repeats)
+        print_times(f"batch {B}, T = {T}  (median of {args.repeats})", med, 11)
         b = med["bare"]
         for k in ("hf", "bare-torch", "probes", "attn"):
             print(f"  {k} / bare {'':<{10 - len(k)}} {med[k] / b:6.2f}")

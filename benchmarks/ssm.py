@@ -26,10 +26,7 @@ steps / bare, bare-torch / bare (what numba buys).  Threads: torch and numba bot
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
 from engine import Intervention, PrefixCache, Span  # noqa: E402
 from engine.models.mamba import from_transformers, numba_available  # noqa: E402
+from timing import capture_contenders, median_times, print_times, speed_arguments, use_threads  # noqa: E402
 
 PER_TOKEN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "conv", "dt", "B", "C", "gate", "y", "out")]
 
@@ -54,23 +52,9 @@ def build(seed=0):
     return MambaForCausalLM(cfg).eval()
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="T = 1024 only")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if numba_available():
-        import numba
-
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    args = speed_arguments(__doc__, argv)
+    use_threads(args.threads, numba=numba_available())
     hf = build()
     ours = from_transformers(hf)
     ref = from_transformers(hf, scan="torch")
@@ -83,13 +67,8 @@ def main(argv=None):
         ids = np.random.default_rng(T).integers(0, 1024, T)
         x = torch.tensor(ids[None])
         ours.attention_window = ((T - 256, T), (T - 256, T))
-        iv = Intervention("layers.0.dt", "scale", 0.5, positions=Span(int(0.9 * T)), units=[3])
         cache = PrefixCache()
         engine.run(ours, ids, probes=PER_TOKEN, cache=cache)
-
-        def hf_forward():
-            with torch.no_grad():
-                hf(x, use_cache=False)
 
         def hf_steps():
             from transformers import DynamicCache
@@ -99,35 +78,15 @@ def main(argv=None):
                 for t in range(T):
                     hf(x[:, t:t + 1], cache=c, use_cache=True)
 
-        rerun_state = {"v": 0.5}
-
-        def rerun():  # a slider move: same intervention, new value, from the cache
-            rerun_state["v"] = 1.0 - rerun_state["v"]
-            engine.run(ours, ids, probes=PER_TOKEN, cache=cache,
-                       interventions=[Intervention(iv.probe, "scale", rerun_state["v"], positions=iv.positions,
-                                                   units=iv.units)])
-
-        contenders = {
-            "hf": hf_forward,
-            "bare": lambda: engine.run(ours, ids, probes="logits"),
-            "bare-torch": lambda: engine.run(ref, ids, probes="logits"),
-            "probes": lambda: engine.run(ours, ids, probes=PER_TOKEN),
-            "+state": lambda: engine.run(ours, ids, probes=PER_TOKEN + ["layers.*.state"]),
-            "attn": lambda: engine.run(ours, ids, probes=["logits", "layers.*.attn"]),
-            "rerun": rerun,
-        }
+        contenders = capture_contenders(
+            ours, ids, PER_TOKEN, hf, x, cache, state="layers.*.state", reference=ref,
+            edit=lambda v: Intervention("layers.0.dt", "scale", v, positions=Span(int(0.9 * T)), units=[3]))
         if T <= 1024:
             contenders["steps"] = hf_steps
-        times = {k: [] for k in contenders}
         reps = args.repeats if T <= 1024 else max(1, args.repeats - 1)
-        for _ in range(reps):
-            for k, fn in contenders.items():
-                times[k].append(timed(fn))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = median_times(contenders, reps)
         rows.append((T, med))
-        print(f"\nT = {T}  (median of {reps})")
-        for k, v in med.items():
-            print(f"  {k:<11} {v * 1e3:9.1f} ms")
+        print_times(f"T = {T}  (median of {reps})", med, 11)
         b = med["bare"]
         print(f"  hf / bare          {med['hf'] / b:6.2f}   (target >= 3)")
         print(f"  probes / bare      {med['probes'] / b:6.2f}   (target <= 2.5)")

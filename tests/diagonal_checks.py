@@ -6,12 +6,7 @@ import torch
 
 import engine
 from engine import Intervention, PrefixCache, Span
-
-
-def assert_traces_equal(a, b):
-    assert a.probes == b.probes
-    for name in a.probes:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+from family_checks import assert_traces_equal
 
 
 def assert_every_probe_matches(model, reference, lengths=(300, 1, 45), vocab=23, chunk=64, tol32=3e-5):
@@ -49,29 +44,6 @@ def assert_cached_rerun_is_shorter_and_exact(model, vocab):
     cached = engine.run(model, x, interventions=[iv], cache=cache, chunk=16)
     assert cache.last_starts == [2**62, 32, 32]
     assert_traces_equal(cached, engine.run(model, x, interventions=[iv], chunk=16))
-
-
-def assert_edit_sessions_match_full_runs(model, vocab, steps=20):
-    """A user steering: interventions added and removed, text extended; every cached re-run
-    equals a run from scratch, bit for bit."""
-    model.attention_window = ((20, 80), (0, 70))
-    rng = np.random.default_rng(10)
-    sites = [s.name for s in model.probe_specs() if s.layer is not None and s.site != "attn"]
-    widths = {s.name: int(np.prod(s.shape)) for s in model.probe_specs()}
-    cache = PrefixCache()
-    x = rng.integers(0, vocab, 90)
-    ivs = []
-    for step in range(steps):
-        if step % 3 == 2 and ivs:
-            ivs.pop(0)
-        elif step % 5 == 4:
-            x = np.concatenate([x, rng.integers(0, vocab, 7)])
-        else:
-            probe = str(rng.choice(sites))
-            ivs.append(Intervention(probe, "add", float(rng.normal()), positions=Span(int(rng.integers(1, len(x)))),
-                                    units=[int(rng.integers(0, widths[probe]))]))
-        cached = engine.run(model, x, interventions=ivs, cache=cache, chunk=16)
-        assert_traces_equal(cached, engine.run(model, x, interventions=ivs, chunk=16))
 
 
 def other_families(tmp_path):

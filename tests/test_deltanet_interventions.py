@@ -10,6 +10,7 @@ import torch
 import engine
 from deltanet_reference import reference_deltanet
 from engine import Intervention, InterventionError, Span
+from family_checks import assert_embed_and_logits_edits, batched_edit_matches_each_alone
 from test_deltanet_golden import build
 
 
@@ -140,25 +141,15 @@ def test_patching_the_whole_state_equals_running_the_suffix_from_that_state(tmp_
 
 def test_batched_sequences_each_edited_at_their_own_positions(tmp_path):
     model, _, _ = build(tmp_path, 26, dtype=torch.float32)
-    xs = [ids(30, 1), ids(12, 2)]
     iv = Intervention("layers.0.state", "scale", 0.0, positions=[5, 20])
-    tr = engine.run(model, xs, interventions=[iv], chunk=8)
-    alone = [engine.run(model, x, interventions=[iv], chunk=8) for x in xs]
+    tr = batched_edit_matches_each_alone(model, iv, "o", vocab=29, atol=1e-6)
     for s in range(2):
-        np.testing.assert_allclose(tr.array("layers.0.o", s), alone[s]["layers.0.o"], atol=1e-6)
         assert np.all(tr.array("layers.0.state", s)[5] == 0)
 
 
 def test_embed_and_logits_interventions(tmp_path):
     model, _, _ = build(tmp_path, 27, dtype=torch.float32)
-    x = ids(30, 8)
-    clean = engine.run(model, x)
-    tr = engine.run(model, x, interventions=[Intervention("embed", "zero", positions=[10]),
-                                             Intervention("logits", "set", 7.0, units=[3])])
-    assert np.all(tr["embed"][10] == 0)
-    np.testing.assert_array_equal(tr["layers.1.out"][:10], clean["layers.1.out"][:10])
-    assert not np.allclose(tr["layers.0.out"][10], clean["layers.0.out"][10])
-    assert np.all(tr["logits"][:, 3] == 7.0)
+    assert_embed_and_logits_edits(model, vocab=29)
 
 
 @pytest.mark.parametrize("iv,message", [

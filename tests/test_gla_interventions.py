@@ -8,6 +8,7 @@ import torch
 
 import engine
 from engine import Intervention, InterventionError, Span
+from family_checks import batched_edit_matches_each_alone
 from gla_reference import float64_weights, reference_lm
 from test_gla_golden import build, ids
 
@@ -118,12 +119,9 @@ def test_patching_the_whole_state_equals_running_the_suffix_from_that_state(fami
 
 def test_batched_sequences_each_edited_at_their_own_positions():
     model, _, _ = build("gla", seed=27, dtype=torch.float64)
-    xs = [ids(70, 1), ids(25, 2)]
     iv = Intervention("layers.0.state", "scale", 0.0, positions=[5, 20], units=model.state_units(0))
-    tr = engine.run(model, xs, interventions=[iv], chunk=16)
-    alone = [engine.run(model, x, interventions=[iv], chunk=16) for x in xs]
+    tr = batched_edit_matches_each_alone(model, iv, "o", lengths=(70, 25), chunk=16, atol=1e-12)
     for s in range(2):
-        np.testing.assert_allclose(tr.array("layers.0.o", s), alone[s]["layers.0.o"], atol=1e-12)
         assert np.all(tr.array("layers.0.state", s)[[5, 20], :model.config.head_k] == 0)
 
 

@@ -18,9 +18,10 @@ import torch
 
 import engine
 from diagonal_checks import assert_cached_rerun_is_shorter_and_exact, assert_edit_is_causal, \
-    assert_edit_sessions_match_full_runs, assert_every_probe_matches, assert_not_claimed
+    assert_every_probe_matches, assert_not_claimed
 from engine import Intervention, LoadError, Span
 from engine.models import hgrn, lru
+from family_checks import assert_typing_sessions_match_full_runs
 from engine.models.hgrn import HGRNConfig, HGRNModel, canonical_weight_shapes
 from engine.models.mingru import gated_attention
 from hgrn_reference import reference
@@ -160,7 +161,7 @@ def test_a_cached_rerun_starts_at_the_chunk_before_the_edit_and_equals_a_full_ru
 
 
 def test_random_edit_sessions_always_match_full_runs():
-    assert_edit_sessions_match_full_runs(make(conv=3)[0], 23)
+    assert_typing_sessions_match_full_runs(make(conv=3)[0], 23)
 
 
 # -- loading ------------------------------------------------------------------------------------

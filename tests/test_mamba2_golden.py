@@ -16,6 +16,8 @@ import torch
 import engine
 from engine.models import mamba2 as m2
 from engine.models.mamba2 import Mamba2Config, Mamba2Model, canonical_weight_shapes, ssd_attention
+from family_checks import (assert_only_the_window_is_computed, assert_outputs_match_transformers,
+                           assert_probes_match_reference, assert_progress_and_cancel)
 from mamba2_reference import float64_weights, reference_mamba2
 
 transformers = pytest.importorskip("transformers")
@@ -70,15 +72,7 @@ def test_matches_transformers(case):
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, vocab, L) for L in lengths]
     trace = engine.run(model, seqs, probes=["logits", "layers.*.out"], chunk=32)
-    for s, ids in enumerate(seqs):
-        with torch.no_grad():
-            ref = hf(torch.tensor(ids[None]), output_hidden_states=True, use_cache=False)
-        # hidden_states: each layer's output, then norm_f of the last (no embedding entry)
-        assert len(ref.hidden_states) == layers + 1
-        for k in range(layers):
-            torch.testing.assert_close(torch.tensor(trace.array(f"layers.{k}.out", s)), ref.hidden_states[k][0],
-                                       atol=2e-5, rtol=2e-5)
-        torch.testing.assert_close(torch.tensor(trace.array("logits", s)), ref.logits[0], atol=2e-5, rtol=2e-5)
+    assert_outputs_match_transformers(hf, trace, seqs, layers)
 
 
 def test_batched_hf_run_matches_too():
@@ -100,13 +94,7 @@ def test_every_probe_matches_the_float64_reference(dtype, chunk):
     seqs = [rng.integers(0, 37, 150), rng.integers(0, 37, 23)]
     trace = engine.run(model, seqs, chunk=chunk)
     tol = 2e-5 if dtype == torch.float32 else 1e-10
-    for s, ids in enumerate(seqs):
-        ref = reference(hf, ids)
-        got = {n: trace.array(n, s) for n in trace.probes}
-        assert set(ref) == {n for n in got if not n.endswith(".attn")}
-        for name, expected in ref.items():
-            assert got[name].dtype == (np.float32 if dtype == torch.float32 else np.float64)
-            np.testing.assert_allclose(got[name], expected, atol=tol, rtol=tol, err_msg=name)
+    assert_probes_match_reference(trace, seqs, lambda ids: reference(hf, ids), dtype, tol)
 
 
 def test_a_model_built_from_a_config_matches_the_reference():
@@ -247,23 +235,12 @@ def test_attn_probe_is_the_documented_reduction_over_the_window():
 
 def test_a_long_input_never_costs_t_squared():
     """Only the window is computed: 3000 steps, a 16 x 16 window."""
-    model = ours(hf_model(13, d=16, N=4, layers=1))
-    model.attention_window = ((2900, 2916), (2890, 2906))
-    ids = np.random.default_rng(7).integers(0, 37, 3000)
-    trace = engine.run(model, ids, probes="layers.0.attn")
-    att = trace["layers.0.attn"]
-    assert att.shape == (3000, 16) and np.isfinite(att[2900:2916]).all() and np.isnan(att[:2900]).all()
+    assert_only_the_window_is_computed(ours(hf_model(13, d=16, N=4, layers=1)), 3000)
 
 
 def test_progress_cancel_and_half_precision():
-    from engine import Cancelled
-
     model = ours(hf_model(14, layers=2))
-    calls = []
-    engine.run(model, np.arange(50) % 37, chunk=16, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (8, 8)  # 4 chunks x 2 layers
-    with pytest.raises(Cancelled):
-        engine.run(model, np.arange(50) % 37, chunk=16, should_stop=lambda: True)
+    assert_progress_and_cancel(model)
     half = ours(hf_model(14, layers=2), dtype=torch.bfloat16)
     assert half.scan_dtype == torch.float32
     tr = engine.run(half, np.arange(50) % 37, probes=["logits", "layers.*.state"])

@@ -14,6 +14,8 @@ import torch
 import engine
 from engine.analysis.implicit_attention import scan_from_attention, selective_scan_attention
 from engine.models.mamba import MambaConfig, MambaModel, canonical_weight_shapes, numba_available
+from family_checks import (assert_only_the_window_is_computed, assert_outputs_match_transformers,
+                           assert_probes_match_reference, assert_progress_and_cancel)
 from mamba_reference import float64_weights, reference_mamba
 
 transformers = pytest.importorskip("transformers")
@@ -63,15 +65,7 @@ def test_matches_transformers(case, scan):
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, vocab, L) for L in lengths]
     trace = engine.run(model, seqs, probes=["logits", "layers.*.out"], chunk=32)
-    for s, ids in enumerate(seqs):
-        with torch.no_grad():
-            ref = hf(torch.tensor(ids[None]), output_hidden_states=True, use_cache=False)
-        # hidden_states: each layer's output, then norm_f of the last (no embedding entry)
-        assert len(ref.hidden_states) == layers + 1
-        for k in range(layers):
-            torch.testing.assert_close(torch.tensor(trace.array(f"layers.{k}.out", s)), ref.hidden_states[k][0],
-                                       atol=2e-5, rtol=2e-5)
-        torch.testing.assert_close(torch.tensor(trace.array("logits", s)), ref.logits[0], atol=2e-5, rtol=2e-5)
+    assert_outputs_match_transformers(hf, trace, seqs, layers)
 
 
 def test_batched_hf_run_matches_too():
@@ -94,13 +88,7 @@ def test_every_probe_matches_the_float64_reference(scan, dtype):
     seqs = [rng.integers(0, 37, 75), rng.integers(0, 37, 23)]
     trace = engine.run(model, seqs, chunk=16)
     tol = 2e-5 if dtype == torch.float32 else 1e-10
-    for s, ids in enumerate(seqs):
-        ref = reference_mamba(w, ids, 2)
-        got = {n: trace.array(n, s) for n in trace.probes}
-        assert set(ref) == {n for n in got if not n.endswith(".attn")}
-        for name, expected in ref.items():
-            assert got[name].dtype == (np.float32 if dtype == torch.float32 else np.float64)
-            np.testing.assert_allclose(got[name], expected, atol=tol, rtol=tol, err_msg=name)
+    assert_probes_match_reference(trace, seqs, lambda ids: reference_mamba(w, ids, 2), dtype, tol)
 
 
 def test_layer_norm_variant_and_untied_head_match_the_reference():
@@ -230,23 +218,12 @@ def test_contribution_attention_weights_each_channel_by_what_reaches_the_output(
 
 def test_a_long_input_never_costs_t_squared():
     """Only the window is computed: 2000 steps, a 16 x 16 window."""
-    model = ours(hf_model(13, d=16, N=4, layers=1))
-    model.attention_window = ((1900, 1916), (1890, 1906))
-    ids = np.random.default_rng(7).integers(0, 37, 2000)
-    trace = engine.run(model, ids, probes="layers.0.attn")
-    att = trace["layers.0.attn"]
-    assert att.shape == (2000, 16) and np.isfinite(att[1900:1916]).all() and np.isnan(att[:1900]).all()
+    assert_only_the_window_is_computed(ours(hf_model(13, d=16, N=4, layers=1)), 2000)
 
 
 def test_progress_cancel_and_half_precision():
-    from engine import Cancelled
-
     model = ours(hf_model(14, layers=2))
-    calls = []
-    engine.run(model, np.arange(50) % 37, chunk=16, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (8, 8)  # 4 chunks x 2 layers
-    with pytest.raises(Cancelled):
-        engine.run(model, np.arange(50) % 37, chunk=16, should_stop=lambda: True)
+    assert_progress_and_cancel(model)
     half = ours(hf_model(14, layers=2), dtype=torch.bfloat16)
     assert half.scan == "torch"
     tr = engine.run(half, np.arange(50) % 37, probes="logits")

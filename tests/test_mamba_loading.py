@@ -11,6 +11,7 @@ import torch
 import engine
 from engine import LoadError
 from engine.models.mamba import MambaModel
+from family_checks import assert_bad_keys_are_named
 
 transformers = pytest.importorskip("transformers")
 from test_mamba_golden import hf_model  # noqa: E402
@@ -74,38 +75,13 @@ def test_a_bare_state_dict_without_config_is_inferred_from_the_weights(tmp_path)
     np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], hf_logits(hf, ids), atol=2e-5, rtol=2e-5)
 
 
-def write_safetensors_folder(tmp_path, hf, edit):
-    from safetensors.torch import save_file
-
-    hf.save_pretrained(tmp_path)
-    from safetensors.torch import load_file
-
-    sd = load_file(tmp_path / "model.safetensors")
-    edit(sd)
-    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
-
-
 def test_missing_wrong_and_unexpected_keys_are_named(tmp_path):
-    hf = hf_model(43, vocab=20, d=8, N=2, layers=2)
-    write_safetensors_folder(tmp_path / "a", hf, lambda sd: sd.pop("backbone.layers.1.mixer.D"))
-    with pytest.raises(LoadError, match=r"missing backbone\.layers\.1\.mixer\.D"):
-        engine.load(tmp_path / "a", device="cpu")
-
-    def bad_shape(sd):
-        sd["backbone.layers.0.mixer.x_proj.weight"] = sd["backbone.layers.0.mixer.x_proj.weight"][:-1]
-
-    write_safetensors_folder(tmp_path / "b", hf, bad_shape)
-    with pytest.raises(LoadError, match=r"backbone\.layers\.0\.mixer\.x_proj\.weight is \[4, 16\], expected \[5, 16\]"):
-        engine.load(tmp_path / "b", device="cpu")
-
-    def extra(sd):
-        sd["backbone.layers.0.mixer.mystery.weight"] = torch.zeros(3)
-
-    write_safetensors_folder(tmp_path / "c", hf, extra)
-    with pytest.raises(LoadError, match=r"unexpected backbone\.layers\.0\.mixer\.mystery\.weight"):
-        engine.load(tmp_path / "c", device="cpu")
-    model = engine.load(tmp_path / "c", device="cpu", strict=False)
-    assert "mystery" in model.info()["notes"]
+    assert_bad_keys_are_named(tmp_path, hf_model(43, vocab=20, d=8, N=2, layers=2),
+                              missing="backbone.layers.1.mixer.D", misshapen="backbone.layers.0.mixer.x_proj.weight",
+                              cut=lambda t: t[:-1],
+                              shape_message=r"backbone\.layers\.0\.mixer\.x_proj\.weight is \[4, 16\], "
+                                            r"expected \[5, 16\]",
+                              unexpected="backbone.layers.0.mixer.mystery.weight")
 
 
 def test_config_that_disagrees_with_the_weights_names_the_keys(tmp_path):

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 import engine
-from engine import Intervention, LoadError, PrefixCache, Span
+from engine import Intervention, LoadError, Span
 from engine.models.mingru import MinRNNConfig, MinRNNModel, canonical_weight_shapes, gated_attention
 from engine.models.mamba import numba_available
+from family_checks import assert_typing_sessions_match_full_runs
 
 SCANS = ["torch"] + (["numba"] if numba_available() else [])
 
@@ -211,27 +212,7 @@ def test_patched_h_equals_running_the_suffix_from_that_state():
 
 @pytest.mark.parametrize("scan", SCANS)
 def test_cached_reruns_equal_full_reruns(scan):
-    model, w, cfg = make("mingru", conv=3, scan=scan)
-    model.attention_window = ((20, 80), (0, 70))
-    rng = np.random.default_rng(10)
-    sites = [s.name for s in model.probe_specs() if s.layer is not None and s.site != "attn"]
-    widths = {s.name: s.width for s in model.probe_specs()}
-    cache = PrefixCache()
-    x = rng.integers(0, 23, 90)
-    ivs = []
-    for step in range(20):
-        if step % 3 == 2 and ivs:
-            ivs.pop(0)
-        elif step % 5 == 4:
-            x = np.concatenate([x, rng.integers(0, 23, 7)])
-        else:
-            probe = str(rng.choice(sites))
-            ivs.append(Intervention(probe, "add", float(rng.normal()), positions=Span(int(rng.integers(1, len(x)))),
-                                    units=[int(rng.integers(0, widths[probe]))]))
-        cached = engine.run(model, x, interventions=ivs, cache=cache, chunk=16)
-        full = engine.run(model, x, interventions=ivs, chunk=16)
-        for name in full.probes:
-            np.testing.assert_array_equal(cached[name], full[name], err_msg=name)
+    assert_typing_sessions_match_full_runs(make("mingru", conv=3, scan=scan)[0], vocab=23)
 
 
 def test_seqscope_layout_round_trip_and_bad_files(tmp_path):

@@ -5,17 +5,12 @@ import numpy as np
 import pytest
 
 import engine
-from engine import Intervention, PrefixCache, Span
+from engine import Intervention, PrefixCache
 from engine.models.recurrent_gemma import from_transformers
+from family_checks import assert_traces_equal, assert_typing_reuses_the_prefix, assert_typing_sessions_match_full_runs
 
 pytest.importorskip("transformers")
 from test_recurrent_gemma_golden import SCANS, hf_model  # noqa: E402
-
-
-def assert_traces_equal(a, b):
-    assert a.probes == b.probes
-    for name in a.probes:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 @pytest.mark.parametrize("scan", SCANS)
@@ -42,31 +37,8 @@ def test_intervention_rerun_from_cache_equals_full_rerun(scan, probe, t):
 @pytest.mark.parametrize("scan", SCANS)
 def test_a_random_session_of_edits_and_typing(scan):
     model = from_transformers(hf_model("mqa-w8", 5), scan=scan)
-    model.attention_window = ((10, 70), (0, 60))
-    rng = np.random.default_rng(10)
-    sites = [s.name for s in model.probe_specs() if s.layer is not None and s.site != "attn"]
-    widths = {s.name: s.width for s in model.probe_specs()}
-    cache = PrefixCache()
-    x = rng.integers(0, 37, 80)
-    ivs = []
-    for step in range(16):
-        if step % 3 == 2 and ivs:
-            ivs.pop(0)
-        elif step % 5 == 4:
-            x = np.concatenate([x, rng.integers(0, 37, 7)])
-        else:
-            probe = str(rng.choice(sites))
-            ivs.append(Intervention(probe, "add", float(rng.normal()), positions=Span(int(rng.integers(1, len(x)))),
-                                    units=[int(rng.integers(0, widths[probe]))]))
-        cached = engine.run(model, x, interventions=ivs, cache=cache, chunk=16)
-        assert_traces_equal(cached, engine.run(model, x, interventions=ivs, chunk=16))
+    assert_typing_sessions_match_full_runs(model, vocab=37, steps=16, window=((10, 70), (0, 60)), length=80)
 
 
 def test_typing_more_text_reuses_the_prefix():
-    model = from_transformers(hf_model("mqa-w8", 6))
-    cache = PrefixCache()
-    x = np.random.default_rng(1).integers(0, 37, 120)
-    engine.run(model, x[:70], cache=cache, chunk=16)
-    longer = engine.run(model, x, cache=cache, chunk=16)
-    assert cache.last_start == 64
-    assert_traces_equal(longer, engine.run(model, x, chunk=16))
+    assert_typing_reuses_the_prefix(from_transformers(hf_model("mqa-w8", 6)), seed=1)

@@ -20,6 +20,7 @@ import torch
 import engine
 from engine.models.rwkv7 import (SUB, Rwkv7Model, _piece_bounds, attention_from_trace, delta_rule_attention, load_rwkv7,
                                  wkv7_pieces)
+from family_checks import assert_only_the_window_is_computed, assert_probes_match_reference
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7
 
 CHUNK = 32  # with pieces of SUB = 16: boundaries of both inside the tests' sequences
@@ -88,13 +89,7 @@ def test_every_probe_matches_the_float64_reference(case, dtype):
     seqs = seqs_for(case)
     trace = engine.run(model, seqs, chunk=CHUNK)
     tol = 5e-5 if dtype == torch.float32 else 1e-10
-    for s, ids in enumerate(seqs):
-        ref = reference_rwkv7(w, ids)
-        got = {n: trace.array(n, s) for n in trace.probes}
-        assert set(ref) == {n for n in got if not n.endswith(".attn")}
-        for name, expected in ref.items():
-            assert got[name].dtype == (np.float32 if dtype == torch.float32 else np.float64)
-            np.testing.assert_allclose(got[name], expected, atol=tol, rtol=tol, err_msg=name)
+    assert_probes_match_reference(trace, seqs, lambda ids: reference_rwkv7(w, ids), dtype, tol)
 
 
 def test_chunk_and_piece_sizes_do_not_change_the_result():
@@ -248,7 +243,6 @@ def test_a_long_input_never_costs_t_squared(monkeypatch):
     import engine.models.rwkv7 as mod
 
     model = model_for(random_state_dict(15, layers=1))
-    model.attention_window = ((2900, 2916), (2890, 2906))
     steps = []
     real = mod.wkv7_pieces
 
@@ -257,9 +251,7 @@ def test_a_long_input_never_costs_t_squared(monkeypatch):
         return real(S, r, *args, **kw)
 
     monkeypatch.setattr(mod, "wkv7_pieces", counting)
-    trace = engine.run(model, np.random.default_rng(7).integers(0, 37, 3000), probes="layers.0.attn")
-    att = trace["layers.0.attn"]
-    assert att.shape == (3000, 16) and np.isfinite(att[2900:2916]).all() and np.isnan(att[:2900]).all()
+    assert_only_the_window_is_computed(model, 3000)
     window = [n for n, width in steps if width == 16]  # the layer's own calls carry N = 8 values
     assert sum(window) == 2916 - 2890
 

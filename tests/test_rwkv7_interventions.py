@@ -10,13 +10,10 @@ import torch
 import engine
 from engine import Intervention, InterventionError, Span
 from engine.models.rwkv7 import SITES, load_rwkv7
+from family_checks import batched_edit_matches_each_alone, token_ids as ids
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7
 
 EDITABLE = [s for s in SITES if s != "attn"]
-
-
-def ids(T, seed=0, vocab=37):
-    return np.random.default_rng(seed).integers(0, vocab, T)
 
 
 def model_for(sd, dtype=torch.float32):
@@ -183,12 +180,9 @@ def test_state_units_and_the_traces_four_dimensional_patch():
 
 def test_batched_sequences_each_edited_at_their_own_positions():
     model = model_for(random_state_dict(28, layers=1))
-    xs = [ids(30, 1), ids(12, 2)]
     iv = Intervention("layers.0.state", "scale", 0.0, positions=[5, 20], units=model.state_units(0))
-    tr = engine.run(model, xs, interventions=[iv], chunk=8)
-    alone = [engine.run(model, x, interventions=[iv], chunk=8) for x in xs]
+    tr = batched_edit_matches_each_alone(model, iv, "o", atol=1e-5, rtol=1e-5)
     for s in range(2):
-        np.testing.assert_allclose(tr.array("layers.0.o", s), alone[s]["layers.0.o"], atol=1e-5, rtol=1e-5)
         assert np.all(tr.array("layers.0.state", s)[5, 0] == 0)
 
 

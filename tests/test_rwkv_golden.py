@@ -18,6 +18,8 @@ import torch
 import engine
 from engine.models.rwkv import (RwkvConfig, RwkvModel, canonical_weight_shapes, from_transformers, numba_available,
                                 wkv_attention, wkv_log_normaliser)
+from family_checks import (assert_only_the_window_is_computed, assert_outputs_match_transformers,
+                           assert_probes_match_reference, assert_progress_and_cancel)
 from rwkv_reference import float64_weights, reference_rwkv
 
 transformers = pytest.importorskip("transformers")
@@ -89,15 +91,7 @@ def test_matches_transformers(case, scan):
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(0, vocab, L) for L in lengths]
     trace = engine.run(model, seqs, probes=["logits", "layers.*.out"], chunk=32)
-    for s, ids in enumerate(seqs):
-        with torch.no_grad():
-            ref = hf(torch.tensor(ids[None]), output_hidden_states=True, use_cache=False)
-        # hidden_states: each block's output, then ln_out of the last (no embedding entry)
-        assert len(ref.hidden_states) == layers + 1
-        for k in range(layers):
-            torch.testing.assert_close(torch.tensor(trace.array(f"layers.{k}.out", s)), ref.hidden_states[k][0],
-                                       atol=2e-5, rtol=2e-5)
-        torch.testing.assert_close(torch.tensor(trace.array("logits", s)), ref.logits[0], atol=2e-5, rtol=2e-5)
+    assert_outputs_match_transformers(hf, trace, seqs, layers)
 
 
 def test_batched_hf_run_matches_too():
@@ -138,14 +132,11 @@ def test_every_probe_matches_the_float64_reference(scan, dtype):
     seqs = [rng.integers(0, 37, 75), rng.integers(0, 37, 23)]
     trace = engine.run(model, seqs, chunk=16)
     tol = 2e-5 if dtype == torch.float32 else 1e-10
-    for s, ids in enumerate(seqs):
-        ref = reference_rwkv(w, ids, 2, eps=1e-4)
-        got = {n: trace.array(n, s) for n in trace.probes}
-        assert set(ref) == {n for n in got if not n.endswith(".attn")}
-        for name, expected in ref.items():
-            assert got[name].dtype == (np.float32 if dtype == torch.float32 else np.float64)
-            t = 5 * tol if name.endswith(".state") else tol
-            np.testing.assert_allclose(got[name], expected, atol=t, rtol=t, err_msg=name)
+
+    def tolerance(name, expected):  # (atol, rtol): 5 x looser for the state
+        return (5 * tol,) * 2 if name.endswith(".state") else (tol, tol)
+
+    assert_probes_match_reference(trace, seqs, lambda ids: reference_rwkv(w, ids, 2, eps=1e-4), dtype, tolerance)
 
 
 def test_a_config_built_model_with_tied_head_matches_the_reference():
@@ -254,24 +245,13 @@ def test_attn_probe_is_the_documented_reduction_over_the_window():
 
 def test_a_long_input_never_costs_t_squared():
     """Only the window is computed: 3000 steps, a 16 x 16 window."""
-    model = ours(hf_model(14, d=16, layers=1), SCANS[-1])
-    model.attention_window = ((2900, 2916), (2890, 2906))
-    ids = np.random.default_rng(7).integers(0, 37, 3000)
-    trace = engine.run(model, ids, probes="layers.0.attn")
-    att = trace["layers.0.attn"]
-    assert att.shape == (3000, 16) and np.isfinite(att[2900:2916]).all() and np.isnan(att[:2900]).all()
+    assert_only_the_window_is_computed(ours(hf_model(14, d=16, layers=1), SCANS[-1]), 3000)
 
 
 def test_progress_cancel_and_half_precision():
-    from engine import Cancelled
-
     hf = hf_model(15, layers=2)
     model = ours(hf)
-    calls = []
-    engine.run(model, np.arange(50) % 37, chunk=16, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (8, 8)  # 4 chunks x 2 layers
-    with pytest.raises(Cancelled):
-        engine.run(model, np.arange(50) % 37, chunk=16, should_stop=lambda: True)
+    assert_progress_and_cancel(model)
     half = ours(hf, dtype=torch.bfloat16)
     assert half.scan == "torch" and half.scan_dtype == torch.float32
     tr = engine.run(half, np.arange(50) % 37, probes=["logits", "layers.*.state"])

@@ -9,6 +9,7 @@ import torch
 import engine
 from engine import Intervention, InterventionError, Span
 from engine.models.rwkv import numba_available
+from family_checks import assert_embed_and_logits_edits, batched_edit_matches_each_alone, token_ids as ids
 from rwkv_reference import float64_weights, reference_rwkv
 
 transformers = pytest.importorskip("transformers")
@@ -16,10 +17,6 @@ from test_rwkv_golden import hf_model, ours  # noqa: E402
 
 SCANS = ["torch"] + (["numba"] if numba_available() else [])
 SITES = ["att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out"]
-
-
-def ids(T, seed=0, vocab=37):
-    return np.random.default_rng(seed).integers(0, vocab, T)
 
 
 @pytest.mark.parametrize("scan", SCANS)
@@ -153,24 +150,14 @@ def test_a_state_patch_accepts_the_traces_three_dimensional_array_and_flat_units
 
 def test_embed_and_logits_interventions():
     model = ours(hf_model(26, layers=2), SCANS[-1])
-    x = ids(30, 8)
-    clean = engine.run(model, x)
-    tr = engine.run(model, x, interventions=[Intervention("embed", "zero", positions=[10]),
-                                             Intervention("logits", "set", 7.0, units=[3])])
-    assert np.all(tr["embed"][10] == 0)
-    np.testing.assert_array_equal(tr["layers.1.out"][:10], clean["layers.1.out"][:10])
-    assert not np.allclose(tr["layers.0.out"][10], clean["layers.0.out"][10])
-    assert np.all(tr["logits"][:, 3] == 7.0)
+    assert_embed_and_logits_edits(model)
 
 
 def test_batched_sequences_each_edited_at_their_own_positions():
     model = ours(hf_model(27, layers=1), SCANS[-1])
-    xs = [ids(30, 1), ids(12, 2)]
     iv = Intervention("layers.0.state", "scale", 0.0, positions=[5, 20], units=model.state_units(range(16), [0, 1]))
-    tr = engine.run(model, xs, interventions=[iv], chunk=8)
-    alone = [engine.run(model, x, interventions=[iv], chunk=8) for x in xs]
+    tr = batched_edit_matches_each_alone(model, iv, "wkv", atol=1e-6)
     for s in range(2):
-        np.testing.assert_allclose(tr.array("layers.0.wkv", s), alone[s]["layers.0.wkv"], atol=1e-6)
         assert np.all(tr.array("layers.0.state", s)[5, :, :2] == 0)
 
 

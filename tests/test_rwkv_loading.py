@@ -11,6 +11,7 @@ import torch
 import engine
 from engine import LoadError
 from engine.models.rwkv import RwkvModel
+from family_checks import assert_bad_keys_are_named, write_safetensors_folder
 
 transformers = pytest.importorskip("transformers")
 from test_rwkv_golden import hf_model  # noqa: E402
@@ -83,36 +84,13 @@ def test_blinkdl_pth_loads_without_a_config(tmp_path):
                                atol=5e-5, rtol=5e-5)
 
 
-def write_safetensors_folder(path, hf, edit):
-    from safetensors.torch import load_file, save_file
-
-    hf.save_pretrained(path)
-    sd = load_file(path / "model.safetensors")
-    edit(sd)
-    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
-
-
 def test_missing_wrong_and_unexpected_keys_are_named(tmp_path):
     hf = hf_model(43, vocab=20, d=8, layers=2)
-    write_safetensors_folder(tmp_path / "a", hf, lambda sd: sd.pop("rwkv.blocks.1.attention.time_decay"))
-    with pytest.raises(LoadError, match=r"missing rwkv\.blocks\.1\.attention\.time_decay"):
-        engine.load(tmp_path / "a", device="cpu")
-
-    def bad_shape(sd):
-        sd["rwkv.blocks.0.feed_forward.key.weight"] = sd["rwkv.blocks.0.feed_forward.key.weight"][:, :-1].contiguous()
-
-    write_safetensors_folder(tmp_path / "b", hf, bad_shape)
-    with pytest.raises(LoadError, match=r"rwkv\.blocks\.0\.feed_forward\.key\.weight is \[32, 7\], expected \[32, 8\]"):
-        engine.load(tmp_path / "b", device="cpu")
-
-    def extra(sd):
-        sd["rwkv.blocks.0.attention.mystery"] = torch.zeros(3)
-
-    write_safetensors_folder(tmp_path / "c", hf, extra)
-    with pytest.raises(LoadError, match=r"unexpected rwkv\.blocks\.0\.attention\.mystery"):
-        engine.load(tmp_path / "c", device="cpu")
-    model = engine.load(tmp_path / "c", device="cpu", strict=False)
-    assert "mystery" in model.info()["notes"]
+    assert_bad_keys_are_named(tmp_path, hf, missing="rwkv.blocks.1.attention.time_decay",
+                              misshapen="rwkv.blocks.0.feed_forward.key.weight", cut=lambda t: t[:, :-1],
+                              shape_message=r"rwkv\.blocks\.0\.feed_forward\.key\.weight is \[32, 7\], "
+                                            r"expected \[32, 8\]",
+                              unexpected="rwkv.blocks.0.attention.mystery")
 
     write_safetensors_folder(tmp_path / "d", hf, lambda sd: sd.pop("head.weight"))
     with pytest.raises(LoadError, match=r"missing head\.weight \(the config does not tie"):

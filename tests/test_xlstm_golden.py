@@ -18,6 +18,7 @@ import torch
 
 import engine
 from engine.models.xlstm import XLSTMConfig, XLSTMModel, canonical_weight_shapes, mlstm_attention
+from family_checks import assert_only_the_window_is_computed, assert_probes_match_reference, assert_progress_and_cancel
 from xlstm_reference import float64_weights, reference_xlstm
 
 transformers = pytest.importorskip("transformers")
@@ -168,14 +169,8 @@ def test_every_probe_matches_the_float64_reference(dtype, chunk):
     rng = np.random.default_rng(1)
     seqs = [rng.integers(0, 37, 140), rng.integers(0, 37, 23)]
     trace = engine.run(model, seqs, chunk=chunk)
-    for s, ids in enumerate(seqs):
-        ref = reference_xlstm(w, ids, 2, **ref_kwargs(hf))
-        got = {n: trace.array(n, s) for n in trace.probes}
-        assert set(ref) == {n for n in got if not n.endswith(".attn")}
-        for name, expected in ref.items():
-            assert got[name].dtype == (np.float32 if dtype == torch.float32 else np.float64)
-            atol, rtol = float32_tolerance(name, expected) if dtype == torch.float32 else (1e-10, 1e-10)
-            np.testing.assert_allclose(got[name], expected, atol=atol, rtol=rtol, err_msg=name)
+    assert_probes_match_reference(trace, seqs, lambda ids: reference_xlstm(w, ids, 2, **ref_kwargs(hf)), dtype,
+                                  float32_tolerance if dtype == torch.float32 else 1e-10)
 
 
 def test_a_model_built_from_a_config_matches_the_reference():
@@ -284,23 +279,12 @@ def test_attn_probe_is_the_documented_reduction_over_the_window():
 
 def test_a_long_input_never_costs_t_squared():
     """Only the window is computed: 2000 steps, a 16 x 16 window."""
-    model = ours(hf_model(14, layers=1))
-    model.attention_window = ((1900, 1916), (1890, 1906))
-    ids = np.random.default_rng(7).integers(0, 37, 2000)
-    trace = engine.run(model, ids, probes="layers.0.attn")
-    att = trace["layers.0.attn"]
-    assert att.shape == (2000, 16) and np.isfinite(att[1900:1916]).all() and np.isnan(att[:1900]).all()
+    assert_only_the_window_is_computed(ours(hf_model(14, layers=1)), 2000)
 
 
 def test_progress_cancel_and_half_precision():
-    from engine import Cancelled
-
     model = ours(hf_model(15, layers=2))
-    calls = []
-    engine.run(model, np.arange(50) % 37, chunk=16, progress=lambda d, t: calls.append((d, t)))
-    assert calls[-1] == (8, 8)  # 4 chunks x 2 layers
-    with pytest.raises(Cancelled):
-        engine.run(model, np.arange(50) % 37, chunk=16, should_stop=lambda: True)
+    assert_progress_and_cancel(model)
     half = ours(hf_model(15, layers=2), dtype=torch.bfloat16)  # the cell itself runs in float32
     assert half.initial_state(1)[0].dtype == torch.float32
     tr = engine.run(half, np.arange(50) % 37, probes="logits")["logits"]

@@ -12,6 +12,7 @@ import engine
 from engine import LoadError
 from engine.models import xlstm
 from engine.models.xlstm import XLSTMModel
+from family_checks import assert_bad_keys_are_named
 
 transformers = pytest.importorskip("transformers")
 from test_xlstm_golden import hf_model  # noqa: E402
@@ -92,36 +93,13 @@ def test_a_head_saved_without_lm_head_uses_the_embedding():
     assert model.config.tie_embeddings and model.head is model.embed
 
 
-def write_safetensors_folder(path, hf, edit):
-    from safetensors.torch import load_file, save_file
-
-    hf.save_pretrained(path)
-    sd = load_file(path / "model.safetensors")
-    edit(sd)
-    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
-
-
 def test_missing_wrong_and_unexpected_keys_are_named(tmp_path):
-    hf = hf_model(44, vocab=20, d=16, layers=2, heads=2)
-    write_safetensors_folder(tmp_path / "a", hf, lambda sd: sd.pop("backbone.blocks.1.mlstm_layer.fgate_preact.bias"))
-    with pytest.raises(LoadError, match=r"missing backbone\.blocks\.1\.mlstm_layer\.fgate_preact\.bias"):
-        engine.load(tmp_path / "a", device="cpu")
-
-    def bad_shape(sd):
-        sd["backbone.blocks.0.mlstm_layer.k.weight"] = sd["backbone.blocks.0.mlstm_layer.k.weight"][:-1]
-
-    write_safetensors_folder(tmp_path / "b", hf, bad_shape)
-    with pytest.raises(LoadError, match=r"backbone\.blocks\.0\.mlstm_layer\.k\.weight is \[7, 16\], expected \[8, 16\]"):
-        engine.load(tmp_path / "b", device="cpu")
-
-    def extra(sd):
-        sd["backbone.blocks.0.mlstm_layer.mystery.weight"] = torch.zeros(3)
-
-    write_safetensors_folder(tmp_path / "c", hf, extra)
-    with pytest.raises(LoadError, match=r"unexpected backbone\.blocks\.0\.mlstm_layer\.mystery\.weight"):
-        engine.load(tmp_path / "c", device="cpu")
-    model = engine.load(tmp_path / "c", device="cpu", strict=False)
-    assert "mystery" in model.info()["notes"]
+    assert_bad_keys_are_named(tmp_path, hf_model(44, vocab=20, d=16, layers=2, heads=2),
+                              missing="backbone.blocks.1.mlstm_layer.fgate_preact.bias",
+                              misshapen="backbone.blocks.0.mlstm_layer.k.weight", cut=lambda t: t[:-1],
+                              shape_message=r"backbone\.blocks\.0\.mlstm_layer\.k\.weight is \[7, 16\], "
+                                            r"expected \[8, 16\]",
+                              unexpected="backbone.blocks.0.mlstm_layer.mystery.weight")
 
 
 def test_config_that_disagrees_with_the_weights_names_the_keys(tmp_path):

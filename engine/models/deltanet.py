@@ -68,10 +68,9 @@ prefix cache keeps S and the three convolution buffers (the last conv_size - 1 p
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -79,7 +78,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
+from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, names_under, probe_table, unused_note
 
 #: steps of one triangular solve of the delta rule
 SUB = 64
@@ -91,7 +90,7 @@ NOT_EDITABLE_ATTN = "it is computed from q, k and beta after the run and feeds n
 
 
 @dataclass(frozen=True)
-class DeltaNetConfig:
+class DeltaNetConfig(FamilyConfig):
     d_model: int
     n_layer: int
     vocab_size: int
@@ -117,9 +116,8 @@ class DeltaNetConfig:
             raise ValueError(f"qk_activation must be silu, relu, elu or identity, got {self.qk_activation!r}")
         if self.qk_norm not in ("l2", "sum"):
             raise ValueError(f"qk_norm must be 'l2' or 'sum', got {self.qk_norm!r}")
-        for name in ("d_model", "n_layer", "vocab_size", "num_heads", "key_dim", "value_dim", "intermediate_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "num_heads", "key_dim", "value_dim",
+                              "intermediate_size")
         if not self.num_v_heads:
             object.__setattr__(self, "num_v_heads", self.num_heads)
         if self.key_dim % self.num_heads or self.value_dim % self.num_v_heads or self.num_v_heads % self.num_heads:
@@ -142,12 +140,8 @@ class DeltaNetConfig:
     def family(self) -> str:
         return "gated_deltanet" if self.gated else "deltanet"
 
-    def to_json(self) -> str:
-        return json.dumps({"family": self.family, **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DeltaNetConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def family_tag(self) -> str:
+        return self.family
 
 
 def canonical_weight_shapes(cfg: DeltaNetConfig) -> dict[str, tuple[int, ...]]:
@@ -298,59 +292,17 @@ def _qk_normalise(x, kind):
     return x / x.sum(-1, keepdim=True)
 
 
-class DeltaNetModel(ChunkedLayerModel):
+class DeltaNetModel(FamilyModel):
     """An instrumented DeltaNet language model (fla ``delta_net`` layout).  Build it with
     :func:`engine.load` or from a config and canonical weights.  ``attention_window``: see
     :class:`engine.models.mamba.AttentionWindow`."""
 
-    architecture = "deltanet"
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
-
-    def __init__(self, config: DeltaNetConfig, weights: dict, *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", attention_window=None):
-        from .mamba import AttentionWindow
-
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        self.config = config
-        self.architecture = config.family
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
-
-    # -- housekeeping -------------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "DeltaNetModel":
-        device = torch.device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
-        self._w = {k: v.to(device=device, dtype=dtype) for k, v in self._w.items()}
-        self.device, self.dtype = device, dtype
-        return self
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
+    def architecture(self) -> str:
+        return self.config.family
 
     @property
     def scale(self) -> float:
@@ -364,17 +316,6 @@ class DeltaNetModel(ChunkedLayerModel):
         values = range(cfg.head_v) if values is None else (
             [values] if isinstance(values, (int, np.integer)) else values)
         return [(int(head) * cfg.head_k + int(i)) * cfg.head_v + int(j) for i in keys for j in values]
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._w)
-
-    def cache_key(self):
-        return self._window
 
     # -- probes ---------------------------------------------------------------------------
     @property
@@ -427,16 +368,10 @@ class DeltaNetModel(ChunkedLayerModel):
                     f"column m is key step {c0}+m; 0 where j > i, NaN in rows outside the window",
         }
         shapes = {**self._site_shapes(), "attn": (c1 - c0,)}
-        dims = {"state": ("token", "head", "key", "value"), "attn": ("token", "key"), "beta": ("token", "head"),
-                "decay": ("token", "head")}
-        specs = [ProbeSpec("embed", (cfg.d_model,), ("token", "unit"), "token embedding fed to layer 0")]
-        for k in range(cfg.n_layer):
-            for site in self.sites:
-                specs.append(ProbeSpec(layer_probe(k, site), shapes[site], dims.get(site, ("token", "unit")),
-                                       desc[site], layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores lm_head(rmsnorm(x)) (before softmax)"))
-        return specs
+        dims = {"state": ("token", "head", "key", "value"), "beta": ("token", "head"), "decay": ("token", "head")}
+        return probe_table(cfg.n_layer, self.sites, {site: (shapes[site], text) for site, text in desc.items()},
+                           embed=(cfg.d_model, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores lm_head(rmsnorm(x)) (before softmax)"), dims=dims)
 
     # -- forward --------------------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -691,18 +626,7 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
     if len(prefixes) != 1:
         raise LoadError(f"{name}: expected DeltaNet layer weights named …layers.{{i}}.attn.q_proj.weight under one "
                         f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
-    prefix = prefixes.pop()
-    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
-    canon, origin = {}, {}
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            cn = "model." + k[len(prefix):]
-        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
-            cn = k[len(outer):]
-        else:
-            cn = k
-        canon[cn], origin[cn] = v, k
-    return canon, origin
+    return names_under(tensors, prefixes.pop(), "model.", "lm_head.")
 
 
 def _inferred_config(canon: dict, stated: dict) -> dict:
@@ -745,30 +669,15 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     except (TypeError, ValueError) as exc:
         raise LoadError(f"{name}: the (gated) DeltaNet config is not valid: {exc}") from None
     expected = canonical_weight_shapes(cfg)
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected and not (cfg.tie_embeddings and cn == "lm_head.weight")]
-    parts = []
-    if missing:
-        more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
-        parts.append("missing " + ", ".join(missing[:12]) + more)
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of a {cfg.family} model (fla layout: d_model="
-                        f"{cfg.d_model}, n_layer={cfg.n_layer}, num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, "
-                        f"value_dim={cfg.value_dim}): " + ". ".join(parts))
-    try:
-        model = DeltaNetModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the DeltaNet model: {exc}") from None
+    what = (f"a {cfg.family} model (fla layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
+            f"num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, value_dim={cfg.value_dim})")
+    tied_head = ["lm_head.weight"] if cfg.tie_embeddings else []
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict, ignored=tied_head)
+    model = build_model(DeltaNetModel, cfg, {cn: canon[cn] for cn in expected}, name=name, label="DeltaNet",
+                        **kwargs)
     model.load_info.update({"format": fmt, "layout": "fla " + ("GatedDeltaNetForCausalLM" if cfg.gated
                                                               else "DeltaNetForCausalLM")})
-    notes = ["unused tensors (strict=False): " + ", ".join(unused[:12])] if unused else []
+    notes = [unused_note(unused)] if unused else []
     if "num_heads" not in stated:
         notes.append(f"no config states num_heads: {cfg.num_heads} taken from the weights (one per beta), so "
                      f"d_k = {cfg.head_k}; give config.json if the model groups value heads (num_v_heads)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .chunked import ChunkedLayerModel
+from .family import FamilyModel
 
 
 def diagonal_scan(a, v: torch.Tensor, h: torch.Tensor, powers: "Powers | None" = None) -> torch.Tensor:
@@ -120,98 +120,12 @@ def edits_in_chunk(edits: dict, a: int, n: int):
     return edit
 
 
-def check_weights(name: str, what: str, expected: dict, canon: dict, origin: dict, strict: bool) -> list[str]:
-    """The unused file keys; a LoadError naming missing, misshapen (and, when ``strict``,
-    unexpected) tensors by their names in the file."""
-    from ..errors import LoadError
-
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != tuple(expected[cn])]
-    unused = [key(cn) for cn in canon if cn not in expected]
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(missing[:12]))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
-    return unused
-
-
-class DiagonalRecurrenceModel(ChunkedLayerModel):
-    """What HGRN and LRU models share besides the scan: weights checked against the config
-    (``weight_shapes(config)``), held in the model's dtype and device, ``_prepare()`` for the
-    tensors derived from them, the attention window, ``info``."""
+class DiagonalRecurrenceModel(FamilyModel):
+    """What HGRN and LRU models share besides the scan: the refusal to edit ``attn`` and its rows
+    computed within the window (the housekeeping is :class:`FamilyModel`'s)."""
 
     NOT_EDITABLE = {"attn": "it is computed from the recorded gates after the run and feeds nothing; "
                             "intervene on the sites it is computed from instead"}
-
-    @staticmethod
-    def weight_shapes(config) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError
-
-    def _prepare(self):
-        """Tensors derived from the weights (after loading and after :meth:`to`)."""
-
-    def __init__(self, config, weights: dict, *, tokenizer=None, source: str = "", dtype=torch.float32,
-                 device="cpu", attention_window=None):
-        from .mamba import AttentionWindow
-
-        expected = self.weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._prepare()
-        self._specs = self._build_specs()
-
-    def to(self, device=None, dtype=None):
-        self.device = torch.device(device) if device is not None else self.device
-        self.dtype = dtype or self.dtype
-        self._w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in self._w.items()}
-        self._prepare()
-        return self
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._w)
-
-    def cache_key(self):
-        return self._window
 
     def _attention_rows(self, k, out, old, s, T, B, rows_of_sequence):
         """The ``attn`` probe of layer ``k``: NaN outside the window's rows, the rows before

@@ -68,8 +68,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
-from .mamba import AttentionWindow
+from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
 
 FAMILIES = ("gla", "retnet")
 FEATURE_MAPS = {None: None, "relu": F.relu, "sigmoid": torch.sigmoid, "swish": F.silu, "silu": F.silu}
@@ -84,7 +83,7 @@ NOT_EDITABLE_ATTN = "it is computed from q, k and the decays after the run and f
 
 
 @dataclass(frozen=True)
-class LinearAttentionConfig:
+class LinearAttentionConfig(FamilyConfig):
     family: str  # "gla" or "retnet"
     d_model: int  # hidden_size
     n_layer: int  # num_hidden_layers
@@ -111,9 +110,7 @@ class LinearAttentionConfig:
             raise ValueError(f"family must be 'gla' or 'retnet', got {self.family!r}")
         if not self.num_kv_heads:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
-        for name in ("d_model", "n_layer", "vocab_size", "num_heads", "key_dim", "value_dim", "d_ffn"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "num_heads", "key_dim", "value_dim", "d_ffn")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
@@ -150,10 +147,6 @@ class LinearAttentionConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LinearAttentionConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def canonical_weight_shapes(cfg: LinearAttentionConfig) -> dict[str, tuple[int, ...]]:
@@ -231,75 +224,27 @@ class _Layer:
         self.Wgate, self.Wup, self.Wdown = (w[p + f"mlp.{m}_proj.weight"] for m in ("gate", "up", "down"))
 
 
-class LinearAttentionModel(ChunkedLayerModel):
+class LinearAttentionModel(FamilyModel):
     """An instrumented GLA or RetNet language model (fla layout).  Build with :func:`engine.load`
     or from a config and canonical weights."""
 
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
-    def __init__(self, config: LinearAttentionConfig, weights: dict, *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", attention_window=None):
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        self.config = config
-        self.architecture = config.family
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._set_weights({k: weights[k].detach() for k in expected}, dtype, torch.device(device))
-        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
-        self._specs = self._build_specs()
+    @property
+    def architecture(self) -> str:
+        return self.config.family
 
-    def _set_weights(self, w: dict, dtype, device):
-        self.dtype, self.device = dtype, device
-        self._w = {k: v.to(dtype=dtype, device=device) for k, v in w.items()}
+    def _prepare(self):
         self.embed = self._w["model.embeddings.weight"]
         self.head = self._w.get("lm_head.weight", self.embed)
         self.layers = [_Layer(self._w, i, self.config) for i in range(self.config.n_layer)]
-        self._log_decay = retention_log_decay(self.config.num_heads, self.scan_dtype).to(device)
-
-    # -- housekeeping -------------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "LinearAttentionModel":
-        device = torch.device(device) if device is not None else self.device
-        self._set_weights(self._w, dtype or self.dtype, device)
-        return self
+        self._log_decay = retention_log_decay(self.config.num_heads, self.scan_dtype).to(self.device)
 
     @property
     def scan_dtype(self):
         """The dtype the recurrence runs in: float32 for half-precision models."""
         return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._w)
-
-    def cache_key(self):
-        return self._window
 
     def log_decay(self, layer: int | None = None) -> torch.Tensor:
         """RetNet's per-head log decay ``log gamma_h`` [num_heads] (the same in every layer)."""
@@ -361,15 +306,10 @@ class LinearAttentionModel(ChunkedLayerModel):
         }
         shapes = self._site_shapes()
         shapes["attn"] = (c1 - c0,)
-        dims = {"state": ("token", "unit", "state"), "attn": ("token", "key")}
-        specs = [ProbeSpec("embed", (cfg.d_model,), ("token", "unit"), "token embedding fed to layer 0")]
-        for k in range(cfg.n_layer):
-            for site in self.sites:
-                specs.append(ProbeSpec(layer_probe(k, site), shapes[site], dims.get(site, ("token", "unit")),
-                                       desc[site], layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores lm_head(rmsnorm(x) * norm) (before softmax)"))
-        return specs
+        return probe_table(cfg.n_layer, self.sites, {site: (shapes[site], text) for site, text in desc.items()},
+                           embed=(cfg.d_model, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores lm_head(rmsnorm(x) * norm) (before softmax)"),
+                           dims={"state": ("token", "unit", "state")})
 
     # -- the forward pass -----------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -787,34 +727,17 @@ def load_linear_attention(tensors: dict, configs: list, *, name: str, fmt: str, 
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
         expected["lm_head.weight"] = (cfg.vocab_size, cfg.d_model)
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
     what = (f"an fla {'GLA' if family == 'gla' else 'RetNet'} model (hidden_size={cfg.d_model}, "
             f"num_hidden_layers={cfg.n_layer}, num_heads={cfg.num_heads}, num_kv_heads={cfg.num_kv_heads}, "
             f"key_dim={cfg.key_dim}, value_dim={cfg.value_dim}, short_conv={cfg.conv_size or 'no'})")
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12
-                                                              else ""))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
     weights = {cn: canon[cn] for cn in expected}
     if cfg.tie_embeddings:
         weights.pop("lm_head.weight", None)
-    try:
-        model = LinearAttentionModel(cfg, weights, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the {family} model: {exc}") from None
+    model = build_model(LinearAttentionModel, cfg, weights, name=name, label=family, **kwargs)
     model.load_info.update({"format": fmt, "layout": f"flash-linear-attention {family}"})
     if unused:
-        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+        model.load_info["notes"] = unused_note(unused)
     return model
 
 

@@ -40,23 +40,25 @@ edited.  The prefix cache keeps ``h`` and the two conv buffers.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .diagonal import DiagonalRecurrenceModel, check_weights, edits_in_chunk, scan_split_at_edits
+from .diagonal import DiagonalRecurrenceModel, edits_in_chunk, scan_split_at_edits
+from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
 from .mingru import gated_attention
 
 SITES = ("in", "i", "f", "g", "state", "o", "out", "attn")
 
 
 @dataclass(frozen=True)
-class HGRNConfig:
+class HGRNConfig(FamilyConfig):
+    FAMILY = "hgrn"
+
     d_model: int
     n_layer: int
     vocab_size: int
@@ -69,18 +71,9 @@ class HGRNConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self):
-        for name in ("d_model", "n_layer", "vocab_size", "d_inner", "ff_inner"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "d_inner", "ff_inner")
         if self.lower_bound and self.d_inner != self.d_model:
             raise ValueError("the lower bounds are per hidden unit: with use_lower_bound, expand_ratio must be 1")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "hgrn", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HGRNConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def canonical_weight_shapes(cfg: HGRNConfig) -> dict[str, tuple[int, ...]]:
@@ -163,15 +156,8 @@ class HGRNModel(DiagonalRecurrenceModel):
                               f"prod_(k=j+1..i) f_k (h_i = sum_j alpha_ij i_j); rows {r0}..{r1 - 1}, column m is "
                               f"key step {c0}+m; 0 where j > i, NaN in rows outside the window"),
         }
-        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                width, text = desc[site]
-                dims = ("token", "key") if site == "attn" else ("token", "unit")
-                specs.append(ProbeSpec(layer_probe(k, site), (width,), dims, text, layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores lm_head(rmsnorm(x)) (before softmax)"))
-        return specs
+        return probe_table(cfg.n_layer, SITES, desc, embed=(d, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores lm_head(rmsnorm(x)) (before softmax)"))
 
     # -- forward --------------------------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -339,12 +325,9 @@ def load(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = Tr
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
         expected["lm_head.weight"] = (cfg.vocab_size, cfg.d_model)  # a tied copy saved anyway
-    unused = check_weights(name, what, expected, canon, origin, strict)
-    try:
-        model = HGRNModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the HGRN model: {exc}") from None
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
+    model = build_model(HGRNModel, cfg, {cn: canon[cn] for cn in expected}, name=name, label="HGRN", **kwargs)
     model.load_info.update({"format": fmt, "layout": "flash-linear-attention HGRNForCausalLM"})
     if unused:
-        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+        model.load_info["notes"] = unused_note(unused)
     return model

@@ -38,16 +38,16 @@ each computed directly), cut where the state is edited.  The prefix cache keeps 
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .diagonal import DiagonalRecurrenceModel, Powers, check_weights, edits_in_chunk, scan_split_at_edits
+from .diagonal import DiagonalRecurrenceModel, Powers, edits_in_chunk, scan_split_at_edits
+from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
 
 SITES = ("in", "Bu", "state", "y", "out", "attn")
 COMPLEX_SITES = ("Bu", "state")
@@ -56,7 +56,9 @@ TILE = 32
 
 
 @dataclass(frozen=True)
-class LRUConfig:
+class LRUConfig(FamilyConfig):
+    FAMILY = "lru"
+
     d_model: int
     d_state: int
     n_layer: int
@@ -64,16 +66,7 @@ class LRUConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("d_model", "d_state", "n_layer", "vocab_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "lru", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LRUConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        self.require_positive("d_model", "d_state", "n_layer", "vocab_size")
 
 
 def canonical_weight_shapes(cfg: LRUConfig) -> dict[str, tuple[int, ...]]:
@@ -175,16 +168,9 @@ class LRUModel(DiagonalRecurrenceModel):
                                  f"(y_i = sum_j c_ij + D u_i); rows {r0}..{r1 - 1}, column m is key step {c0}+m; "
                                  "0 where j > i, NaN in rows outside the window"),
         }
-        dims = {"Bu": ("token", "unit", "part"), "state": ("token", "unit", "part"), "attn": ("token", "key")}
-        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                shape, text = desc[site]
-                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
-                                       layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores head(rmsnorm(x)) (before softmax)"))
-        return specs
+        dims = {"Bu": ("token", "unit", "part"), "state": ("token", "unit", "part")}
+        return probe_table(cfg.n_layer, SITES, desc, embed=(d, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores head(rmsnorm(x)) (before softmax)"), dims=dims)
 
     # -- forward --------------------------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -277,12 +263,9 @@ def load(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = Tr
         raise LoadError(f"{name}: the LRU config is not valid: {exc}") from None
     what = f"an LRU model (SeqScope layout: d_model={cfg.d_model}, d_state={cfg.d_state}, n_layer={cfg.n_layer})"
     expected = canonical_weight_shapes(cfg)
-    unused = check_weights(name, what, expected, canon, origin, strict)
-    try:
-        model = LRUModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the LRU model: {exc}") from None
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
+    model = build_model(LRUModel, cfg, {cn: canon[cn] for cn in expected}, name=name, label="LRU", **kwargs)
     model.load_info.update({"format": fmt, "layout": "SeqScope LRU"})
     if unused:
-        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+        model.load_info["notes"] = unused_note(unused)
     return model

@@ -39,9 +39,8 @@ Implicit attention (probe ``attn``) is computed for a window of rows and columns
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -49,7 +48,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
+from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
@@ -57,7 +57,9 @@ SUB = 64
 
 
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(FamilyConfig):
+    FAMILY = "mamba"
+
     d_model: int
     n_layer: int
     vocab_size: int
@@ -77,16 +79,7 @@ class MambaConfig:
             raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
         if not self.dt_rank:
             object.__setattr__(self, "dt_rank", -(-self.d_model // 16))
-        for name in ("d_model", "n_layer", "vocab_size", "d_inner", "d_state", "d_conv", "dt_rank"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "mamba", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MambaConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        self.require_positive("d_model", "n_layer", "vocab_size", "d_inner", "d_state", "d_conv", "dt_rank")
 
 
 def canonical_weight_shapes(cfg: MambaConfig) -> dict[str, tuple[int, ...]]:
@@ -141,14 +134,6 @@ class AttentionWindow:
         return self.cols[1] - self.cols[0]
 
 
-def numba_available() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 #: why interventions on ``attn`` are refused
 NOT_EDITABLE_ATTN = "it is computed from dt, B and C after the run and feeds nothing; " \
     "intervene on dt, B, C or state instead"
@@ -172,7 +157,7 @@ class _Layer:
         self.A = -torch.exp(self.A_log)
 
 
-class MambaModel(ChunkedLayerModel):
+class MambaModel(ScannedFamilyModel):
     """An instrumented Mamba language model.  Build with :func:`engine.load` or from a config
     and canonical weights.
 
@@ -186,79 +171,14 @@ class MambaModel(ChunkedLayerModel):
     ATTENTION_NEEDS = frozenset({"dt", "B", "C"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
-    def __init__(self, config: MambaConfig, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        if scan not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.dtype = dtype
-        self.device = torch.device(device)
-        w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in w.values()))
-        self._weights = w
-        self.embed = w["backbone.embeddings.weight"]
-        self.head = w.get("lm_head.weight", self.embed)
-        self.norm_f_w, self.norm_f_b = w["backbone.norm_f.weight"], w.get("backbone.norm_f.bias")
-        self.layers = [_Layer(w, f"backbone.layers.{i}.", config) for i in range(config.n_layer)]
-        self._scan_request = scan
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
-    # -- housekeeping -----------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "MambaModel":
-        device = torch.device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
-        self._weights = {k: v.to(device=device, dtype=dtype) for k, v in self._weights.items()}
-        w = self._weights
+    def _prepare(self):
+        w = self._w
         self.embed = w["backbone.embeddings.weight"]
         self.head = w.get("lm_head.weight", self.embed)
         self.norm_f_w, self.norm_f_b = w["backbone.norm_f.weight"], w.get("backbone.norm_f.bias")
         self.layers = [_Layer(w, f"backbone.layers.{i}.", self.config) for i in range(self.config.n_layer)]
-        self.device, self.dtype = device, dtype
-        return self
-
-    @property
-    def scan(self) -> str:
-        """The scan in use: ``"numba"`` or ``"torch"``."""
-        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
-        if self._scan_request == "auto":
-            return "numba" if compiled and numba_available() else "torch"
-        if self._scan_request == "numba" and not compiled:  # GPUs and half precision
-            return "torch"
-        return self._scan_request
-
-    @scan.setter
-    def scan(self, value: str):
-        if value not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
-        if value == "numba" and not numba_available():
-            raise ValueError("scan='numba' needs the numba package (pip install numba)")
-        self._scan_request = value
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
 
     def A(self, layer: int) -> torch.Tensor:
         """The continuous state matrix ``A = -exp(A_log)`` of a layer, [d_inner, d_state]."""
@@ -275,25 +195,6 @@ class MambaModel(ChunkedLayerModel):
         channels = [channels] if isinstance(channels, (int, np.integer)) else list(channels)
         states = range(N) if states is None else ([states] if isinstance(states, (int, np.integer)) else states)
         return [int(c) * N + int(n) for c in channels for n in states]
-
-    def info(self) -> dict:
-        return {
-            "architecture": self.architecture,
-            "source": self.source,
-            "config": self.config.to_json(),
-            "parameter_count": self.parameter_count,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "scan": self.scan,
-            "attention_window": self._window_json(),
-            **self.load_info,
-        }
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._weights)
-
-    def cache_key(self):
-        return (self.scan, self._window)
 
     # -- probes -----------------------------------------------------------------------
     def _build_specs(self) -> list[ProbeSpec]:
@@ -316,18 +217,9 @@ class MambaModel(ChunkedLayerModel):
                               f"C_i.(prod_(k=j+1..i) exp(dt_k A)).dt_j B_j; rows {r0}..{r1 - 1}, column m is key "
                               f"step {c0}+m; 0 where j > i, NaN in rows outside the window"),
         }
-        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
-        dims = {"B": ("token", "state"), "C": ("token", "state"), "state": ("token", "unit", "state"),
-                "attn": ("token", "key")}
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                shape, text = desc[site]
-                shape = shape if isinstance(shape, tuple) else (shape,)
-                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
-                                       layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores lm_head(norm_f(x)) (before softmax)"))
-        return specs
+        dims = {"B": ("token", "state"), "C": ("token", "state"), "state": ("token", "unit", "state")}
+        return probe_table(cfg.n_layer, SITES, desc, embed=(d, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores lm_head(norm_f(x)) (before softmax)"), dims=dims)
 
     # -- interventions ------------------------------------------------------------------
     # -- the forward pass -----------------------------------------------------------------
@@ -693,34 +585,16 @@ def load_mamba(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
             raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from "
                             "them in the file")
         expected = {**expected, "lm_head.weight": tuple(e.shape) if e is not None else (cfg.vocab_size, cfg.d_model)}
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [cn for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
     what = f"a Mamba model ({layout or 'layout from the weights'}: d_model={cfg.d_model}, n_layer={cfg.n_layer}, " \
            f"d_inner={cfg.d_inner}, d_state={cfg.d_state}, d_conv={cfg.d_conv}, dt_rank={cfg.dt_rank}, " \
            f"vocab_size={cfg.vocab_size})"
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(key(cn) for cn in missing[:12])
-                     + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
-                     + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
     if unused:
-        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+        notes.append(unused_note(unused))
     weights = {cn: canon[cn] for cn in expected}
     if cfg.tie_embeddings:
         weights.pop("lm_head.weight", None)
-    try:
-        model = MambaModel(cfg, weights, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the Mamba model: {exc}") from None
+    model = build_model(MambaModel, cfg, weights, name=name, label="Mamba", **kwargs)
     model.load_info.update({"format": fmt, "layout": layout or "inferred from the weights"})
     if notes:
         model.load_info["notes"] = "\n".join(notes)

@@ -54,18 +54,17 @@ the last K - 1 rows of xBC).
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
-from .mamba import AttentionWindow, MambaModel
+from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .mamba import MambaModel
 from .mamba import _canonical_names  # file keys -> backbone.* names, found by the A_log keys
 
 SITES = ("in", "z", "x", "B", "C", "dt", "state", "y", "gated", "out", "attn")
@@ -78,7 +77,9 @@ TILE = 64
 
 
 @dataclass(frozen=True)
-class Mamba2Config:
+class Mamba2Config(FamilyConfig):
+    FAMILY = "mamba2"
+
     d_model: int
     n_layer: int
     vocab_size: int
@@ -98,9 +99,7 @@ class Mamba2Config:
     chunk_size: int = 256  # the file's chunk size; recorded only
 
     def __post_init__(self):
-        for name in ("d_model", "n_layer", "vocab_size", "n_heads", "head_dim", "d_state", "n_groups", "d_conv"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "n_heads", "head_dim", "d_state", "n_groups", "d_conv")
         if self.n_heads % self.n_groups:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_groups ({self.n_groups})")
 
@@ -111,13 +110,6 @@ class Mamba2Config:
     @property
     def conv_dim(self) -> int:
         return self.d_inner + 2 * self.n_groups * self.d_state
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "mamba2", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Mamba2Config":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def canonical_weight_shapes(cfg: Mamba2Config) -> dict[str, tuple[int, ...]]:
@@ -168,7 +160,7 @@ class _Layer:
         self.out_w, self.out_b = w[m + "out_proj.weight"], w.get(m + "out_proj.bias")
 
 
-class Mamba2Model(ChunkedLayerModel):
+class Mamba2Model(FamilyModel):
     """An instrumented Mamba2 language model.  Build with :func:`engine.load`, from a config
     and canonical weights, or with :func:`from_transformers`.  ``attention_window``: see
     :class:`engine.models.mamba.AttentionWindow`."""
@@ -178,59 +170,19 @@ class Mamba2Model(ChunkedLayerModel):
     ATTENTION_NEEDS = frozenset({"dt", "B", "C"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
-    def __init__(self, config: Mamba2Config, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", attention_window=None):
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        w = {k: weights[k].detach() for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in w.values()))
-        self._set_weights(w, dtype, torch.device(device))
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
-    def _set_weights(self, w: dict, dtype, device):
-        self._weights = {k: v.to(dtype=dtype, device=device) for k, v in w.items()}
-        w = self._weights
-        self.dtype, self.device = dtype, device
+    def _prepare(self):
+        w = self._w
         self.embed = w["backbone.embeddings.weight"]
         self.head = w.get("lm_head.weight", self.embed)
         self.norm_f_w = w["backbone.norm_f.weight"]
         self.layers = [_Layer(w, f"backbone.layers.{i}.", self.scan_dtype) for i in range(self.config.n_layer)]
 
-    # -- housekeeping -----------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "Mamba2Model":
-        self._set_weights(self._weights, dtype or self.dtype,
-                          torch.device(device) if device is not None else self.device)
-        return self
-
     @property
     def scan_dtype(self):
         """The scan runs in float32 for half-precision models (as ``transformers`` does)."""
         return torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
 
     def A(self, layer: int) -> torch.Tensor:
         """The per-head decay rate ``A = -exp(A_log)`` of a layer, [n_heads]."""
@@ -243,17 +195,6 @@ class Mamba2Model(ChunkedLayerModel):
 
     #: unit indices of the ``state`` probe (flattened ``channel * d_state + state``), as Mamba's
     state_units = MambaModel.state_units
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._weights)
-
-    def cache_key(self):
-        return self._window
 
     # -- probes -----------------------------------------------------------------------
     def _build_specs(self) -> list[ProbeSpec]:
@@ -278,18 +219,10 @@ class Mamba2Model(ChunkedLayerModel):
                               f"{r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in rows outside the "
                               "window"),
         }
-        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
         dims = {"B": ("token", "state"), "C": ("token", "state"), "dt": ("token", "head"),
-                "state": ("token", "unit", "state"), "attn": ("token", "key")}
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                shape, text = desc[site]
-                shape = shape if isinstance(shape, tuple) else (shape,)
-                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
-                                       layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores lm_head(norm_f(x)) (before softmax)"))
-        return specs
+                "state": ("token", "unit", "state")}
+        return probe_table(cfg.n_layer, SITES, desc, embed=(d, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores lm_head(norm_f(x)) (before softmax)"), dims=dims)
 
     # -- the forward pass -----------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -716,30 +649,6 @@ def _infer_config(canon: dict, stated: dict, notes: list) -> dict:
     return out
 
 
-def _check_keys(name: str, what: str, canon: dict, origin: dict, expected: dict, strict: bool) -> list[str]:
-    """Raise a LoadError naming missing, wrongly shaped and (when ``strict``) unexpected
-    tensors; returns the unexpected ones' file keys."""
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-
-    def listed(items, limit, sep=", "):
-        return sep.join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
-    parts = []
-    if missing:
-        parts.append("missing " + listed(missing, 12))
-    if bad:
-        parts.append("wrong shapes: " + listed(bad, 8, "; "))
-    if unused and strict:
-        parts.append("unexpected " + listed(unused, 12) + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
-    return unused
-
-
 def load_mamba2(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True, **kwargs) -> Mamba2Model:
     """Build a :class:`Mamba2Model` from a checkpoint's tensors and the configs stored with it
     (``[(where, dict)]``).  Every problem is a LoadError naming the keys involved."""
@@ -762,14 +671,11 @@ def load_mamba2(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     what = (f"a Mamba2 model ({layout or 'layout from the weights'}: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"n_heads={cfg.n_heads}, head_dim={cfg.head_dim}, d_state={cfg.d_state}, n_groups={cfg.n_groups}, "
             f"d_conv={cfg.d_conv}, vocab_size={cfg.vocab_size})")
-    unused = _check_keys(name, what, canon, origin, expected, strict)
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
     if unused:
-        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+        notes.append(unused_note(unused))
     weights = {cn: canon[cn] for cn in expected if cn != "lm_head.weight" or not cfg.tie_embeddings}
-    try:
-        model = Mamba2Model(cfg, weights, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the Mamba2 model: {exc}") from None
+    model = build_model(Mamba2Model, cfg, weights, name=name, label="Mamba2", **kwargs)
     model.load_info.update({"format": fmt, "layout": layout or "inferred from the weights"})
     if notes:
         model.load_info["notes"] = "\n".join(notes)

@@ -34,21 +34,19 @@ steps where ``h`` is edited.  The prefix cache keeps ``h`` and the conv buffer.
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
-from .mamba import numba_available
+from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
 
 
 @dataclass(frozen=True)
-class MinRNNConfig:
+class MinRNNConfig(FamilyConfig):
     cell: str  # "mingru" or "minlstm"
     d_model: int
     n_layer: int
@@ -68,12 +66,8 @@ class MinRNNConfig:
     def gates(self) -> tuple[str, ...]:
         return ("gate_z",) if self.cell == "mingru" else ("gate_f", "gate_i")
 
-    def to_json(self) -> str:
-        return json.dumps({"family": self.cell, **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MinRNNConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+    def family_tag(self) -> str:
+        return self.cell
 
 
 def canonical_weight_shapes(cfg: MinRNNConfig) -> dict[str, tuple[int, ...]]:
@@ -111,83 +105,14 @@ NOT_EDITABLE_ATTN = "it is computed from the gates after the run and feeds nothi
     "intervene on the gates, h_tilde or h instead"
 
 
-class MinRNNModel(ChunkedLayerModel):
+class MinRNNModel(ScannedFamilyModel):
     """An instrumented minGRU / minLSTM language model (``minLM`` layout)."""
 
-    def __init__(self, config: MinRNNConfig, weights: dict, *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
-        from .mamba import AttentionWindow
-
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        if scan not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
-        self.config = config
-        self.architecture = config.cell
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
-        self._scan_request = scan
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
-
-    # -- housekeeping -------------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "MinRNNModel":
-        device = torch.device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
-        self._w = {k: v.to(device=device, dtype=dtype) for k, v in self._w.items()}
-        self.device, self.dtype = device, dtype
-        return self
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
     @property
-    def scan(self) -> str:
-        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
-        if self._scan_request == "auto":
-            return "numba" if compiled and numba_available() else "torch"
-        return "torch" if self._scan_request == "numba" and not compiled else self._scan_request
-
-    @scan.setter
-    def scan(self, value):
-        if value not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
-        self._scan_request = value
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "scan": self.scan,
-                "attention_window": self._window_json(),
-                **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._w)
-
-    def cache_key(self):
-        return (self.scan, self._window)
+    def architecture(self) -> str:
+        return self.config.cell
 
     # -- probes ---------------------------------------------------------------------------
     def _build_specs(self) -> list[ProbeSpec]:
@@ -208,15 +133,8 @@ class MinRNNModel(ChunkedLayerModel):
                               f"(h_i = sum_j alpha_ij h~_j); rows {r0}..{r1 - 1}, column m is key step {c0}+m; "
                               "0 where j > i, NaN in rows outside the window"),
         }
-        specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding fed to layer 0")]
-        for k in range(cfg.n_layer):
-            for site in self.sites:
-                width, text = desc[site]
-                specs.append(ProbeSpec(layer_probe(k, site), (width,), ("token", "key") if site == "attn"
-                                       else ("token", "unit"), text, layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores to_logits(rmsnorm(x)) (before softmax)"))
-        return specs
+        return probe_table(cfg.n_layer, self.sites, desc, embed=(d, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, "next-token scores to_logits(rmsnorm(x)) (before softmax)"))
 
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
@@ -450,28 +368,12 @@ def load_minrnn(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     except (TypeError, ValueError) as exc:
         raise LoadError(f"{name}: the {cell} config is not valid: {exc}") from None
     expected = canonical_weight_shapes(cfg)
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(missing[:12]))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of a {cell} language model (minLM layout: d_model="
-                        f"{cfg.d_model}, n_layer={cfg.n_layer}, d_inner={cfg.d_inner}): " + ". ".join(parts))
-    try:
-        model = MinRNNModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the {cell} model: {exc}") from None
+    what = f"a {cell} language model (minLM layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, d_inner={cfg.d_inner})"
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
+    model = build_model(MinRNNModel, cfg, {cn: canon[cn] for cn in expected}, name=name, label=cell, **kwargs)
     model.load_info.update({"format": fmt, "layout": "minGRU-pytorch minLM"})
     if unused:
-        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+        model.load_info["notes"] = unused_note(unused)
     return model
 
 

@@ -51,17 +51,15 @@ values; the position is the step itself).
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
-from .mamba import AttentionWindow, numba_available
+from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, unused_note
 from .mingru import _scan_numba, gated_attention
 
 RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "out", "attn")
@@ -74,9 +72,10 @@ ACTIVATIONS = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "ta
 
 
 @dataclass(frozen=True)
-class RecurrentGemmaConfig:
+class RecurrentGemmaConfig(FamilyConfig):
     """The fields of ``transformers``' ``RecurrentGemmaConfig`` that change what a run computes
     (``block_types`` cycles over the layers as there)."""
+    FAMILY = "recurrent_gemma"
 
     hidden_size: int
     num_hidden_layers: int
@@ -98,10 +97,9 @@ class RecurrentGemmaConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "block_types", tuple(self.block_types))
-        for name in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads",
-                     "num_key_value_heads", "lru_width", "attention_window_size", "conv1d_width"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size",
+                              "num_attention_heads", "num_key_value_heads", "lru_width", "attention_window_size",
+                              "conv1d_width")
         if not self.block_types or set(self.block_types) - {"recurrent", "attention"}:
             raise ValueError(f"block_types must list 'recurrent' and 'attention', got {list(self.block_types)}")
         if self.hidden_size % self.num_attention_heads or self.lru_width % self.num_attention_heads:
@@ -126,13 +124,6 @@ class RecurrentGemmaConfig:
 
     def kind(self, layer: int) -> str:
         return self.block_types[layer % len(self.block_types)]
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "recurrent_gemma", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RecurrentGemmaConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def canonical_weight_shapes(cfg: RecurrentGemmaConfig) -> dict[str, tuple[int, ...]]:
@@ -189,7 +180,7 @@ def input_scale(decay: torch.Tensor, first: int) -> torch.Tensor:
     return scale
 
 
-class RecurrentGemmaModel(ChunkedLayerModel):
+class RecurrentGemmaModel(ScannedFamilyModel):
     """An instrumented RecurrentGemma (Griffin) language model.  Build with :func:`engine.load`,
     :func:`from_transformers`, or from a config and canonical weights.
 
@@ -204,59 +195,7 @@ class RecurrentGemmaModel(ChunkedLayerModel):
              "attn")
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
-    def __init__(self, config: RecurrentGemmaConfig, weights: dict, *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        if scan not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
-        self._scan_request = scan
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
-
-    # -- housekeeping -------------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "RecurrentGemmaModel":
-        device = torch.device(device) if device is not None else self.device
-        dtype = dtype or self.dtype
-        self._w = {k: v.to(device=device, dtype=dtype) for k, v in self._w.items()}
-        self.device, self.dtype = device, dtype
-        return self
-
-    @property
-    def scan(self) -> str:
-        """The scan in use: ``"numba"`` or ``"torch"``."""
-        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
-        if self._scan_request == "auto":
-            return "numba" if compiled and numba_available() else "torch"
-        return "torch" if self._scan_request == "numba" and not compiled else self._scan_request
-
-    @scan.setter
-    def scan(self, value):
-        if value not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
-        if value == "numba" and not numba_available():
-            raise ValueError("scan='numba' needs the numba package (pip install numba)")
-        self._scan_request = value
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
     @property
     def input_size(self) -> int:
@@ -269,18 +208,6 @@ class RecurrentGemmaModel(ChunkedLayerModel):
     def layer_kind(self, layer: int) -> str:
         """``"recurrent"`` or ``"attention"``."""
         return self.config.kind(layer)
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "scan": self.scan, "attention_window": self._window_json(),
-                **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._w)
-
-    def cache_key(self):
-        return (self.scan, self._window)
 
     # -- probes ---------------------------------------------------------------------------
     def _build_specs(self) -> list[ProbeSpec]:
@@ -607,18 +534,7 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
     if len(prefixes) != 1:
         raise LoadError(f"{name}: expected RecurrentGemma layers named …layers.{{i}}.temporal_block.* under one "
                         f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
-    prefix = prefixes.pop()
-    outer = prefix[: -len("model.")] if prefix.endswith("model.") else ""
-    canon, origin = {}, {}
-    for k, v in tensors.items():
-        if k.startswith(prefix):
-            cn = "model." + k[len(prefix):]
-        elif k.startswith(outer) and k[len(outer):].startswith("lm_head."):
-            cn = k[len(outer):]
-        else:
-            cn = k
-        canon[cn], origin[cn] = v, k
-    return canon, origin
+    return names_under(tensors, prefixes.pop(), "model.", "lm_head.")
 
 
 def _infer_config(canon: dict, stated: dict, notes: list) -> dict:
@@ -688,32 +604,14 @@ def load_recurrent_gemma(tensors: dict, configs: list, *, name: str, fmt: str, s
         if e is not None and lm.shape == e.shape and not torch.equal(lm, e):
             raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from them")
         expected = {**expected, "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
-                     + " (load with strict=False to ignore them)")
-    if parts:
-        what = layout or "layout from the weights"
-        raise LoadError(f"{name} does not hold the weights of a RecurrentGemma model ({what}: "
-                        f"hidden_size={cfg.hidden_size}, layers={cfg.num_hidden_layers} "
-                        f"{list(cfg.block_types)[:cfg.num_hidden_layers]}, lru_width={cfg.lru_width}, "
-                        f"heads={cfg.num_attention_heads}): " + ". ".join(parts))
+    what = (f"a RecurrentGemma model ({layout or 'layout from the weights'}: hidden_size={cfg.hidden_size}, "
+            f"layers={cfg.num_hidden_layers} {list(cfg.block_types)[:cfg.num_hidden_layers]}, "
+            f"lru_width={cfg.lru_width}, heads={cfg.num_attention_heads})")
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
     if unused:
-        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+        notes.append(unused_note(unused))
     weights = {cn: canon[cn] for cn in expected if not (cn == "lm_head.weight" and cfg.tie_word_embeddings)}
-    try:
-        model = RecurrentGemmaModel(cfg, weights, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the RecurrentGemma model: {exc}") from None
+    model = build_model(RecurrentGemmaModel, cfg, weights, name=name, label="RecurrentGemma", **kwargs)
     model.load_info.update({"format": fmt, "layout": layout or "inferred from the weights"})
     if notes:
         model.load_info["notes"] = "\n".join(notes)

@@ -53,9 +53,8 @@ the mean over channels for display (:func:`wkv_attention`).
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,8 +62,9 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
-from .mamba import AttentionWindow, numba_available
+from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, probe_table,
+                     unused_note)
+from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 
 SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out", "attn")
 #: the state's components, in the order of the ``state`` probe's last axis
@@ -77,7 +77,9 @@ LN_OUT_EPS = 1e-5  # nn.LayerNorm's default, which transformers' ln_out keeps
 
 
 @dataclass(frozen=True)
-class RwkvConfig:
+class RwkvConfig(FamilyConfig):
+    FAMILY = "rwkv"
+
     d_model: int  # hidden_size
     n_layer: int
     vocab_size: int
@@ -91,16 +93,7 @@ class RwkvConfig:
             object.__setattr__(self, "d_att", self.d_model)
         if not self.d_ffn:
             object.__setattr__(self, "d_ffn", 4 * self.d_model)
-        for name in ("d_model", "n_layer", "vocab_size", "d_att", "d_ffn"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "rwkv", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RwkvConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        self.require_positive("d_model", "n_layer", "vocab_size", "d_att", "d_ffn")
 
 
 def canonical_weight_shapes(cfg: RwkvConfig) -> dict[str, tuple[int, ...]]:
@@ -158,7 +151,7 @@ class _Layer:
         self.Fk, self.Fr, self.Fv = (wt[f + f"{m}.weight"] for m in ("key", "receptance", "value"))
 
 
-class RwkvModel(ChunkedLayerModel):
+class RwkvModel(ScannedFamilyModel):
     """An instrumented RWKV-4 language model.  Build with :func:`engine.load`,
     :func:`from_transformers`, or from a config and canonical weights.
 
@@ -173,78 +166,18 @@ class RwkvModel(ChunkedLayerModel):
     ATTENTION_NEEDS = frozenset({"k", "w", "u", "state"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
-    def __init__(self, config: RwkvConfig, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", scan: str = "auto", attention_window=None):
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        if scan not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self._scan_request = scan
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._set_weights({k: weights[k].detach() for k in expected}, dtype, torch.device(device))
-        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
-        self._specs = self._build_specs()
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
-    def _set_weights(self, w: dict, dtype, device):
-        self.dtype, self.device = dtype, device
-        self._w = {k: v.to(dtype=dtype, device=device) for k, v in w.items()}
+    def _prepare(self):
         self.embed = self._w["rwkv.embeddings.weight"]
         self.head = self._w.get("head.weight", self.embed)
         self.ln_out = (self._w["rwkv.ln_out.weight"], self._w["rwkv.ln_out.bias"])
         self.layers = [_Layer(self._w, i, self.scan_dtype) for i in range(self.config.n_layer)]
 
-    # -- housekeeping -----------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "RwkvModel":
-        device = torch.device(device) if device is not None else self.device
-        self._set_weights(self._w, dtype or self.dtype, device)
-        return self
-
     @property
     def scan_dtype(self):
         """The dtype the WKV recurrence runs in: float32 for half-precision models."""
         return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
-
-    @property
-    def scan(self) -> str:
-        """The recurrence in use: ``"numba"`` or ``"torch"``."""
-        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
-        if self._scan_request == "auto":
-            return "numba" if compiled and numba_available() else "torch"
-        if self._scan_request == "numba" and not compiled:
-            return "torch"
-        return self._scan_request
-
-    @scan.setter
-    def scan(self, value: str):
-        if value not in ("auto", "numba", "torch"):
-            raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {value!r}")
-        if value == "numba" and not numba_available():
-            raise ValueError("scan='numba' needs the numba package (pip install numba)")
-        self._scan_request = value
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
 
     def decay(self, layer: int) -> torch.Tensor:
         """The per-channel decay ``w = -exp(time_decay)`` of a layer, [d_att]."""
@@ -265,25 +198,6 @@ class RwkvModel(ChunkedLayerModel):
             parts = [parts]
         idx = [STATE_PARTS.index(p) if isinstance(p, str) else int(p) for p in parts]
         return [int(c) * 3 + p for c in channels for p in idx]
-
-    def info(self) -> dict:
-        return {
-            "architecture": self.architecture,
-            "source": self.source,
-            "config": self.config.to_json(),
-            "parameter_count": self.parameter_count,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "scan": self.scan,
-            "attention_window": self._window_json(),
-            **self.load_info,
-        }
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._w)
-
-    def cache_key(self):
-        return (self.scan, self._window)
 
     # -- probes -----------------------------------------------------------------------
     def _build_specs(self) -> list[ProbeSpec]:
@@ -315,17 +229,9 @@ class RwkvModel(ChunkedLayerModel):
                               f"(so wkv_i = sum_j alpha_ij v_j and each channel's row sums to 1); rows {r0}..{r1 - 1}, "
                               f"column m is key step {c0}+m; 0 where j > i, NaN in rows outside the window"),
         }
-        specs = [ProbeSpec("embed", (H,), ("token", "unit"), "token embedding (layer 0 applies pre_ln to it)")]
-        dims = {"state": ("token", "unit", "state"), "attn": ("token", "key")}
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                shape, text = desc[site]
-                shape = shape if isinstance(shape, tuple) else (shape,)
-                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
-                                       layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores head(ln_out(x)) (before softmax)"))
-        return specs
+        return probe_table(cfg.n_layer, SITES, desc, embed=(H, "token embedding (layer 0 applies pre_ln to it)"),
+                           logits=(cfg.vocab_size, "next-token scores head(ln_out(x)) (before softmax)"),
+                           dims={"state": ("token", "unit", "state")})
 
     # -- interventions ------------------------------------------------------------------
     # -- the forward pass -----------------------------------------------------------------
@@ -770,19 +676,9 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict, str]:
         raise LoadError(f"{name}: expected RWKV-4 layer weights named …blocks.{{i}}.attention.time_first "
                         f"(transformers) or blocks.{{i}}.att.time_first (BlinkDL) under one prefix (found prefixes: "
                         f"{found})")
+    if hf:  # the prefix is "rwkv." in RwkvForCausalLM files, "" in RwkvModel files
+        return (*names_under(tensors, hf.pop(), "rwkv.", "head."), "transformers RwkvForCausalLM")
     canon, origin = {}, {}
-    if hf:
-        prefix = hf.pop()  # "rwkv." in RwkvForCausalLM files, "" in RwkvModel files
-        outer = prefix[: -len("rwkv.")] if prefix.endswith("rwkv.") else ""
-        for k, v in tensors.items():
-            if k.startswith(prefix):
-                cn = "rwkv." + k[len(prefix):]
-            elif k.startswith(outer) and k[len(outer):].startswith("head."):
-                cn = k[len(outer):]
-            else:
-                cn = k
-            canon[cn], origin[cn] = v, k
-        return canon, origin, "transformers RwkvForCausalLM"
     prefix = blink.pop()
     for k, v in tensors.items():
         cn = _blink_name(k[len(prefix):]) if k.startswith(prefix) else k
@@ -835,36 +731,17 @@ def load_rwkv(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool
             raise LoadError(f"{name}: the config ties head to the embeddings, but head.weight differs from them in "
                             "the file")
         expected = {**expected, "head.weight": tuple(e.shape) if e is not None else (cfg.vocab_size, cfg.d_model)}
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [cn for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
     what = (f"an RWKV-4 model ({layout}: hidden_size={cfg.d_model}, num_hidden_layers={cfg.n_layer}, "
             f"attention_hidden_size={cfg.d_att}, intermediate_size={cfg.d_ffn}, vocab_size={cfg.vocab_size})")
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(key(cn) for cn in missing[:12])
-                     + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
-                     + " (load with strict=False to ignore them)")
-    if missing == ["head.weight"]:
-        parts[0] += (" (the config does not tie the head to the embeddings; a transformers RwkvModel folder has "
-                     "no language-model head)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    no_head = ("(the config does not tie the head to the embeddings; a transformers RwkvModel folder has no "
+               "language-model head)")
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict, hints={"head.weight": no_head})
     if unused:
-        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
+        notes.append(unused_note(unused))
     weights = {cn: canon[cn] for cn in expected}
     if cfg.tie_embeddings:
         weights.pop("head.weight", None)
-    try:
-        model = RwkvModel(cfg, weights, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the RWKV model: {exc}") from None
+    model = build_model(RwkvModel, cfg, weights, name=name, label="RWKV", **kwargs)
     model.load_info.update({"format": fmt, "layout": layout})
     if notes:
         model.load_info["notes"] = "\n".join(notes)

@@ -67,15 +67,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
-from .mamba import AttentionWindow
+from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
 
 SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "ffn_in", "ffn_k", "ffn", "out", "attn")
 #: steps per piece of the chunked recurrence
@@ -94,7 +93,9 @@ NOT_EDITABLE_ATTN = "it is computed from r, w, k, kk and a after the run and fee
 
 
 @dataclass(frozen=True)
-class Rwkv7Config:
+class Rwkv7Config(FamilyConfig):
+    FAMILY = "rwkv7"
+
     d_model: int  # C
     n_layer: int
     vocab_size: int
@@ -106,9 +107,7 @@ class Rwkv7Config:
     d_gate: int  # rank of g1/g2
 
     def __post_init__(self):
-        for name in ("d_model", "n_layer", "vocab_size", "head_size", "d_ffn", "d_decay", "d_aaa", "d_gate"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "head_size", "d_ffn", "d_decay", "d_aaa", "d_gate")
         if self.d_model % self.head_size:
             raise ValueError(f"d_model {self.d_model} is not a multiple of head_size {self.head_size}")
         if self.n_layer > 1 and self.d_mv <= 0:
@@ -117,13 +116,6 @@ class Rwkv7Config:
     @property
     def n_head(self) -> int:
         return self.d_model // self.head_size
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "rwkv7", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Rwkv7Config":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _vector(C):
@@ -183,9 +175,9 @@ class _Layer:
         self.ffn_mix, self.Fk, self.Fv = flat(f + "x_k"), w[f + "key.weight"], w[f + "value.weight"]
 
 
-class Rwkv7Model(ChunkedLayerModel):
+class Rwkv7Model(FamilyModel):
     """An instrumented RWKV-7 language model.  Build with :func:`engine.load` (a ``.pth`` file)
-    or from a config and canonical weights.  ``attention_window``: see :class:`AttentionWindow`.
+    or from a config and canonical weights.  ``attention_window``: see :class:`engine.models.mamba.AttentionWindow`.
 
     A run keeps layer 0's ``v`` (``v_first``, read by every later layer) on the model while it
     runs, so one model runs one forward pass at a time (as the workbench's single runner does)."""
@@ -195,57 +187,20 @@ class Rwkv7Model(ChunkedLayerModel):
     ATTENTION_NEEDS = frozenset({"r", "w", "k", "kk", "a"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
-    def __init__(self, config: Rwkv7Config, weights: dict, *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", attention_window=None):
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.parameter_count = int(sum(weights[k].numel() for k in expected))
-        self._weights = {k: weights[k].detach() for k in expected}
-        self._v_first = None
-        self._window = AttentionWindow()
-        self.device, self.dtype = torch.device("cpu"), dtype
-        self.to(device, dtype)
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
+    weight_shapes = staticmethod(canonical_weight_shapes)
+    #: layer 0's ``v`` while a run is in progress
+    _v_first = None
 
-    # -- housekeeping -------------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "Rwkv7Model":
-        self.device = torch.device(device) if device is not None else self.device
-        self.dtype = dtype or self.dtype
-        w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in self._weights.items()}
-        self._weights = w
+    def _prepare(self):
+        w = self._w
         self.embed, self.head = w["emb.weight"], w["head.weight"]
         self.ln_out = (w["ln_out.weight"], w["ln_out.bias"])
         self.layers = [_Layer(w, i) for i in range(self.config.n_layer)]
-        return self
 
     @property
     def scan_dtype(self):
         """The dtype of the recurrence: float32 for half-precision models, as the ``rwkv`` package."""
         return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
 
     def state_units(self, heads, values=None, keys=None) -> list[int]:
         """Unit indices of the ``state`` probe (flattened ``(head * N + value) * N + key``) for
@@ -256,17 +211,6 @@ class Rwkv7Model(ChunkedLayerModel):
             return list(range(N)) if x is None else [int(x)] if isinstance(x, int) else [int(i) for i in x]
 
         return [(h * N + i) * N + j for h in as_list(heads) for i in as_list(values) for j in as_list(keys)]
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._weights)
-
-    def cache_key(self):
-        return self._window
 
     # -- probes ---------------------------------------------------------------------------
     def _build_specs(self) -> list[ProbeSpec]:
@@ -300,17 +244,9 @@ class Rwkv7Model(ChunkedLayerModel):
                               f"head); rows {r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in "
                               "rows outside the window"),
         }
-        specs = [ProbeSpec("embed", (C,), ("token", "unit"), "token embedding (layer 0 applies ln0 to it)")]
-        dims = {"state": ("token", "head", "value", "key"), "attn": ("token", "key")}
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                shape, text = desc[site]
-                shape = shape if isinstance(shape, tuple) else (shape,)
-                specs.append(ProbeSpec(layer_probe(k, site), shape, dims.get(site, ("token", "unit")), text,
-                                       layer=k, site=site))
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               "next-token scores head(ln_out(x)) (before softmax)"))
-        return specs
+        return probe_table(cfg.n_layer, SITES, desc, embed=(C, "token embedding (layer 0 applies ln0 to it)"),
+                           logits=(cfg.vocab_size, "next-token scores head(ln_out(x)) (before softmax)"),
+                           dims={"state": ("token", "head", "value", "key")})
 
     # -- the forward pass -----------------------------------------------------------------
     def forward(self, x, lengths, want, plan=None, *, resume=None, **kwargs):
@@ -720,33 +656,16 @@ def load_rwkv7(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
         t = canon.get(cn)
         if t is not None and len(shape) == 3 and tuple(t.shape) != shape and t.numel() == shape[-1]:
             canon[cn] = t.reshape(shape)
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
     ignored = [cn for cn in _LAYER0_V if cn in canon]
     if ignored:
-        notes.append("layer 0's " + ", ".join(key(cn) for cn in ignored) + " are unused (layer 0's v is v_first)")
-    missing = [cn for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected and cn not in ignored]
+        notes.append("layer 0's " + ", ".join(origin.get(cn, cn) for cn in ignored)
+                     + " are unused (layer 0's v is v_first)")
     what = (f"an RWKV-7 model (n_embd={cfg.d_model}, heads={cfg.n_head} x {cfg.head_size}, n_layer={cfg.n_layer}, "
             f"ffn={cfg.d_ffn}, vocab_size={cfg.vocab_size})")
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(key(cn) for cn in missing[:12])
-                     + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
-                     + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict, ignored=ignored)
     if unused:
-        notes.append("unused tensors (strict=False): " + ", ".join(unused[:12]))
-    try:
-        model = Rwkv7Model(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the RWKV-7 model: {exc}") from None
+        notes.append(unused_note(unused))
+    model = build_model(Rwkv7Model, cfg, {cn: canon[cn] for cn in expected}, name=name, label="RWKV-7", **kwargs)
     model.load_info.update({"format": fmt, "layout": "BlinkDL RWKV-7"})
     if notes:
         model.load_info["notes"] = "\n".join(notes)

@@ -54,17 +54,16 @@ a re-run from a state kept at a chunk boundary (C, n, m stabilised) equals a ful
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .chunked import ChunkedLayerModel
+from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
 
 SITES = ("in", "q", "k", "v", "gate_i", "gate_f", "gate_o", "state", "normalizer", "m", "h", "mix", "out", "attn")
 #: steps of the recurrence computed at once in the parallel form
@@ -74,7 +73,9 @@ ATTN_TILE = 16
 
 
 @dataclass(frozen=True)
-class XLSTMConfig:
+class XLSTMConfig(FamilyConfig):
+    FAMILY = "xlstm"
+
     d_model: int
     n_layer: int
     vocab_size: int
@@ -90,9 +91,7 @@ class XLSTMConfig:
     tie_embeddings: bool = False
 
     def __post_init__(self):
-        for name in ("d_model", "n_layer", "vocab_size", "num_heads", "qk_dim", "v_dim", "ffn_dim"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.require_positive("d_model", "n_layer", "vocab_size", "num_heads", "qk_dim", "v_dim", "ffn_dim")
         for name in ("qk_dim", "v_dim"):
             if getattr(self, name) % self.num_heads:
                 raise ValueError(f"{name}={getattr(self, name)} is not a multiple of num_heads={self.num_heads}")
@@ -104,13 +103,6 @@ class XLSTMConfig:
     @property
     def dv(self) -> int:
         return self.v_dim // self.num_heads
-
-    def to_json(self) -> str:
-        return json.dumps({"family": "xlstm", **asdict(self)})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "XLSTMConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def canonical_weight_shapes(cfg: XLSTMConfig) -> dict[str, tuple[int, ...]]:
@@ -176,7 +168,7 @@ class _Layer:
         self.up_gate, self.up, self.down = g(p + "ffn.proj_up_gate"), g(p + "ffn.proj_up"), g(p + "ffn.proj_down")
 
 
-class XLSTMModel(ChunkedLayerModel):
+class XLSTMModel(FamilyModel):
     """An instrumented xLSTM (mLSTM) language model.  Build with :func:`engine.load` or from a
     config and canonical weights.  ``attention_window``: see ``engine.models.mamba.AttentionWindow``."""
 
@@ -185,68 +177,19 @@ class XLSTMModel(ChunkedLayerModel):
     ATTENTION_NEEDS = frozenset({"q", "k", "gate_i", "gate_f", "normalizer", "m"})
     NOT_EDITABLE = NOT_EDITABLE
 
-    def __init__(self, config: XLSTMConfig, weights: dict[str, torch.Tensor], *, tokenizer=None, source: str = "",
-                 dtype=torch.float32, device="cpu", attention_window=None):
-        from .mamba import AttentionWindow
+    weight_shapes = staticmethod(canonical_weight_shapes)
 
-        expected = canonical_weight_shapes(config)
-        missing = [k for k in expected if k not in weights]
-        if missing:
-            raise ValueError(f"weights missing for this config: {missing}")
-        bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
-               if tuple(weights[k].shape) != expected[k]]
-        if bad:
-            raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
-        self.config = config
-        self.tokenizer = tokenizer
-        self.source = str(source)
-        self.load_info: dict = {}
-        self.dtype = dtype
-        #: the recurrence runs in at least float32 (as transformers' inference_state_dtype)
-        self.state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        self.device = torch.device(device)
-        w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
-        self.parameter_count = int(sum(v.numel() for v in w.values()))
-        self._weights = w
+    def _prepare(self):
+        w = self._w
         self.embed = w["backbone.embeddings.weight"]
         self.head = w.get("lm_head.weight", self.embed)
         self.out_norm = w["backbone.out_norm.weight"]
-        self.layers = [_Layer(w, f"backbone.blocks.{i}.") for i in range(config.n_layer)]
-        self._window = AttentionWindow()
-        if attention_window is not None:
-            self.attention_window = attention_window
-        self._specs = self._build_specs()
-
-    # -- housekeeping -----------------------------------------------------------------
-    def to(self, device=None, dtype=None) -> "XLSTMModel":
-        device = torch.device(device) if device is not None else self.device
-        model = XLSTMModel(self.config, self._weights, tokenizer=self.tokenizer, source=self.source,
-                           dtype=dtype or self.dtype, device=device, attention_window=self._window)
-        model.load_info = dict(self.load_info)
-        return model
+        self.layers = [_Layer(w, f"backbone.blocks.{i}.") for i in range(self.config.n_layer)]
 
     @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def input_size(self) -> int:
-        return self.config.d_model
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.n_layer
-
-    def info(self) -> dict:
-        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
-                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
-                "device": str(self.device), "attention_window": self._window_json(), **self.load_info}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self._weights)
-
-    def cache_key(self):
-        return self._window
+    def state_dtype(self):
+        """The recurrence runs in at least float32 (as transformers' inference_state_dtype)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     # -- probes -----------------------------------------------------------------------
     def _site_shapes(self):
@@ -283,18 +226,13 @@ class XLSTMModel(ChunkedLayerModel):
                     "0 where j > i, NaN in rows outside the window",
         }
         dims = {"gate_i": ("token", "head"), "gate_f": ("token", "head"), "m": ("token", "head"),
-                "state": ("token", "head", "key", "value"), "normalizer": ("token", "head", "key"),
-                "attn": ("token", "key")}
+                "state": ("token", "head", "key", "value"), "normalizer": ("token", "head", "key")}
         shapes = {**self._site_shapes(), "attn": (c1 - c0,)}
-        specs = [ProbeSpec("embed", (cfg.d_model,), ("token", "unit"), "token embedding fed to layer 0")]
-        for k in range(cfg.n_layer):
-            for site in SITES:
-                specs.append(ProbeSpec(layer_probe(k, site), shapes[site], dims.get(site, ("token", "unit")),
-                                       desc[site], layer=k, site=site))
         cap = f"{cfg.logit_soft_cap} tanh(z / {cfg.logit_soft_cap}) of " if cfg.logit_soft_cap else ""
-        specs.append(ProbeSpec("logits", (cfg.vocab_size,), ("token", "class"),
-                               f"next-token scores {cap}lm_head(out_norm(x)) (before softmax)"))
-        return specs
+        return probe_table(cfg.n_layer, SITES, {site: (shapes[site], text) for site, text in desc.items()},
+                           embed=(cfg.d_model, "token embedding fed to layer 0"),
+                           logits=(cfg.vocab_size, f"next-token scores {cap}lm_head(out_norm(x)) (before softmax)"),
+                           dims=dims)
 
     def state_units(self, head: int, keys=None, values=None) -> list[int]:
         """Unit indices of the ``state`` probe (flattened) for one head and, optionally, some of
@@ -630,30 +568,14 @@ def load_xlstm(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     except (TypeError, ValueError) as exc:
         raise LoadError(f"{name}: the xLSTM config is not valid ({exc}); found {fields}") from None
     expected = canonical_weight_shapes(cfg)
-    key = lambda cn: origin.get(cn, cn)  # noqa: E731
-    missing = [key(cn) for cn in expected if cn not in canon]
-    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
-           if cn in canon and tuple(canon[cn].shape) != expected[cn]]
-    unused = [key(cn) for cn in canon if cn not in expected]
-    parts = []
-    if missing:
-        parts.append("missing " + ", ".join(missing[:12]) + (f" and {len(missing) - 12} more" if len(missing) > 12 else ""))
-    if bad:
-        parts.append("wrong shapes: " + "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    if unused and strict:
-        parts.append("unexpected " + ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
-                     + " (load with strict=False to ignore them)")
-    if parts:
-        raise LoadError(f"{name} does not hold the weights of an xLSTM model (xLSTMForCausalLM layout: "
-                        f"d_model={cfg.d_model}, n_layer={cfg.n_layer}, num_heads={cfg.num_heads}, qk_dim={cfg.qk_dim}, "
-                        f"v_dim={cfg.v_dim}, ffn_dim={cfg.ffn_dim}, vocab_size={cfg.vocab_size}): " + ". ".join(parts))
-    try:
-        model = XLSTMModel(cfg, {cn: canon[cn] for cn in expected}, **kwargs)
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name}: could not build the xLSTM model: {exc}") from None
+    what = (f"an xLSTM model (xLSTMForCausalLM layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
+            f"num_heads={cfg.num_heads}, qk_dim={cfg.qk_dim}, v_dim={cfg.v_dim}, ffn_dim={cfg.ffn_dim}, "
+            f"vocab_size={cfg.vocab_size})")
+    unused = check_loaded_weights(name, what, expected, canon, origin, strict)
+    model = build_model(XLSTMModel, cfg, {cn: canon[cn] for cn in expected}, name=name, label="xLSTM", **kwargs)
     model.load_info.update({"format": fmt, "layout": "transformers xLSTMForCausalLM"})
     if unused:
-        model.load_info["notes"] = "unused tensors (strict=False): " + ", ".join(unused[:12])
+        model.load_info["notes"] = unused_note(unused)
     return model
 
 

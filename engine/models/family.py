@@ -1,0 +1,265 @@
+"""What the chunked families (Mamba, Mamba2, RWKV-4/7, minGRU, RecurrentGemma, xLSTM, GLA/RetNet,
+DeltaNet, HGRN, LRU) share besides the forward pass of :mod:`engine.models.chunked`: the
+model's housekeeping (:class:`FamilyModel`, :class:`ScannedFamilyModel`), its probe table
+(:func:`probe_table`), its config's (:class:`FamilyConfig`), and what their loaders do alike
+(:func:`names_under`, :func:`check_loaded_weights`, :func:`build_model`).  Written once so that
+every family says the same thing the same way.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import torch
+
+from ..errors import LoadError
+from ..probes import ProbeSpec, layer_probe
+from .chunked import ChunkedLayerModel
+
+#: the scans a model with a compiled CPU loop can be asked for
+SCANS = ("auto", "numba", "torch")
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_weights(expected: dict[str, tuple[int, ...]], weights: dict) -> None:
+    """A ValueError unless ``weights`` holds every tensor of ``expected`` (name -> shape) with
+    that shape: a model is only ever built from weights that fit its config."""
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        raise ValueError(f"weights missing for this config: {missing}")
+    bad = [f"{k}: expected {expected[k]}, got {tuple(weights[k].shape)}" for k in expected
+           if tuple(weights[k].shape) != expected[k]]
+    if bad:
+        raise ValueError("weight shapes do not match the config: " + "; ".join(bad))
+
+
+class FamilyModel(ChunkedLayerModel):
+    """A chunked model built from a config and its canonical weights.  A subclass gives
+    ``weight_shapes(config)`` (name -> shape of every weight) and ``_prepare()`` (the tensors it
+    derives from the weights); this class checks the weights, keeps them in the model's dtype and
+    device (``_w``), re-derives them on :meth:`to`, and answers the questions every model answers
+    (sizes, ``info``, ``state_dict``, ``cache_key``).
+
+    The sizes read ``config.vocab_size``, ``config.d_model`` and ``config.n_layer``; a family whose
+    config names them otherwise overrides the properties."""
+
+    @staticmethod
+    def weight_shapes(config) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _prepare(self):
+        """Tensors derived from the weights (after loading and after :meth:`to`)."""
+
+    def __init__(self, config, weights: dict, *, tokenizer=None, source: str = "", dtype=torch.float32,
+                 device="cpu", attention_window=None):
+        from .mamba import AttentionWindow
+
+        expected = self.weight_shapes(config)
+        require_weights(expected, weights)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source = str(source)
+        self.load_info: dict = {}
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self._w = {k: weights[k].detach().to(dtype=dtype, device=self.device) for k in expected}
+        self.parameter_count = int(sum(v.numel() for v in self._w.values()))
+        self._window = AttentionWindow()
+        if attention_window is not None:
+            self.attention_window = attention_window
+        self._prepare()
+        self._specs = self._build_specs()
+
+    def to(self, device=None, dtype=None):
+        """Moves the weights in place (and returns the model)."""
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        self._w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in self._w.items()}
+        self._prepare()
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def input_size(self) -> int:
+        return self.config.d_model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.n_layer
+
+    def _settings(self) -> dict:
+        """The settings besides the weights that change what a run computes, for :meth:`info`."""
+        return {"attention_window": self._window_json()}
+
+    def info(self) -> dict:
+        return {"architecture": self.architecture, "source": self.source, "config": self.config.to_json(),
+                "parameter_count": self.parameter_count, "dtype": str(self.dtype).replace("torch.", ""),
+                "device": str(self.device), **self._settings(), **self.load_info}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self._w)
+
+    def cache_key(self):
+        return self._window
+
+
+class ScannedFamilyModel(FamilyModel):
+    """A family whose recurrence has a compiled CPU loop besides the torch one.  ``scan``:
+    ``"numba"`` (needs the optional ``numba`` package), ``"torch"`` (the reference, and the path on
+    GPUs and in half precision) or ``"auto"`` (numba on a CPU when installed)."""
+
+    def __init__(self, config, weights: dict, *, scan: str = "auto", **kwargs):
+        _check_scan(scan)
+        self._scan_request = scan
+        super().__init__(config, weights, **kwargs)
+
+    @property
+    def scan(self) -> str:
+        """The scan in use: ``"numba"`` or ``"torch"``."""
+        compiled = self.device.type == "cpu" and self.dtype in (torch.float32, torch.float64)
+        if self._scan_request == "auto":
+            return "numba" if compiled and numba_available() else "torch"
+        if self._scan_request == "numba" and not compiled:  # GPUs and half precision
+            return "torch"
+        return self._scan_request
+
+    @scan.setter
+    def scan(self, value: str):
+        _check_scan(value)
+        if value == "numba" and not numba_available():
+            raise ValueError("scan='numba' needs the numba package (pip install numba)")
+        self._scan_request = value
+
+    def _settings(self) -> dict:
+        return {"scan": self.scan, **super()._settings()}
+
+    def cache_key(self):
+        return (self.scan, self._window)
+
+
+def _check_scan(scan: str):
+    if scan not in SCANS:
+        raise ValueError(f"scan must be 'auto', 'numba' or 'torch', got {scan!r}")
+
+
+# -- the probe table -------------------------------------------------------------------------
+def probe_table(num_layers: int, sites, described: dict, embed: tuple, logits: tuple,
+                dims: dict | None = None) -> list[ProbeSpec]:
+    """The probes of a model: ``embed``, every site of every layer, ``logits``.
+
+    ``described[site]`` is ``(shape or width, description)``; ``dims[site]`` the axis names (by
+    default ``("token", "key")`` for ``attn``, ``("token", "unit")`` for the others); ``embed`` and
+    ``logits`` are ``(width, description)``."""
+    dims = dims or {}
+    specs = [ProbeSpec("embed", (embed[0],), ("token", "unit"), embed[1])]
+    for k in range(num_layers):
+        for site in sites:
+            shape, text = described[site]
+            shape = shape if isinstance(shape, tuple) else (shape,)
+            axes = dims.get(site, ("token", "key") if site == "attn" else ("token", "unit"))
+            specs.append(ProbeSpec(layer_probe(k, site), shape, axes, text, layer=k, site=site))
+    specs.append(ProbeSpec("logits", (logits[0],), ("token", "class"), logits[1]))
+    return specs
+
+
+# -- loaders ---------------------------------------------------------------------------------
+def _listed(items: list[str], limit: int, sep: str = ", ") -> str:
+    """The first ``limit`` items, and how many more there are."""
+    text = sep.join(items[:limit])
+    if len(items) > limit:
+        text += f"{sep.rstrip(', ')} and {len(items) - limit} more"
+    return text
+
+
+def check_loaded_weights(name: str, what: str, expected: dict, canon: dict, origin: dict, strict: bool, *,
+                         ignored=(), hints: dict | None = None) -> list[str]:
+    """Compare a checkpoint's tensors (``canon``, by canonical name; ``origin`` maps a canonical name
+    to its name in the file) with the weights a model of ``what`` has (``expected``).  Raises a
+    LoadError naming the missing, misshapen and (when ``strict``) unexpected tensors by their
+    names in the file; returns the unexpected ones otherwise.  ``ignored``: canonical names that
+    are neither expected nor unexpected.  ``hints[key]``: said after the missing tensors when
+    ``key`` is the only one missing."""
+    key = lambda cn: origin.get(cn, cn)  # noqa: E731
+    missing = [cn for cn in expected if cn not in canon]
+    bad = [f"{key(cn)} is {list(canon[cn].shape)}, expected {list(expected[cn])}" for cn in expected
+           if cn in canon and tuple(canon[cn].shape) != tuple(expected[cn])]
+    unused = [key(cn) for cn in canon if cn not in expected and cn not in ignored]
+    parts = []
+    if missing:
+        parts.append("missing " + _listed([key(cn) for cn in missing], 12))
+        if len(missing) == 1 and missing[0] in (hints or {}):
+            parts[-1] += " " + hints[missing[0]]
+    if bad:
+        parts.append("wrong shapes: " + _listed(bad, 8, "; "))
+    if unused and strict:
+        parts.append("unexpected " + _listed(unused, 12) + " (load with strict=False to ignore them)")
+    if parts:
+        raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
+    return unused
+
+
+def unused_note(unused: list[str]) -> str:
+    """The load note on tensors a non-strict load passed over."""
+    return "unused tensors (strict=False): " + ", ".join(unused[:12])
+
+
+def build_model(model_class, config, weights: dict, *, name: str, label: str, **kwargs):
+    """``model_class(config, weights, **kwargs)``, any failure a LoadError that names the file."""
+    try:
+        return model_class(config, weights, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name}: could not build the {label} model: {exc}") from None
+
+
+# -- configs ---------------------------------------------------------------------------------
+class FamilyConfig:
+    """What every family's config (a frozen dataclass) does alike: ``to_json`` tagged with the
+    family (so a trace file says which family wrote it), ``from_dict`` that passes over keys which
+    are not fields, and the check that sizes are positive."""
+
+    #: the ``family`` entry of :meth:`to_json`
+    FAMILY = ""
+
+    def family_tag(self) -> str:
+        return self.FAMILY
+
+    def to_json(self) -> str:
+        return json.dumps({"family": self.family_tag(), **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def require_positive(self, *names):
+        """A ValueError naming the first of the fields ``names`` that is not positive."""
+        for name in names:
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def names_under(tensors: dict, prefix: str, root: str, head: str) -> tuple[dict, dict]:
+    """File keys -> canonical names for a file whose model body stands under ``prefix``: keys
+    under it move under ``root`` (``model.``, ``rwkv.``), a head key (``lm_head.…``) beside the
+    body keeps its name, anything else is left as it is.  Returns (canonical -> tensor,
+    canonical -> file key)."""
+    outer = prefix[: -len(root)] if prefix.endswith(root) else ""
+    canon, origin = {}, {}
+    for k, v in tensors.items():
+        if k.startswith(prefix):
+            cn = root + k[len(prefix):]
+        elif k.startswith(outer) and k[len(outer):].startswith(head):
+            cn = k[len(outer):]
+        else:
+            cn = k
+        canon[cn], origin[cn] = v, k
+    return canon, origin

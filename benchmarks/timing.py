@@ -52,10 +52,11 @@ def print_times(title: str, med: dict, width: int):
 
 
 def slider(run_with):
-    """A slider move re-run from the prefix cache: each call runs ``run_with(value)``, the value
-    set to ``1.0 - value`` first, from 0.5, as the benchmarks always did.  Note that this keeps
-    it at 0.5: every call repeats the previous run's edit."""
-    value = {"v": 0.5}
+    """A slider move re-run from the prefix cache: each call runs ``run_with(value)`` with a
+    value different from the previous call's (0.75, 0.25, 0.75, ...), so every call re-runs
+    from the edited step.  (Until 2026-11-25 the value started at 0.5 and stayed there, so the
+    repeats re-ran an unchanged edit and the published re-run ratios were too small.)"""
+    value = {"v": 0.25}
 
     def move():
         value["v"] = 1.0 - value["v"]

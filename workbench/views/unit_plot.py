@@ -38,6 +38,9 @@ class UnitPlotView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.plot)
+        self._legend_labels: list[str] = []
+        self._n_shown = MAX_CURVES  # curves that may hold data
+        self._clean_keys: list = [None] * MAX_CURVES  # (clean trace, label) each dashed curve shows
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
 
@@ -64,18 +67,30 @@ class UnitPlotView(QWidget):
 
     def refresh(self):
         series = self.series()
-        self.legend.clear()
+        labels = [label for label, _, _ in series]
+        if labels != self._legend_labels:  # rebuilding the legend re-lays out the plot: only on change
+            self._legend_labels = labels
+            self.legend.clear()
+            for i, label in enumerate(labels):
+                self.legend.addItem(self.steered[i], label)
         for i in range(MAX_CURVES):
             if i < len(series):
                 label, steered, clean = series[i]
                 self.steered[i].setData(steered)
-                self.legend.addItem(self.steered[i], label)
-                self.clean[i].setData([] if clean is None else clean)
-            else:
+                key = (self.session.clean_trace if clean is not None else None, label)
+                if self._clean_keys[i] is None or self._clean_keys[i][0] is not key[0] or self._clean_keys[i][1] != label:
+                    self._clean_keys[i] = key  # steering keeps the clean run: its curve stays as it is
+                    self.clean[i].setData([] if clean is None else clean)
+            elif i < self._n_shown:  # emptied once; unused curves are not touched again
                 self.steered[i].setData([], [])
                 self.clean[i].setData([], [])
+                self._clean_keys[i] = None
+        self._n_shown = len(series)
         if not self.cursor.moving:
             self.cursor.setValue(self.session.step)
+        # Fit the axes to the new data now rather than when the paint starts: a range changed
+        # during a paint schedules a second paint of the whole plot.
+        self.plot.scene().prepareForPaint()
 
     def flush(self):
         """Bring the view up to date now (before an export, or when its tab is raised)."""

@@ -308,7 +308,7 @@ class BoundIntervention:
         if op == "zero":
             return torch.zeros_like(x)
         if op in ("set", "patch"):
-            return value.to(x.dtype).expand_as(x)
+            return (value if value.dtype == x.dtype else value.to(x.dtype)).expand_as(x)
         if op == "add":
             return x + value
         return x * value  # scale
@@ -331,7 +331,10 @@ class BoundIntervention:
             if self.units is None:
                 return self._edit(x, value)
             out = x.clone()
-            out[:, self.units] = self._edit(x[:, self.units], value)
+            if self.iv.op in ("zero", "set", "patch"):  # the old values are not read: write the new ones
+                out[:, self.units] = 0.0 if value is None else value
+            else:
+                out[:, self.units] = self._edit(x[:, self.units], value)
             return out
         return self._apply(x, self.mask[t], value)
 

@@ -99,6 +99,33 @@ def test_steering_changes_outputs_after_the_edit_and_nothing_before(qtbot, windo
         QApplication.processEvents()
 
 
+def test_unit_trace_axes_hold_still_while_steering_and_grow_to_show_every_value(qtbot, window, char_model_file):
+    s = open_with_text(qtbot, window, char_model_file)
+    s.select_probe("layers.0.c")
+    s.select_unit(4)
+    plot = window.views["Unit traces"]
+
+    def y_range():
+        QApplication.processEvents()
+        return plot.plot_item.vb.viewRange()[1]
+
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.add_intervention(Intervention("layers.0.c", "set", 0.0, Span(30), [4]))
+    low, high = y_range()
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.replace_intervention(0, Intervention("layers.0.c", "set", 0.01, Span(30), [4]))
+    assert y_range() == [low, high]  # inside the range: the axes stay where they were
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.replace_intervention(0, Intervention("layers.0.c", "set", high + 5.0, Span(30), [4]))
+    assert y_range()[1] >= high + 5.0  # a value outside: the range grows to show it
+    np.testing.assert_array_equal(plot.steered[0].yData, s.trace["layers.0.c"][:, 4])
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.replace_intervention(0, Intervention("layers.0.c", "set", 0.0, Span(30), [4]))
+    assert y_range()[1] >= high + 5.0  # and does not shrink back while steering
+    s.select_unit(5)  # other curves: fitted afresh
+    assert y_range()[1] < high + 5.0
+
+
 def test_exports_png_svg_hdf5_csv_read_back(qtbot, window, char_model_file, tmp_path):
     s = open_with_text(qtbot, window, char_model_file)
     s.add_intervention(Intervention("layers.1.h", "scale", 0.5, units=[1]))

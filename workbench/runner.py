@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.errors import Cancelled, SeqScopeError
@@ -39,6 +40,8 @@ class _Worker(QObject):
 
     @Slot()
     def work(self):
+        if self._runner.torch_threads:
+            torch.set_num_threads(self._runner.torch_threads)  # this thread's own setting, set once
         while True:
             job = self._runner._next_job()
             if job is None:
@@ -70,8 +73,14 @@ class Runner(QObject):
     progress = Signal(int, str, int, int)  # id, kind, done, total
     busy_changed = Signal(bool)
 
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, torch_threads: int | None = 1):
         super().__init__(parent)
+        #: torch's intra-op threads in the worker (None: torch's default, one per core).  One:
+        #: while a slider is dragged the GUI draws one edit as the worker re-runs the next, and
+        #: a second torch thread spinning at every step's barrier takes the GUI's core (on a
+        #: shared 2-core machine the batch-1 re-runs were also faster with one).  Set once, when
+        #: the thread starts: changing it between runs makes oneDNN rebuild its kernels.
+        self.torch_threads = torch_threads
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._queue: list[Job] = []

@@ -8,7 +8,9 @@ A cell computes one direction of one layer.  It offers three ways through a chun
              in one batched matmul), with no Python loop over time except where a state
              is a true recurrence (the LSTM cell state);
 ``step``     one step written out from the equations, with an edit hook at every probe
-             site, used only at steps where an intervention acts.
+             site, used only at steps where an intervention acts.  What a step computes
+             from its input alone (``step_inputs``, e.g. ``W_ih x_t + b``) is computed
+             for a whole chunk at once, in one matmul rather than one per step.
 
 All tensors are time-major: ``[steps, batch, width]``.
 """
@@ -64,10 +66,17 @@ class RecurrentCell:
         """The recurrent state after step ``i`` of a recovered chunk."""
         return y[i]
 
-    def step(self, x_t: torch.Tensor, state, edit: Edit):
-        """One step from input ``x_t`` [batch, input]; returns ``(output, new_state, records)``
-        with ``records[site]`` [batch, width].  Computed from this step's values alone, so it
-        gives the same bits wherever a run started."""
+    def step_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of ``step`` that depends on the inputs alone, for a block of steps
+        ``x`` [steps, batch, input] at once (the input projection); the inputs themselves by
+        default."""
+        return x
+
+    def step(self, u_t: torch.Tensor, state, edit: Edit):
+        """One step from ``u_t``, this step's row of ``step_inputs`` [batch, ...]; returns
+        ``(output, new_state, records)`` with ``records[site]`` [batch, width].  Computed from
+        this step's values alone, so it gives the same bits wherever a run started (the caller
+        makes ``u_t`` the same way in every run, see ``stack._chunk_step_inputs``)."""
         raise NotImplementedError
 
     def to(self, dtype=None, device=None) -> "RecurrentCell":

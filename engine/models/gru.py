@@ -81,8 +81,11 @@ class GRUCell(RecurrentCell):
             records.update(gate_r=r, gate_z=z, gate_n=torch.tanh(xn + r * hn))
         return {s: records[s] for s in sites}
 
-    def step(self, x_t, state, edit):
-        r, z, xn, hn = self._gates(self.input_projection(x_t), self._hidden_projection(state))
+    def step_inputs(self, x):
+        return self.input_projection(x)
+
+    def step(self, u_t, state, edit):
+        r, z, xn, hn = self._gates(u_t, self._hidden_projection(state))
         r = edit("gate_r", r)
         z = edit("gate_z", z)
         n = edit("gate_n", torch.tanh(xn + r * hn))

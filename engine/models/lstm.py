@@ -71,7 +71,10 @@ class LSTMCell(RecurrentCell):
         order = torch.cat([torch.arange(0, 2 * self.hidden_size), torch.arange(3 * self.hidden_size, 4 * self.hidden_size),
                            torch.arange(2 * self.hidden_size, 3 * self.hidden_size)]).to(weight.device)
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device) if bias is None else bias
-        self._step_weights = (weight[order].T.contiguous(), bias[order])
+        # for step(): rows reordered i, f, o, g (one sigmoid for three gates); the input part
+        # [4H, input] applied a chunk at a time, the hidden part transposed for addmm
+        w_x, w_h = weight[order].split([self.input_size, weight.shape[1] - self.input_size], dim=1)
+        self._step_weights = (w_x.contiguous(), bias[order], w_h.T.contiguous(), self.w_hr)
         return self
 
     def initial_state(self, batch, dtype, device):
@@ -112,10 +115,15 @@ class LSTMCell(RecurrentCell):
     def state_at(self, y, records, i):
         return (y[i], records["c"][i])
 
-    def step(self, x_t, state, edit):
+    def step_inputs(self, x):
+        """``W_ih x + b_ih + b_hh`` with gate rows ordered i, f, o, g (as ``step`` reads them)."""
+        w_x, bias = self._step_weights[:2]
+        return F.linear(x, w_x, bias)
+
+    def step(self, u_t, state, edit):
         h, c = state
-        weight_t, bias = self._step_weights  # rows reordered i, f, o, g: one sigmoid for three gates
-        pre = torch.addmm(bias, torch.cat([x_t, h], dim=-1), weight_t)
+        _, _, w_h, w_hr = self._step_weights  # attributes read once: a module's are slow to look up
+        pre = torch.addmm(u_t, h, w_h)  # u_t from step_inputs: rows i, f, o, g
         H = self.hidden_size
         i, f, o = torch.sigmoid(pre[:, : 3 * H]).chunk(3, dim=-1)
         i = edit("gate_i", i)
@@ -124,8 +132,8 @@ class LSTMCell(RecurrentCell):
         o = edit("gate_o", o)
         c = edit("c", torch.addcmul(i * g, f, c))
         h = o * torch.tanh(c)
-        if self.w_hr is not None:
-            h = F.linear(h, self.w_hr)
+        if w_hr is not None:
+            h = F.linear(h, w_hr)
         h = edit("h", h)
         records = {"h": h, "c": c, "gate_i": i, "gate_f": f, "gate_g": g, "gate_o": o}
         return h, (h, c), records

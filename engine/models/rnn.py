@@ -68,7 +68,10 @@ class ElmanCell(RecurrentCell):
             records["pre"] = self._pre(self.input_projection(x), self.previous_outputs(y, state0))
         return {s: records[s] for s in sites}
 
-    def step(self, x_t, state, edit):
-        pre = edit("pre", self._pre(self.input_projection(x_t), state))
+    def step_inputs(self, x):
+        return self.input_projection(x)
+
+    def step(self, u_t, state, edit):
+        pre = edit("pre", self._pre(u_t, state))
         h = edit("h", self.act(pre))
         return h, h, {"h": h, "pre": pre}

@@ -281,7 +281,8 @@ class RecurrentStack(SequenceModel):
             raise ValueError("a bidirectional model always runs from the start")
 
         out: dict[str, torch.Tensor] = {}
-        s0 = starts[0]
+        # the input of layer 0 from the chunk boundary before its start (see _chunk_step_inputs)
+        s0 = starts[0] if starts[0] >= T else (starts[0] // chunk) * chunk
         if self.embed is not None:
             below = F.embedding(x[s0:], self.embed)
             for e in plan.whole.get("embed", []):
@@ -315,7 +316,9 @@ class RecurrentStack(SequenceModel):
                     out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
                 below, below_from, below_name = old[name_h][:T], 0, name_h
             else:
-                xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
+                # from the chunk boundary before s: an edited step projects its input a chunk at a time
+                c0 = (s // chunk) * chunk
+                xin = below[c0 - below_from:] if c0 >= below_from else torch.cat([old[below_name][c0:below_from], below])
                 ys, recs = [], []
                 for d, cell in enumerate(layer):
                     state = resume.states[(k, d)] if s else cell.initial_state(B, self.dtype, self.device)
@@ -323,7 +326,7 @@ class RecurrentStack(SequenceModel):
                     breaks = [first_edit] if first_edit is not None and not self.bidirectional else []
                     xd = _gather_time(xin, rev) if d else xin
                     y, rec = _run_direction(cell, xd, s, state, chunk, want_sites, plan.layer.get((k, d), {}),
-                                            keep, tick, breaks)
+                                            keep, tick, breaks, x_from=c0)
                     if d:
                         y = _gather_time(y, rev)
                         rec = {site: _gather_time(v, rev) for site, v in rec.items()}
@@ -401,8 +404,11 @@ def _direction_part(iv: Intervention, source, width: int, d: int, directions: in
     return part, source
 
 
-def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edits, keep, tick, breaks=()):
-    """One direction of one layer over steps ``start..`` (``x`` holds those steps).
+def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edits, keep, tick, breaks=(),
+                   x_from=None):
+    """One direction of one layer over steps ``start..``; ``x`` holds the inputs of steps
+    ``x_from..`` (default ``start``; the chunk boundary before ``start`` lets edited steps
+    project their inputs a whole chunk at a time, see :func:`_chunk_step_inputs`).
 
     Chunks end at multiples of ``chunk``.  Inside a chunk, a stretch without edits comes from
     one fused call from the stretch's first step to the chunk's end, whatever comes later:
@@ -410,7 +416,8 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
     a re-run that starts at a stretch start (a chunk boundary, an edited step, a break)
     from the recorded state reproduces a full run bit for bit.
     """
-    T = start + x.shape[0]
+    x_from = start if x_from is None else x_from
+    T = x_from + x.shape[0]
     edit_steps = sorted({int(s) for es in edits.values() for e in es for s in e.steps if s >= start})
     breaks = sorted(b for b in breaks if start < b < T)
     B = x.shape[1]
@@ -429,21 +436,17 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
         b = min((a // chunk + 1) * chunk, T)
         todo = [t for t in edit_steps if a <= t < b]
         cuts = [t for t in breaks if a < t < b]
-        xa = x[a - start : b - start]
+        xa = x[a - x_from : b - x_from]
+        inputs = None  # the chunk's step inputs, projected once its first edited step comes
         o = a
         while o < b:
             if todo and todo[0] == o:  # edited steps, written out with their edits
+                if inputs is None:
+                    inputs = _chunk_step_inputs(cell, x, x_from, a, b, chunk)
                 first, ys_t, recs_t = o, [], {s: [] for s in want_sites}
                 while todo and todo[0] == o:
                     todo.pop(0)
-                    active = {site: [e for e in es if e.active_at(o)] for site, es in edits.items()}
-
-                    def edit(site, v, active=active, t=o):
-                        for e in active.get(site, ()):
-                            v = e.apply_step(v, t)
-                        return v
-
-                    y_t, state, rec_t = cell.step(xa[o - a].clone(), state, edit)
+                    y_t, state, rec_t = cell.step(inputs[o - a], state, _edit_hook(edits, o))
                     ys_t.append(y_t)
                     for s in want_sites:
                         recs_t[s].append(rec_t[s])
@@ -464,6 +467,37 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
         tick()
         a = b
     return y_out, rec_out
+
+
+def _chunk_step_inputs(cell: RecurrentCell, x, x_from, a, b, chunk):
+    """``cell.step_inputs`` of steps ``a..b-1`` (``x`` holds steps ``x_from..``).
+
+    One matmul for the whole chunk instead of one per edited step.  A matmul's row can depend
+    on how many rows it multiplies (and where they sit in memory), so the rows are always those
+    of the whole chunk, from its boundary, in a fresh copy: a re-run that resumes at an edited
+    step inside the chunk multiplies the same rows as the full run did, and gets the same bits.
+    """
+    c = (a // chunk) * chunk
+    if c < x_from:  # cannot happen through RecurrentStack.forward, which passes the boundary
+        raise ValueError(f"the inputs of steps {c}..{x_from - 1} are needed to re-run step {a}")
+    return cell.step_inputs(x[c - x_from : b - x_from].clone())[a - c :]
+
+
+def _edit_hook(edits: dict, t: int):
+    """``edit(site, value)`` for ``cell.step`` at step ``t``: every intervention active at
+    ``t`` on that site, in order; sites without one pass through untouched."""
+    active = {}
+    for site, es in edits.items():
+        at_t = [e for e in es if e.active_at(t)]
+        if at_t:
+            active[site] = at_t
+
+    def edit(site, v):
+        for e in active.get(site, ()):
+            v = e.apply_step(v, t)
+        return v
+
+    return edit
 
 
 def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=None, **kwargs) -> RecurrentStack:

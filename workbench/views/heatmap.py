@@ -44,6 +44,7 @@ class HeatmapView(QWidget):
         self._values: np.ndarray | None = None  # [tokens, units] as shown
         self._shown_key = None
         self._level_key, self._level_value = None, None  # the clean trace's colour range, cached
+        self._scale_shown = None  # (levels, colour map, title) last shown
         self.plot.scene().sigMouseMoved.connect(self._hover)
         self.plot.scene().sigMouseClicked.connect(self._click)
         session.trace_changed.connect(self._lazy.request)
@@ -74,12 +75,21 @@ class HeatmapView(QWidget):
                 self.readout.setText("hover for values · click to select a unit and step")
                 low, high, cmap = self._levels()
                 self.image.setImage(self._values.T, levels=(low, high), autoDownsample=True)
-                self.colorbar.setColorMap(cmap)
-                self.colorbar.setLevels((low, high))
-                self.plot_item.setTitle(f"{s.probe}{'  (steered − clean)' if self.difference.isChecked() else ''}")
+                self._set_scale_and_title((low, high), cmap,
+                                          f"{s.probe}{'  (steered − clean)' if self.difference.isChecked() else ''}")
         self.cursor.setPos(s.step + 0.5)
         unit = s.units[0] if s.units else 0
         self.unit_line.setPos(unit + 0.5)
+
+    def _set_scale_and_title(self, levels, cmap, title):
+        """Colour bar and title, touched only when they change: each sets off a re-layout and a
+        repaint of the plot's frame, and while steering they stay the same."""
+        if (levels, cmap, title) == self._scale_shown:
+            return
+        self._scale_shown = (levels, cmap, title)
+        self.colorbar.setColorMap(cmap)
+        self.colorbar.setLevels(levels)
+        self.plot_item.setTitle(title)
 
     def _levels(self):
         """The colour range: the clean trace's, so steering does not re-scale the colours
@@ -96,6 +106,7 @@ class HeatmapView(QWidget):
 
     def _reset_view(self):
         self._shown_key = None
+        self._scale_shown = None
         self.plot_item.enableAutoRange()
 
     # -- mouse -----------------------------------------------------------------------------

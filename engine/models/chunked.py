@@ -12,6 +12,11 @@ A subclass of :class:`ChunkedLayerModel` writes only what is its own:
 ``_layer_chunk(k, h, a, state, edits, record)``
                       steps ``a..a+n-1`` of layer ``k`` (``h`` its input [n, B, d]):
                       ``(values by site, state after the last step)``
+``_layer_chunk_into(k, h, a, state, edits, record, dest)``
+                      instead of ``_layer_chunk``, for a family that writes a large site
+                      (a full state) in place: the same steps, their values written into
+                      ``dest`` (site -> that chunk's rows of the layer's arrays); returns
+                      the state after the last step
 ``_attention(k, out, old, s, T, B)``
                       the ``attn`` probe of layer ``k`` (only for families that have one)
 ``_logits(h)``        the head on a few rows of the last layer's output
@@ -56,6 +61,16 @@ class ChunkedLayerModel(SequenceModel):
 
     def _attention(self, k, out, old, s, T, B) -> torch.Tensor:
         raise NotImplementedError
+
+    def _layer_chunk_into(self, k: int, h: torch.Tensor, a: int, state: tuple, edits: dict, record: set,
+                          dest: dict) -> tuple:
+        """:meth:`_layer_chunk`, its values copied into ``dest`` (site -> [n, B, ...] rows of
+        the layer's arrays); returns the state after the chunk.  A family overrides this to
+        write a site straight into ``dest`` and save a copy of it."""
+        vals, state = self._layer_chunk(k, h, a, state, edits, record)
+        for site, rows in dest.items():
+            rows.copy_(vals[site])
+        return state
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -175,10 +190,9 @@ class ChunkedLayerModel(SequenceModel):
         while a < T:
             b = min((a // chunk + 1) * chunk, T)
             h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
-            vals, state = self._layer_chunk(k, h, a, state, edits, record)
             i = a - start
-            for site in recs:
-                recs[site][i:i + b - a] = vals[site]
+            state = self._layer_chunk_into(k, h, a, state, edits, record,
+                                           {site: rows[i:i + b - a] for site, rows in recs.items()})
             if keep is not None:
                 keep(b, tuple(t.clone() for t in state))
             tick()

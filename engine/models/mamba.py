@@ -247,12 +247,20 @@ class MambaModel(ScannedFamilyModel):
                 "C": (cfg.d_state,), "state": (cfg.d_inner, cfg.d_state), "gate": (cfg.d_inner,),
                 "y": (cfg.d_inner,), "out": (cfg.d_model,)}
 
-    def _layer_chunk(self, k, h, a, state, edits, record):
-        vals, ssm, buf = self._chunk(self.layers[k], h, a, *state, edits, "state" in record)
-        return vals, (ssm, buf)
+    def _layer_chunk_into(self, k, h, a, state, edits, record, dest):
+        """A chunk of layer ``k``; the scan writes the ``state`` probe straight into the
+        layer's array (32 KiB a token at d_inner 512, 1 GiB for 4 layers at T = 8192: a
+        buffer per chunk and a copy of it cost more than the rest of the capture)."""
+        vals, ssm, buf = self._chunk(self.layers[k], h, a, *state, edits, dest.get("state"))
+        for site, rows in dest.items():
+            if site != "state":
+                rows.copy_(vals[site])
+        return ssm, buf
 
-    def _chunk(self, lay: _Layer, h, a, ssm, buf, edits, want_state):
-        """Steps ``a..a+n-1`` of one layer: every per-token quantity at once, then the scan."""
+    def _chunk(self, lay: _Layer, h, a, ssm, buf, edits, states):
+        """Steps ``a..a+n-1`` of one layer: every per-token quantity at once, then the scan
+        (which fills ``states`` [n, B, d_inner, d_state], when given, with the state after
+        each step)."""
         cfg = self.config
         n, B = h.shape[0], h.shape[1]
         di, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
@@ -282,7 +290,6 @@ class MambaModel(ScannedFamilyModel):
         Cm = edit("C", dbc[..., R + N:].contiguous())
         dt, u, Bm, Cm = dt.contiguous(), u.contiguous(), Bm.contiguous(), Cm.contiguous()
         ys = torch.empty(n, B, di, dtype=h.dtype, device=h.device)
-        states = torch.empty(n, B, di, N, dtype=h.dtype, device=h.device) if want_state else None
         state_edits = edits.get("state", ())
         steps = sorted({int(t) - a for e in state_edits for t in e.steps if a <= t < a + n})
         ssm = ssm.clone().contiguous()

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import uuid
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 

@@ -53,7 +53,7 @@ def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_
     state0 = state0 or {}
     c = config
     family = c["model_type"]
-    d, L, H = c["hidden_size"], c["num_hidden_layers"], c["num_heads"]
+    L, H = c["num_hidden_layers"], c["num_heads"]
     Hkv = c.get("num_kv_heads") or H
     grp = H // Hkv
     eps = c.get("norm_eps", 1e-6)

@@ -1,7 +1,6 @@
 """Trace files: exact round trips, the DESIGN.md §3 layout, refusal of newer schemas and
 foreign files, atomic writes under failure, and the LSTMVis export."""
 import json
-import os
 
 import h5py
 import numpy as np

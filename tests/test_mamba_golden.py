@@ -229,3 +229,18 @@ def test_progress_cancel_and_half_precision():
     tr = engine.run(half, np.arange(50) % 37, probes="logits")
     full = engine.run(model, np.arange(50) % 37, probes="logits")
     assert np.abs(tr["logits"] - full["logits"]).max() < 0.1 * np.abs(full["logits"]).max()
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+def test_the_compiled_scan_leaves_torchs_thread_count_alone():
+    """numba's OpenMP layer sets the calling thread's OpenMP thread count, which torch shares:
+    after a scan torch must still run on the threads the caller chose (else later matmuls round
+    differently from a one-thread run of the same numbers)."""
+    model = ours(hf_model(14, d=16, N=4, layers=1), scan="numba")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        engine.run(model, np.arange(40) % 37, probes="logits")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import engine
-from engine.models.rwkv7 import (SUB, Rwkv7Model, _piece_bounds, attention_from_trace, delta_rule_attention, load_rwkv7,
+from engine.models.rwkv7 import (SUB, Rwkv7Model, _piece_bounds, attention_from_trace, load_rwkv7,
                                  wkv7_pieces)
 from family_checks import assert_only_the_window_is_computed, assert_probes_match_reference
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7

@@ -28,6 +28,25 @@ def numba_available() -> bool:
     return True
 
 
+def run_parallel_numba(kernel, threads: int, *args) -> None:
+    """Call a numba ``parallel=True`` kernel on ``threads`` threads without touching torch's.
+
+    numba's OpenMP threading layer sets the calling thread's OpenMP thread count when it starts
+    and when its thread count is set, and torch reads the same setting: after a Mamba scan the
+    caller's torch ran on all cores, and its later matmuls rounded differently from a run on
+    one thread (a workbench test comparing a worker-thread run with a main-thread run caught
+    it).  The caller's torch setting is put back after the call."""
+    import numba
+
+    before = torch.get_num_threads()
+    try:
+        numba.set_num_threads(threads)
+        kernel(*args)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def require_weights(expected: dict[str, tuple[int, ...]], weights: dict) -> None:
     """A ValueError unless ``weights`` holds every tensor of ``expected`` (name -> shape) with
     that shape: a model is only ever built from weights that fit its config."""

@@ -59,7 +59,6 @@ tokens/s (GLA) and 6.5k (RetNet) with logits only.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass
 

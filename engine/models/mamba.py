@@ -50,6 +50,7 @@ from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
+from .family import run_parallel_numba
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
@@ -408,11 +409,10 @@ def _scan_numba(dA, dt, Bm, Cm, u, ssm, ys, states):
 
     kernel = _numba_kernel()
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
     arr = [v.contiguous().numpy() for v in (dA, dt, Bm, Cm, u)]
     # ys and states are slices along the leading axis of contiguous tensors: written in place
     st = states.numpy() if states is not None else np.empty((1, 1, 1, 1), dtype=arr[1].dtype)
-    kernel(*arr, ssm.numpy(), ys.numpy(), st, states is not None)
+    run_parallel_numba(kernel, threads, *arr, ssm.numpy(), ys.numpy(), st, states is not None)
     return ssm
 
 

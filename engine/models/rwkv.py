@@ -65,6 +65,7 @@ from ..probes import ProbeSpec, layer_probe
 from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, probe_table,
                      unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
+from .family import run_parallel_numba
 
 SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out", "attn")
 #: the state's components, in the order of the ``state`` probe's last axis
@@ -458,8 +459,7 @@ def _scan_numba(w, u, k, v, S, out, states):
     st = states.numpy() if states is not None else np.empty((1, 1, 1, 1), dtype=k.numpy().dtype)
     args = (w.numpy(), u.numpy(), k.numpy(), v.numpy(), S.numpy(), out.numpy(), st, states is not None, BLK)
     if threads > 1 and jobs > 1:
-        numba.set_num_threads(threads)
-        parallel(*args)
+        run_parallel_numba(parallel, threads, *args)
     else:
         serial(*args)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import Cancelled
 from ..interventions import BoundIntervention, Intervention, InterventionError
-from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe, parse_probe
+from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe
 from .base import EditPlan, RecurrentCell, Resume, SequenceModel, stitch
 from .gru import GRUCell
 from .lstm import LSTMCell

@@ -54,7 +54,6 @@ a re-run from a state kept at a chunk boundary (C, n, m stabilised) equals a ful
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 

@@ -95,7 +95,7 @@ def test_config_that_disagrees_with_the_weights_names_the_keys(tmp_path):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"model_type": "mamba2"}, "Mamba2.*not supported yet"),
+    ({"model_type": "mamba2"}, r"mamba2.*Mamba \(1\)'s layout"),
     ({"model_type": "falcon_mamba"}, "FalconMamba.*not supported yet"),
     ({"model_type": "mamba", "hidden_act": "gelu"}, "silu only"),
 ])

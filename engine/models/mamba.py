@@ -437,6 +437,7 @@ def from_transformers(hf_model, **kwargs) -> MambaModel:
 # ======================================================================================
 
 _A_LOG = re.compile(r"^(.*?)layers\.(\d+)\.mixer\.A_log$")
+_MAMBA1_KEYS = "mixer.x_proj and mixer.dt_proj, A_log per channel and state"
 _OTHER_SSM = {"mamba2": "Mamba2", "falcon_mamba": "FalconMamba", "jamba": "Jamba", "zamba": "Zamba",
               "zamba2": "Zamba2", "bamba": "Bamba", "nemotron_h": "Nemotron-H"}
 
@@ -460,6 +461,9 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
         if d.get("family") == "mamba":  # SeqScope's own metadata (save_model)
             return {k: v for k, v in d.items() if k in MambaConfig.__dataclass_fields__}, "SeqScope"
         mt = str(d.get("model_type", "")).lower()
+        if mt == "mamba2":  # a Mamba2 checkpoint goes to engine.models.mamba2; these weights are not one
+            raise LoadError(f"{src} says model_type 'mamba2', but the weights have Mamba (1)'s layout "
+                            f"({_MAMBA1_KEYS}): correct the config's model_type, or check the weights")
         if mt in _OTHER_SSM:
             raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_SSM[mt]}): SeqScope reads Mamba (1) models so "
                             "far; this family is not supported yet")
@@ -486,8 +490,11 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
             return out, "transformers MambaForCausalLM"
         if "d_model" in d and "n_layer" in d:
             ssm = d.get("ssm_cfg") or {}
+            if str(ssm.get("layer", "Mamba1")) == "Mamba2":
+                raise LoadError(f"{src}: ssm_cfg layer 'Mamba2', but the weights have Mamba (1)'s layout "
+                                f"({_MAMBA1_KEYS}): correct the config, or check the weights")
             if str(ssm.get("layer", "Mamba1")) != "Mamba1":
-                raise LoadError(f"{src}: ssm_cfg layer {ssm['layer']!r} is not supported yet (SeqScope reads Mamba1)")
+                raise LoadError(f"{src}: ssm_cfg layer {ssm['layer']!r} is not supported")
             if d.get("d_intermediate"):
                 raise LoadError(f"{src}: d_intermediate={d['d_intermediate']} adds MLP blocks between the mixers, "
                                 "which SeqScope's Mamba does not have")

@@ -81,7 +81,7 @@ def prepare(app, window, model, eng, text, edit):
     s.set_model(model, model.source)
     wait_for(app, lambda: len(done) >= 1)
     probe = "layers.1.c" if "layers.1.c" in s.probe_names() else s.probe
-    positions = eng.Span(1000) if edit == "from-step" else [1000]
+    positions = {"from-step": eng.Span(1000), "one-step": [1000], "all-steps": None}[edit]
     s.add_intervention(eng.Intervention(probe, "set", 0.0, positions, [0]))
     wait_for(app, lambda: len(done) >= 2)
     panel = window.views["Interventions"]
@@ -120,8 +120,8 @@ def main():
     import engine
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--edit", choices=("from-step", "one-step"), default="from-step",
-                    help="the intervention dragged: set a unit from step 1000 on, or at step 1000 only")
+    ap.add_argument("--edit", choices=("from-step", "one-step", "all-steps"), default="from-step",
+                    help="the intervention dragged: set a unit from step 1000 on, at step 1000 only, or at every step")
     ap.add_argument("--against", type=Path, metavar="DIR",
                     help="another checkout to measure side by side (edits alternate between the two)")
     ap.add_argument("--edits", type=int, default=50, help="edits measured (per window)")

@@ -181,7 +181,10 @@ class PrefixCache:
             if state is None:  # at the chunk boundary before d, from the state kept there
                 d = (d // chunk) * chunk
                 state = last.states.get((k, 0), {}).get(d) if d else None
-            if d == 0 or state is None:
+            if d == 0:  # from the initial state: the layers below, if unchanged, are still skipped
+                starts.append(0)
+                continue
+            if state is None:
                 return None
             starts.append(d)
             states[(k, 0)] = state

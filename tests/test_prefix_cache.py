@@ -45,6 +45,22 @@ def test_intervention_rerun_from_cache_equals_full_rerun(cell, t):
     assert_traces_equal(again, engine.run(model, x, interventions=[iv2], chunk=8))
 
 
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("positions", [None, [3], Span(0)])  # every step, and edits in the first chunk
+def test_an_upper_layer_edit_from_the_first_chunk_skips_the_layers_below(cell, positions):
+    """The workbench's default intervention covers every position: the edited layer re-runs from
+    its initial state, the layers below are not run at all, and the result is a full run's."""
+    model = token_model(cell, layers=3)
+    x = ids(60)
+    cache = PrefixCache()
+    engine.run(model, x, cache=cache, chunk=16)
+    iv = Intervention("layers.1.h", "set", 0.5, positions=positions, units=[4])
+    cached = engine.run(model, x, interventions=[iv], cache=cache, chunk=16)
+    first = 3 if positions == [3] else 0  # an edit inside a chunk restarts exactly at its step
+    assert cache.last_starts == [2**62, first, first]
+    assert_traces_equal(cached, engine.run(model, x, interventions=[iv], chunk=16))
+
+
 def test_typing_more_text_reuses_the_prefix():
     model = token_model()
     cache = PrefixCache()

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lstm_stretch
 from .base import RecurrentCell
 
 GATES = ("gate_i", "gate_f", "gate_g", "gate_o")
@@ -119,6 +120,10 @@ class LSTMCell(RecurrentCell):
         """``W_ih x + b_ih + b_hh`` with gate rows ordered i, f, o, g (as ``step`` reads them)."""
         w_x, bias = self._step_weights[:2]
         return F.linear(x, w_x, bias)
+
+    def edited_stretch(self, inputs, state, edits, a):
+        """Steps ``a..`` with their edits in one compiled loop, or None (see lstm_stretch)."""
+        return lstm_stretch.run(self, inputs, state, edits, a)
 
     def step(self, u_t, state, edit):
         h, c = state

@@ -443,15 +443,13 @@ def _run_direction(cell: RecurrentCell, x, start, state, chunk, want_sites, edit
             if todo and todo[0] == o:  # edited steps, written out with their edits
                 if inputs is None:
                     inputs = _chunk_step_inputs(cell, x, x_from, a, b, chunk)
-                first, ys_t, recs_t = o, [], {s: [] for s in want_sites}
-                while todo and todo[0] == o:
-                    todo.pop(0)
-                    y_t, state, rec_t = cell.step(inputs[o - a], state, _edit_hook(edits, o))
-                    ys_t.append(y_t)
-                    for s in want_sites:
-                        recs_t[s].append(rec_t[s])
-                    o += 1
-                take(torch.stack(ys_t), {s: torch.stack(v) for s, v in recs_t.items()}, o - first, first)
+                n = 1
+                while n < len(todo) and todo[n] == o + n:
+                    n += 1
+                del todo[:n]
+                y, state, rec = _edited_steps(cell, inputs[o - a : o - a + n], state, edits, o, want_sites)
+                take(y, rec, n, o)
+                o += n
                 continue
             stop = min([b] + todo[:1] + [t for t in cuts if t > o][:1])
             # A fresh copy: the kernels' results can depend on where the data sits in memory.
@@ -481,6 +479,24 @@ def _chunk_step_inputs(cell: RecurrentCell, x, x_from, a, b, chunk):
     if c < x_from:  # cannot happen through RecurrentStack.forward, which passes the boundary
         raise ValueError(f"the inputs of steps {c}..{x_from - 1} are needed to re-run step {a}")
     return cell.step_inputs(x[c - x_from : b - x_from].clone())[a - c :]
+
+
+def _edited_steps(cell: RecurrentCell, inputs, state, edits: dict, a: int, want_sites):
+    """Steps ``a..a+n-1`` written out with their edits (``inputs`` their step inputs): in one
+    compiled call where the cell has one for these edits (``edited_stretch``), else step by
+    step.  The choice depends only on the model and on all of the layer's edits, never on
+    where the stretch begins, so a re-run from the cache takes the same path as a full run."""
+    fast = getattr(cell, "edited_stretch", None)
+    done = fast(inputs, state, edits, a) if fast is not None else None
+    if done is not None:
+        return done
+    ys, recs = [], {s: [] for s in want_sites}
+    for k in range(inputs.shape[0]):
+        y_t, state, rec_t = cell.step(inputs[k], state, _edit_hook(edits, a + k))
+        ys.append(y_t)
+        for s in want_sites:
+            recs[s].append(rec_t[s])
+    return torch.stack(ys), state, {s: torch.stack(v) for s, v in recs.items()}
 
 
 def _edit_hook(edits: dict, t: int):

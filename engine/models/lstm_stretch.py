@@ -1,0 +1,132 @@
+"""A stretch of edited LSTM steps in one compiled loop (numba), for interactive steering.
+
+An edited step cannot use torch's fused LSTM kernel, and written out with torch ops it costs
+about 55 µs in Python on a 256-unit layer, most of it per-op overhead: an intervention over
+2,000 positions takes over 100 ms.  Here the steps ``a..a+n-1`` of one layer run in one call:
+per step, the gate pre-activations ``u_t + h W`` (``u_t`` the input projection with the bias,
+from ``LSTMCell.step_inputs``, rows i, f, o, g), the gates, the edits of every site in the
+order the interventions were given, ``c = i g + f c``, ``h = o tanh(c)``.
+
+Used when every edit of the stretch is ``zero``/``set``/``add``/``scale`` (a ``patch`` reads
+another run's values: the Python step handles it), the cell has no projection, the tensors are
+float32/float64 on the CPU and numba is installed; otherwise :func:`run` returns None and the
+caller writes the steps out with ``LSTMCell.step``.  The numbers agree with that path to
+rounding (the matmul sums in another order), and a step's values never depend on where its
+stretch began, so a re-run from the prefix cache still equals a full run bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SITES = ("gate_i", "gate_f", "gate_g", "gate_o", "c", "h")
+OPS = ("zero", "set", "add", "scale")
+_KERNEL = None
+
+
+def _kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        from numba import njit
+
+        @njit(nogil=True, cache=True)
+        def apply(x, s, t, b, site, op, act, uoff, ulen, units, vals):
+            for e in range(site.shape[0]):
+                if site[e] != s or not act[e, t, b]:
+                    continue
+                for q in range(ulen[e]):
+                    j = units[uoff[e] + q]
+                    v = vals[uoff[e] + q]
+                    if op[e] == 0:
+                        x[j] = 0.0
+                    elif op[e] == 1:
+                        x[j] = v
+                    elif op[e] == 2:
+                        x[j] = x[j] + v
+                    else:
+                        x[j] = x[j] * v
+
+        @njit(nogil=True, cache=True)
+        def stretch(U, h, c, W, site, op, act, uoff, ulen, units, vals, ys, cs, gi, gf, gg, go):
+            n, B, G = U.shape
+            H = G // 4
+            K = W.shape[0]
+            pre = np.empty(G, dtype=U.dtype)
+            for t in range(n):
+                for b in range(B):
+                    for j in range(G):
+                        pre[j] = 0.0
+                    for k in range(K):
+                        hk = h[b, k]
+                        for j in range(G):
+                            pre[j] += hk * W[k, j]
+                    for j in range(H):
+                        gi[t, b, j] = 1.0 / (1.0 + np.exp(-(U[t, b, j] + pre[j])))
+                        gf[t, b, j] = 1.0 / (1.0 + np.exp(-(U[t, b, H + j] + pre[H + j])))
+                        go[t, b, j] = 1.0 / (1.0 + np.exp(-(U[t, b, 2 * H + j] + pre[2 * H + j])))
+                        gg[t, b, j] = np.tanh(U[t, b, 3 * H + j] + pre[3 * H + j])
+                    apply(gi[t, b], 0, t, b, site, op, act, uoff, ulen, units, vals)
+                    apply(gf[t, b], 1, t, b, site, op, act, uoff, ulen, units, vals)
+                    apply(gg[t, b], 2, t, b, site, op, act, uoff, ulen, units, vals)
+                    apply(go[t, b], 3, t, b, site, op, act, uoff, ulen, units, vals)
+                    for j in range(H):
+                        cs[t, b, j] = gi[t, b, j] * gg[t, b, j] + gf[t, b, j] * c[b, j]
+                    apply(cs[t, b], 4, t, b, site, op, act, uoff, ulen, units, vals)
+                    for j in range(H):
+                        ys[t, b, j] = go[t, b, j] * np.tanh(cs[t, b, j])
+                    apply(ys[t, b], 5, t, b, site, op, act, uoff, ulen, units, vals)
+                    for j in range(H):
+                        h[b, j] = ys[t, b, j]
+                        c[b, j] = cs[t, b, j]
+
+        _KERNEL = stretch
+    return _KERNEL
+
+
+def edit_table(edits: dict, a: int, n: int, batch: int, width: int, dtype):
+    """The edits of steps ``a..a+n-1`` as arrays for the kernel, in the order they apply;
+    None when one of them is not a plain zero/set/add/scale."""
+    site, op, act, units, vals = [], [], [], [], []
+    for s, es in edits.items():
+        for e in es:
+            if s not in SITES or e.iv.op not in OPS:
+                return None
+            site.append(SITES.index(s))
+            op.append(OPS.index(e.iv.op))
+            act.append(e.mask[a:a + n].cpu().numpy())
+            u = np.arange(width) if e.units is None else (
+                np.arange(e.units.start, e.units.stop) if isinstance(e.units, slice) else e.units.cpu().numpy())
+            units.append(u.astype(np.int64))
+            v = np.zeros(len(u)) if e.value is None else np.broadcast_to(e.value.cpu().numpy(), (len(u),))
+            vals.append(np.asarray(v, dtype=dtype))
+    if not site:
+        return None
+    lens = np.array([len(u) for u in units], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    act = np.stack([m if m.shape == (n, batch) else np.zeros((n, batch), bool) for m in act])
+    return (np.array(site, np.int64), np.array(op, np.int64), act, offsets, lens,
+            np.concatenate(units), np.concatenate(vals).astype(dtype))
+
+
+def run(cell, U: torch.Tensor, state, edits: dict, a: int):
+    """Steps ``a..a+n-1`` of an LSTM cell with their edits (``U`` their step inputs [n, B, 4H]);
+    ``(h [n, B, H], state after, records by site)``, or None where the compiled loop does not
+    apply (see the module docstring)."""
+    from .family import numba_available
+
+    h0, c0 = state
+    w_h, w_hr = cell._step_weights[2:]
+    if (w_hr is not None or U.device.type != "cpu" or U.dtype not in (torch.float32, torch.float64)
+            or not numba_available()):
+        return None
+    n, B, _ = U.shape
+    H = cell.hidden_size
+    dtype = np.float32 if U.dtype == torch.float32 else np.float64
+    table = edit_table(edits, a, n, B, H, dtype)
+    if table is None:
+        return None
+    out = {s: torch.empty(n, B, H, dtype=U.dtype) for s in ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")}
+    h, c = h0.detach().clone().contiguous(), c0.detach().clone().contiguous()
+    _kernel()(U.contiguous().numpy(), h.numpy(), c.numpy(), w_h.numpy(), *table,
+              *(out[s].numpy() for s in ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")))
+    return out["h"], (h, c), out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import sys
 import sysconfig
@@ -437,9 +436,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     previous = None
     if args.reanalyse:
-        previous = json.loads((args.out / "evidence.json").read_text())
-        for k, v in previous["args"].items():
-            setattr(args, k, v)
+        previous = trainkit.previous_run(args)
         args.reanalyse = True
     total = trainkit.Budget(1e9)
     torch = trainkit.setup_torch(args.seed, args.threads)

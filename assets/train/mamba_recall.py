@@ -373,9 +373,7 @@ def main(argv=None):
         return trainkit.rewrite_card(args, write_card)
     previous = None
     if args.reanalyse:
-        previous = json.loads((args.out / "evidence.json").read_text())
-        for k, v in previous["args"].items():
-            setattr(args, k, v)
+        previous = trainkit.previous_run(args)
     total = trainkit.Budget(1e9)
     torch = trainkit.setup_torch(args.seed, args.threads)
     from transformers.utils import logging as hf_logging

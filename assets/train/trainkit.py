@@ -115,12 +115,18 @@ def arguments(doc: str, name: str, *, steps: int, minutes: float, seed: int, bat
     return ap
 
 
-def rewrite_card(args, write_card) -> dict:
-    """``--card-only``: the card again from the evidence in ``--out``, with the arguments it was
-    trained with."""
+def previous_run(args) -> dict:
+    """The evidence of the model already in ``--out``, with ``args`` set back to the arguments
+    it was trained with (``--card-only``, ``--reanalyse``)."""
     ev = json.loads((args.out / "evidence.json").read_text())
     for k, v in ev["args"].items():
         setattr(args, k, v)
+    return ev
+
+
+def rewrite_card(args, write_card) -> dict:
+    """``--card-only``: the card again from the evidence in ``--out``."""
+    ev = previous_run(args)
     write_card(args.out, ev, args)
     return ev
 

@@ -40,12 +40,14 @@ def token_ids_from_text(text: str):
     if not parts:
         return InputError("this model came without a vocabulary: type token ids (e.g. 12 7 31), "
                           "or open a .npy file of them")
-    try:
-        return np.array([int(p) for p in parts], dtype=np.int64)
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        return InputError(f"this model came without a vocabulary, so the input is read as token ids; "
-                          f"{bad!r} is not one (type numbers such as 12 7 31)")
+    ids = []
+    for p in parts:
+        try:
+            ids.append(int(p))
+        except ValueError:
+            return InputError(f"this model came without a vocabulary, so the input is read as token ids; "
+                              f"{p!r} is not one (type numbers such as 12 7 31)")
+    return np.array(ids, dtype=np.int64)
 
 
 class Session(QObject):

@@ -145,16 +145,9 @@ class MainWindow(QMainWindow):
 
     def open_example(self, ex: Example):
         """A bundled example model on its first sample input."""
-        self.open_model(ex.model)  # loads off the GUI thread: the input is set by its kind, not the old model's
-        if ex.sample is None:
-            return
-        try:
-            if ex.sample.suffix in (".npy", ".csv"):
-                self.session.set_values(read_numeric(ex.sample))
-            else:
-                self.session.set_text(ex.sample.read_text(encoding="utf-8"))
-        except (OSError, SeqScopeError) as exc:
-            self.show_error(f"Could not open the example's input: {exc}")
+        self.open_model(ex.model)  # loads off the GUI thread: the input is read by its kind, not the old model's
+        if ex.sample is not None:
+            self.open_input(ex.sample, numeric=ex.sample.suffix in (".npy", ".csv"))
 
     def choose_model(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "Checkpoints (*.pt *.pth *.bin *.ckpt "
@@ -164,12 +157,15 @@ class MainWindow(QMainWindow):
                 path = str(Path(path).parent)
             self.open_model(path)
 
-    def open_input(self, path):
+    def open_input(self, path, numeric: bool | None = None):
+        """Read an input file as numbers (``numeric``) or as text; by default as the current
+        model reads its input (with no model: ``.npy``/``.csv`` as numbers)."""
         path = Path(path)
+        if numeric is None:
+            model = self.session.model
+            numeric = not model.takes_tokens if model is not None else path.suffix.lower() in (".npy", ".csv")
         try:
-            if self.session.model is not None and not self.session.model.takes_tokens:
-                self.session.set_values(read_numeric(path))
-            elif path.suffix.lower() in (".npy", ".csv") and self.session.model is None:
+            if numeric:
                 self.session.set_values(read_numeric(path))
             else:
                 self.session.set_text(path.read_text(encoding="utf-8", errors="replace"))

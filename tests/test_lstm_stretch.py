@@ -82,8 +82,8 @@ def test_patches_and_projections_take_the_step_by_step_path():
     patch = Intervention("layers.1.h", "patch", np.zeros((10, 12), np.float32), positions=[4])
     bound_patch = BoundIntervention(patch, 12, [10], torch.float32, "cpu", source=patch.value)
     bound_set = BoundIntervention(Intervention("layers.1.h", "set", 1.0, positions=[4]), 12, [10], torch.float32, "cpu")
-    assert lstm_stretch.edit_table({"h": [bound_set]}, 0, 10, 1, 12, np.float32) is not None
-    assert lstm_stretch.edit_table({"h": [bound_set, bound_patch]}, 0, 10, 1, 12, np.float32) is None
+    assert lstm_stretch.edit_table({"h": [bound_set]}, 0, 10, 12, np.float32) is not None
+    assert lstm_stretch.edit_table({"h": [bound_set, bound_patch]}, 0, 10, 12, np.float32) is None
     m = model(torch.float32)
     x = np.random.default_rng(3).integers(0, 19, 10)
     trace = engine.run(m, x, interventions=[patch], chunk=16)  # the step-by-step path does patches

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SITES = ("gate_i", "gate_f", "gate_g", "gate_o", "c", "h")
+SITES = ("gate_i", "gate_f", "gate_g", "gate_o", "c", "h")  # site codes of the edit table
+OUTPUTS = ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")  # the kernel's output arrays, in its argument order
 OPS = ("zero", "set", "add", "scale")
 _KERNEL = None
 
@@ -83,7 +84,7 @@ def _kernel():
     return _KERNEL
 
 
-def edit_table(edits: dict, a: int, n: int, batch: int, width: int, dtype):
+def edit_table(edits: dict, a: int, n: int, width: int, dtype):
     """The edits of steps ``a..a+n-1`` as arrays for the kernel, in the order they apply;
     None when one of them is not a plain zero/set/add/scale."""
     site, op, act, units, vals = [], [], [], [], []
@@ -103,7 +104,7 @@ def edit_table(edits: dict, a: int, n: int, batch: int, width: int, dtype):
         return None
     lens = np.array([len(u) for u in units], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    act = np.stack([m if m.shape == (n, batch) else np.zeros((n, batch), bool) for m in act])
+    act = np.stack(act)  # [edits, n, batch]: the masks of steps a..a+n-1
     return (np.array(site, np.int64), np.array(op, np.int64), act, offsets, lens,
             np.concatenate(units), np.concatenate(vals).astype(dtype))
 
@@ -122,11 +123,11 @@ def run(cell, U: torch.Tensor, state, edits: dict, a: int):
     n, B, _ = U.shape
     H = cell.hidden_size
     dtype = np.float32 if U.dtype == torch.float32 else np.float64
-    table = edit_table(edits, a, n, B, H, dtype)
+    table = edit_table(edits, a, n, H, dtype)
     if table is None:
         return None
-    out = {s: torch.empty(n, B, H, dtype=U.dtype) for s in ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")}
+    out = {s: torch.empty(n, B, H, dtype=U.dtype) for s in OUTPUTS}
     h, c = h0.detach().clone().contiguous(), c0.detach().clone().contiguous()
     _kernel()(U.contiguous().numpy(), h.numpy(), c.numpy(), w_h.numpy(), *table,
-              *(out[s].numpy() for s in ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")))
+              *(out[s].numpy() for s in OUTPUTS))
     return out["h"], (h, c), out

@@ -29,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
-from engine import Intervention, PrefixCache, Span  # noqa: E402
+from engine import Intervention, Span  # noqa: E402
 from engine.models.mamba import numba_available  # noqa: E402
 from engine.models.recurrent_gemma import from_transformers  # noqa: E402
-from timing import capture_contenders, median_times, print_times, speed_arguments, use_threads  # noqa: E402
+from timing import print_times, speed_arguments, sweep, use_threads  # noqa: E402
 
 ALL_BUT_ATTN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i",
                                                                  "a", "state", "mix", "q", "k", "v", "o", "out")]
@@ -56,17 +56,12 @@ def main(argv=None):
     ours, ref = from_transformers(hf), from_transformers(hf, scan="torch")
     print(f"torch {torch.__version__}, threads {args.threads}, scan {ours.scan}")
     engine.run(ours, np.arange(300) % 1024)  # compile the numba kernel, warm the allocator
-    for T, B in [(256, 2)] + ([] if args.quick else [(1024, 1)]):
-        seqs = [np.random.default_rng(T + b).integers(0, 1024, T) for b in range(B)]
-        x = torch.tensor(np.stack(seqs))
-        ours.attention_window = ((T - 256, T), (T - 256, T))
-        cache = PrefixCache()
-        engine.run(ours, seqs, probes=ALL_BUT_ATTN, cache=cache)
+    sizes = [(256, 2)] + ([] if args.quick else [(1024, 1)])
 
-        contenders = capture_contenders(
-            ours, seqs, ALL_BUT_ATTN, hf, x, cache, reference=ref,
-            edit=lambda v: Intervention("layers.0.a", "scale", v, positions=Span(int(0.9 * T))))
-        med = median_times(contenders, args.repeats)
+    def edit_at(T):  # the slider's edit, at 0.9 T
+        return lambda v: Intervention("layers.0.a", "scale", v, positions=Span(int(0.9 * T)))
+
+    for T, B, med in sweep(ours, hf, sizes, ALL_BUT_ATTN, edit_at, args.repeats, reference=ref):
         print_times(f"batch {B}, T = {T}  (median of {args.repeats})", med, 11)
         b = med["bare"]
         for k in ("hf", "bare-torch", "probes", "attn"):

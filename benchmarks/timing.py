@@ -92,3 +92,24 @@ def capture_contenders(model, inputs, per_token, hf, x, cache, edit, reference=N
     contenders["rerun"] = slider(lambda v: engine.run(model, inputs, probes=per_token, cache=cache,
                                                       interventions=[edit(v)]))
     return contenders
+
+
+def sweep(model, hf, sizes, per_token, edit_at, repeats: int, *, vocab: int = 1024, state=None, reference=None):
+    """The family benchmarks' loop: for each ``(T, batch)`` in ``sizes``, random token ids
+    (seeded by T), the prefix cache warmed by a per-token capture, an attention window of the
+    last 256 rows and columns, and the :func:`capture_contenders` timed (medians of
+    ``repeats``); yields ``(T, batch, medians)``.  ``edit_at(T)`` gives the slider's
+    ``value -> Intervention``."""
+    import numpy as np
+
+    import engine
+
+    for T, B in sizes:
+        seqs = [np.random.default_rng(T + b).integers(0, vocab, T) for b in range(B)]
+        inputs = seqs[0] if B == 1 else seqs
+        model.attention_window = ((T - 256, T), (T - 256, T))
+        cache = engine.PrefixCache()
+        engine.run(model, inputs, probes=per_token, cache=cache)
+        contenders = capture_contenders(model, inputs, per_token, hf, torch.tensor(np.stack(seqs)), cache,
+                                        edit_at(T), reference=reference, state=state)
+        yield T, B, median_times(contenders, repeats)

@@ -31,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
-from engine import Intervention, PrefixCache, Span  # noqa: E402
+from engine import Intervention, Span  # noqa: E402
 from engine.models.xlstm import from_transformers  # noqa: E402
-from timing import capture_contenders, median_times, print_times, speed_arguments, use_threads  # noqa: E402
+from timing import print_times, speed_arguments, sweep, use_threads  # noqa: E402
 
 PER_TOKEN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "q", "k", "v", "gate_i", "gate_f", "gate_o",
                                                               "normalizer", "m", "h", "mix", "out")]
@@ -61,17 +61,12 @@ def main(argv=None):
     print(f"torch {torch.__version__}, threads {args.threads}")
     engine.run(ours, np.arange(300) % 1024, probes="*")  # warm the allocator
     rows = []
-    for T in [1024] if args.quick else [1024, 4096]:
-        ids = np.random.default_rng(T).integers(0, 1024, T)
-        x = torch.tensor(ids[None])
-        ours.attention_window = ((T - 256, T), (T - 256, T))
-        cache = PrefixCache()
-        engine.run(ours, ids, probes=PER_TOKEN, cache=cache)
+    sizes = [(T, 1) for T in ([1024] if args.quick else [1024, 4096])]
 
-        contenders = capture_contenders(
-            ours, ids, PER_TOKEN, hf, x, cache, state="layers.*.state",
-            edit=lambda v: Intervention("layers.0.gate_f", "scale", v, positions=Span(int(0.9 * T)), units=[1]))
-        med = median_times(contenders, args.repeats)
+    def edit_at(T):  # the slider's edit, at 0.9 T
+        return lambda v: Intervention("layers.0.gate_f", "scale", v, positions=Span(int(0.9 * T)), units=[1])
+
+    for T, _, med in sweep(ours, hf, sizes, PER_TOKEN, edit_at, args.repeats, state="layers.*.state"):
         rows.append((T, med))
         print_times(f"T = {T}  (median of {args.repeats})", med, 8)
         b = med["bare"]

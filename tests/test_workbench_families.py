@@ -113,3 +113,13 @@ def test_text_for_a_model_without_vocabulary_must_be_token_ids(qtbot, window, tm
     with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
         s.set_text("3, 4 5")
     np.testing.assert_array_equal(s.trace.tokens, [3, 4, 5])
+
+
+def test_token_ids_name_the_part_that_is_not_one():
+    from workbench.session import token_ids_from_text
+
+    np.testing.assert_array_equal(token_ids_from_text(" 3,4\n5 "), [3, 4, 5])
+    for text, bad in (("3 x 5", "'x'"), ("3 ² 5", "'²'"), ("1.5", "'1.5'")):
+        err = token_ids_from_text(text)
+        assert isinstance(err, engine.errors.InputError) and bad in str(err)
+    assert "type token ids" in str(token_ids_from_text("  "))

@@ -245,16 +245,32 @@ def batched_edit_matches_each_alone(model, iv, site, lengths=(30, 12), chunk=8, 
 # -- golden ----------------------------------------------------------------------------------
 def assert_outputs_match_transformers(hf, trace, seqs, layers, tol=2e-5):
     """Each sequence of ``trace`` (probes ``logits`` and ``layers.*.out``) vs the ``transformers``
-    model ``hf`` run on it alone: every layer's output (its ``hidden_states``, which end with the
-    final norm of the last layer instead of an embedding entry) and the logits."""
-    for s, ids in enumerate(seqs):
-        with torch.no_grad():
-            ref = hf(torch.tensor(ids[None]), output_hidden_states=True, use_cache=False)
-        assert len(ref.hidden_states) == layers + 1
-        for k in range(layers):
-            torch.testing.assert_close(torch.tensor(trace.array(f"layers.{k}.out", s)), ref.hidden_states[k][0],
-                                       atol=tol, rtol=tol)
-        torch.testing.assert_close(torch.tensor(trace.array("logits", s)), ref.logits[0], atol=tol, rtol=tol)
+    model ``hf`` run on it alone: every layer's output, read by forward hooks on the layer modules
+    themselves (not through ``hidden_states``, whose entries have changed meaning between
+    releases: transformers 5.25 puts Mamba2's final norm into the last one), and the logits."""
+    blocks = [m for m in hf.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers]
+    assert blocks, f"no list of {layers} layer modules in {type(hf).__name__}"
+    outputs = {}
+
+    def keep(k):
+        def hook(module, args, out):
+            outputs[k] = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+        return hook
+
+    handles = [block.register_forward_hook(keep(k)) for k, block in enumerate(blocks[0])]
+    try:
+        for s, ids in enumerate(seqs):
+            outputs.clear()
+            with torch.no_grad():
+                ref = hf(torch.tensor(ids[None]), use_cache=False)
+            assert sorted(outputs) == list(range(layers))
+            for k in range(layers):
+                torch.testing.assert_close(torch.tensor(trace.array(f"layers.{k}.out", s)), outputs[k][0],
+                                           atol=tol, rtol=tol)
+            torch.testing.assert_close(torch.tensor(trace.array("logits", s)), ref.logits[0], atol=tol, rtol=tol)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def assert_probes_match_reference(trace, seqs, reference, dtype, tol):

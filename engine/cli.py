@@ -5,9 +5,8 @@
                    [--intervene JSON_OR_FILE ...] [--config JSON] [--chunk N] -o OUT.h5
     seqscope export-lstmvis TRACE.h5 FOLDER [--probes GLOB ...] [--sequence N]
 
-``seqscope`` alone prints this help.  (The desktop workbench will take over ``seqscope`` with
-no arguments or with a path that is not a command; see :func:`_start_app`.  Nothing here may
-import Qt: ``engine`` stays usable without it.)
+``seqscope [MODEL] [--input FILE] ...`` (no command) opens the desktop workbench; see
+:func:`_start_app`.  Nothing here may import Qt: ``engine`` stays usable without it.
 
 Errors the engine raises on purpose (``SeqScopeError``) print ``seqscope: error: <message>``
 on stderr and exit with status 2, without a traceback.
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,11 +39,34 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
+USAGE = f"""{PROG} [MODEL] [--input FILE] [--project FILE] [--probe P --unit U --step T] [--offscreen]
+       {PROG} COMMAND ...   (COMMAND: {', '.join(COMMANDS)}; '{PROG} COMMAND --help' for each)"""
+DESCRIPTION = """\
+Inspect trained recurrent sequence models: record every internal state of a run, intervene
+inside the recurrence, keep the results as HDF5 traces.  Without a COMMAND it opens the
+desktop workbench window."""
+WINDOW_HELP = f"""\
+the window ({PROG} without a COMMAND):
+  MODEL                 a checkpoint file or folder to open, on the sample input beside it when
+                        it has one (default: the bundled char-LSTM on its sample)
+  --input FILE          a text or numeric (.npy/.csv) input file to open
+  --project FILE        a saved SeqScope project to restore
+  --probe P --unit U --step T
+                        the probe, unit and step to show first
+  --offscreen           run without a display, showing nothing (for scripts); otherwise a
+                        display is needed (on Linux: DISPLAY or WAYLAND_DISPLAY)
+
+examples:
+  {PROG}                                          the bundled char-LSTM on its sample
+  {PROG} assets/models/gru-dyck                   a bundled model on its sample
+  {PROG} info assets/models/gru-dyck/model.safetensors"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = _Parser(prog=PROG, description="Inspect trained recurrent sequence models: record every internal "
-                "state of a run, intervene inside the recurrence, keep the results as HDF5 traces.")
+    p = _Parser(prog=PROG, usage=USAGE, description=DESCRIPTION, epilog=WINDOW_HELP,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -346,17 +369,31 @@ HANDLERS = {"info": cmd_info, "trace": cmd_trace, "export-lstmvis": cmd_export_l
 # -- entry point ---------------------------------------------------------------------------
 
 
-def _start_app(argv: list[str]) -> int | None:
-    """Start the desktop workbench: ``seqscope`` with no arguments, or with a path that is not
-    a command.  Returns ``None`` when the workbench is not installed (the help is shown then).
-    (Imported here lazily, never at module level: ``engine`` does not import Qt.)"""
-    if argv and not argv[0].startswith("-") and not Path(argv[0]).exists():
-        return None  # neither a command nor a model: the caller says so
+def _looks_like_path(word: str) -> bool:
+    return "/" in word or os.sep in word or word.startswith(("~", ".")) or bool(Path(word).suffix)
+
+
+def _not_a_command(word: str) -> str:
+    """What to say about a first argument that is neither a command nor an existing path."""
+    if _looks_like_path(word):
+        return f"{word}: no such file or folder"
+    return (f"unknown command {word!r}; commands: {', '.join(COMMANDS)}; "
+            f"or give a model file or folder to open it in the window ({PROG} --help)")
+
+
+def _start_app(argv: list[str]) -> int:
+    """Start the desktop workbench (``seqscope`` with no command).  (Imported here lazily,
+    never at module level: ``engine`` does not import Qt.)"""
     try:
         from workbench.app import main as app_main
     except ImportError:
-        return None
-    return app_main(argv)
+        print(f"{PROG}: error: the window is not installed (the workbench package is missing); "
+              f"the commands work: {PROG} --help", file=sys.stderr)
+        return 2
+    try:
+        return app_main(argv)
+    except SystemExit as exc:  # the window's own argument errors (already printed) and --help
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,16 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
-        status = _start_app(argv)
-        if status is not None:
-            return status
-        if argv:
-            parser.print_usage(sys.stderr)
-            print(f"{PROG}: error: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}",
-                  file=sys.stderr)
+        if argv and not argv[0].startswith("-") and not Path(argv[0]).exists():
+            print(f"{PROG}: error: {_not_a_command(argv[0])}", file=sys.stderr)
             return 2
-        parser.print_help()
-        return 0
+        return _start_app(argv)
     try:
         args = parser.parse_args(argv)
         if args.command is None:

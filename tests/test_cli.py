@@ -67,6 +67,41 @@ def test_help_and_unknown_commands(capsys):
     assert rc == 2 and "unknown command 'no-such-command'" in err
 
 
+def test_help_says_how_to_open_the_window(capsys):
+    from workbench.app import build_parser
+
+    rc, out, err = run_cli(capsys, "--help")
+    assert rc == 0
+    assert "seqscope [MODEL] [--input FILE] [--project FILE] [--probe P --unit U --step T] [--offscreen]" in out
+    window_part = out[out.index("the window"):]
+    options = [o for a in build_parser()._actions if a.help != "==SUPPRESS==" for o in a.option_strings]
+    assert "--offscreen" in options and "--project" in options
+    for option in options:  # every option the window takes is in the help, none is made up
+        if option not in ("-h", "--help"):
+            assert option in window_part, option
+
+
+def test_a_path_that_does_not_exist_is_named(capsys):
+    for path in ("/no/such/model.pt", "model.pt", "models/gru"):
+        rc, out, err = run_cli(capsys, path)
+        assert rc == 2 and out == ""
+        assert err.strip() == f"seqscope: error: {path}: no such file or folder", err
+    rc, out, err = run_cli(capsys, "trce")  # a word, not a path: a mistyped command
+    assert rc == 2 and "unknown command 'trce'" in err and "info, trace, export-lstmvis" in err
+
+
+def test_an_existing_path_opens_the_window(capsys, monkeypatch, tmp_path):
+    import workbench.app
+
+    started = []
+    monkeypatch.setattr(workbench.app, "main", lambda argv: started.append(argv) or 0)
+    model = ROOT / "assets" / "models" / "gru-dyck"
+    assert run_cli(capsys, model, "--unit", "5")[0] == 0
+    assert run_cli(capsys)[0] == 0
+    assert run_cli(capsys, "--offscreen")[0] == 0
+    assert started == [[str(model), "--unit", "5"], [], ["--offscreen"]]
+
+
 def test_info(capsys, char_model):
     path, n_params = char_model
     rc, out, err = run_cli(capsys, "info", path)

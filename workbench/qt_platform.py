@@ -51,6 +51,10 @@ PACKAGES = {
     "libdbus-1.so.3": ("libdbus-1-3", "dbus-libs", "dbus"),
     "libglib-2.0.so.0": ("libglib2.0-0", "glib2", "glib2"),
     "libgthread-2.0.so.0": ("libglib2.0-0", "glib2", "glib2"),
+    "libz.so.1": ("zlib1g", "zlib", "zlib"),
+    "libzstd.so.1": ("libzstd1", "libzstd", "zstd"),
+    "libXau.so.6": ("libxau6", "libXau", "libxau"),
+    "libXdmcp.so.6": ("libxdmcp6", "libXdmcp", "libxdmcp"),
     "libSM.so.6": ("libsm6", "libSM", "libsm"),
     "libICE.so.6": ("libice6", "libICE", "libice"),
 }

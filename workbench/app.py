@@ -102,7 +102,7 @@ def build_window(args, settings=None):
         window.open_project(args.project)
         return window
     if args.model:
-        model = Path(args.model)
+        model = Path(args.model).absolute()  # File ▸ Open recent works from any folder
         ex = example_for(model)
     else:
         ex = default_example()

@@ -32,6 +32,8 @@ DEFAULT_FRACTION = 0.5
 #: the default budget never exceeds this, however large the machine: a run past it is not an
 #: accident to risk without asking for it (``max_bytes=`` / ``--max-memory``)
 DEFAULT_CAP = 64 * 2**30
+#: share of a GPU's free memory a run may take by default (the arrays are computed there)
+GPU_FRACTION = 0.9
 #: when the machine's memory cannot be read
 FALLBACK_BUDGET = 4 * 2**30
 #: bytes per token besides the arrays: token ids (int64 in the batch, int64 and int32 after),
@@ -276,6 +278,12 @@ def default_budget() -> tuple[int, str]:
     if budget > DEFAULT_CAP:
         return DEFAULT_CAP, f"the default cap; {format_bytes(avail)} {what}"
     return budget, f"{int(DEFAULT_FRACTION * 100)}% of the {format_bytes(avail)} {what}"
+
+
+def gpu_budget_for(device) -> tuple[int, str]:
+    """The default budget of a run on a GPU: most of the GPU memory free now."""
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free * GPU_FRACTION), f"{int(GPU_FRACTION * 100)}% of the {format_bytes(free)} of free GPU memory"
 
 
 def resolve_budget(max_bytes) -> tuple[float, str]:

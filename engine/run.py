@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .budget import check_budget, estimate_run_bytes, resolve_budget
+from .budget import check_budget, estimate_run_bytes, gpu_budget_for, resolve_budget
 from .errors import InputError
 from .interventions import Intervention, InterventionError, PatchSource
 from .models.base import Resume
@@ -322,13 +322,17 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
 
 
 def _check_memory(model, lengths, want, chunk, cache, max_bytes) -> None:
-    """Refuse, before allocating, a run whose estimated memory is past ``max_bytes``."""
+    """Refuse, before allocating, a run whose estimated memory is past ``max_bytes`` (and, on a
+    GPU with the default budget, past the GPU's free memory: the forward pass runs there)."""
     budget, source = resolve_budget(max_bytes)
     if math.isinf(budget):
         return
     order = [s.name for s in model.probe_specs() if s.name in want]
     estimate = estimate_run_bytes(model, sum(lengths), order, lengths=lengths, chunk=chunk, cache=cache)
     check_budget(estimate, budget, budget_source=source)
+    if max_bytes is None and torch.device(model.device).type == "cuda":
+        gpu_budget, gpu_source = gpu_budget_for(model.device)
+        check_budget(estimate, gpu_budget, budget_source=gpu_source)
 
 
 def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:

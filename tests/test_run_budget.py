@@ -294,3 +294,12 @@ def test_the_window_says_what_fits_when_a_run_is_too_large(qtbot, char_lstm, mon
         assert "Traceback" not in messages[-1]
     finally:
         session.runner.shutdown()
+
+
+def test_on_a_gpu_the_default_budget_also_checks_its_free_memory(monkeypatch):
+    """Checked without a GPU: the refusal comes before anything is put on the device."""
+    model = engine.load(MODELS / "gru-dyck", device="cpu")
+    monkeypatch.setattr(model, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**20, 80 * GiB))
+    with pytest.raises(RunTooLarge, match=r"budget of 7\.2 MB \(90% of the 8\.0 MB of free GPU memory\)"):
+        engine.run(model, "()" * 20_000)

@@ -39,7 +39,8 @@ class Trace:
     model_info: Mapping = field(default_factory=dict)
     interventions: tuple[Intervention, ...] = ()
     created: str = field(default_factory=now_iso)
-    #: sentences about the run a user should read (e.g. where non-finite values first appear)
+    #: plain sentences about this run a reader should know (characters read as the unknown
+    #: token, non-finite values ...); stored in trace files as the root attribute ``notes``
     notes: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -48,8 +49,9 @@ class Trace:
         object.__setattr__(self, "arrays", {k: _frozen(v) for k, v in self.arrays.items()})
         object.__setattr__(self, "specs", dict(self.specs))
         object.__setattr__(self, "interventions", tuple(self.interventions))
-        notes = (self.notes,) if isinstance(self.notes, str) else tuple(self.notes or ())
-        object.__setattr__(self, "notes", tuple(str(n) for n in notes))
+        if isinstance(self.notes, str) or not all(isinstance(n, str) for n in self.notes):
+            raise ValueError("notes must be a list of strings")
+        object.__setattr__(self, "notes", tuple(self.notes))
         if self.inputs is not None:
             inputs = np.asarray(self.inputs)
             if inputs.dtype not in (np.float32, np.float64):

@@ -186,9 +186,17 @@ def test_the_status_bar_says_where_non_finite_values_first_appear(qtbot, window,
     with qtbot.waitSignal(s.trace_changed, timeout=20000):
         window.open_model(str(path))
     assert s.trace_notes() == []
-    assert "non-finite" not in window.statusBar().currentMessage()
+    assert "non-finite" not in status_bar_text(window)
     iv = Intervention("layers.0.c", "set", np.inf, positions=[12], units=[3])
     with qtbot.waitSignal(s.trace_changed, timeout=20000):
         s.add_intervention(iv)
     assert s.trace_notes() == ["non-finite values first appear in layers.0.c at step 12 (of sequence 0): inf"]
-    assert "non-finite values first appear in layers.0.c at step 12" in window.statusBar().currentMessage()
+    assert "non-finite values first appear in layers.0.c at step 12" in status_bar_text(window)
+
+
+def status_bar_text(window) -> str:
+    """Everything the status bar says: its message and its labels."""
+    from PySide6.QtWidgets import QLabel
+
+    bar = window.statusBar()
+    return " | ".join([bar.currentMessage()] + [label.text() for label in bar.findChildren(QLabel)])

@@ -297,10 +297,10 @@ def _read_interventions(values: list[str]):
 
 
 def cmd_trace(args) -> int:
-    from .budget import RunTooLarge, parse_size
     from .hdf5 import save_trace
     from .probes import match_probes
     from .run import DEFAULT_CHUNK, run
+    from .budget import RunTooLarge, parse_size
 
     if args.chunk is not None and args.chunk < 1:
         raise CLIError("--chunk must be a positive number of steps")

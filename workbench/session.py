@@ -18,8 +18,8 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 import engine
-from engine.budget import RunTooLarge, estimate_run_bytes
 from engine.errors import InputError
+from engine.budget import RunTooLarge, estimate_run_bytes
 from engine.interventions import Intervention
 
 from .runner import Runner

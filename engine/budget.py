@@ -161,7 +161,7 @@ def _trace_itemsize(dtype) -> int:
 
 
 def _count(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(int(d) for d in shape)
 
 
 def _state_bytes(model, batch: int) -> int:
@@ -184,6 +184,17 @@ def _state_bytes(model, batch: int) -> int:
     return total
 
 
+def _probe_names(probes, specs: dict) -> list[str]:
+    """The probe names ``probes`` (globs, or exact names) chooses, in table order."""
+    if probes is None:
+        return []
+    if not isinstance(probes, str):
+        exact = set(probes)
+        if exact <= specs.keys():  # names already resolved (engine.run's own check): no globbing
+            return [name for name in specs if name in exact]
+    return match_probes(probes, list(specs))
+
+
 def estimate_run_bytes(model, n_tokens: int, probes="*", dtype=None, *, lengths=None, chunk: int = 256,
                        cache=None) -> RunEstimate:
     """The memory a run of ``model`` on ``n_tokens`` tokens recording ``probes`` (globs, as for
@@ -202,7 +213,7 @@ def estimate_run_bytes(model, n_tokens: int, probes="*", dtype=None, *, lengths=
     value = _trace_itemsize(dtype)
     compute = _itemsize(dtype)
     specs = {s.name: s for s in model.probe_specs()}
-    names = match_probes(probes, list(specs)) if probes is not None else []
+    names = _probe_names(probes, specs)
     arrays = {name: n * _count(specs[name].shape) * value for name in names}
 
     working: dict[str, int] = {}

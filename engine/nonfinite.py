@@ -22,6 +22,10 @@ BLOCK_BYTES = 8 << 20
 #: probe sites whose NaN values are by design (implicit attention outside its window)
 NAN_BY_DESIGN = frozenset({"attn"})
 
+#: how the notes begin (a note on a run, a warning on a model's weights)
+NONFINITE_NOTE = "non-finite values first appear in "
+WEIGHTS_WARNING = "warning: weights hold NaN or infinity"
+
 
 @dataclass(frozen=True)
 class NonFinite:
@@ -31,18 +35,19 @@ class NonFinite:
     kind: str  # "NaN", "inf" or "-inf"
 
     def note(self) -> str:
-        return (f"non-finite values first appear in {self.probe} at step {self.step} "
+        return (f"{NONFINITE_NOTE}{self.probe} at step {self.step} "
                 f"(of sequence {self.sequence}): {self.kind}")
 
 
-def _first_bad_row(a: np.ndarray) -> int | None:
-    """The first row (token) of ``a`` holding a NaN or an infinity, or None."""
+def _first_bad_row(a: np.ndarray, skip: int = 0) -> int | None:
+    """The first row (token) of ``a`` holding a NaN or an infinity, or None; rows before
+    ``skip`` are known to be finite."""
     if a.size == 0 or not np.issubdtype(a.dtype, np.floating):
         return None
     n = a.shape[0]
     row_bytes = max(1, a.nbytes // max(1, n))
     step = max(1, BLOCK_BYTES // row_bytes)
-    for start in range(0, n, step):
+    for start in range(min(skip, n), n, step):
         block = a[start:start + step]
         with np.errstate(over="ignore", invalid="ignore"):
             total = block.sum()  # in its own precision: fast, and an overflow is only checked again
@@ -74,10 +79,12 @@ def forward_order(names, specs: Mapping | None = None) -> list[str]:
     return [name for _, name in sorted(enumerate(names), key=rank)]
 
 
-def first_nonfinite(arrays: Mapping[str, np.ndarray], offsets, specs: Mapping | None = None) -> NonFinite | None:
+def first_nonfinite(arrays: Mapping[str, np.ndarray], offsets, specs: Mapping | None = None,
+                    known_finite: Mapping[str, int] | None = None) -> NonFinite | None:
     """The earliest non-finite value of a run: the first sequence that has one, its earliest
     step, and at that step the first probe in forward order (:func:`forward_order`) holding one;
-    None when every value is finite."""
+    None when every value is finite.  ``known_finite``: probe -> rows already known to be
+    finite (a cached re-run copies them from a run that was checked)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     order = [name for name in (specs or arrays) if name in arrays]
     order = forward_order(order + [name for name in arrays if name not in order], specs)
@@ -88,7 +95,7 @@ def first_nonfinite(arrays: Mapping[str, np.ndarray], offsets, specs: Mapping | 
             continue
         a = arrays[name]
         limit = a.shape[0] if best is None else min(a.shape[0], best[0] + 1)  # later rows cannot win
-        row = _first_bad_row(a[:limit])
+        row = _first_bad_row(a[:limit], (known_finite or {}).get(name, 0))
         if row is not None and (best is None or row < best[0]):
             best = (row, rank, name)
     if best is None:
@@ -101,14 +108,11 @@ def first_nonfinite(arrays: Mapping[str, np.ndarray], offsets, specs: Mapping | 
     return NonFinite(name, seq, row - int(offsets[seq]), kind)
 
 
-WEIGHTS_WARNING = "warning: weights hold NaN or infinity"
-
-
 def nonfinite_notes(arrays: Mapping[str, np.ndarray], offsets, specs: Mapping | None = None,
-                    model_info: Mapping | None = None) -> list[str]:
+                    model_info: Mapping | None = None, known_finite: Mapping[str, int] | None = None) -> list[str]:
     """The notes a trace carries about non-finite values: none, or where they first appear
     (and, when the model's weights hold some, the load warning naming them)."""
-    found = first_nonfinite(arrays, offsets, specs)
+    found = first_nonfinite(arrays, offsets, specs, known_finite)
     if found is None:
         return []
     load_notes = str((model_info or {}).get("notes") or "")

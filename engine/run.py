@@ -26,7 +26,7 @@ from .budget import check_budget, estimate_run_bytes, gpu_budget_for, resolve_bu
 from .errors import InputError
 from .interventions import Intervention, InterventionError, PatchSource
 from .models.base import Resume
-from .nonfinite import nonfinite_notes
+from .nonfinite import NONFINITE_NOTE, nonfinite_notes
 from .probes import match_probes
 from .trace import Trace
 
@@ -133,6 +133,8 @@ class PrefixCache:
     def __init__(self):
         self._last: _LastRun | None = None
         self.last_starts: list[int] = []
+        #: probes of the last run known to hold only finite values (a re-run checks only its new rows)
+        self.finite: frozenset = frozenset()
 
     @property
     def last_start(self) -> int:
@@ -142,6 +144,7 @@ class PrefixCache:
     def clear(self):
         self._last = None
         self.last_starts = []
+        self.finite = frozenset()
 
     def resume_for(self, model, seqs, interventions, want, plan, chunk):
         """A ``Resume`` for a new run, or None when it must run from the start."""
@@ -315,10 +318,16 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
         out = model.forward(x, lengths, want, plan, chunk=chunk, resume=resume,
                             keep_state=keep_state if cache is not None else None,
                             progress=progress, should_stop=should_stop)
+    known_finite = {}  # probe -> rows copied from a previous run that held only finite values
+    if cache is not None and resume is not None and B == 1:
+        kept = (min(resume.starts + [resume.logits_from]) // chunk) * chunk
+        known_finite = {name: kept for name in names if name in cache.finite}
+    trace = _make_trace(model, seqs, names, spec_table, out, interventions, known_finite)
     if cache is not None:
         cache.store(model, seqs, interventions, chunk, out, states)
         cache.last_starts = list(resume.starts) if resume is not None else []
-    return _make_trace(model, seqs, names, spec_table, out, interventions)
+        cache.finite = frozenset() if any(n.startswith(NONFINITE_NOTE) for n in trace.notes) else frozenset(names)
+    return trace
 
 
 def _check_memory(model, lengths, want, chunk, cache, max_bytes) -> None:
@@ -335,7 +344,7 @@ def _check_memory(model, lengths, want, chunk, cache, max_bytes) -> None:
         check_budget(estimate, gpu_budget, budget_source=gpu_source)
 
 
-def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:
+def _make_trace(model, seqs, names, spec_table, padded, interventions, known_finite=None) -> Trace:
     lengths = [len(s) for s in seqs]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     arrays = {}
@@ -365,4 +374,4 @@ def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:
     info = model.info()
     return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs={n: spec_table[n] for n in names},
                  token_text=text, inputs=inputs, model_info=info, interventions=interventions,
-                 notes=nonfinite_notes(arrays, offsets, spec_table, info))
+                 notes=nonfinite_notes(arrays, offsets, spec_table, info, known_finite))

@@ -200,3 +200,24 @@ def status_bar_text(window) -> str:
 
     bar = window.statusBar()
     return " | ".join([bar.currentMessage()] + [label.text() for label in bar.findChildren(QLabel)])
+
+
+def test_a_cached_rerun_checks_its_new_rows_and_finds_what_they_hold(model, monkeypatch):
+    text = TEXT * 10  # 150 tokens, chunks of 32
+    cache = engine.PrefixCache()
+    assert engine.run(model, text, cache=cache, chunk=32).notes == ()
+    assert "layers.0.c" in cache.finite
+    checked = []
+    real = nonfinite_mod._first_bad_row
+    monkeypatch.setattr(nonfinite_mod, "_first_bad_row", lambda a, skip=0: checked.append(skip) or real(a, skip))
+    iv = Intervention("layers.1.c", "set", np.inf, positions=[100], units=[1])
+    trace = engine.run(model, text, interventions=[iv], cache=cache, chunk=32)
+    assert trace.notes == ("non-finite values first appear in layers.1.c at step 100 (of sequence 0): inf",)
+    assert max(checked) == 96  # rows before the edit's chunk came from the checked run
+    assert cache.finite == frozenset()
+    # the next re-run cannot lean on a run that held one: it checks every row, and finds it again
+    checked.clear()
+    trace = engine.run(model, text + "a", interventions=[iv], cache=cache, chunk=32)
+    assert max(checked) == 0 and trace.notes[0].startswith("non-finite values first appear in layers.1.c at step 100")
+    # and the same edit run from scratch says the same
+    assert engine.run(model, text, interventions=[iv], chunk=32).notes == trace.notes

@@ -73,7 +73,9 @@ class RunTooLarge(InputError):
         if fits > 0:
             options.append(f"give a shorter input (about {fits:,} tokens fit)")
         if how:
-            options.append(f"raise the budget ({how})")
+            avail, _ = available_memory()
+            short = f", more than the {format_bytes(avail)} available now" if avail and est.total > avail else ""
+            options.append(f"raise the budget ({how}{short})")
         if not options:
             options.append("free some memory")
         n_probes = len(est.probes)

@@ -110,6 +110,9 @@ def test_the_default_budget_is_half_the_available_memory(char_lstm, monkeypatch)
         engine.run(char_lstm, text)
     trace = engine.run(char_lstm, text[:2000])  # small runs are untouched
     assert trace.n_tokens == 2000
+    # raising the budget past what the machine has is offered with that said
+    with pytest.raises(RunTooLarge, match=r"max_bytes='\d+G', more than the 8\.0 GB available now\)$"):
+        engine.run(char_lstm, text * 3)
 
 
 def test_the_default_budget_has_a_cap_and_a_fallback(monkeypatch):

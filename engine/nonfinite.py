@@ -125,7 +125,9 @@ def nonfinite_weights(weights: Mapping) -> list[str]:
 
     out = []
     for name, w in weights.items():
-        if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.numel() == 0:
+            continue
+        if torch.isfinite(w.sum()):  # a finite sum has finite terms (an overflow is counted below)
             continue
         bad = int((~torch.isfinite(w)).sum())
         if bad:

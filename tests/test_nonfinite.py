@@ -221,3 +221,11 @@ def test_a_cached_rerun_checks_its_new_rows_and_finds_what_they_hold(model, monk
     assert max(checked) == 0 and trace.notes[0].startswith("non-finite values first appear in layers.1.c at step 100")
     # and the same edit run from scratch says the same
     assert engine.run(model, text, interventions=[iv], chunk=32).notes == trace.notes
+
+
+def test_weights_are_named_exactly_even_when_their_sum_overflows():
+    from engine.nonfinite import nonfinite_weights
+
+    weights = {"big": torch.full((10,), 3e38), "ids": torch.tensor([1, 2]), "empty": torch.zeros(0),
+               "w": torch.tensor([[1.0, float("nan")], [float("-inf"), 2.0]])}
+    assert nonfinite_weights(weights) == ["w (2 of 4 values)"]

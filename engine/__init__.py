@@ -25,10 +25,13 @@ __version__ = "0.1.0"
 
 
 def load(path, **kwargs):
-    """Open a checkpoint file or folder and build an instrumented model (see ``engine.loading``)."""
+    """Open a checkpoint file or folder and build an instrumented model (see ``engine.loading``).
+    Weights holding NaN or infinity are named in ``model.info()["notes"]`` (a warning, not a
+    refusal: a broken model can still be inspected)."""
     from .loading import load as _load
+    from .nonfinite import note_nonfinite_weights
 
-    return _load(path, **kwargs)
+    return note_nonfinite_weights(_load(path, **kwargs))
 
 
 def save_trace(trace, path, **kwargs):

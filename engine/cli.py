@@ -2,7 +2,8 @@
 
     seqscope info MODEL [--config JSON]
     seqscope trace MODEL (--text TEXT | --input FILE [--input FILE ...]) [--probes GLOB ...]
-                   [--intervene JSON_OR_FILE ...] [--config JSON] [--chunk N] -o OUT.h5
+                   [--intervene JSON_OR_FILE ...] [--config JSON] [--chunk N] [--max-memory SIZE]
+                   -o OUT.h5
     seqscope export-lstmvis TRACE.h5 FOLDER [--probes GLOB ...] [--sequence N]
 
 ``seqscope [MODEL] [--input FILE] ...`` (no command) opens the desktop workbench; see
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", choices=("float16", "float32", "float64"), default=None,
                     help="store arrays in this precision (default: as computed, normally float32)")
     tr.add_argument("--compression", choices=("gzip", "lzf"), default=None, help="compress the arrays")
+    tr.add_argument("--max-memory", metavar="SIZE", default=None,
+                    help="memory the run may take, e.g. 16G or 800M (default: half the available memory, "
+                    "at most 64G); a run estimated to need more is refused before it starts")
     bar = tr.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show a progress bar on stderr")
@@ -214,6 +218,8 @@ def describe_model(model) -> str:
     add("parameters", _fmt_int(info.get("parameter_count", getattr(model, "parameter_count", 0))))
     if info.get("dtype") or info.get("device"):
         add("runs as", f"{info.get('dtype', '?')} on {info.get('device', '?')}")
+    for note in str(info.get("notes") or "").splitlines():  # how the model was read, warnings
+        add("note", note)
     specs = model.probe_specs()
     lines.append(f"probes ({len(specs)}):")
     width = max((len(s.name) for s in specs), default=0)
@@ -317,6 +323,7 @@ def cmd_trace(args) -> int:
     from .hdf5 import save_trace
     from .probes import match_probes
     from .run import DEFAULT_CHUNK, run
+    from .budget import RunTooLarge, parse_size
 
     if args.chunk is not None and args.chunk < 1:
         raise CLIError("--chunk must be a positive number of steps")
@@ -328,6 +335,7 @@ def cmd_trace(args) -> int:
     except KeyError as exc:
         raise CLIError(str(exc.args[0])) from None
     interventions = _read_interventions(args.intervene)
+    max_bytes = parse_size(args.max_memory) if args.max_memory is not None else None
 
     longest = max((len(x) for x in inputs), default=0)
     show = args.progress if args.progress is not None else (longest >= LONG_INPUT and sys.stderr.isatty())
@@ -335,7 +343,9 @@ def cmd_trace(args) -> int:
     t0 = time.monotonic()
     try:
         trace = run(model, inputs, probes=args.probes, interventions=interventions,
-                    chunk=args.chunk or DEFAULT_CHUNK, progress=bar)
+                    chunk=args.chunk or DEFAULT_CHUNK, progress=bar, max_bytes=max_bytes)
+    except RunTooLarge as exc:
+        raise CLIError(exc.explain("--max-memory {size}")) from None
     finally:
         if bar is not None:
             bar.close()
@@ -346,6 +356,8 @@ def cmd_trace(args) -> int:
           f"{_fmt_int(trace.n_tokens)} tokens, {len(trace.probes)} probe{'s' if len(trace.probes) != 1 else ''}"
           f"{f', {n_iv} intervention' + ('s' if n_iv != 1 else '') if n_iv else ''}, "
           f"{_fmt_bytes(out.stat().st_size)} in {seconds:.1f} s")
+    for note in trace.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,7 @@ a full re-run exactly.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .budget import check_budget, estimate_run_bytes, gpu_budget_for, resolve_budget
 from .errors import InputError
 from .interventions import Intervention, InterventionError, PatchSource
 from .models.base import Resume
+from .nonfinite import NONFINITE_NOTE, nonfinite_notes
 from .probes import match_probes
 from .trace import Trace
 
@@ -130,6 +133,8 @@ class PrefixCache:
     def __init__(self):
         self._last: _LastRun | None = None
         self.last_starts: list[int] = []
+        #: probes of the last run known to hold only finite values (a re-run checks only its new rows)
+        self.finite: frozenset = frozenset()
 
     @property
     def last_start(self) -> int:
@@ -139,6 +144,7 @@ class PrefixCache:
     def clear(self):
         self._last = None
         self.last_starts = []
+        self.finite = frozenset()
 
     def resume_for(self, model, seqs, interventions, want, plan, chunk):
         """A ``Resume`` for a new run, or None when it must run from the start."""
@@ -260,13 +266,21 @@ def _exact_cuda(device):
 def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *,
         cache: PrefixCache | None = None, chunk: int = DEFAULT_CHUNK,
         progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None) -> Trace:
+        should_stop: Callable[[], bool] | None = None, max_bytes=None) -> Trace:
     """Run ``model`` on ``inputs`` and record the probes matching ``probes`` (globs).
 
     ``inputs``: text, token ids, a numeric ``[time, features]`` array, or a list of them
     (one sequence each).  ``interventions`` apply inside the recurrence.  ``cache``: a
     :class:`PrefixCache` reused across calls.  ``progress(done, total)`` is called as
     chunks finish; ``should_stop()`` returning true cancels the run (raises ``Cancelled``).
+
+    ``max_bytes``: the memory the run may take (bytes, or a size such as ``"16G"``; default:
+    half the available memory, at most 64 GB; ``math.inf``: no limit).  The run's memory is
+    estimated first (:func:`engine.budget.estimate_run_bytes`); past the budget it raises
+    :class:`~engine.budget.RunTooLarge` (an ``InputError``) before allocating anything.
+
+    Non-finite values in the recorded arrays are reported in the trace's ``notes``: the probe
+    and step where they first appear.
     """
     seqs = prepare_inputs(model, inputs)
     spec_table = {s.name: s for s in model.probe_specs()}
@@ -276,6 +290,9 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     lengths = [len(s) for s in seqs]
     T, B = max(lengths), len(seqs)
     device = model.device
+    if cache is not None:  # every layer's output lets a re-run skip the layers an edit cannot reach
+        want = want | {model.layer_output_probe(k) for k in range(model.num_layers)}
+    _check_memory(model, lengths, want, chunk, cache, max_bytes)
 
     if model.takes_tokens:
         x = torch.zeros(T, B, dtype=torch.long)
@@ -288,8 +305,6 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     x = x.to(device)
 
     plan = model.bind(interventions, lengths, _resolve_sources(interventions))
-    if cache is not None:  # every layer's output lets a re-run skip the layers an edit cannot reach
-        want = want | {model.layer_output_probe(k) for k in range(model.num_layers)}
     resume = cache.resume_for(model, seqs, interventions, want, plan, chunk) if cache is not None else None
     states: dict = {}
     if resume is not None:  # boundary states before each layer's start stay valid
@@ -303,13 +318,33 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
         out = model.forward(x, lengths, want, plan, chunk=chunk, resume=resume,
                             keep_state=keep_state if cache is not None else None,
                             progress=progress, should_stop=should_stop)
+    known_finite = {}  # probe -> rows copied from a previous run that held only finite values
+    if cache is not None and resume is not None and B == 1:
+        kept = (min(resume.starts + [resume.logits_from]) // chunk) * chunk
+        known_finite = {name: kept for name in names if name in cache.finite}
+    trace = _make_trace(model, seqs, names, spec_table, out, interventions, known_finite)
     if cache is not None:
         cache.store(model, seqs, interventions, chunk, out, states)
         cache.last_starts = list(resume.starts) if resume is not None else []
-    return _make_trace(model, seqs, names, spec_table, out, interventions)
+        cache.finite = frozenset() if any(n.startswith(NONFINITE_NOTE) for n in trace.notes) else frozenset(names)
+    return trace
 
 
-def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:
+def _check_memory(model, lengths, want, chunk, cache, max_bytes) -> None:
+    """Refuse, before allocating, a run whose estimated memory is past ``max_bytes`` (and, on a
+    GPU with the default budget, past the GPU's free memory: the forward pass runs there)."""
+    budget, source = resolve_budget(max_bytes)
+    if math.isinf(budget):
+        return
+    order = [s.name for s in model.probe_specs() if s.name in want]
+    estimate = estimate_run_bytes(model, sum(lengths), order, lengths=lengths, chunk=chunk, cache=cache)
+    check_budget(estimate, budget, budget_source=source)
+    if max_bytes is None and torch.device(model.device).type == "cuda":
+        gpu_budget, gpu_source = gpu_budget_for(model.device)
+        check_budget(estimate, gpu_budget, budget_source=gpu_source)
+
+
+def _make_trace(model, seqs, names, spec_table, padded, interventions, known_finite=None) -> Trace:
     lengths = [len(s) for s in seqs]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     arrays = {}
@@ -336,5 +371,7 @@ def _make_trace(model, seqs, names, spec_table, padded, interventions) -> Trace:
         tokens = np.concatenate([np.arange(L) for L in lengths])
         text = None
         inputs = np.concatenate([s.values for s in seqs])
+    info = model.info()
     return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs={n: spec_table[n] for n in names},
-                 token_text=text, inputs=inputs, model_info=model.info(), interventions=interventions)
+                 token_text=text, inputs=inputs, model_info=info, interventions=interventions,
+                 notes=nonfinite_notes(arrays, offsets, spec_table, info, known_finite))

@@ -289,7 +289,9 @@ class MainWindow(QMainWindow):
     def _trace_changed(self):
         t = self.session.trace
         n_iv = len(self.session.interventions)
-        self.statusBar().showMessage(f"{t.n_tokens:,} tokens" + (f", {n_iv} intervention(s)" if n_iv else ""), 3000)
+        notes = self.session.trace_notes()  # e.g. where non-finite values first appear: kept in view longer
+        self.statusBar().showMessage(f"{t.n_tokens:,} tokens" + (f", {n_iv} intervention(s)" if n_iv else "")
+                                     + "".join(f"; {n}" for n in notes), 15000 if notes else 3000)
 
     def _job_finished(self, _id, kind, result):
         if kind == "export":

@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject, Signal
 
 import engine
 from engine.errors import InputError
+from engine.budget import RunTooLarge, estimate_run_bytes
 from engine.interventions import Intervention
 
 from .runner import Runner
@@ -192,8 +193,8 @@ class Session(QObject):
         ``capture_budget_bytes`` for this input; then the selected probe, each layer's output and
         state (which the prefix cache needs), and the logits."""
         specs = self.model.probe_specs()
-        per_token = sum(int(np.prod(s.shape)) for s in specs) * 4 * 2  # float32, clean + steered
-        if n_tokens * per_token <= self.capture_budget_bytes:
+        everything = estimate_run_bytes(self.model, n_tokens, "*").arrays * 2  # clean + steered
+        if everything <= self.capture_budget_bytes:
             return "*"
         keep = {self.probe, "logits"} | {iv.probe for iv in self.interventions}
         keep |= {s.name for s in specs if s.site in ("h", "c", "out", "state") and s.name.startswith("layers.")
@@ -251,13 +252,17 @@ class Session(QObject):
         self._pending_input = inp
 
         def job(should_stop, progress):
-            clean = previous_clean
-            if clean is None:
-                clean = engine.run(model, inp, probes, cache=clean_cache, progress=progress, should_stop=should_stop)
-            steered = clean
-            if ivs:
-                steered = engine.run(model, inp, probes, interventions=ivs, cache=steered_cache, progress=progress,
-                                     should_stop=should_stop)
+            try:
+                clean = previous_clean
+                if clean is None:
+                    clean = engine.run(model, inp, probes, cache=clean_cache, progress=progress,
+                                       should_stop=should_stop)
+                steered = clean
+                if ivs:
+                    steered = engine.run(model, inp, probes, interventions=ivs, cache=steered_cache,
+                                         progress=progress, should_stop=should_stop)
+            except RunTooLarge as exc:  # the window has no budget to raise: say what fits
+                raise InputError(exc.explain("")) from None
             return RunResult(clean, steered, request)
 
         self.runner.submit("run", job)
@@ -275,6 +280,16 @@ class Session(QObject):
             if self.step >= self.trace.n_tokens:
                 self.step = max(0, self.trace.n_tokens - 1)
             self.trace_changed.emit()
+
+    def trace_notes(self) -> list[str]:
+        """What the current traces say about their runs (e.g. where non-finite values first
+        appear), each sentence once; the status bar shows them."""
+        notes = []
+        for t in (self.clean_trace, self.trace):
+            for note in (t.notes if t is not None else ()):
+                if note not in notes:
+                    notes.append(note)
+        return notes
 
     def _on_failed(self, _id, kind, message):
         what = {"load": "Could not open the model", "run": "Could not run the model"}.get(kind, "Error")

@@ -323,6 +323,8 @@ def cmd_trace(args) -> int:
           f"{_fmt_int(trace.n_tokens)} tokens, {len(trace.probes)} probe{'s' if len(trace.probes) != 1 else ''}"
           f"{f', {n_iv} intervention' + ('s' if n_iv != 1 else '') if n_iv else ''}, "
           f"{_fmt_bytes(out.stat().st_size)} in {seconds:.1f} s")
+    for note in trace.notes:
+        print(f"note: {note}")
     return 0
 
 

@@ -3,7 +3,8 @@
 Layout of a trace file (DESIGN.md §3, ``schema_version`` 1)::
 
     /                     attrs: format="seqscope-trace", schema_version=1, seqscope_version, created,
-                                 interventions (JSON list of Intervention.to_dict())
+                                 interventions (JSON list of Intervention.to_dict()),
+                                 notes (JSON list of sentences about the run; may be absent)
     /model                attrs: architecture, source, config (JSON string), parameter_count,
                                  and any other model_info entry (dtype, device, ...)
     /tokens/ids           int32   [N]      all sequences concatenated
@@ -222,6 +223,7 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
             f.attrs["seqscope_version"] = _version()
             f.attrs["created"] = trace.created or _now()
             f.attrs["interventions"] = interventions_json
+            f.attrs["notes"] = json.dumps(list(trace.notes))
 
             model = f.create_group("model")
             info = dict(trace.model_info)
@@ -357,8 +359,12 @@ def _read(f) -> Trace:
         specs[name] = _read_spec(ds, name)
 
     interventions = tuple(Intervention.from_dict(d) for d in json.loads(_attr_value(f.attrs.get("interventions", "[]"))))
+    notes = json.loads(_attr_value(f.attrs.get("notes", "[]")))  # absent in files from before notes
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ValueError("the notes attribute is not a JSON list of strings")
     return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs=specs, token_text=text, inputs=inputs,
-                 model_info=info, interventions=interventions, created=_attr_value(f.attrs.get("created", "")))
+                 model_info=info, interventions=interventions, created=_attr_value(f.attrs.get("created", "")),
+                 notes=tuple(notes))
 
 
 # -- LSTMVis export --------------------------------------------------------------------

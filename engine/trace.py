@@ -39,6 +39,9 @@ class Trace:
     model_info: Mapping = field(default_factory=dict)
     interventions: tuple[Intervention, ...] = ()
     created: str = field(default_factory=now_iso)
+    #: plain sentences about this run a reader should know (characters read as the unknown
+    #: token, non-finite values ...); stored in trace files as the root attribute ``notes``
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "tokens", _frozen(np.asarray(self.tokens, dtype=np.int32)))
@@ -46,6 +49,9 @@ class Trace:
         object.__setattr__(self, "arrays", {k: _frozen(v) for k, v in self.arrays.items()})
         object.__setattr__(self, "specs", dict(self.specs))
         object.__setattr__(self, "interventions", tuple(self.interventions))
+        if isinstance(self.notes, str) or not all(isinstance(n, str) for n in self.notes):
+            raise ValueError("notes must be a list of strings")
+        object.__setattr__(self, "notes", tuple(self.notes))
         if self.inputs is not None:
             inputs = np.asarray(self.inputs)
             if inputs.dtype not in (np.float32, np.float64):

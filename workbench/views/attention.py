@@ -94,6 +94,13 @@ class AttentionView(QWidget):
         self.plot.scene().sigMouseClicked.connect(self._click)
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
+        session.model_changed.connect(self._model_changed)
+
+    def _model_changed(self):
+        """A model's look-at entry may ask for the output weighting (the recall model's card does)."""
+        look = self.session.look_at
+        if look is not None and "attention_weighted" in look.options:
+            self.weighted.setChecked(look.options["attention_weighted"])
 
     def flush(self):
         self._lazy.flush()

@@ -4,7 +4,7 @@ JSON."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
                                QHBoxLayout, QLineEdit, QPushButton, QSlider, QTableWidget, QTableWidgetItem,
                                QVBoxLayout, QWidget)
 
@@ -96,9 +96,9 @@ class InterventionsPanel(QWidget):
         self.clear = QPushButton("Clear")
         self.save = QPushButton("Save…")
         self.load = QPushButton("Load…")
-        buttons = QHBoxLayout()
-        for b in (self.add_selection, self.add, self.remove, self.clear, self.save, self.load):
-            buttons.addWidget(b)
+        buttons = QGridLayout()  # two rows of three: the panel stays narrow beside the plots
+        for k, b in enumerate((self.add_selection, self.add, self.remove, self.clear, self.save, self.load)):
+            buttons.addWidget(b, k // 3, k % 3)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.table, 1)

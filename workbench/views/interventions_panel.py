@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
-                               QHBoxLayout, QLineEdit, QPushButton, QSlider, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+                               QHBoxLayout, QHeaderView, QLineEdit, QPushButton, QSlider, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.errors import SeqScopeError
 from engine.interventions import OPS, Intervention, PatchSource, Span, load_interventions, save_interventions
@@ -63,7 +63,7 @@ class InterventionsPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)  # all five fit the column
         self.table.itemSelectionChanged.connect(self._row_selected)
 
         self.probe = QComboBox()

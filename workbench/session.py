@@ -132,6 +132,24 @@ class Session(QObject):
         self.selection_changed.emit()
         self.request_run()
 
+    def _select_first_view(self, model, path, requested: bool):
+        names = self.probe_names()
+        look = None if requested else look_at(path)
+        self.look_at = look if look is not None and look.probe in names else None
+        self._first_step = None
+        if self.look_at is not None:
+            self.probe = self.look_at.probe
+            self.units = list(self.look_at.units)
+            self._first_step = self.look_at.step
+        elif not requested or self.probe not in names:
+            self.probe = _default_probe(model)
+            if not requested:
+                self.units = []
+        width = self.probe_width()
+        self.units = [u for u in self.units if u < width]
+        self._choose_unit = not self.units
+        self.units = self.units or [0]  # until the first trace says which unit varies most
+
     def probe_names(self) -> list[str]:
         return [s.name for s in self.model.probe_specs()] if self.model is not None else []
 
@@ -187,24 +205,6 @@ class Session(QObject):
         ivs = list(self.interventions)
         del ivs[index]
         self.set_interventions(ivs)
-
-    def _select_first_view(self, model, path, requested: bool):
-        names = self.probe_names()
-        look = None if requested else look_at(path)
-        self.look_at = look if look is not None and look.probe in names else None
-        self._first_step = None
-        if self.look_at is not None:
-            self.probe = self.look_at.probe
-            self.units = list(self.look_at.units)
-            self._first_step = self.look_at.step
-        elif not requested or self.probe not in names:
-            self.probe = _default_probe(model)
-            if not requested:
-                self.units = []
-        width = self.probe_width()
-        self.units = [u for u in self.units if u < width]
-        self._choose_unit = not self.units
-        self.units = self.units or [0]  # until the first trace says which unit varies most
 
     # -- selection (no re-run) ----------------------------------------------------------------
     def select_probe(self, name: str):

@@ -16,7 +16,7 @@ from engine.analysis.cell_attention import cell_attention
 from engine.analysis.implicit_attention import contribution_attention
 from engine.probes import layer_probe
 
-from ._common import LazyRefresh, MessageStack, view_layer
+from ._common import LazyRefresh, MessageStack, no_model_or_trace, view_layer
 
 
 def attention_source(session, layer: int):
@@ -107,8 +107,9 @@ class AttentionView(QWidget):
 
     def refresh(self):
         s = self.session
-        if s.model is None or s.trace is None:
-            self.stack.show_message("No trace yet.")
+        msg = no_model_or_trace(s)
+        if msg is not None:
+            self.stack.show_message(msg)
             return
         layer = view_layer(s)
         source = attention_source(s, layer) if layer is not None else None

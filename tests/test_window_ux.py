@@ -259,6 +259,8 @@ def test_outputs_say_computing_while_the_first_run_computes(qtbot, default_windo
     assert outputs.message() == "Computing…"
     s._on_progress(0, "run", 2, 5)
     assert outputs.message() == "Computing… 40 %"
+    assert w.views["Neuron heatmap"].readout.text() == "Computing… 40 %"
+    assert w.views["Text"].caption.text() == "Computing… 40 %"
     qtbot.waitUntil(lambda: s.trace is not None, timeout=WAIT)
     assert not s.computing and outputs.message() == ""
 

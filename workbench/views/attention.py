@@ -93,6 +93,7 @@ class AttentionView(QWidget):
         self.weighted.toggled.connect(lambda _b: self._lazy.request())
         self.plot.scene().sigMouseClicked.connect(self._click)
         session.trace_changed.connect(self._lazy.request)
+        session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
         session.selection_changed.connect(self._lazy.request)
         session.model_changed.connect(self._model_changed)
 

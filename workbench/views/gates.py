@@ -89,6 +89,7 @@ class GateView(QWidget):
         self._lazy = LazyRefresh(self, self.refresh)
         session.model_changed.connect(self._lazy.request)
         session.trace_changed.connect(self._lazy.request)
+        session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
         session.selection_changed.connect(self._on_selection)
         self.refresh()
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from ._common import LazyRefresh
+from ._common import LazyRefresh, computing_message
 from .colors import color_scale, light_text, rgb_scaled
 
 TAB_CELLS = 4
@@ -134,6 +134,7 @@ class TextView(QWidget):
         layout.addWidget(self.scroll, 1)
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
+        session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
 
     def unit_values(self, trace=None) -> np.ndarray | None:
         s = self.session
@@ -154,7 +155,7 @@ class TextView(QWidget):
             self.canvas.set_tokens((), 1)
             self.canvas.colors = np.zeros((0, 3), np.uint8)
             self.canvas.light = np.zeros(0, dtype=bool)
-            self.caption.setText("no trace yet" if s.trace is None else
+            self.caption.setText((computing_message(s) or "no trace yet") if s.trace is None else
                                  "token ids without a vocabulary: no text to show" if s.model.takes_tokens else
                                  "numeric input: no text to show")
             self.canvas.update()

@@ -29,6 +29,7 @@ class UnitPlotView(QWidget):
         self.plot_item = self.plot.getPlotItem()
         self.plot_item.setLabel("bottom", "token")
         self.plot_item.setLabel("left", "activation")
+        self.plot_item.getAxis("bottom").enableAutoSIPrefix(False)  # steps are counts: never "token (x0.001)"
         self.plot_item.showGrid(x=True, y=True, alpha=0.2)
         for name in ("left", "bottom"):
             # Each axis draws its grid lines across the whole plot, so any change to a curve repainted
@@ -54,6 +55,7 @@ class UnitPlotView(QWidget):
         self.input_plot = pg.PlotWidget()  # the numeric input series, on the same time axis
         self.input_item = self.input_plot.getPlotItem()
         self.input_item.setLabel("left", "input")
+        self.input_item.getAxis("bottom").enableAutoSIPrefix(False)
         self.input_item.showGrid(x=True, y=True, alpha=0.2)
         self.input_item.setXLink(self.plot_item)
         self.input_item.setDownsampling(auto=True, mode="peak")

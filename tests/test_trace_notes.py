@@ -60,3 +60,20 @@ def test_seqscope_trace_prints_the_note(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "note: 1 character is not in the model's vocabulary (e.g. 'é')" in out.stdout
+
+
+def test_a_trace_file_whose_notes_are_not_a_list_of_strings_is_refused(char_model, tmp_path):
+    import h5py
+
+    from engine.errors import SeqScopeError
+
+    path = tmp_path / "t.h5"
+    engine.save_trace(engine.run(char_model, "x\n", probes=["logits"]), path)
+    for bad in ("5", '{"a": 1}', "[1, 2]", "not json"):
+        with h5py.File(path, "r+") as f:
+            f.attrs["notes"] = bad
+        with pytest.raises(SeqScopeError, match="could not be read"):
+            engine.load_trace(path)
+    with h5py.File(path, "r+") as f:
+        del f.attrs["notes"]  # a file from before notes
+    assert engine.load_trace(path).notes == ()

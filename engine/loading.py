@@ -207,6 +207,9 @@ def save_model(model: RecurrentStack, path) -> Path:
         raise ValueError(f"save_model writes .safetensors files, not {path.suffix or 'a file without suffix'}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": "pt", "seqscope_config": model.config.to_json()}
+    for entry, key in NAME_ENTRIES.items():
+        if model.load_info.get(key):
+            meta[entry] = json.dumps(list(model.load_info[key]))
     tok = model.tokenizer
     if isinstance(tok, CharVocab):
         meta["seqscope_vocab"] = json.dumps(tok.to_dict())
@@ -1130,9 +1133,29 @@ def _attach_info(model: RecurrentStack, found: _Found, cfg: StackConfig, notes: 
         extra["nonlinearity"] = cfg.cell.split("_")[1] + (" (assumed)" if assumed else "")
     if vocab_src:
         extra["vocabulary"] = str(vocab_src) if model.tokenizer is not None else ""
+    extra.update(_stored_names(found, notes))
     if notes:
         extra["notes"] = "\n".join(notes)
     model.load_info.update(extra)
+
+
+#: metadata entries naming a model's output classes and input features (JSON lists of strings),
+#: exposed as ``model.info()["output_names"]`` / ``["input_names"]`` and kept in trace files
+NAME_ENTRIES = {"seqscope_output_names": "output_names", "seqscope_input_names": "input_names"}
+
+
+def _stored_names(found: _Found, notes: list[str]) -> dict:
+    out = {}
+    for entry, key in NAME_ENTRIES.items():
+        names = found.metadata.get(entry)
+        if names is None:
+            continue
+        if isinstance(names, list) and names and all(isinstance(n, str) and len(n) <= 200 for n in names) \
+                and len(names) <= 100_000:
+            out[key] = names
+        else:
+            notes.append(f"the metadata entry {entry} is not a list of names; it was ignored")
+    return out
 
 
 def _inference_message(found: _Found, failure: str, tensors, back, config_given=False) -> str:

@@ -40,6 +40,7 @@ class Sequence_:
     ids: np.ndarray | None = None  # int64 [L]
     values: np.ndarray | None = None  # float32/float64 [L, F]
     text: list[str] | None = None  # one string per token
+    note: str | None = None  # what the trace's notes should say about this input
 
     def __len__(self):
         return len(self.ids) if self.ids is not None else len(self.values)
@@ -76,7 +77,9 @@ def _one_sequence(model, x, n: int) -> Sequence_:
         ids, pieces = model.tokenizer.encode(x)
         if len(ids) == 0:
             raise InputError(f"{where} produced no tokens")
-        return Sequence_(ids=ids, text=pieces)
+        unknown = getattr(model.tokenizer, "unknown_note", None)
+        note = unknown(x) if unknown is not None else None
+        return Sequence_(ids=ids, text=pieces, note=f"input {n}: {note}" if note and n else note)
     arr = np.asarray(x)
     if arr.size == 0:
         raise InputError(f"{where} is empty: nothing to run")
@@ -374,4 +377,4 @@ def _make_trace(model, seqs, names, spec_table, padded, interventions, known_fin
     info = model.info()
     return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs={n: spec_table[n] for n in names},
                  token_text=text, inputs=inputs, model_info=info, interventions=interventions,
-                 notes=nonfinite_notes(arrays, offsets, spec_table, info, known_finite))
+                 notes=[s.note for s in seqs if s.note] + nonfinite_notes(arrays, offsets, spec_table, info, known_finite))

@@ -83,6 +83,19 @@ class CharVocab:
         """The text of id ``i`` ("" for ids past the vocabulary, which an embedding may have)."""
         return self.pieces[i] if 0 <= i < len(self.pieces) else ""
 
+    def unknown_note(self, text: str) -> str | None:
+        """A sentence saying how many characters of ``text`` :meth:`encode` reads as the unknown
+        symbol (with a few of them), or None when every character is in the vocabulary."""
+        if self.unknown is None:
+            return None  # encode refuses such text instead
+        if not set(text) - self.index.keys():
+            return None
+        missing = [ch for ch in text if ch not in self.index]
+        examples = ", ".join(repr(ch) for ch in list(dict.fromkeys(missing))[:3])
+        n = len(missing)
+        return (f"{n} character{'s are' if n != 1 else ' is'} not in the model's vocabulary (e.g. {examples}); "
+                f"{'they were' if n != 1 else 'it was'} read as the unknown token {self.unknown!r}")
+
 
 class FileTokenizer:
     """A Hugging Face ``tokenizer.json`` (any model type the ``tokenizers`` package reads).

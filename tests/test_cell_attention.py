@@ -46,3 +46,24 @@ def test_an_ablated_forget_gate_cuts_every_older_path(trace64):
     alpha = cell_attention(gi, gf, (0, 120), (0, 120), reduce=None)
     assert np.all(alpha[60:, :60] == 0)  # nothing written before step 60 survives it
     np.testing.assert_allclose(np.einsum("iju,ju->iu", alpha, gg), c, atol=1e-8, rtol=0)
+
+
+def test_nearly_closed_forget_gates_do_not_overflow_and_stay_exact():
+    """Forget gates of 1e-4 over 128 steps: L[i] - L[j] for j > i reached ~1200, and exp of it
+    overflowed ("RuntimeWarning: overflow encountered in exp") before being masked to 0."""
+    import warnings
+
+    rng = np.random.default_rng(1)
+    T, U = 128, 3
+    gi = rng.uniform(0.1, 0.9, (T, U))
+    gf = np.full((T, U), 1e-4)
+    gf[:, 1] = rng.uniform(0.5, 1.0, T)  # an ordinary unit beside the closed ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        alpha = cell_attention(gi, gf, (0, T), (0, T), reduce=None)
+        mean = cell_attention(gi, gf, (0, T), (0, T))
+    assert np.isfinite(alpha).all() and np.isfinite(mean).all()
+    assert np.all(alpha[np.triu_indices(T, 1)] == 0)
+    # exact where it matters: each entry is i_j * prod f over (j, i]
+    for i, j in [(5, 5), (9, 3), (127, 100), (127, 0)]:
+        np.testing.assert_allclose(alpha[i, j], gi[j] * np.prod(gf[j + 1:i + 1], axis=0), rtol=1e-9, atol=0)

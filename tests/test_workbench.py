@@ -48,7 +48,10 @@ def open_with_text(qtbot, window, path, text=TEXT):
 
 def test_open_type_and_see_the_trace(qtbot, window, char_model_file):
     s = open_with_text(qtbot, window, char_model_file)
-    assert s.model.architecture == "lstm" and s.probe == "layers.1.c"
+    # no look_at.json beside it: the first layer's hidden state, on the unit that varies most
+    assert s.model.architecture == "lstm" and s.probe == "layers.0.h"
+    h = s.trace["layers.0.h"]
+    assert s.units == [int(np.argmax(h.var(axis=0)))] and h[:, s.units[0]].std() > 0
     assert window.views["Probes"].tree.topLevelItemCount() == 3  # inputs/outputs, layer 0, layer 1
     editor = window.views["Input"].editor
     with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
@@ -72,7 +75,7 @@ def test_clicking_the_heatmap_selects_a_unit_and_step_everywhere(qtbot, window, 
         QTest.mouseClick(heat.plot.viewport(), Qt.LeftButton, pos=widget_pt)
     assert s.units[0] == 9 and s.step == 17
     plot = window.views["Unit traces"]
-    np.testing.assert_array_equal(plot.steered[0].yData, s.trace["layers.1.c"][:, 9])
+    np.testing.assert_array_equal(plot.steered[0].yData, s.trace[s.probe][:, 9])
     assert plot.cursor.value() == 17
     assert heat.unit_line.value() == 9.5
 
@@ -128,6 +131,8 @@ def test_unit_trace_axes_hold_still_while_steering_and_grow_to_show_every_value(
 
 def test_exports_png_svg_hdf5_csv_read_back(qtbot, window, char_model_file, tmp_path):
     s = open_with_text(qtbot, window, char_model_file)
+    s.select_probe("layers.1.c")
+    s.select_units([0])
     s.add_intervention(Intervention("layers.1.h", "scale", 0.5, units=[1]))
     qtbot.waitSignal(s.trace_changed, timeout=WAIT).wait()
     png, svg = tmp_path / "heat.png", tmp_path / "traces.svg"
@@ -275,6 +280,8 @@ def test_attention_view_weights_mamba_attention_by_what_reaches_the_output(qtbot
     with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
         window.open_model(ex.model)
     view = window.views["Attention"]
+    assert s.look_at.view == "Attention" and view.weighted.isChecked()  # as its look_at.json asks
+    view.weighted.setChecked(False)
     window.docks["Attention"].raise_()
     s.select_probe("layers.1.out")
     s.set_step(40)

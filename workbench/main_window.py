@@ -19,20 +19,31 @@ from .examples import Example, examples
 from .export import ExportError, export_units_csv, export_view, safe_filename
 from .session import Session
 
-# (dock title, module in workbench.views, class, dock area)
+# (dock title, module in workbench.views, class); where each goes: _lay_out_docks
 VIEWS = [
-    ("Probes", "probe_tree", "ProbeTreeView", Qt.LeftDockWidgetArea),
-    ("Input", "input_editor", "InputEditor", Qt.LeftDockWidgetArea),
-    ("Interventions", "interventions_panel", "InterventionsPanel", Qt.LeftDockWidgetArea),
-    ("Neuron heatmap", "heatmap", "HeatmapView", Qt.RightDockWidgetArea),
-    ("Text", "text_view", "TextView", Qt.RightDockWidgetArea),
-    ("Unit traces", "unit_plot", "UnitPlotView", Qt.RightDockWidgetArea),
-    ("Outputs", "outputs", "OutputView", Qt.BottomDockWidgetArea),
-    ("Gates", "gates", "GateView", Qt.BottomDockWidgetArea),
-    ("Trajectory", "trajectory", "TrajectoryView", Qt.BottomDockWidgetArea),
-    ("Neuron search", "neuron_search", "NeuronSearchView", Qt.BottomDockWidgetArea),
-    ("Attention", "attention", "AttentionView", Qt.BottomDockWidgetArea),
+    ("Probes", "probe_tree", "ProbeTreeView"),
+    ("Input", "input_editor", "InputEditor"),
+    ("Interventions", "interventions_panel", "InterventionsPanel"),
+    ("Neuron heatmap", "heatmap", "HeatmapView"),
+    ("Text", "text_view", "TextView"),
+    ("Unit traces", "unit_plot", "UnitPlotView"),
+    ("Outputs", "outputs", "OutputView"),
+    ("Gates", "gates", "GateView"),
+    ("Trajectory", "trajectory", "TrajectoryView"),
+    ("Neuron search", "neuron_search", "NeuronSearchView"),
+    ("Attention", "attention", "AttentionView"),
 ]
+# The default layout, three columns: the inputs on the left; the heatmap, text and unit traces in
+# the middle; on the right the analysis views as tabs in a column of their own (each gets the
+# window's full height less the outputs table below them, so an attention map of 128 steps or
+# the saturation plot is readable at the default size).
+DEFAULT_SIZE = (1500, 950)
+LEFT_COLUMN = ("Probes", "Input", "Interventions")
+MIDDLE_COLUMN = ("Neuron heatmap", "Text", "Unit traces")
+ANALYSIS_TABS = ("Attention", "Gates", "Trajectory", "Neuron search")  # the first is raised
+COLUMN_WIDTHS = (330, 610, 560)
+MIDDLE_HEIGHTS = (290, 260, 260)
+RIGHT_HEIGHTS = (600, 250)  # the analysis tabs, the outputs table
 MAX_RECENT = 8
 BUSY_DELAY_MS = 300  # show the progress bar for work that has lasted this long
 
@@ -43,13 +54,12 @@ class MainWindow(QMainWindow):
         self.session = session or Session(parent=self)
         self.settings = settings or QSettings("SeqScope", "workbench")
         self.setWindowTitle("SeqScope")
-        self.resize(1500, 950)
+        self.resize(*DEFAULT_SIZE)
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
-        self.setCorner(Qt.BottomLeftCorner, Qt.LeftDockWidgetArea)  # the bottom tabs sit under the plots
         self.views: dict[str, object] = {}
         self.docks: dict[str, QDockWidget] = {}
-        for title, module, cls, area in VIEWS:
+        for title, module, cls in VIEWS:
             if importlib.util.find_spec(f"workbench.views.{module}") is None:
                 continue  # a view not built yet
             view_cls = getattr(importlib.import_module(f"workbench.views.{module}"), cls)
@@ -57,21 +67,12 @@ class MainWindow(QMainWindow):
             dock = QDockWidget(title, self)
             dock.setObjectName(f"dock-{module}")
             dock.setWidget(view)
-            self.addDockWidget(area, dock)
             self.views[title] = view
             self.docks[title] = dock
             if hasattr(view, "flush"):  # a view whose tab is raised catches up with the edits it skipped
                 dock.visibilityChanged.connect(lambda shown, v=view: shown and QTimer.singleShot(0, v.flush))
-        bottom = [self.docks[t] for t in ("Outputs", "Gates", "Trajectory", "Neuron search", "Attention") if t in self.docks]
-        for a, b in zip(bottom, bottom[1:]):
-            self.tabifyDockWidget(a, b)
-        if bottom:
-            bottom[0].raise_()
-        self.setCentralWidget(None)
-        left = [self.docks[t] for t in ("Probes", "Input", "Interventions") if t in self.docks]
-        self.resizeDocks(left, [420] * len(left), Qt.Horizontal)
-        right = [self.docks[t] for t in ("Neuron heatmap", "Text", "Unit traces") if t in self.docks]
-        self.resizeDocks(right + bottom[:1], [290, 250, 190, 220][: len(right)] + [220][: len(bottom[:1])], Qt.Vertical)
+        self._lay_out_docks()
+        self._shows_text = True  # the text view is shown (hidden while a numeric model is open)
 
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(220)
@@ -80,6 +81,11 @@ class MainWindow(QMainWindow):
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(lambda: self.session.runner.cancel())
         self.model_label = QLabel("no model")
+        # what the trace's notes say (characters read as the unknown token, ...): stays while the
+        # trace is shown; a passing status message covers it for a few seconds
+        self.notes_label = QLabel()
+        self.notes_label.setStyleSheet("color: #a04000;")
+        self.statusBar().addWidget(self.notes_label, 1)
         self.statusBar().addPermanentWidget(self.model_label)
         self.statusBar().addPermanentWidget(self.progress)
         self.statusBar().addPermanentWidget(self.cancel_button)
@@ -96,6 +102,36 @@ class MainWindow(QMainWindow):
         self.session.trace_changed.connect(self._trace_changed)
         self.session.runner.finished.connect(self._job_finished)
         self.session.project_restored.connect(self._project_restored)
+
+    def _lay_out_docks(self):
+        """Place the docks in the default three columns (see ``COLUMN_WIDTHS``)."""
+        def present(titles):
+            return [self.docks[t] for t in titles if t in self.docks]
+
+        left, middle, tabs = present(LEFT_COLUMN), present(MIDDLE_COLUMN), present(ANALYSIS_TABS)
+        outputs = present(("Outputs",))
+        for dock in left:
+            self.addDockWidget(Qt.LeftDockWidgetArea, dock, Qt.Vertical)
+        right_column = tabs + outputs
+        first = (middle or right_column)[:1]
+        for dock in first:
+            self.addDockWidget(Qt.RightDockWidgetArea, dock)
+        if middle and right_column:  # the right area split into the middle and the analysis column
+            self.splitDockWidget(middle[0], right_column[0], Qt.Horizontal)
+        for above, below in zip(middle, middle[1:]):
+            self.splitDockWidget(above, below, Qt.Vertical)
+        if tabs and outputs:
+            self.splitDockWidget(tabs[0], outputs[0], Qt.Vertical)
+        for a, b in zip(tabs, tabs[1:]):
+            self.tabifyDockWidget(a, b)
+        if tabs:
+            tabs[0].raise_()
+        self.setCentralWidget(None)
+        columns = [(c[0], w) for c, w in zip((left, middle, right_column), COLUMN_WIDTHS) if c]
+        self.resizeDocks([d for d, _ in columns], [w for _, w in columns], Qt.Horizontal)
+        self.resizeDocks(middle, list(MIDDLE_HEIGHTS[: len(middle)]), Qt.Vertical)
+        if tabs and outputs:
+            self.resizeDocks([tabs[0], outputs[0]], list(RIGHT_HEIGHTS), Qt.Vertical)
 
     # -- menus ------------------------------------------------------------------------------
     def _action(self, menu, text, slot, shortcut=None):
@@ -285,13 +321,29 @@ class MainWindow(QMainWindow):
         if s.model_path:
             self._remember(s.model_path)
         self.statusBar().showMessage(f"opened {s.model_path}", 5000)
+        self.notes_label.setText("")
+        self._show_first_view()
+
+    def _show_first_view(self):
+        """Raise the view the model's look-at entry names; the text view only for models that read
+        text (a numeric model's unit traces and input series take its room)."""
+        s = self.session
+        text_dock = self.docks.get("Text")
+        if text_dock is not None and s.model.takes_tokens != self._shows_text:
+            self._shows_text = s.model.takes_tokens
+            text_dock.setVisible(self._shows_text)
+        view = s.look_at.view if s.look_at is not None else None
+        if view in self.docks:
+            self.docks[view].show()
+            self.docks[view].raise_()
 
     def _trace_changed(self):
         t = self.session.trace
         n_iv = len(self.session.interventions)
-        notes = self.session.trace_notes()  # e.g. where non-finite values first appear: kept in view longer
-        self.statusBar().showMessage(f"{t.n_tokens:,} tokens" + (f", {n_iv} intervention(s)" if n_iv else "")
-                                     + "".join(f"; {n}" for n in notes), 15000 if notes else 3000)
+        self.statusBar().showMessage(f"{t.n_tokens:,} tokens" + (f", {n_iv} intervention(s)" if n_iv else ""), 3000)
+        notes = self.session.trace_notes()  # the clean and the steered run's, each once
+        self.notes_label.setText(" · ".join(notes))
+        self.notes_label.setToolTip("\n".join(notes))
 
     def _job_finished(self, _id, kind, result):
         if kind == "export":

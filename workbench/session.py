@@ -11,6 +11,7 @@ intervention costs only the steps after the first one it changes.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from engine.errors import InputError
 from engine.budget import RunTooLarge, estimate_run_bytes
 from engine.interventions import Intervention
 
+from .examples import LookAt, look_at
 from .runner import Runner
 
 PROJECT_FORMAT = "seqscope-project"
@@ -61,14 +63,16 @@ class Session(QObject):
     project_restored = Signal(dict)
     busy_changed = Signal(bool)
     progress = Signal(int, int)
+    computing_changed = Signal()  # a run started, progressed or ended (see ``computing``)
 
     def __init__(self, runner: Runner | None = None, parent=None):
         super().__init__(parent)
         self.runner = runner or Runner(self)
         self.runner.finished.connect(self._on_finished)
         self.runner.failed.connect(self._on_failed)
-        self.runner.progress.connect(lambda _id, _kind, d, t: self.progress.emit(d, t))
+        self.runner.progress.connect(self._on_progress)
         self.runner.busy_changed.connect(self.busy_changed)
+        self.runner.busy_changed.connect(lambda busy: busy or self._set_computing(False))
         self.model = None
         self.model_path: str | None = None
         self.text: str | None = None  # the input, for token models
@@ -78,6 +82,10 @@ class Session(QObject):
         self.units: list[int] = []  # selected units; the first is "the" unit
         self.pinned: list[tuple[str, int]] = []
         self.step: int = 0
+        #: the current model's look-at entry (what its card says to look at), or None
+        self.look_at: LookAt | None = None
+        self._choose_unit = False  # on the next trace, select the unit that varies most
+        self._first_step: int | None = None  # on the next trace, put the cursor here
         self.trace: engine.Trace | None = None
         self.clean_trace: engine.Trace | None = None
         self._clean_cache = engine.PrefixCache()
@@ -87,6 +95,8 @@ class Session(QObject):
         self._run_count = 0
         self._clean_input = None  # the input clean_trace was computed from
         self._pending_input = None
+        self.computing = False  # a run of the model is under way
+        self.run_progress = (0, 0)  # (done, total) of that run, as engine.run reports it
 
     # -- model --------------------------------------------------------------------------
     def open_model(self, path, config=None):
@@ -99,7 +109,13 @@ class Session(QObject):
         self.runner.submit("load", job)
 
     def set_model(self, model, path: str | None = None):
-        """Use an already built model (also the end of ``open_model``)."""
+        """Use an already built model (also the end of ``open_model``).
+
+        What it opens on: a probe or units chosen while no model was open (the command line's
+        ``--probe``/``--unit``, a project) win; otherwise the model's look-at entry (see
+        :mod:`workbench.examples`); otherwise its first layer's main state and, once the first
+        trace is in, the unit that varies most over the input."""
+        requested = self.model is None and (self.probe is not None or bool(self.units))
         self.model = model
         self.model_path = path
         self._clean_cache = engine.PrefixCache()
@@ -107,10 +123,7 @@ class Session(QObject):
         self.trace = self.clean_trace = None
         self._clean_input = None
         self.interventions = [iv for iv in self.interventions if iv.probe in self.probe_names()]
-        names = self.probe_names()
-        if self.probe not in names:
-            self.probe = _default_probe(model)
-        self.units = [u for u in self.units if u < self.probe_width()] or [0]
+        self._select_first_view(model, path, requested)
         if not model.takes_tokens:
             self.text = None
         elif self.values is not None:
@@ -119,6 +132,24 @@ class Session(QObject):
         self.interventions_changed.emit()
         self.selection_changed.emit()
         self.request_run()
+
+    def _select_first_view(self, model, path, requested: bool):
+        names = self.probe_names()
+        look = None if requested else look_at(path)
+        self.look_at = look if look is not None and look.probe in names else None
+        self._first_step = None
+        if self.look_at is not None:
+            self.probe = self.look_at.probe
+            self.units = list(self.look_at.units)
+            self._first_step = self.look_at.step
+        elif not requested or self.probe not in names:
+            self.probe = _default_probe(model)
+            if not requested:
+                self.units = []
+        width = self.probe_width()
+        self.units = [u for u in self.units if u < width]
+        self._choose_unit = not self.units
+        self.units = self.units or [0]  # until the first trace says which unit varies most
 
     def probe_names(self) -> list[str]:
         return [s.name for s in self.model.probe_specs()] if self.model is not None else []
@@ -266,6 +297,17 @@ class Session(QObject):
             return RunResult(clean, steered, request)
 
         self.runner.submit("run", job)
+        self._set_computing(True)
+
+    def _set_computing(self, computing: bool, progress=(0, 0)):
+        if computing != self.computing or progress != self.run_progress:
+            self.computing, self.run_progress = computing, progress
+            self.computing_changed.emit()
+
+    def _on_progress(self, _id, kind, done, total):
+        if kind == "run":
+            self._set_computing(True, (int(done), int(total)))
+        self.progress.emit(done, total)
 
     def _on_finished(self, _id, kind, result):
         if kind == "load" and isinstance(result[0], dict):  # a project and its model
@@ -277,8 +319,14 @@ class Session(QObject):
         elif kind == "run":
             self.clean_trace, self.trace = result.clean, result.steered
             self._clean_input = self._pending_input
+            if self._choose_unit and self.probe in self.clean_trace.arrays:
+                self._choose_unit = False
+                self.units = [most_varying_unit(self.clean_trace[self.probe])]
+            if self._first_step is not None:
+                self.step, self._first_step = self._first_step, None
             if self.step >= self.trace.n_tokens:
                 self.step = max(0, self.trace.n_tokens - 1)
+            self.computing = False  # views redraw from the trace: no separate signal needed
             self.trace_changed.emit()
 
     def trace_notes(self) -> list[str]:
@@ -292,6 +340,8 @@ class Session(QObject):
         return notes
 
     def _on_failed(self, _id, kind, message):
+        if kind == "run":
+            self._set_computing(False)
         what = {"load": "Could not open the model", "run": "Could not run the model"}.get(kind, "Error")
         self.error.emit(f"{what}: {message}")
 
@@ -353,14 +403,27 @@ class Session(QObject):
 
 
 def _default_probe(model) -> str:
-    """The most telling probe to show first: the top layer's cell state, else its hidden state."""
-    names = [s.name for s in model.probe_specs()]
-    layered = [n for n in names if n.startswith("layers.")]
-    top = max((int(n.split(".")[1]) for n in layered), default=0)
-    for site in ("c", "h", "out", "state"):
-        if f"layers.{top}.{site}" in names:
-            return f"layers.{top}.{site}"
-    return names[0]
+    """The probe a model without a look-at entry opens on: its first layer's main state (the
+    hidden state ``h``, or the layer's output for the families that name it ``out``), else the
+    first one-dimensional probe of the first layer."""
+    specs = model.probe_specs()
+    names = [s.name for s in specs]
+    for site in ("h", "out", "y"):
+        if f"layers.0.{site}" in names:
+            return f"layers.0.{site}"
+    first = [s.name for s in specs if s.layer == 0 and len(s.shape) == 1]
+    return first[0] if first else names[0]
+
+
+def most_varying_unit(values: np.ndarray) -> int:
+    """The unit (column, after flattening all but the step axis) whose values vary most over the
+    steps; non-finite values are left out.  A constant unit is chosen only when all are."""
+    a = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    a = np.where(np.isfinite(a), a, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN unit: nanvar says so, and warns
+        var = np.nanvar(a, axis=0)
+    return int(np.argmax(np.nan_to_num(var, nan=-1.0)))
 
 
 def _same_input(a, b) -> bool:

@@ -147,7 +147,8 @@ def write_card(out: Path, ev: dict, args) -> None:
         "",
         trainkit.md_table(["file", "what"], [
             ["`model.safetensors`", f"weights in SeqScope's own format ({ev['files']['model_kb']:.0f} kB); no "
-                                    "embedding: the model reads numeric inputs (time × 3 features)"],
+                                    "embedding: the model reads numeric inputs (time × 3 features); the metadata names the features "
+                                    "and classes (`seqscope_input_names`, `seqscope_output_names`)"],
             ["`sample.csv`", f"{len(SAMPLE_TRIALS)} trials back to back ({r['sample_steps']} steps × 3 columns "
                              f"{', '.join(DMS_FEATURES)}): the input the app opens"],
             ["`sample_trials.json`", "where each trial's sample, delay, test and response steps are in `sample.csv`, "
@@ -290,7 +291,9 @@ def main(argv=None):
     with torch.no_grad():
         ref = model(torch.from_numpy(sx)[None])[0].numpy()
     diff = trainkit.save_and_verify(to_stack(model), path, sx, ref,
-                                  note=f"assets/train/lstm_timeseries.py --seed {args.seed} --steps {args.steps}; see README.md")
+                                  note=f"assets/train/lstm_timeseries.py --seed {args.seed} --steps {args.steps}; see README.md",
+                                  metadata={"seqscope_output_names": json.dumps(DMS_CLASSES),
+                                            "seqscope_input_names": json.dumps(DMS_FEATURES)})
     loaded = engine.load(path, device="cpu")
 
     seqs = eval_set()

@@ -65,9 +65,9 @@ def environment() -> dict:
     }
 
 
-def add_provenance(path: Path, note: str) -> None:
+def add_provenance(path: Path, note: str, extra: dict | None = None) -> None:
     """Re-write a ``save_model`` file with one more metadata entry, ``seqscope_provenance``
-    (which script made it)."""
+    (which script made it), and the string entries in ``extra``."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -75,12 +75,14 @@ def add_provenance(path: Path, note: str) -> None:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta["seqscope_provenance"] = note
+    meta.update(extra or {})
     tmp = path.with_name("." + path.name + ".prov")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
-def save_and_verify(stack, path: Path, inputs, torch_logits: np.ndarray, note: str = "") -> float:
+def save_and_verify(stack, path: Path, inputs, torch_logits: np.ndarray, note: str = "",
+                    metadata: dict | None = None) -> float:
     """Write ``stack`` (a ``RecurrentStack``, e.g. from ``from_torch``) with
     ``engine.loading.save_model``, load it back with ``engine.load`` and run ``inputs`` through
     ``engine.run``; return the largest difference from ``torch_logits`` (what the torch module
@@ -89,7 +91,7 @@ def save_and_verify(stack, path: Path, inputs, torch_logits: np.ndarray, note: s
     from engine.loading import save_model
 
     save_model(stack, path)
-    add_provenance(path, note)
+    add_provenance(path, note, metadata)
     os.chmod(path, 0o644)  # save_model writes through a private temporary file
     model = engine.load(path, device="cpu")
     trace = engine.run(model, inputs, probes="logits")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 REDUCTIONS = ("mean_abs", None)
+MAX_EXPONENT = 700.0  # exp(700) ~ 1e304, just inside float64
 
 
 def cell_attention(gate_i: np.ndarray, gate_f: np.ndarray, rows, cols, *, units=None,
@@ -45,15 +46,19 @@ def cell_attention(gate_i: np.ndarray, gate_f: np.ndarray, rows, cols, *, units=
         return out
     # prod_(k=j+1..i) f_k = exp(L[i] - L[j]) with L[t] = sum_(k <= t) log f_k, except that it is
     # 0 when a forget gate in (j, i] is exactly 0 (an ablation): Z counts those zeros.
+    # The exponent is set to -inf before exp wherever alpha is 0 by definition (j > i, where
+    # L[i] - L[j] is a large positive number that would overflow, and across a zero gate), so
+    # exp gives those 0 exactly and never overflows; a product above float64's range (forget
+    # "gates" set above 1 by an intervention, over hundreds of steps) is capped at ~1e304.
     zero = gf <= 0.0
     L = np.cumsum(np.log(np.where(zero, 1.0, gf)), axis=0)
     Z = np.cumsum(zero, axis=0)
-    decay = np.exp(L[r0:r1c, None, :] - L[None, c0:c1c, :])  # [R, W, U]
-    decay[(Z[r0:r1c, None, :] - Z[None, c0:c1c, :]) > 0] = 0.0
-    alpha = gi[None, c0:c1c, :] * decay
+    exponent = L[r0:r1c, None, :] - L[None, c0:c1c, :]  # [R, W, U]
+    exponent[(Z[r0:r1c, None, :] - Z[None, c0:c1c, :]) > 0] = -np.inf
     i_idx = np.arange(r0, r1c)[:, None]
     j_idx = np.arange(c0, c1c)[None, :]
-    alpha[j_idx > i_idx] = 0.0
+    exponent[j_idx > i_idx] = -np.inf
+    alpha = gi[None, c0:c1c, :] * np.exp(np.minimum(exponent, MAX_EXPONENT))
     if reduce == "mean_abs":
         out[: r1c - r0, : c1c - c0] = np.abs(alpha).mean(axis=-1)
     else:

@@ -104,8 +104,18 @@ def no_model_or_trace(session) -> str | None:
     if session.model is None:
         return "No model loaded. Open a checkpoint with File ▸ Open."
     if session.trace is None:
-        return "No trace yet: type or open an input to run the model."
+        return computing_message(session) or "No trace yet: type or open an input to run the model."
     return None
+
+
+def computing_message(session) -> str | None:
+    """The message "Computing…", with the run's progress, while a run is under way; else None."""
+    if not getattr(session, "computing", False):
+        return None
+    done, total = getattr(session, "run_progress", (0, 0))
+    if total > 0:
+        return f"Computing… {100 * min(done, total) // total} %"
+    return "Computing…"
 
 
 def view_layer(session) -> int | None:
@@ -149,3 +159,14 @@ class TraceKey:
             return False
         other = TraceKey(model, trace)
         return other._content == self._content
+
+
+def legend_below(plot_item, columns: int = 4):
+    """A legend for ``plot_item`` in a row of its own under the bottom axis, so it never covers
+    the data (and is part of the plot when it is exported)."""
+    import pyqtgraph as pg
+
+    legend = pg.LegendItem(colCount=columns)
+    plot_item.layout.addItem(legend, 4, 1)
+    plot_item.legend = legend  # PlotItem.addItem adds named items to it, as with addLegend
+    return legend

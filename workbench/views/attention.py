@@ -16,7 +16,7 @@ from engine.analysis.cell_attention import cell_attention
 from engine.analysis.implicit_attention import contribution_attention
 from engine.probes import layer_probe
 
-from ._common import LazyRefresh, MessageStack, view_layer
+from ._common import LazyRefresh, MessageStack, no_model_or_trace, view_layer
 
 
 def attention_source(session, layer: int):
@@ -93,15 +93,24 @@ class AttentionView(QWidget):
         self.weighted.toggled.connect(lambda _b: self._lazy.request())
         self.plot.scene().sigMouseClicked.connect(self._click)
         session.trace_changed.connect(self._lazy.request)
+        session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
         session.selection_changed.connect(self._lazy.request)
+        session.model_changed.connect(self._model_changed)
+
+    def _model_changed(self):
+        """A model's look-at entry may ask for the output weighting (the recall model's card does)."""
+        look = self.session.look_at
+        if look is not None and "attention_weighted" in look.options:
+            self.weighted.setChecked(look.options["attention_weighted"])
 
     def flush(self):
         self._lazy.flush()
 
     def refresh(self):
         s = self.session
-        if s.model is None or s.trace is None:
-            self.stack.show_message("No trace yet.")
+        msg = no_model_or_trace(s)
+        if msg is not None:
+            self.stack.show_message(msg)
             return
         layer = view_layer(s)
         source = attention_source(s, layer) if layer is not None else None

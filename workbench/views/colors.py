@@ -53,3 +53,18 @@ def symmetric_level(values: np.ndarray) -> float:
     return level if level > 0 else 1.0
 
 
+def relative_luminance(rgb: np.ndarray) -> np.ndarray:
+    """WCAG relative luminance (0 black .. 1 white) of uint8 sRGB colours [..., 3]."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+#: below this background luminance white text contrasts more than black (WCAG contrast ratios
+#: (L + 0.05) / 0.05 for black and 1.05 / (L + 0.05) for white are equal at L = 0.179)
+LIGHT_TEXT_BELOW = 0.179
+
+
+def light_text(rgb: np.ndarray) -> np.ndarray:
+    """Whether text on each background colour [..., 3] should be white (else black)."""
+    return relative_luminance(rgb) < LIGHT_TEXT_BELOW

@@ -22,7 +22,8 @@ from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
 from engine.analysis import gates as G
 from engine.probes import layer_probe
 
-from ._common import LazyRefresh, MessageStack, TraceKey, layer_sites, no_model_or_trace, view_layer
+from ._common import (LazyRefresh, MessageStack, TraceKey, layer_sites, legend_below, no_model_or_trace,
+                      view_layer)
 
 GATE_COLOURS = {
     "gate_i": (31, 119, 180), "gate_f": (255, 127, 14), "gate_o": (44, 160, 44),
@@ -55,10 +56,11 @@ class GateView(QWidget):
         self.hist_plot.setLabel("left", "fraction of values")
         self.hist_plot.getAxis("left").enableAutoSIPrefix(False)
         self.hist_plot.setTitle("gate activation distributions")
-        self.hist_legend = self.hist_plot.addLegend(offset=(-10, 10))
+        # the legend in a row of its own under the axis, off the curves (which pile up at 0 and 1)
+        self.hist_legend = legend_below(self.hist_plot)
         self.sat_plot = self.graphics.addPlot(row=0, col=1)
-        self.sat_plot.setLabel("bottom", "fraction of steps with gate &lt; 0.1 (left-saturated)")
-        self.sat_plot.setLabel("left", "fraction of steps with gate &gt; 0.9 (right-saturated)")
+        self.sat_plot.setLabel("bottom", "steps with gate &lt; 0.1 (left-saturated)")
+        self.sat_plot.setLabel("left", "steps with gate &gt; 0.9")
         self.sat_plot.setTitle("gate saturation, one point per unit")
         for axis in ("bottom", "left"):
             self.sat_plot.getAxis(axis).enableAutoSIPrefix(False)
@@ -66,10 +68,12 @@ class GateView(QWidget):
         self.sat_plot.setYRange(0, 1, padding=0.03)
         self.sat_plot.disableAutoRange()
         self.sat_plot.setAspectLocked(True)
+        # top right: above the line x + y = 1, where no unit can lie, so the legend covers no point
         self.sat_legend = self.sat_plot.addLegend(offset=(-10, 10))
         # x + y <= 1: no unit can lie beyond this line
         self.sat_plot.addItem(pg.PlotCurveItem([0, 1], [1, 0], pen=pg.mkPen((128, 128, 128), style=Qt.DashLine)))
         self.plot_item = self.sat_plot
+        self.stacked = False  # the two plots side by side, or (in a tall view) one above the other
 
         self._hist_curves: dict[str, pg.PlotDataItem] = {}
         self._scatters: dict[str, pg.ScatterPlotItem] = {}
@@ -85,8 +89,21 @@ class GateView(QWidget):
         self._lazy = LazyRefresh(self, self.refresh)
         session.model_changed.connect(self._lazy.request)
         session.trace_changed.connect(self._lazy.request)
+        session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
         session.selection_changed.connect(self._on_selection)
         self.refresh()
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        stacked = self.height() > 0.8 * self.width()
+        if stacked != self.stacked:
+            self.stacked = stacked
+            layout = self.graphics.ci
+            layout.removeItem(self.sat_plot)
+            layout.addItem(self.sat_plot, row=1 if stacked else 0, col=0 if stacked else 1)
+            grid = layout.layout  # stacked: the square saturation plot gets the larger share
+            grid.setRowStretchFactor(0, 2 if stacked else 1)
+            grid.setRowStretchFactor(1, 3 if stacked else 0)
 
     # -- items, made once per gate site ---------------------------------------------------------
     def _colour(self, site: str):

@@ -7,7 +7,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from ._common import LazyRefresh, visible
+from ._common import LazyRefresh, computing_message, visible
 from .colors import DIVERGING, color_scale
 
 
@@ -20,6 +20,8 @@ class HeatmapView(QWidget):
         self.plot_item = self.plot.getPlotItem()
         self.plot_item.setLabel("bottom", "token")
         self.plot_item.setLabel("left", "unit")
+        for axis in ("bottom", "left"):  # steps and units are counts: never "token (x0.001)"
+            self.plot_item.getAxis(axis).enableAutoSIPrefix(False)
         self.plot_item.invertY(True)
         self.image = pg.ImageItem(axisOrder="row-major")  # rows = units, columns = tokens
         self.plot_item.addItem(self.image)
@@ -50,6 +52,7 @@ class HeatmapView(QWidget):
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
         session.model_changed.connect(self._reset_view)
+        session.computing_changed.connect(self._computing_changed)
 
     # -- data ------------------------------------------------------------------------------
     def values(self) -> np.ndarray | None:
@@ -62,6 +65,10 @@ class HeatmapView(QWidget):
             a = a - s.clean_trace[s.probe]
         return np.ascontiguousarray(a.reshape(a.shape[0], -1), dtype=np.float32)
 
+    def _computing_changed(self):
+        if self.session.trace is None:
+            self.readout.setText(computing_message(self.session) or "no trace yet")
+
     def refresh(self):
         s = self.session
         key = (id(s.trace), s.probe, self.difference.isChecked())
@@ -70,7 +77,8 @@ class HeatmapView(QWidget):
             self._values = self.values()
             if self._values is None:
                 self.image.clear()
-                self.readout.setText("no trace yet" if s.trace is None else f"{s.probe} was not recorded")
+                self.readout.setText((computing_message(s) or "no trace yet") if s.trace is None else
+                                     f"{s.probe} was not recorded")
             else:
                 self.readout.setText("hover for values · click to select a unit and step")
                 low, high, cmap = self._levels()

@@ -4,9 +4,9 @@ JSON."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLineEdit, QPushButton, QSlider, QTableWidget, QTableWidgetItem,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout,
+                               QHBoxLayout, QHeaderView, QLineEdit, QPushButton, QSlider, QTableWidget,
+                               QTableWidgetItem, QVBoxLayout, QWidget)
 
 from engine.errors import SeqScopeError
 from engine.interventions import OPS, Intervention, PatchSource, Span, load_interventions, save_interventions
@@ -63,7 +63,7 @@ class InterventionsPanel(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)  # all five fit the column
         self.table.itemSelectionChanged.connect(self._row_selected)
 
         self.probe = QComboBox()
@@ -96,9 +96,9 @@ class InterventionsPanel(QWidget):
         self.clear = QPushButton("Clear")
         self.save = QPushButton("Save…")
         self.load = QPushButton("Load…")
-        buttons = QHBoxLayout()
-        for b in (self.add_selection, self.add, self.remove, self.clear, self.save, self.load):
-            buttons.addWidget(b)
+        buttons = QGridLayout()  # two rows of three: the panel stays narrow beside the plots
+        for k, b in enumerate((self.add_selection, self.add, self.remove, self.clear, self.save, self.load)):
+            buttons.addWidget(b, k // 3, k % 3)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.table, 1)

@@ -4,8 +4,10 @@ interventions, side by side.
 A table: rank, the clean trace's k most probable next tokens with probabilities, the steered
 trace's, and how much each steered token's probability changed.  A header line names the
 step's token and the token that actually follows, with its probability before → after.
-Token texts come from ``model.tokenizer.piece`` with whitespace made visible (⏎, ␣, ⇥);
-without a tokenizer (numeric inputs, bare token ids) classes show as ``#id``.
+Token texts come from ``model.tokenizer.piece`` with whitespace made visible (⏎, ␣, ⇥); a model
+without one shows its output names (``model.info()["output_names"]``, e.g. a classifier's
+classes), and classes without a name show as ``#id``.  While the first run of an input computes,
+the view says so, with its progress.
 """
 from __future__ import annotations
 
@@ -50,7 +52,12 @@ class OutputView(QWidget):
         session.model_changed.connect(self.refresh)
         session.trace_changed.connect(self.refresh)
         session.selection_changed.connect(self.refresh)
+        session.computing_changed.connect(self._computing_changed)
         self.refresh()
+
+    def _computing_changed(self):
+        if self.session.trace is None:
+            self.refresh()
 
     def message(self) -> str:
         return self.stack.message()
@@ -61,7 +68,13 @@ class OutputView(QWidget):
     def token_label(self, i: int) -> str:
         tok = getattr(self.session.model, "tokenizer", None)
         piece = tok.piece(int(i)) if tok is not None else ""
-        return visible(piece) if piece else f"#{int(i)}"
+        if piece:
+            return visible(piece)
+        trace = self.session.trace
+        names = trace.model_info.get("output_names") if trace is not None else None
+        if isinstance(names, (list, tuple)) and 0 <= int(i) < len(names):
+            return str(names[int(i)])
+        return f"#{int(i)}"
 
     def refresh(self):
         s = self.session

@@ -10,8 +10,8 @@ from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from ._common import LazyRefresh
-from .colors import color_scale, rgb_scaled
+from ._common import LazyRefresh, computing_message
+from .colors import color_scale, light_text, rgb_scaled
 
 TAB_CELLS = 4
 
@@ -34,6 +34,7 @@ class _TextCanvas(QWidget):
         self._shown: list[str] = []  # each token as drawn (newline as ↵, tabs as spaces)
         self.rows = self.cols = self.widths = np.zeros(0, dtype=int)
         self.colors = np.zeros((0, 3), dtype=np.uint8)
+        self.light = np.zeros(0, dtype=bool)  # white text on this token's (dark) background
         self.cursor = -1
         self._layout_key = None
         self.setMouseTracking(False)
@@ -78,12 +79,20 @@ class _TextCanvas(QWidget):
         shown = self._shown[lo:hi]
         for x, y, w, c in zip(xs, ys, ws, rgb):  # per token: keep these loops lean
             painter.fillRect(x, y, w, ch, QColor(*c))
+        light = self.light[lo:min(hi, len(self.light))].tolist()
+        light += [False] * (len(shown) - len(light))
         painter.setPen(Qt.black)
-        for x, y, text in zip(xs, ys, shown):
-            painter.drawText(x, y + ascent, text)
+        for x, y, text, white in zip(xs, ys, shown, light):
+            if not white:
+                painter.drawText(x, y + ascent, text)
+        if any(light):  # the text colour follows the background's luminance: white on dark cells
+            painter.setPen(Qt.white)
+            for x, y, text, white in zip(xs, ys, shown, light):
+                if white:
+                    painter.drawText(x, y + ascent, text)
         if lo <= self.cursor < hi:
             k = self.cursor - lo
-            painter.setPen(QPen(Qt.black, 2))
+            painter.setPen(QPen(Qt.white if light[k] else Qt.black, 2))
             painter.drawRect(QRect(xs[k], ys[k], ws[k], ch).adjusted(0, 0, -1, -1))
         painter.end()
 
@@ -125,6 +134,7 @@ class TextView(QWidget):
         layout.addWidget(self.scroll, 1)
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
+        session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
 
     def unit_values(self, trace=None) -> np.ndarray | None:
         s = self.session
@@ -144,7 +154,8 @@ class TextView(QWidget):
         if values is None or s.trace.token_text is None:
             self.canvas.set_tokens((), 1)
             self.canvas.colors = np.zeros((0, 3), np.uint8)
-            self.caption.setText("no trace yet" if s.trace is None else
+            self.canvas.light = np.zeros(0, dtype=bool)
+            self.caption.setText((computing_message(s) or "no trace yet") if s.trace is None else
                                  "token ids without a vocabulary: no text to show" if s.model.takes_tokens else
                                  "numeric input: no text to show")
             self.canvas.update()
@@ -155,6 +166,7 @@ class TextView(QWidget):
         clean = self.unit_values(s.clean_trace) if s.clean_trace is not None else None
         low, high, cmap = color_scale(values if clean is None or clean.shape != values.shape else clean)
         self.canvas.colors = rgb_scaled(values, low, high, cmap)
+        self.canvas.light = light_text(self.canvas.colors)
         self.canvas.cursor = s.step
         self.canvas.update()
         rect = self.canvas.cursor_rect()

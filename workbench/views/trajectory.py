@@ -21,7 +21,8 @@ from engine.analysis import neurons as N
 from engine.analysis import projection as P
 from engine.probes import layer_probe
 
-from ._common import LazyRefresh, MessageStack, TraceKey, layer_sites, no_model_or_trace, view_layer
+from ._common import (LazyRefresh, MessageStack, TraceKey, layer_sites, legend_below, no_model_or_trace,
+                      view_layer)
 
 CLASS_COLOURS = {  # by engine.analysis.neurons.TOKEN_CLASSES
     "letter": (31, 119, 180), "digit": (255, 127, 14), "space": (140, 140, 140),
@@ -53,7 +54,7 @@ class TrajectoryView(QWidget):
         self.plot_item.showGrid(x=True, y=True, alpha=0.15)
         for axis in ("bottom", "left"):
             self.plot_item.getAxis(axis).enableAutoSIPrefix(False)
-        self.legend = self.plot_item.addLegend(offset=(-10, 10))
+        self.legend = legend_below(self.plot_item)  # off the points
         self.stack = MessageStack(self.plot)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)

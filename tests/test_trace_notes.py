@@ -59,7 +59,7 @@ def test_seqscope_trace_prints_the_note(tmp_path):
                           "--probes", "logits", "-o", str(tmp_path / "t.h5")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "note: 1 character is not in the model's vocabulary (e.g. 'é')" in out.stdout
+    assert "seqscope: note: 1 character is not in the model's vocabulary (e.g. 'é')" in out.stderr
 
 
 def test_a_trace_file_whose_notes_are_not_a_list_of_strings_is_refused(char_model, tmp_path):

@@ -1,0 +1,90 @@
+"""Ctrl-C and SIGTERM as exceptions, and held back while C code writes a file.
+
+The command line turns SIGINT and SIGTERM into :class:`Interrupted` (:func:`raising_signals`),
+so that every ``finally`` runs: temporaries are removed, old files stay.  Inside HDF5's C code
+an exception raised by a signal handler can be swallowed (h5py reports "Exception ignored" from
+a destructor and goes on), so while a file is written the handlers only note the signal
+(:func:`held_signals`) and the writer asks, after each step, whether one came (``check()``),
+raising it there, at a point where the file can still be closed cleanly.
+
+Signal handlers can only be set in the main thread; elsewhere (the workbench's worker) both
+context managers do nothing and ``check()`` never raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM arrived: the run stops.  ``exit_status`` is 128 + the signal's
+    number (130, 143), as shells report it."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.exit_status = 128 + self.signum
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def raising_signals():
+    """While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` (a KeyboardInterrupt)
+    wherever Python is; the previous handlers come back afterwards."""
+    if not _in_main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, _raise_interrupted) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def held_signals():
+    """Hold SIGINT and SIGTERM back while the block runs: a signal is only noted, and
+    ``check()`` (yielded) raises :class:`Interrupted` for it.  When the block ends the previous
+    handlers come back, and a signal that came meanwhile is delivered to them again (the
+    command line's handler raises, Python's default raises KeyboardInterrupt, a default SIGTERM
+    ends the process) — after the block's own cleanup has run."""
+    pending: list[int] = []
+
+    def check() -> None:
+        if pending:
+            raise Interrupted(pending[0])
+
+    if not _in_main_thread():
+        yield check
+        return
+
+    def note(signum, frame):
+        pending.append(signum)
+
+    saved = {}
+    for sig in SIGNALS:
+        previous = signal.getsignal(sig)
+        if previous in (signal.SIG_IGN, None):  # ignored (or set outside Python): leave it so
+            continue
+        saved[sig] = signal.signal(sig, note)
+    try:
+        yield check
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+__all__ = ["Interrupted", "raising_signals", "held_signals", "SIGNALS"]

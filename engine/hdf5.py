@@ -237,7 +237,7 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
                                       chunks=(rows,) + tuple(arr.shape[1:]) if n else None,
                                       **(comp if n else {}))
             row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * out_dtype.itemsize)
-            step = max(rows, (16 * CHUNK_BYTES) // row_bytes // rows * rows)  # ~16 MiB per write
+            step = max(rows, (4 * CHUNK_BYTES) // row_bytes // rows * rows)  # ~4 MiB per write (and check)
             for start in range(0, n, step):
                 stop = min(n, start + step)
                 ds[start:stop] = arr[start:stop].astype(out_dtype, copy=False)

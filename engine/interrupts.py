@@ -33,18 +33,29 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
+class _Raiser:
+    """The handler :func:`raising_signals` installs: it remembers each signal, then raises it.
+    (An exception raised inside a C library's callback can be swallowed; the memory lets
+    :func:`held_signals` see the signal anyway.)"""
+
+    def __init__(self):
+        self.received: list[int] = []
+
+    def __call__(self, signum, frame):
+        self.received.append(signum)
+        raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def raising_signals():
     """While the block runs, SIGINT and SIGTERM raise :class:`Interrupted` (a KeyboardInterrupt)
-    wherever Python is; the previous handlers come back afterwards."""
+    wherever Python is; the previous handlers come back afterwards.  Meant for a command that
+    stops when interrupted: once a signal came, :func:`held_signals` refuses to start a write."""
     if not _in_main_thread():
         yield
         return
-    saved = {sig: signal.signal(sig, _raise_interrupted) for sig in SIGNALS}
+    raiser = _Raiser()
+    saved = {sig: signal.signal(sig, raiser) for sig in SIGNALS}
     try:
         yield
     finally:
@@ -75,6 +86,8 @@ def held_signals():
     saved = {}
     for sig in SIGNALS:
         previous = signal.getsignal(sig)
+        if isinstance(previous, _Raiser) and previous.received:  # raised before, and swallowed
+            raise Interrupted(previous.received[0])
         if previous in (signal.SIG_IGN, None):  # ignored (or set outside Python): leave it so
             continue
         saved[sig] = signal.signal(sig, note)

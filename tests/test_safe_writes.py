@@ -506,3 +506,60 @@ def test_full_disk_cli_exit_status(tmp_path, tiny_disk):
 def test_intervention_save_errors_are_intervention_errors(tmp_path):
     with pytest.raises(InterventionError, match="folder .* does not exist"):
         save_interventions(tmp_path / "no" / "x.json", [])
+
+
+# -- the window's exports and projects --------------------------------------------------------
+
+
+def test_window_exports_and_projects_are_atomic(qtbot, tmp_path, monkeypatch):
+    import types
+
+    import pyqtgraph as pg
+
+    from workbench.export import ExportError, export_units_csv, export_view
+    from workbench.session import Session
+
+    widget = pg.PlotWidget()
+    qtbot.addWidget(widget)
+    widget.plot([0, 1, 2, 3], [0, 1, 0, 1])
+    widget.plot_item = widget.getPlotItem()
+    png = tmp_path / ("p" * 239 + ".png")  # 243 characters
+    export_view(widget, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = png.read_bytes()
+
+    def half_then_fail(self, fileName=None, **kwargs):
+        Path(fileName).write_bytes(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pg.exporters.ImageExporter, "export", half_then_fail)
+    with pytest.raises(ExportError, match="No space left on device; the old p+.png is unchanged"):
+        export_view(widget, png)
+    assert png.read_bytes() == before and leftovers(tmp_path) == []
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ExportError, match="it is a named pipe"):
+        export_view(widget, tmp_path / "pipe.png")
+
+    trace = small_trace()
+    session = types.SimpleNamespace(trace=trace, probe="layers.0.h", units=[1], pinned=[], interventions=[],
+                                    clean_trace=None)
+    with pytest.raises(ExportError, match="it is a named pipe"):
+        export_units_csv(session, tmp_path / "pipe.png")
+    csv_path = export_units_csv(session, tmp_path / "units.csv")
+    assert csv_path.read_text(encoding="utf-8").splitlines()[0] == "token,sequence,text,layers.0.h[1]"
+
+    project = tmp_path / "p.seqscope.json"
+    project.write_text('{"old": true}')
+    s = Session()
+    try:
+        with pytest.raises(SeqScopeError, match="it is a named pipe"):
+            s.save_project(tmp_path / "pipe.png")
+        def full(path):  # the data reaches the disk at the sync: that is where a full disk can show
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(atomic, "sync_file", full)
+        with pytest.raises(WriteError, match="No space left on device; the old p.seqscope.json is unchanged"):
+            s.save_project(project)
+    finally:
+        s.runner.shutdown()
+    assert project.read_text() == '{"old": true}' and leftovers(tmp_path) == []

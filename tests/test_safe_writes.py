@@ -6,7 +6,6 @@ never a segmentation fault (checked in subprocesses, on a real tiny tmpfs when m
 permitted, and with RLIMIT_FSIZE everywhere)."""
 import json
 import os
-import resource
 import signal
 import socket
 import stat
@@ -38,7 +37,8 @@ def small_trace(n=50, width=8, seed=0):
     rng = np.random.default_rng(seed)
     arrays = {f"layers.{i}.h": rng.standard_normal((n, width)).astype(np.float32) for i in range(2)}
     return Trace(tokens=rng.integers(0, 5, n), offsets=[0, n], arrays=arrays, specs={},
-                 token_text=tuple("abcde"[i % 5] for i in range(n)), model_info={"architecture": "lstm"})
+                 token_text=tuple("abcde"[i % 5] for i in range(n)), model_info={"architecture": "lstm"},
+                 created="2026-01-01T00:00:00+00:00")
 
 
 def leftovers(folder) -> list[str]:
@@ -234,6 +234,11 @@ def test_lstmvis_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
     after = _folder_bytes(folder)
     assert sorted(after) == sorted(LSTMVIS_FILES) and all(after[n] != before[n] for n in LSTMVIS_FILES)
     assert leftovers(tmp_path) == []
+
+    # where the kernel cannot swap two folders in one step: old aside, new in, old removed
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    export_lstmvis(small_trace(seed=1), folder)
+    assert _folder_bytes(folder) == before and leftovers(tmp_path) == []
 
 
 def test_lstmvis_folder_with_other_files_is_refused(tmp_path):

@@ -24,25 +24,27 @@ from .interrupts import held_signals
 
 
 class _Sink:
-    """A file object over a file descriptor, for h5py's ``fileobj`` driver, that never fails a
-    write: after the first refused write (or :meth:`discard`), writes go to memory."""
+    """A file object for h5py's ``fileobj`` driver that never fails a write: after the first
+    write the disk refuses (or after :meth:`discard`), writes are kept in memory instead.
+    ``raw``: the temporary file, opened unbuffered for reading and writing."""
 
-    def __init__(self, fd: int):
-        self.fd = fd
+    def __init__(self, raw):
+        self.raw = raw
         self.pos = 0
-        self.size = os.fstat(fd).st_size
+        self.size = os.fstat(raw.fileno()).st_size
         self.error: OSError | None = None
         self._discarding = False
-        self._kept: list[tuple[int, bytes]] = []  # (offset, data) written after the disk refused
+        self._kept: list[tuple[int, bytes]] = []  # (offset, data) that did not reach the disk
 
     def discard(self) -> None:
         """From now on nothing more reaches the disk (the file is being abandoned)."""
         self._discarding = True
 
     def _to_disk(self, data: memoryview, offset: int) -> None:
+        self.raw.seek(offset)
         done = 0
         while done < len(data):
-            done += os.pwrite(self.fd, data[done:], offset + done)
+            done += self.raw.write(data[done:]) or 0
 
     def write(self, buf) -> int:
         data = memoryview(buf).cast("B")
@@ -60,9 +62,10 @@ class _Sink:
     def readinto(self, buf) -> int:
         out = memoryview(buf).cast("B")
         n, got = len(out), 0
+        self.raw.seek(self.pos)
         while got < n:
-            k = os.preadv(self.fd, [out[got:]], self.pos + got)
-            if k <= 0:
+            k = self.raw.readinto(out[got:])
+            if not k:
                 break
             got += k
         out[got:] = bytes(n - got)  # past the end of what reached the disk
@@ -91,7 +94,7 @@ class _Sink:
         size = self.pos if size is None else size
         if self.error is None and not self._discarding:
             try:
-                os.ftruncate(self.fd, size)
+                self.raw.truncate(size)
             except OSError as exc:
                 self.error = exc
         self.size = size
@@ -99,15 +102,6 @@ class _Sink:
 
     def flush(self) -> None:
         pass
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
 
 def write_hdf5(path, fill, what: str = "HDF5 file", error: type[SeqScopeError] = WriteError) -> Path:
@@ -119,9 +113,8 @@ def write_hdf5(path, fill, what: str = "HDF5 file", error: type[SeqScopeError] =
 
     with held_signals() as interrupted:
         with replacing(path, what, error=error) as tmp:
-            fd = os.open(tmp, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-            try:
-                sink = _Sink(fd)
+            with open(tmp, "r+b", buffering=0) as raw:
+                sink = _Sink(raw)
 
                 def check() -> None:
                     interrupted()
@@ -139,8 +132,6 @@ def write_hdf5(path, fill, what: str = "HDF5 file", error: type[SeqScopeError] =
                     raise
                 f.close()
                 check()
-            finally:
-                os.close(fd)
     return writable_target(path, what, error)
 
 

@@ -7,7 +7,8 @@ models) goes through here:
   name (``.ss<6 hex>.tmp``: a target name as long as the file system allows still works, the
   temporary adds nothing to it), synced, and renamed over the target only when complete;
 - on any failure (an exception, Ctrl-C, SIGTERM) the temporary is removed and whatever was at
-  the target is left untouched;
+  the target is left untouched (the signals are held back while a file is written and raised
+  before the rename: :mod:`engine.interrupts`);
 - only a regular file (or nothing) is ever replaced: a device (``/dev/null``), a named pipe, a
   socket or a folder under the target name is refused with one sentence, untouched;
 - a folder is replaced as a whole (:func:`replacing_folder`): built complete in a temporary
@@ -28,6 +29,7 @@ import stat
 from pathlib import Path
 
 from .errors import SeqScopeError
+from .interrupts import held_signals
 
 TEMP_PREFIX = ".ss"
 
@@ -150,29 +152,33 @@ def replacing(path, what: str = "file", *, suffix: str = ".tmp", error: type[Seq
     without an exception, sync the temporary and rename it over ``path``.
 
     On any exception, KeyboardInterrupt included, the temporary is removed and the target is
-    left as it was.  Errors other than SeqScope's own (an OSError such as a full disk, a
-    library's exception) come out as ``error`` with one sentence; KeyboardInterrupt and
-    SystemExit pass through unchanged.  ``suffix``: the temporary's ending, for writers that
-    choose a format by it (``.png``)."""
+    left as it was.  Ctrl-C and SIGTERM are held back while the block runs and raised before
+    the rename (:func:`engine.interrupts.held_signals`), so they never leave a temporary.
+    Errors other than SeqScope's own (an OSError such as a full disk, a library's exception)
+    come out as ``error`` with one sentence; KeyboardInterrupt and SystemExit pass through
+    unchanged.  ``suffix``: the temporary's ending, for writers that choose a format by it
+    (``.png``)."""
     target = writable_target(path, what, error)
     existed = target.exists()
-    try:
-        tmp = _new_temporary(target.parent, suffix)
-    except OSError as exc:
-        raise _failure(error, what, target, existed, exc) from None
-    try:
-        yield tmp
-        sync_file(tmp)
-        if existed:
-            _keep_mode(target, tmp)
-        writable_target(target, what, error)  # still a regular file (or nothing) at the target?
-        os.replace(tmp, target)
-    except BaseException as exc:
-        remove_quietly(tmp)
-        if isinstance(exc, SeqScopeError) or not isinstance(exc, Exception):
-            raise
-        raise _failure(error, what, target, existed, exc) from None
-    _sync_folder(target.parent)
+    with held_signals() as interrupted:
+        try:
+            tmp = _new_temporary(target.parent, suffix)
+        except OSError as exc:
+            raise _failure(error, what, target, existed, exc) from None
+        try:
+            yield tmp
+            interrupted()
+            sync_file(tmp)
+            if existed:
+                _keep_mode(target, tmp)
+            writable_target(target, what, error)  # still a regular file (or nothing) at the target?
+            os.replace(tmp, target)
+        except BaseException as exc:
+            remove_quietly(tmp)
+            if isinstance(exc, SeqScopeError) or not isinstance(exc, Exception):
+                raise
+            raise _failure(error, what, target, existed, exc) from None
+        _sync_folder(target.parent)
 
 
 def write_bytes(path, data: bytes, what: str = "file", error: type[SeqScopeError] = WriteError) -> Path:
@@ -253,26 +259,28 @@ def replacing_folder(path, what: str = "folder", *, owned: tuple[str, ...] = (),
             raise error(f"cannot write {what} to {target}: the folder holds files it would replace that "
                         f"are not its own ({shown}); choose a new or empty folder")
     existed = target.exists()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_temporary(target.parent, ".tmp", make_dir=True)
-    except OSError as exc:
-        raise _failure(error, what, target, existed, exc) from None
-    try:
-        yield tmp
-        for name in os.listdir(tmp):
-            sync_file(tmp / name)
-        _sync_folder(tmp)
-        if existed:
-            _keep_mode(target, tmp)
-        _swap_in(tmp, target)
-    except BaseException as exc:
-        remove_quietly(tmp)
-        part_failed = getattr(exc, "write_reason", None) is not None  # a file inside: say it of the folder
-        if not part_failed and (isinstance(exc, SeqScopeError) or not isinstance(exc, Exception)):
-            raise
-        raise _failure(error, what, target, existed, exc) from None
-    _sync_folder(target.parent)
+    with held_signals() as interrupted:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = _new_temporary(target.parent, ".tmp", make_dir=True)
+        except OSError as exc:
+            raise _failure(error, what, target, existed, exc) from None
+        try:
+            yield tmp
+            interrupted()
+            for name in os.listdir(tmp):
+                sync_file(tmp / name)
+            _sync_folder(tmp)
+            if existed:
+                _keep_mode(target, tmp)
+            _swap_in(tmp, target)
+        except BaseException as exc:
+            remove_quietly(tmp)
+            part_failed = getattr(exc, "write_reason", None) is not None  # a file inside: say it of the folder
+            if not part_failed and (isinstance(exc, SeqScopeError) or not isinstance(exc, Exception)):
+                raise
+            raise _failure(error, what, target, existed, exc) from None
+        _sync_folder(target.parent)
 
 
 __all__ = ["WriteError", "replacing", "replacing_folder", "write_bytes", "write_text", "writable_target",

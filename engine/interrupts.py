@@ -63,26 +63,37 @@ def raising_signals():
             signal.signal(sig, handler)
 
 
+class _Holder:
+    """The handler :func:`held_signals` installs: it notes each signal, and ``check`` raises
+    the first one."""
+
+    def __init__(self):
+        self.pending: list[int] = []
+
+    def __call__(self, signum, frame):
+        self.pending.append(signum)
+
+    def check(self) -> None:
+        if self.pending:
+            raise Interrupted(self.pending[0])
+
+
 @contextlib.contextmanager
 def held_signals():
     """Hold SIGINT and SIGTERM back while the block runs: a signal is only noted, and
     ``check()`` (yielded) raises :class:`Interrupted` for it.  When the block ends the previous
     handlers come back, and a signal that came meanwhile is delivered to them again (the
     command line's handler raises, Python's default raises KeyboardInterrupt, a default SIGTERM
-    ends the process) — after the block's own cleanup has run."""
-    pending: list[int] = []
-
-    def check() -> None:
-        if pending:
-            raise Interrupted(pending[0])
-
+    ends the process) — after the block's own cleanup has run.  Nested blocks share the
+    outermost one's hold."""
+    holder = _Holder()
     if not _in_main_thread():
-        yield check
+        yield holder.check
         return
-
-    def note(signum, frame):
-        pending.append(signum)
-
+    enclosing = [h for h in map(signal.getsignal, SIGNALS) if isinstance(h, _Holder)]
+    if enclosing:  # already held by an enclosing block
+        yield enclosing[0].check
+        return
     saved = {}
     for sig in SIGNALS:
         previous = signal.getsignal(sig)
@@ -90,14 +101,14 @@ def held_signals():
             raise Interrupted(previous.received[0])
         if previous in (signal.SIG_IGN, None):  # ignored (or set outside Python): leave it so
             continue
-        saved[sig] = signal.signal(sig, note)
+        saved[sig] = signal.signal(sig, holder)
     try:
-        yield check
+        yield holder.check
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        if pending:
-            signal.raise_signal(pending[0])
+        if holder.pending:
+            signal.raise_signal(holder.pending[0])
 
 
 __all__ = ["Interrupted", "raising_signals", "held_signals", "SIGNALS"]

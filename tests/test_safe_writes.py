@@ -320,6 +320,32 @@ def test_interrupts_in_the_writer_are_raised_between_steps(tmp_path):
     assert target.read_bytes() == before and leftovers(tmp_path) == []
 
 
+def test_a_signal_during_any_write_leaves_no_temporary(tmp_path):
+    target = tmp_path / "notes.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):  # Python's own Ctrl-C handler, after the cleanup
+        with replacing(target) as tmp:
+            tmp.write_text("new, half")
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            tmp.write_text("new, whole")  # the write goes on to a safe point
+    assert target.read_text() == "old" and leftovers(tmp_path) == []
+    # a default SIGTERM still ends the process, after the temporary is gone
+    code = textwrap.dedent(f"""
+        import os, signal, time
+        from engine.atomic import replacing
+        with replacing({str(target)!r}) as tmp:
+            tmp.write_text("new")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        print("not reached")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == -signal.SIGTERM and r.stdout == ""
+    assert target.read_text() == "old" and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_stops_on_a_signal_during_a_compressed_write(tmp_path, sig):
     model = char_model(tmp_path, 256)

@@ -10,18 +10,22 @@
 :func:`_start_app`.  Nothing here may import Qt: ``engine`` stays usable without it.
 
 Errors the engine raises on purpose (``SeqScopeError``) print ``seqscope: error: <message>``
-on stderr and exit with status 2, without a traceback.
+on stderr and exit with status 2, without a traceback.  Ctrl-C and SIGTERM stop a command with
+one line and status 130 / 143; an output being written is then not written (its temporary is
+removed, an old file under its name is unchanged).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from .errors import InputError, SeqScopeError
+from .interrupts import Interrupted, raising_signals
 
 COMMANDS = ("info", "trace", "export-lstmvis")
 PROG = "seqscope"
@@ -165,6 +169,11 @@ def _fmt_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _shown(path) -> str:
+    """A path as text that can be printed: bytes that are not UTF-8 in a file name show as \ufffd."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _piece_repr(p: str) -> str:
@@ -320,7 +329,8 @@ def _read_interventions(values: list[str]):
 
 
 def cmd_trace(args) -> int:
-    from .hdf5 import save_trace
+    from .atomic import writable_target
+    from .hdf5 import TraceFileError, save_trace
     from .probes import match_probes
     from .run import DEFAULT_CHUNK, run
     from .budget import RunTooLarge, parse_size
@@ -328,6 +338,7 @@ def cmd_trace(args) -> int:
     if args.chunk is not None and args.chunk < 1:
         raise CLIError("--chunk must be a positive number of steps")
     out = Path(args.output)
+    writable_target(out, "trace file", TraceFileError)  # -o /dev/null, a folder...: refused before running
     model = _load_model(args.model, args.config, args.device)
     inputs = [args.text] if args.text is not None else _read_inputs(model, args.input)
     try:
@@ -352,7 +363,7 @@ def cmd_trace(args) -> int:
     save_trace(trace, out, dtype=args.dtype, compression=args.compression)
     seconds = time.monotonic() - t0
     n_iv = len(interventions)
-    print(f"wrote {out}: {trace.n_sequences} sequence{'s' if trace.n_sequences != 1 else ''}, "
+    print(f"wrote {_shown(out)}: {trace.n_sequences} sequence{'s' if trace.n_sequences != 1 else ''}, "
           f"{_fmt_int(trace.n_tokens)} tokens, {len(trace.probes)} probe{'s' if len(trace.probes) != 1 else ''}"
           f"{f', {n_iv} intervention' + ('s' if n_iv != 1 else '') if n_iv else ''}, "
           f"{_fmt_bytes(out.stat().st_size)} in {seconds:.1f} s")
@@ -371,7 +382,7 @@ def cmd_export_lstmvis(args) -> int:
     if args.sequence is not None and not 0 <= args.sequence < trace.n_sequences:
         raise CLIError(f"--sequence {args.sequence}: the trace has sequences 0..{trace.n_sequences - 1}")
     folder = export_lstmvis(trace, args.folder, probes=args.probes, sequence=args.sequence)
-    print(f"wrote LSTMVis project {folder} (lstm.yml, states.h5, words.dict) from {args.trace}")
+    print(f"wrote LSTMVis project {_shown(folder)} (lstm.yml, states.h5, words.dict) from {_shown(args.trace)}")
     return 0
 
 
@@ -418,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _start_app(argv)
     try:
+        with raising_signals():  # Ctrl-C and SIGTERM unwind through every cleanup
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -428,9 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
+        print(f"\n{PROG}: interrupted ({how}); no partial output was left", file=sys.stderr)
+        return exc.exit_status if isinstance(exc, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -26,21 +26,24 @@ Token texts are stored verbatim.  HDF5 strings cannot hold a NUL character (nor 
 a lone surrogate), so when a token has one, every text is stored ``unicode_escape``-d and the
 dataset's attr ``encoding`` says so; the reader undoes it.
 
-Writing is atomic: the file is written under a unique temporary name in the target's folder,
-flushed, closed and synced, then renamed onto the target.  A failure (full disk, Ctrl-C, a bug)
-removes the temporary file and leaves whatever was at the target untouched.
+Writing is atomic and safe (:mod:`engine.atomic`, :mod:`engine.hdf5_writer`): the file is written
+under a short temporary name in the target's folder, synced, then renamed onto the target.  A
+failure (a full disk, Ctrl-C, SIGTERM, a bug) removes the temporary and leaves whatever was at the
+target untouched; HDF5 never sees a failed write, so a full disk is one sentence, not a crash.
+Only a regular file is ever replaced.  An LSTMVis folder is replaced as a whole.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import replacing_folder, write_text
 from .errors import SeqScopeError
+from .hdf5_writer import write_hdf5
 from .interventions import Intervention, InterventionError
 from .probes import ProbeSpec, match_probes, parse_probe
 from .trace import Trace
@@ -72,40 +75,6 @@ def _now() -> str:
 def _chunk_rows(n: int, row_shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
     return max(1, min(n, CHUNK_ROWS, CHUNK_BYTES // row_bytes))
-
-
-def _atomic_write(path, write, what: str = "trace file") -> Path:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` only when it completed."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise TraceFileError(f"cannot write {what} {path}: it is a folder")
-    if not folder.is_dir():
-        raise TraceFileError(f"cannot write {what} {path}: folder {folder} does not exist")
-    tmp = folder / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except OSError:  # already gone, or cannot be removed: nothing more to do
-            pass
-        if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: cleaned up, go on
-            raise
-        if isinstance(exc, SeqScopeError):
-            raise
-        if isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        else:
-            reason = str(exc) or type(exc).__name__
-        raise TraceFileError(f"could not write {what} {path}: {reason}; nothing was written there") from exc
-    return path
 
 
 def _attr_value(v):
@@ -216,8 +185,7 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
     interventions_json = json.dumps([iv.to_dict() for iv in trace.interventions])
     n = trace.n_tokens
 
-    def write(tmp):
-        with h5py.File(tmp, "x") as f:
+    def fill(f, check):
             f.attrs["format"] = FORMAT
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["seqscope_version"] = _version()
@@ -244,6 +212,7 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
                     model.attrs[key] = json.dumps(value, default=str)
                     encoded.append(key)
             model.attrs["json_encoded"] = json.dumps(encoded)
+        check()
 
             tokens = f.create_group("tokens")
             tokens.create_dataset("ids", data=np.asarray(trace.tokens, dtype=np.int32))
@@ -255,6 +224,7 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
             f.create_group("sequences").create_dataset("offsets", data=np.asarray(trace.offsets, dtype=np.int64))
             if trace.inputs is not None:
                 f.create_group("inputs").create_dataset("values", data=np.asarray(trace.inputs, dtype=np.float32))
+        check()
 
             group = f.create_group("probes", track_order=True)
             group.attrs["order"] = json.dumps(names)
@@ -269,14 +239,15 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
                                           chunks=(rows,) + tuple(arr.shape[1:]) if n else None,
                                           **(comp if n else {}))
                 row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * out_dtype.itemsize)
-                step = max(rows, (16 * CHUNK_BYTES) // row_bytes // rows * rows)  # ~16 MiB per write
+            step = max(rows, (4 * CHUNK_BYTES) // row_bytes // rows * rows)  # ~4 MiB per write (and check)
                 for start in range(0, n, step):
                     stop = min(n, start + step)
                     ds[start:stop] = arr[start:stop].astype(out_dtype, copy=False)
+                check()  # a full disk or a Ctrl-C stops the write here
                 _write_spec_attrs(ds, _spec_for(name, trace, arr))
-            f.flush()
+            check()
 
-    return _atomic_write(path, write)
+    return write_hdf5(path, fill, "trace file", TraceFileError)
 
 
 # -- load ------------------------------------------------------------------------------
@@ -421,6 +392,9 @@ def _yaml(obj, indent: int = 0) -> list[str]:
     return lines
 
 
+LSTMVIS_FILES = ("lstm.yml", "states.h5", "words.dict")  # what an export folder holds
+
+
 def _lstmvis_path(name: str) -> str:
     return name.replace(".", "_").replace("/", "_")
 
@@ -435,9 +409,11 @@ def export_lstmvis(trace, folder, *, probes=None, sequence: int | None = None) -
     them, concatenated, as LSTMVis reads one long sequence).  Cell states ``c`` are declared
     as LSTMVis ``state``, hidden states ``h`` as ``output``, anything else as ``state``.
     Token models use their token ids as word ids; numeric inputs use the step index.
-    """
-    import h5py
 
+    The folder is written as a whole: built in a temporary folder beside it and swapped in when
+    complete, so a failure leaves an old export as it was.  A folder that holds anything but an
+    export's three files is refused, not replaced.
+    """
     if isinstance(trace, (str, os.PathLike)):
         trace = load_trace(trace)
     folder = Path(folder)
@@ -487,7 +463,6 @@ def export_lstmvis(trace, folder, *, probes=None, sequence: int | None = None) -
         seen[w] = i
         dict_lines.append(f"{w} {i}")
 
-    folder.mkdir(parents=True, exist_ok=True)
     info = trace.model_info
     arch = info.get("architecture", "model")
     source = Path(str(info.get("source", ""))).name
@@ -511,24 +486,20 @@ def export_lstmvis(trace, folder, *, probes=None, sequence: int | None = None) -
         "states": {"file": "states", "types": types},
     }
 
-    def write_h5(tmp):
-        with h5py.File(tmp, "x") as f:
+    def fill_states(f, check):
             f.create_dataset("word_ids", data=ids.astype(np.int64))
+        check()
             for name, a in states.items():
                 ds = f.create_dataset(_lstmvis_path(name), data=a,
                                       chunks=(_chunk_rows(len(a), a.shape[1:], 4),) + a.shape[1:] if len(a) else None)
                 ds.attrs["probe"] = name
+            check()
 
-    def write_text(content):
-        def write(tmp):
-            with open(tmp, "x", encoding="utf-8", newline="\n") as fh:
-                fh.write(content)
-        return write
-
-    _atomic_write(folder / "states.h5", write_h5, "LSTMVis states file")
-    _atomic_write(folder / "words.dict", write_text("\n".join(dict_lines) + "\n"), "LSTMVis dictionary")
     yml = "# LSTMVis project written by SeqScope " + _version() + "\n" + "\n".join(_yaml(config)) + "\n"
-    _atomic_write(folder / "lstm.yml", write_text(yml), "LSTMVis config")
+    with replacing_folder(folder, "LSTMVis project", owned=LSTMVIS_FILES, error=TraceFileError) as tmp:
+        write_hdf5(tmp / "states.h5", fill_states, "LSTMVis states file")
+        write_text(tmp / "words.dict", "\n".join(dict_lines) + "\n", "LSTMVis dictionary")
+        write_text(tmp / "lstm.yml", yml, "LSTMVis config")
     return folder
 
 

@@ -211,7 +211,11 @@ def interventions_from_json(text: str) -> list[Intervention]:
 
 
 def save_interventions(path, interventions: Sequence[Intervention]) -> None:
-    Path(path).write_text(json.dumps([iv.to_dict() for iv in interventions], indent=2))
+    """Write interventions as a JSON list, atomically (an old file stays whole on any failure)."""
+    from .atomic import write_text
+
+    write_text(path, json.dumps([iv.to_dict() for iv in interventions], indent=2), "interventions file",
+               InterventionError)
 
 
 def load_interventions(path) -> list[Intervention]:

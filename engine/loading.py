@@ -49,7 +49,6 @@ import json
 import os
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -198,9 +197,11 @@ def save_model(model: RecurrentStack, path) -> Path:
     """Write ``model`` in SeqScope's own layout: one ``.safetensors`` file with canonical weight
     names and metadata ``seqscope_config`` (StackConfig JSON) and ``seqscope_vocab`` (the char
     vocabulary, when the model has one).  A ``tokenizer.json`` tokenizer is recorded by path
-    only (``seqscope_tokenizer``): keep the file beside the model.  Written to a temporary
-    file in the same folder and renamed into place."""
+    only (``seqscope_tokenizer``): keep the file beside the model.  Written atomically
+    (:mod:`engine.atomic`): an old file under the name stays whole on any failure."""
     from safetensors.torch import save_file
+
+    from .atomic import WriteError, replacing
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -216,14 +217,14 @@ def save_model(model: RecurrentStack, path) -> Path:
     elif isinstance(tok, FileTokenizer):
         meta["seqscope_tokenizer"] = json.dumps(tok.to_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with replacing(path, "model", error=WriteError) as tmp:
     try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+            save_file(tensors, str(tmp), metadata=meta)
+        except Exception as exc:  # safetensors' own error: the OS error inside it, when there is one
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
         raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
     return path
 
 

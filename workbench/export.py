@@ -5,15 +5,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib
-import os
+import io
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
 import pyqtgraph.exporters  # noqa: F401  (registers the exporters)
 
+from engine.atomic import replacing, write_text
 from engine.errors import SeqScopeError
 
 # the module, not the class of the same name that pyqtgraph.exporters exposes
@@ -21,7 +21,8 @@ _svg_module = importlib.import_module("pyqtgraph.exporters.SVGExporter")
 
 
 class ExportError(SeqScopeError):
-    """An export that could not be written; nothing was left under the target name."""
+    """An export that could not be written; nothing was left under the target name, and an old
+    file there is unchanged (exports go through :mod:`engine.atomic`)."""
 
 
 @contextlib.contextmanager
@@ -64,13 +65,6 @@ def _close_explicitly(d: str) -> str:
     return " ".join(out)
 
 
-def _atomic_target(path: Path):
-    """A temporary file beside ``path``; the caller renames it into place when complete."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_view(view, path, width: int | None = None) -> Path:
     """Write a view to ``path`` (.png or .svg).  pyqtgraph views render their plot at full
     resolution (images are never downsampled in exports); other views are grabbed as shown."""
@@ -80,8 +74,7 @@ def export_view(view, path, width: int | None = None) -> Path:
         raise ExportError(f"{path.name}: export to .png or .svg")
     getattr(view, "flush", lambda: None)()  # a view hidden behind a tab brings itself up to date
     plot_item = getattr(view, "plot_item", None)
-    tmp = _atomic_target(path)
-    try:
+    with replacing(path, "image", suffix=suffix, error=ExportError) as tmp:
         if plot_item is None:
             if suffix == ".svg":
                 raise ExportError("this view is not a plot: export it as PNG")
@@ -104,15 +97,9 @@ def export_view(view, path, width: int | None = None) -> Path:
             finally:
                 for i, auto in saved:
                     i.setAutoDownsample(auto)
-        if not tmp.exists() or tmp.stat().st_size == 0:
+        if tmp.stat().st_size == 0:
             raise ExportError(f"nothing was written for {path.name}")
-        os.replace(tmp, path)
-        return path
-    except OSError as exc:
-        raise ExportError(f"could not write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return path
 
 
 def export_units_csv(session, path) -> Path:
@@ -138,21 +125,14 @@ def export_units_csv(session, path) -> Path:
         if session.interventions and session.clean_trace is not None:
             header.append(f"{probe}[{unit}] clean")
             cols.append(session.clean_trace[probe].reshape(trace.n_tokens, -1)[:, unit])
-    tmp = _atomic_target(path)
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            for t in range(trace.n_tokens):
-                text = trace.token_text[t] if trace.token_text is not None else ""
-                w.writerow([t, int(seq[t]), text] + [f"{c[t]:.9g}" for c in cols])
-        os.replace(tmp, path)
-        return path
-    except OSError as exc:
-        raise ExportError(f"could not write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    out = io.StringIO(newline="")
+    w = csv.writer(out)
+    w.writerow(header)
+    for t in range(trace.n_tokens):
+        text = trace.token_text[t] if trace.token_text is not None else ""
+        w.writerow([t, int(seq[t]), text] + [f"{c[t]:.9g}" for c in cols])
+    write_text(path, out.getvalue(), "CSV file", ExportError)
+    return path
 
 
 def safe_filename(name: str) -> str:

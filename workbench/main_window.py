@@ -239,6 +239,8 @@ class MainWindow(QMainWindow):
             layout = base64.b64encode(bytes(self.saveState())).decode()
             self.session.save_project(path, layout=layout)
             self.statusBar().showMessage(f"saved {path}", 5000)
+        except SeqScopeError as exc:  # engine.atomic says what and why; an old project file is unchanged
+            self.show_error(str(exc)[:1].upper() + str(exc)[1:])
         except OSError as exc:
             self.show_error(f"Could not save the project: {exc}")
 

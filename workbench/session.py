@@ -19,6 +19,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 import engine
+from engine.atomic import write_text
 from engine.errors import InputError
 from engine.budget import RunTooLarge, estimate_run_bytes
 from engine.interventions import Intervention
@@ -361,9 +362,7 @@ class Session(QObject):
         data = self.to_project()
         if layout is not None:
             data["layout"] = layout
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        write_text(path, json.dumps(data, indent=1), "project")  # atomically: an old project stays whole
 
     @staticmethod
     def read_project(path) -> dict:

@@ -186,65 +186,65 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
     n = trace.n_tokens
 
     def fill(f, check):
-            f.attrs["format"] = FORMAT
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["seqscope_version"] = _version()
-            f.attrs["created"] = trace.created or _now()
-            f.attrs["interventions"] = interventions_json
-            f.attrs["notes"] = json.dumps(list(trace.notes))
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["seqscope_version"] = _version()
+        f.attrs["created"] = trace.created or _now()
+        f.attrs["interventions"] = interventions_json
+        f.attrs["notes"] = json.dumps(list(trace.notes))
 
-            model = f.create_group("model")
-            info = dict(trace.model_info)
-            encoded = []
-            for key in ("architecture", "source", "config", "parameter_count"):
-                info.setdefault(key, "" if key != "parameter_count" else 0)
-            for key, value in info.items():
-                if isinstance(value, (bool, np.bool_)):
-                    model.attrs[key] = json.dumps(bool(value))
-                    encoded.append(key)
-                elif isinstance(value, (int, np.integer)):
-                    model.attrs[key] = np.int64(value)
-                elif isinstance(value, (float, np.floating)):
-                    model.attrs[key] = np.float64(value)
-                elif isinstance(value, str):
-                    model.attrs[key] = value
-                else:  # dicts, lists, None: JSON, and remembered so they come back as they were
-                    model.attrs[key] = json.dumps(value, default=str)
-                    encoded.append(key)
-            model.attrs["json_encoded"] = json.dumps(encoded)
+        model = f.create_group("model")
+        info = dict(trace.model_info)
+        encoded = []
+        for key in ("architecture", "source", "config", "parameter_count"):
+            info.setdefault(key, "" if key != "parameter_count" else 0)
+        for key, value in info.items():
+            if isinstance(value, (bool, np.bool_)):
+                model.attrs[key] = json.dumps(bool(value))
+                encoded.append(key)
+            elif isinstance(value, (int, np.integer)):
+                model.attrs[key] = np.int64(value)
+            elif isinstance(value, (float, np.floating)):
+                model.attrs[key] = np.float64(value)
+            elif isinstance(value, str):
+                model.attrs[key] = value
+            else:  # dicts, lists, None: JSON, and remembered so they come back as they were
+                model.attrs[key] = json.dumps(value, default=str)
+                encoded.append(key)
+        model.attrs["json_encoded"] = json.dumps(encoded)
         check()
 
-            tokens = f.create_group("tokens")
-            tokens.create_dataset("ids", data=np.asarray(trace.tokens, dtype=np.int32))
-            if trace.token_text is not None:
-                texts, encoding = _encode_texts(trace.token_text)
-                ds = tokens.create_dataset("text", data=np.array(texts, dtype=object) if texts else None,
-                                           shape=(len(texts),), dtype=h5py.string_dtype("utf-8"))
-                ds.attrs["encoding"] = encoding or "utf-8"
-            f.create_group("sequences").create_dataset("offsets", data=np.asarray(trace.offsets, dtype=np.int64))
-            if trace.inputs is not None:
-                f.create_group("inputs").create_dataset("values", data=np.asarray(trace.inputs, dtype=np.float32))
+        tokens = f.create_group("tokens")
+        tokens.create_dataset("ids", data=np.asarray(trace.tokens, dtype=np.int32))
+        if trace.token_text is not None:
+            texts, encoding = _encode_texts(trace.token_text)
+            ds = tokens.create_dataset("text", data=np.array(texts, dtype=object) if texts else None,
+                                       shape=(len(texts),), dtype=h5py.string_dtype("utf-8"))
+            ds.attrs["encoding"] = encoding or "utf-8"
+        f.create_group("sequences").create_dataset("offsets", data=np.asarray(trace.offsets, dtype=np.int64))
+        if trace.inputs is not None:
+            f.create_group("inputs").create_dataset("values", data=np.asarray(trace.inputs, dtype=np.float32))
         check()
 
-            group = f.create_group("probes", track_order=True)
-            group.attrs["order"] = json.dumps(names)
-            for name in names:
-                arr = trace.arrays[name]
-                out_dtype = dtype if dtype is not None else arr.dtype
-                if out_dtype.name not in FLOAT_DTYPES:
-                    out_dtype = np.dtype(np.float32)
-                where = f if name == "logits" else group
-                rows = _chunk_rows(n, arr.shape[1:], out_dtype.itemsize)
-                ds = where.create_dataset(name, shape=arr.shape, dtype=out_dtype,
-                                          chunks=(rows,) + tuple(arr.shape[1:]) if n else None,
-                                          **(comp if n else {}))
-                row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * out_dtype.itemsize)
+        group = f.create_group("probes", track_order=True)
+        group.attrs["order"] = json.dumps(names)
+        for name in names:
+            arr = trace.arrays[name]
+            out_dtype = dtype if dtype is not None else arr.dtype
+            if out_dtype.name not in FLOAT_DTYPES:
+                out_dtype = np.dtype(np.float32)
+            where = f if name == "logits" else group
+            rows = _chunk_rows(n, arr.shape[1:], out_dtype.itemsize)
+            ds = where.create_dataset(name, shape=arr.shape, dtype=out_dtype,
+                                      chunks=(rows,) + tuple(arr.shape[1:]) if n else None,
+                                      **(comp if n else {}))
+            row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * out_dtype.itemsize)
             step = max(rows, (4 * CHUNK_BYTES) // row_bytes // rows * rows)  # ~4 MiB per write (and check)
-                for start in range(0, n, step):
-                    stop = min(n, start + step)
-                    ds[start:stop] = arr[start:stop].astype(out_dtype, copy=False)
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                ds[start:stop] = arr[start:stop].astype(out_dtype, copy=False)
                 check()  # a full disk or a Ctrl-C stops the write here
-                _write_spec_attrs(ds, _spec_for(name, trace, arr))
+            _write_spec_attrs(ds, _spec_for(name, trace, arr))
             check()
 
     return write_hdf5(path, fill, "trace file", TraceFileError)
@@ -487,12 +487,12 @@ def export_lstmvis(trace, folder, *, probes=None, sequence: int | None = None) -
     }
 
     def fill_states(f, check):
-            f.create_dataset("word_ids", data=ids.astype(np.int64))
+        f.create_dataset("word_ids", data=ids.astype(np.int64))
         check()
-            for name, a in states.items():
-                ds = f.create_dataset(_lstmvis_path(name), data=a,
-                                      chunks=(_chunk_rows(len(a), a.shape[1:], 4),) + a.shape[1:] if len(a) else None)
-                ds.attrs["probe"] = name
+        for name, a in states.items():
+            ds = f.create_dataset(_lstmvis_path(name), data=a,
+                                  chunks=(_chunk_rows(len(a), a.shape[1:], 4),) + a.shape[1:] if len(a) else None)
+            ds.attrs["probe"] = name
             check()
 
     yml = "# LSTMVis project written by SeqScope " + _version() + "\n" + "\n".join(_yaml(config)) + "\n"

@@ -430,11 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         return _start_app(argv)
     try:
         with raising_signals():  # Ctrl-C and SIGTERM unwind through every cleanup
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 0
-        return HANDLERS[args.command](args)
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 0
+            return HANDLERS[args.command](args)
     except SeqScopeError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -218,12 +218,12 @@ def save_model(model: RecurrentStack, path) -> Path:
         meta["seqscope_tokenizer"] = json.dumps(tok.to_dict())
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, "model", error=WriteError) as tmp:
-    try:
+        try:
             save_file(tensors, str(tmp), metadata=meta)
         except Exception as exc:  # safetensors' own error: the OS error inside it, when there is one
             code = re.search(r"os error (\d+)", str(exc))
             if code is None:
-        raise
+                raise
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
     return path
 

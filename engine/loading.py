@@ -49,16 +49,22 @@ import json
 import os
 import pickletools
 import re
+import stat
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from . import safe_json
 from .errors import LoadError
+from .limits import (MAX_PICKLE_BYTES, check_declared_layers, check_tensor_storage, check_zip_entries, display_name,
+                     is_regular_file, open_regular, os_error_text, read_capped, read_zip_entry, require_regular,
+                     stat_path)
 from .models import deltanet as _deltanet
 from .models import gla as _gla
 from .models import hgrn as _hgrn
@@ -76,6 +82,9 @@ from .tokenizers import CharVocab, FileTokenizer, RwkvWorldTokenizer, tokenizer_
 __all__ = ["load", "save_model", "LoadError"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: an identity embedding for one-hot inputs is built up to this many elements (64 MB in float32),
+#: or up to as many as the file's own tensors hold
+MAX_ONE_HOT_ELEMENTS = 4096 * 4096
 CONFIG_HELP = (
     'pass the architecture explicitly: engine.load(path, config={"cell": "lstm", "num_layers": 2, '
     '"hidden_size": 128, "input_size": 64, "vocab_size": 65, "output_size": 65, '
@@ -90,7 +99,7 @@ EXPECTED_NAMES = (
     "cells.0.weight_ih, cells.0.weight_hh"
 )
 
-_RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d+)(_reverse)?$")
+_RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d{1,6})(_reverse)?$")
 _CELL_KEY = re.compile(r"^(weight|bias)_(ih|hh)$")
 _EMBED_HINT = re.compile(r"emb|^encoder$|wte|tok|lookup|lut", re.I)
 _HEAD_HINT = re.compile(r"fc|decoder|head|out|linear|proj|classif|logit|dense|readout|final|pred", re.I)
@@ -161,6 +170,31 @@ def load(path, *, config=None, device=None, dtype=torch.float32, strict=True) ->
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return _load(path, config=config, device=device, dtype=dtype, strict=strict)
+    except LoadError:
+        raise
+    except RecursionError:
+        raise LoadError(f"{_path_name(path)} is nested too deeply to read") from None
+    except MemoryError:
+        raise LoadError(f"{_path_name(path)} needs more memory than this machine has to load") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, UnicodeError,
+            OSError, RuntimeError, zipfile.BadZipFile) as exc:
+        # the last line of defence: whatever a malformed file provokes becomes one sentence
+        raise LoadError(f"{_path_name(path)} could not be loaded: it is malformed in a way SeqScope did not "
+                        f"expect ({type(exc).__name__}: {_short(exc)})") from None
+
+
+def _path_name(path) -> str:
+    try:
+        return display_name(Path(path).name or path)
+    except TypeError:
+        return repr(path)
+
+
+def _load(path, *, config, device, dtype, strict):
+    if not isinstance(path, (str, os.PathLike)):
+        raise LoadError(f"a model path must be a file or folder name, not a {type(path).__name__}")
     if config is None:  # the families with their own loaders read their own configs
         found = _read(Path(path))
         configs = _stored_configs(found)
@@ -230,12 +264,12 @@ def save_model(model: RecurrentStack, path) -> Path:
 
 
 def _read(path: Path) -> _Found:
-    if not path.exists():
-        raise LoadError(f"no such file or folder: {path}")
-    if path.is_dir():
+    st = stat_path(path)
+    if st is None:
+        raise LoadError(f"no such file or folder: {display_name(path)}")
+    if stat.S_ISDIR(st.st_mode):
         return _read_folder(path)
-    if not path.is_file():
-        raise LoadError(f"{path} is not a regular file or folder")
+    require_regular(path)
     if path.name == "config.json" or (path.suffix.lower() == ".json" and path.name.endswith(".index.json")):
         return _read_folder(path.parent, weights=None if path.name == "config.json" else path)
     return _read_file(path)
@@ -257,13 +291,13 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
 
 
 def _sniff(path: Path) -> str:
-    name = path.name
+    name = display_name(path.name)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(16)
     except OSError as exc:
-        raise LoadError(f"cannot read {name}: {exc.strerror or exc}") from None
+        raise LoadError(f"cannot read {name}: {os_error_text(exc)}") from None
     if size == 0:
         raise LoadError(f"{name} is empty (0 bytes): the save or the download did not complete")
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
@@ -295,36 +329,57 @@ def _sniff(path: Path) -> str:
 
 
 def _read_torch(path: Path, kind: str) -> _Found:
-    name = path.name
+    name = display_name(path.name)
     pickle_bytes = None
-    if kind == "zip":
-        if not zipfile.is_zipfile(path):
-            raise LoadError(f"{name} is truncated or corrupted: it starts like a PyTorch zip checkpoint but its "
-                            "zip directory (at the end of the file) is missing; the save or the download was "
-                            "probably interrupted")
+    with open_regular(path) as f:  # torch reads the open file: any file name works, and only this file
+        if kind == "zip":
+            pickle_bytes = _check_torch_zip(f, name)
+            f.seek(0)
         try:
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
-                if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-                    raise LoadError(f"{name} is a TorchScript archive (torch.jit.save), which holds code. SeqScope "
-                                    "reads weights only: re-save with torch.save(model.state_dict(), 'model.pt') "
-                                    "or safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
-                pkl = [n for n in names if n.endswith("data.pkl")]
-                if not pkl:
-                    raise LoadError(f"{name} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
-                pickle_bytes = z.read(pkl[0])
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
+                warnings.simplefilter("ignore")
+                with torch.serialization.safe_globals(_data_globals()):
+                    obj = torch.load(f, map_location="cpu", weights_only=True)
         except LoadError:
             raise
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise LoadError(f"{name} is truncated or corrupted: {exc}") from None
+        except Exception as exc:  # torch's own messages are long and about torch; say what matters
+            raise _torch_load_error(path, exc, pickle_bytes) from None
+    found = _unwrap(obj, name)
+    for key, t in found.tensors.items():
+        check_tensor_storage(key, t, name)
+    return found
+
+
+def _check_torch_zip(f, name: str) -> bytes:
+    """Look inside a PyTorch zip checkpoint before torch does: refuse TorchScript archives, zips
+    without data.pkl, entries that inflate far beyond their size (zip bombs) and corrupted entry
+    names; return data.pkl's bytes (read with a cap)."""
+    size = os.fstat(f.fileno()).st_size
+    if not zipfile.is_zipfile(f):
+        raise LoadError(f"{name} is truncated or corrupted: it starts like a PyTorch zip checkpoint but its "
+                        "zip directory (at the end of the file) is missing; the save or the download was "
+                        "probably interrupted")
+    f.seek(0)
     try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
-            warnings.simplefilter("ignore")
-            with torch.serialization.safe_globals(_data_globals()):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch's own messages are long and about torch; say what matters
-        raise _torch_load_error(path, exc, pickle_bytes) from None
-    return _unwrap(obj, name)
+        with zipfile.ZipFile(f) as z:
+            infos = z.infolist()
+            names = [i.filename for i in infos]
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                raise LoadError(f"{name} is a TorchScript archive (torch.jit.save), which holds code. SeqScope "
+                                "reads weights only: re-save with torch.save(model.state_dict(), 'model.pt') "
+                                "or safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+            check_zip_entries(infos, size, name)
+            pkl = [i for i in infos if i.filename.endswith("data.pkl")]
+            if not pkl:
+                raise LoadError(f"{name} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
+            return read_zip_entry(z, pkl[0], name)
+    except LoadError:
+        raise
+    except UnicodeDecodeError:
+        raise LoadError(f"{name} is corrupted: a name in its zip directory is not valid text") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError, zlib.error) as exc:
+        raise LoadError(f"{name} is truncated or corrupted: {_short(exc)}") from None
 
 
 def _data_globals() -> list:
@@ -352,15 +407,15 @@ def _data_globals() -> list:
 
 
 def _torch_load_error(path: Path, exc: Exception, pickle_bytes: bytes | None) -> LoadError:
-    name = path.name
+    name = display_name(path.name)
     msg = str(exc)
     # a name cut short ("torc.") means the pickle itself is cut short, not that it holds code
     refs = [r for r in re.findall(r"GLOBAL ([\w.]+)", msg) if re.fullmatch(r"\w+(\.\w+)+", r)]
     if not refs and ("Weights only load failed" in msg or "Unsupported operand" in msg):
         if pickle_bytes is None:
             try:
-                pickle_bytes = path.read_bytes()
-            except OSError:
+                pickle_bytes = read_capped(path, "checkpoint", MAX_PICKLE_BYTES)
+            except LoadError:
                 pickle_bytes = b""
         refs = [g for g in _pickle_globals(pickle_bytes) if not _safe_global(g)]
     if refs:
@@ -427,6 +482,9 @@ def _unwrap(obj, name: str) -> _Found:
     if not isinstance(obj, Mapping):
         raise LoadError(f"{name} holds a {type(obj).__name__}, not a state dict (a dict of named tensors): save "
                         "with torch.save(model.state_dict(), path)")
+    if safe_json.object_depth(obj) > safe_json.MAX_DEPTH:
+        raise LoadError(f"{name} holds entries nested more than {safe_json.MAX_DEPTH} levels deep; it is not a "
+                        "checkpoint SeqScope can read")
     candidates = list(_containers(obj, ""))
     with_rnn = [c for c in candidates if any(_is_recurrent_key(k) for k, v in c[1].items() if _is_tensor(v))]
     pool = with_rnn or [c for c in candidates if any(_is_tensor(v) for v in c[1].values())]
@@ -462,6 +520,11 @@ def _unwrap(obj, name: str) -> _Found:
             if not _is_tensor(v) and not (isinstance(v, Mapping) and _looks_like_state(v)):
                 extras.setdefault(str(k), _plain(v))
     return _Found(name=name, fmt="pytorch", tensors=tensors, container=path, extras=extras, notes=notes)
+
+
+def _json_kind(v) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
+            type(None): "missing or null"}.get(type(v), f"a {type(v).__name__}")
 
 
 def _plain(v):
@@ -517,9 +580,10 @@ def _is_recurrent_key(k) -> bool:
 def _read_safetensors(path: Path, name: str | None = None) -> _Found:
     from safetensors import safe_open
 
-    name = name or path.name
+    name = name or display_name(path.name)
+    require_regular(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(path, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:
@@ -528,9 +592,11 @@ def _read_safetensors(path: Path, name: str | None = None) -> _Found:
     decoded = {}
     for k, v in meta.items():
         try:
-            decoded[k] = json.loads(v)
-        except (TypeError, ValueError):
-            decoded[k] = v
+            decoded[k] = safe_json.loads(v, f"{name}'s metadata entry {display_name(k)!r}")
+        except LoadError:
+            if safe_json.nesting_depth(v) > safe_json.MAX_DEPTH:
+                raise
+            decoded[k] = v  # plain text, not JSON
     return _Found(name=name, fmt="safetensors", tensors=tensors, metadata=decoded)
 
 
@@ -538,20 +604,25 @@ def _read_safetensors(path: Path, name: str | None = None) -> _Found:
 
 
 def _read_folder(folder: Path, weights: Path | None = None) -> _Found:
-    name = folder.name or str(folder)
+    name = display_name(folder.name or str(folder))
     if weights is None:
         for cand in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                      "pytorch_model.bin.index.json"):
-            if (folder / cand).is_file():
+            if os.path.lexists(folder / cand):  # a named pipe here is refused when opened, not passed over
                 weights = folder / cand
                 break
     if weights is None:
-        files = sorted(p for p in folder.iterdir() if p.is_file()
+        try:
+            entries = list(folder.iterdir())
+        except OSError as exc:
+            raise LoadError(f"cannot list folder {name}: {os_error_text(exc)}") from None
+        files = sorted(p for p in entries if is_regular_file(p)
                        and p.suffix.lower() in (".safetensors",) + TORCH_SUFFIXES)
         if len(files) == 1:
             weights = files[0]
         elif files:
-            raise LoadError(f"folder {name} holds several weight files ({', '.join(p.name for p in files)}): "
+            raise LoadError(f"folder {name} holds several weight files "
+                            f"({', '.join(display_name(p.name) for p in files)}): "
                             "give the one to open")
         else:
             raise LoadError(f"folder {name} holds no model weights: expected model.safetensors or "
@@ -559,27 +630,30 @@ def _read_folder(folder: Path, weights: Path | None = None) -> _Found:
     if weights.name.endswith(".index.json"):
         return _read_sharded(folder, weights)
     found = _read_file(weights, side=folder)
-    found.name = f"{name}/{weights.name}"
+    found.name = f"{name}/{display_name(weights.name)}"
     return found
 
 
 def _read_sharded(folder: Path, index: Path) -> _Found:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LoadError(f"{index.name} is not a readable shard index: {_short(exc)}") from None
+    iname = display_name(index.name)
+    weight_map = safe_json.read_mapping(index, "shard index").get("weight_map")
+    if not isinstance(weight_map, Mapping) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LoadError(f"{iname} is not a shard index: its weight_map must be an object "
+                        f"{{tensor name: shard file name}}, not {_json_kind(weight_map)}")
     tensors: dict = {}
     meta: dict = {}
     fmt = "safetensors"
     for shard in dict.fromkeys(weight_map.values()):
         p = folder / shard
-        if not p.is_file():
-            raise LoadError(f"{index.name} names shard {shard}, which is not in {folder.name}")
+        if not shard or Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise LoadError(f"{iname} names shard {display_name(shard)!r}, which is not a file name in the folder")
+        if not os.path.lexists(p):
+            raise LoadError(f"{iname} names shard {display_name(shard)}, which is not in {display_name(folder.name)}")
         part = _read_file(p, side=folder)
         fmt = part.fmt
         tensors.update(part.tensors)
         meta.update(part.metadata)
-    return _Found(name=f"{folder.name}/{index.name}", fmt=fmt, tensors=tensors, metadata=meta, side=folder)
+    return _Found(name=f"{display_name(folder.name)}/{iname}", fmt=fmt, tensors=tensors, metadata=meta, side=folder)
 
 
 # ======================================================================================
@@ -593,13 +667,7 @@ def _explicit_config(config) -> dict | None:
     if isinstance(config, StackConfig):
         return asdict(config)
     if isinstance(config, (str, os.PathLike)):
-        p = Path(config)
-        try:
-            config = json.loads(p.read_text())
-        except OSError as exc:
-            raise LoadError(f"cannot read config file {p}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise LoadError(f"config file {p} is not valid JSON: {exc}") from None
+        config = safe_json.read(Path(config), "config file")
     if not isinstance(config, Mapping):
         raise LoadError(f"config must be a dict, a StackConfig or a JSON file, not a {type(config).__name__}")
     allowed = {f.name for f in fields(StackConfig)} | {"key_map", "nonlinearity"}
@@ -645,11 +713,8 @@ def _stored_configs(found: _Found) -> list[tuple[str, dict]]:
                 out.append((f"{where} entry {k!r}", dict(v)))
     if found.side is not None:
         p = found.side / "config.json"
-        if p.is_file():
-            try:
-                v = json.loads(p.read_text())
-            except (OSError, ValueError) as exc:
-                raise LoadError(f"config.json beside the weights is not valid JSON: {_short(exc)}") from None
+        if os.path.lexists(p):
+            v = safe_json.read(p, "config file")
             if isinstance(v, Mapping):
                 out.append(("config.json", dict(v)))
     return out
@@ -699,7 +764,7 @@ def _vocab_candidates(found: _Found, configs) -> list[tuple[str, object]]:
     if found.side is not None:
         for fname in ("tokenizer.json", "vocab.json"):
             p = found.side / fname
-            if p.is_file():
+            if os.path.lexists(p):  # reading refuses what is not a regular file, in a note
                 out.append((fname, p))
         for p in sorted(found.side.glob("rwkv_vocab_*.txt")):  # the RWKV "World" vocabulary beside a .pth
             out.append((p.name, p))
@@ -714,14 +779,14 @@ def _make_tokenizer(found: _Found, configs, notes: list[str]):
                     return FileTokenizer(v), src
                 if v.name.startswith("rwkv_vocab_"):
                     return RwkvWorldTokenizer(v), src
-                return CharVocab.from_any(json.loads(v.read_text())), src
+                return CharVocab.from_any(safe_json.read(v, "vocabulary")), src
             if src == "metadata seqscope_tokenizer":
                 base = found.side
                 tok = tokenizer_from_dict(v, base)
                 return tok, src
             return CharVocab.from_any(v), src
-        except (ValueError, TypeError, KeyError, OSError) as exc:
-            notes.append(f"the vocabulary in {src} could not be read ({_short(exc)}); it was not used")
+        except (ValueError, TypeError, KeyError, OSError, LoadError) as exc:
+            notes.append(f"the vocabulary in {display_name(src)} could not be read ({_short(exc)}); it was not used")
     return None, None
 
 
@@ -1046,9 +1111,15 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
             raise ValueError(f"missing {', '.join(missing_fields)}")
     except (TypeError, ValueError) as exc:
         raise LoadError(f"the model config is not valid: {exc}") from None
+    # before anything loops over the layers: a stated count the file cannot hold is refused now
+    check_declared_layers(cfg.num_layers, len(found.tensors), found.name, "num_layers")
 
     # one-hot inputs: a stored vocabulary as wide as the first layer's input and no embedding
     tokenizer, vocab_src = _make_tokenizer(found, configs, notes)
+    if (tokenizer is not None and cfg.vocab_size is None and "embed.weight" not in canon
+            and tokenizer.vocab_size == cfg.input_size and "vocab_size" not in explicit
+            and _one_hot_too_wide(cfg.input_size, found, notes)):
+        tokenizer = None
     if (tokenizer is not None and cfg.vocab_size is None and "embed.weight" not in canon
             and tokenizer.vocab_size == cfg.input_size and "vocab_size" not in explicit):
         canon["embed.weight"] = torch.eye(cfg.input_size, dtype=canon["rnn.weight_ih_l0"].dtype)
@@ -1118,6 +1189,19 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
         raise LoadError(f"{found.name}: could not build the model: {_short(exc)}") from None
     _attach_info(model, found, cfg, notes, vocab_src)
     return model
+
+
+def _one_hot_too_wide(width: int, found: _Found, notes: list[str]) -> bool:
+    """Whether an identity embedding for one-hot inputs of ``width`` would take more memory than
+    is reasonable for the file (it grows as width²: 40,000 entries would be 6.4 GB from a file of
+    a few MB); when it would, the model reads numeric inputs and a note says why."""
+    held = sum(t.numel() for t in found.tensors.values())
+    if width * width <= max(MAX_ONE_HOT_ELEMENTS, held):
+        return False
+    notes.append(f"the vocabulary has {width:,} entries and the model reads one-hot vectors of that width; an "
+                 f"identity embedding for them would take {width * width * 4 / 1e9:.1f} GB, so the vocabulary was "
+                 "not attached: give one-hot vectors as numeric inputs")
+    return True
 
 
 def _attach_info(model: RecurrentStack, found: _Found, cfg: StackConfig, notes: list[str], vocab_src):

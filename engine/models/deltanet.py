@@ -78,7 +78,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, names_under, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, names_under,
+                     probe_table, unused_note)
 
 #: steps of one triangular solve of the delta rule
 SUB = 64
@@ -664,10 +665,7 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     (``[(where, dict)]``); every problem is a LoadError naming the keys involved."""
     stated = _stated_config(configs, name)
     canon, origin = _canonical_names(tensors, name)
-    try:
-        cfg = DeltaNetConfig.from_dict(_inferred_config(canon, stated))
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the (gated) DeltaNet config is not valid: {exc}") from None
+    cfg = config_from_fields(DeltaNetConfig, _inferred_config(canon, stated), name=name, label="(gated) DeltaNet", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     what = (f"a {cfg.family} model (fla layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, value_dim={cfg.value_dim})")

@@ -67,7 +67,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, probe_table,
+                     unused_note)
 
 FAMILIES = ("gla", "retnet")
 FEATURE_MAPS = {None: None, "relu": F.relu, "sigmoid": torch.sigmoid, "swish": F.silu, "silu": F.silu}
@@ -719,10 +720,7 @@ def load_linear_attention(tensors: dict, configs: list, *, name: str, fmt: str, 
     except LoadError as exc:
         raise LoadError(f"{name}: {exc}") from None
     family = fields.get("family", "gla")
-    try:
-        cfg = LinearAttentionConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the {family} config is not valid: {exc}") from None
+    cfg = config_from_fields(LinearAttentionConfig, fields, name=name, label=family, tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
         expected["lm_head.weight"] = (cfg.vocab_size, cfg.d_model)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, edits_in_chunk, scan_split_at_edits
-from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
+from .family import FamilyConfig, build_model, check_loaded_weights, config_from_fields, probe_table, unused_note
 from .mingru import gated_attention
 
 SITES = ("in", "i", "f", "g", "state", "o", "out", "attn")
@@ -315,10 +315,7 @@ def load(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = Tr
     is a LoadError naming the keys involved."""
     stated = _config_from_files(configs, name)
     canon, origin = _canonical_names(tensors, name)
-    try:
-        cfg = HGRNConfig.from_dict(_infer_config(canon, stated))
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the HGRN config is not valid: {exc}") from None
+    cfg = config_from_fields(HGRNConfig, _infer_config(canon, stated), name=name, label="HGRN", tensors=tensors)
     what = (f"an HGRN model (flash-linear-attention layout: hidden_size={cfg.d_model}, layers={cfg.n_layer}, "
             f"d_inner={cfg.d_inner}, intermediate_size={cfg.ff_inner}, conv_size={cfg.conv_size}, "
             f"vocab_size={cfg.vocab_size})")

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, config_from_fields,
+                     probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .family import run_parallel_numba
 
@@ -588,10 +589,7 @@ def load_mamba(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     stated, layout = _config_from_files(configs, notes)
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated)
-    try:
-        cfg = MambaConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the Mamba config is not valid: {exc}") from None
+    cfg = config_from_fields(MambaConfig, fields, name=name, label="Mamba", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
         lm, e = canon["lm_head.weight"], canon.get("backbone.embeddings.weight")

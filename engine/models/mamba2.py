@@ -63,7 +63,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, probe_table,
+                     unused_note)
 from .mamba import MambaModel
 from .mamba import _canonical_names  # file keys -> backbone.* names, found by the A_log keys
 
@@ -656,10 +657,7 @@ def load_mamba2(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     stated, layout = _config_from_files(configs, notes)
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated, notes)
-    try:
-        cfg = Mamba2Config.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the Mamba2 config is not valid: {exc}") from None
+    cfg = config_from_fields(Mamba2Config, fields, name=name, label="Mamba2", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     emb = canon.get("backbone.embeddings.weight")
     if cfg.tie_embeddings and "lm_head.weight" in canon:

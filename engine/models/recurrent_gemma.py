@@ -59,7 +59,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, unused_note
+from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, config_from_fields,
+                     names_under, unused_note)
 from .mingru import _scan_numba, gated_attention
 
 RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "out", "attn")
@@ -76,6 +77,7 @@ class RecurrentGemmaConfig(FamilyConfig):
     """The fields of ``transformers``' ``RecurrentGemmaConfig`` that change what a run computes
     (``block_types`` cycles over the layers as there)."""
     FAMILY = "recurrent_gemma"
+    LAYERS_FIELD = "num_hidden_layers"
 
     hidden_size: int
     num_hidden_layers: int
@@ -594,10 +596,7 @@ def load_recurrent_gemma(tensors: dict, configs: list, *, name: str, fmt: str, s
     stated, layout = _config_from_files(configs)
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated, notes)
-    try:
-        cfg = RecurrentGemmaConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the RecurrentGemma config is not valid: {exc}") from None
+    cfg = config_from_fields(RecurrentGemmaConfig, fields, name=name, label="RecurrentGemma", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_word_embeddings and "lm_head.weight" in canon:  # a tied head saved anyway must equal the embedding
         lm, e = canon["lm_head.weight"], canon.get("model.embed_tokens.weight")

@@ -62,8 +62,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, probe_table,
-                     unused_note)
+from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, config_from_fields,
+                     names_under, probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .family import run_parallel_numba
 
@@ -715,10 +715,7 @@ def load_rwkv(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool
     canon, origin, key_layout = _canonical_names(tensors, name)
     layout = layout or key_layout
     fields = _infer_config(canon, stated)
-    try:
-        cfg = RwkvConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the RWKV config is not valid: {exc}") from None
+    cfg = config_from_fields(RwkvConfig, fields, name=name, label="RWKV", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     # BlinkDL files may keep the time-mix vectors flat, and time_decay/time_first as [1, 1, A]
     for cn, shape in expected.items():

@@ -62,7 +62,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, probe_table,
+                     unused_note)
 
 SITES = ("in", "q", "k", "v", "gate_i", "gate_f", "gate_o", "state", "normalizer", "m", "h", "mix", "out", "attn")
 #: steps of the recurrence computed at once in the parallel form
@@ -562,10 +563,7 @@ def load_xlstm(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     ifg = canon.get("backbone.blocks.0.mlstm_layer.ifgate_preact.weight")
     _unfuse(canon, origin, stated.get("num_heads") or (int(ifg.shape[0]) // 2 if ifg is not None else 0))
     fields = _infer_config(canon, stated)
-    try:
-        cfg = XLSTMConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the xLSTM config is not valid ({exc}); found {fields}") from None
+    cfg = config_from_fields(XLSTMConfig, fields, name=name, label="xLSTM", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     what = (f"an xLSTM model (xLSTMForCausalLM layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"num_heads={cfg.num_heads}, qk_dim={cfg.qk_dim}, v_dim={cfg.v_dim}, ffn_dim={cfg.ffn_dim}, "

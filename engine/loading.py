@@ -522,6 +522,14 @@ def _unwrap(obj, name: str) -> _Found:
     return _Found(name=name, fmt="pytorch", tensors=tensors, container=path, extras=extras, notes=notes)
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _json_kind(v) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
             type(None): "missing or null"}.get(type(v), f"a {type(v).__name__}")
@@ -581,14 +589,17 @@ def _read_safetensors(path: Path, name: str | None = None) -> _Found:
     from safetensors import safe_open
 
     name = name or display_name(path.name)
-    require_regular(path)
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise LoadError(f"{name} could not be read as safetensors: the file is truncated or corrupted "
-                        f"({_short(exc)})") from None
+    with open_regular(path) as opened:
+        # safetensors takes only UTF-8 paths: any other name is opened through the open file's /proc
+        # alias (the very file checked above)
+        target = str(path) if _utf8(str(path)) else f"/proc/self/fd/{opened.fileno()}"
+        try:
+            with safe_open(target, framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise LoadError(f"{name} could not be read as safetensors: the file is truncated or corrupted "
+                            f"({_short(exc)})") from None
     decoded = {}
     for k, v in meta.items():
         try:

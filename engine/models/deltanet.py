@@ -78,8 +78,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, names_under,
-                     probe_table, unused_note)
+from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
+                     names_under, probe_table, unused_note)
 
 #: steps of one triangular solve of the delta rule
 SUB = 64
@@ -588,34 +588,35 @@ def _stated_config(configs: list, name: str) -> dict:
         act = str(d.get("hidden_act", "swish"))
         if act not in ("swish", "silu"):
             raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's DeltaNet supports the swish (swiglu) MLP only")
+        c = StatedConfig(d, src)
         out = {"gated": gated}
-        for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
-                             ("num_heads", "num_heads"), ("num_v_heads", "num_v_heads"), ("conv_size", "conv_size"),
-                             ("intermediate_size", "intermediate_size")):
-            if isinstance(d.get(theirs), int):
-                out[ours] = d[theirs]
+        out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
+                            ("num_heads", "num_heads"), ("conv_size", "conv_size"))))
+        for ours, theirs in (("num_v_heads", "num_v_heads"), ("intermediate_size", "intermediate_size")):
+            if d.get(theirs) is not None:  # null: derived from the other sizes
+                out[ours] = c.whole(theirs)
         for ours, theirs in (("use_beta", "use_beta"), ("use_gate", "use_gate"), ("use_short_conv", "use_short_conv"),
                              ("tie_embeddings", "tie_word_embeddings")):
             if theirs in d:
-                out[ours] = bool(d[theirs])
+                out[ours] = c.flag(theirs)
         if gated:  # DeltaNetConfig in fla does not pass allow_neg_eigval to its layers; GatedDeltaNetConfig does
-            out.update(use_beta=True, allow_neg_eigval=bool(d.get("allow_neg_eigval", False)))
+            out.update(use_beta=True, allow_neg_eigval=c.flag("allow_neg_eigval", False))
             out.setdefault("use_gate", True)
         for key in ("qk_activation", "qk_norm"):
             if key in d and not gated:
                 out[key] = str(d[key])
         if "norm_eps" in d:
-            out["norm_eps"] = float(d["norm_eps"])
+            out["norm_eps"] = c.number("norm_eps")
         hid = out.get("d_model")
-        if gated and isinstance(d.get("head_dim"), int) and "num_heads" in out:
-            out["key_dim"] = out["num_heads"] * d["head_dim"]
-            head_v = int(d["head_dim"] * float(d.get("expand_v", 2.0)))
+        if gated and d.get("head_dim") is not None and "num_heads" in out:
+            out["key_dim"] = out["num_heads"] * c.whole("head_dim")
+            head_v = int(c.whole("head_dim") * c.number("expand_v", 2.0))
             out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * head_v
         elif hid and not gated:
-            out["key_dim"] = int(hid * float(d.get("expand_k", 1.0)))
-            out["value_dim"] = int(hid * float(d.get("expand_v", 1.0)))
+            out["key_dim"] = int(hid * c.number("expand_k", 1.0))
+            out["value_dim"] = int(hid * c.number("expand_v", 1.0))
         if hid and "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
-            inter = int(hid * (d.get("hidden_ratio") or 4) * 2 / 3)
+            inter = int(hid * (c.number("hidden_ratio", None, nullable=True) or 4) * 2 / 3)
             out["intermediate_size"] = 256 * ((inter + 255) // 256)
         return out
     return {}

@@ -266,7 +266,7 @@ def value_kind(value) -> str:
 
 
 def _shown(value) -> str:
-    text = repr(value)
+    text = "null" if value is None else repr(value)
     return text if len(text) <= 40 else text[:39] + "…"
 
 
@@ -319,16 +319,51 @@ def stated(d: dict, key: str, kind: str, src: str, default=_MISSING, *, nullable
     if not isinstance(d, dict):
         raise LoadError(f"{src} is {value_kind(d)}, expected an object of named entries")
     value = d.get(key, _MISSING)
-    if value is _MISSING or (value is None and not nullable):
+    if value is _MISSING:
         if default is _MISSING:
-            if value is None:
-                raise LoadError(f"{src}: {key} is null, expected {_KIND_WORDS[kind]}")
-            raise LoadError(f"{src} has no {key}")
+            raise LoadError(f"{src} has no {key}, which it needs")
         return default
     try:
         return checked_value(key, value, kind, nullable=nullable)
     except ValueError as exc:
         raise LoadError(f"{src}: {exc}") from None
+
+
+class StatedConfig:
+    """A config dict read from a file (``src`` names it in messages), whose entries are taken
+    through :func:`stated`: a value of the wrong type or range is a LoadError naming the key,
+    what it is and what was expected, never a TypeError later on."""
+
+    def __init__(self, d, src: str):
+        if not isinstance(d, dict):
+            raise LoadError(f"{src} is {value_kind(d)}, expected an object of named entries")
+        self.d, self.src = d, src
+
+    def whole(self, key: str, default=_MISSING):
+        """A whole number 0..2^31-1 (3.0 taken as 3)."""
+        return stated(self.d, key, "int", self.src, default)
+
+    def number(self, key: str, default=_MISSING, *, nullable: bool = False):
+        """A finite number."""
+        return stated(self.d, key, "float", self.src, default, nullable=nullable)
+
+    def flag(self, key: str, default=_MISSING):
+        """true or false."""
+        return stated(self.d, key, "bool", self.src, default)
+
+    def mapping(self, key: str, default=_MISSING) -> "StatedConfig":
+        """An object of named entries, itself a StatedConfig."""
+        return StatedConfig(stated(self.d, key, "dict", self.src, default), f"{self.src} entry {key}")
+
+    def sizes(self, pairs) -> dict:
+        """``{ours: whole number}`` for each ``(ours, theirs)`` whose ``theirs`` the config states."""
+        return {ours: self.whole(theirs) for ours, theirs in pairs if theirs in self.d}
+
+    def get(self, key: str, default=None):
+        return self.d.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.d
 
 
 _KIND_WORDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text",

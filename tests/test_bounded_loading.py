@@ -436,3 +436,41 @@ def test_a_folder_whose_name_is_not_utf8_loads(tmp_path):
     folder = mamba_folder(tmp_path / "hf")
     shutil.move(folder, os.fsdecode(raw))
     assert loaded(os.fsdecode(raw)).config.n_layer == 2
+
+
+# -- the helpers themselves ---------------------------------------------------------------------------
+def test_stated_config_names_the_key_what_it_is_and_what_was_expected():
+    from engine.models.family import StatedConfig
+
+    c = StatedConfig({"n": "2", "eps": None, "flag": "yes", "sub": [1], "ok": 3.0, "big": 10**12}, "config.json")
+    for call, words in [(lambda: c.whole("n"), "config.json: n is '2' (text), expected a whole number"),
+                        (lambda: c.number("eps", 1e-5), "config.json: eps is null (null), expected a finite number"),
+                        (lambda: c.flag("flag"), "config.json: flag is 'yes' (text), expected true or false"),
+                        (lambda: c.mapping("sub"), "config.json: sub is [1] (a list), expected an object"),
+                        (lambda: c.whole("big"), "big is 1000000000000, expected a whole number from 0 to"),
+                        (lambda: c.whole("absent"), "config.json has no absent")]:
+        with pytest.raises(LoadError) as info:
+            call()
+        assert words in str(info.value)
+    assert c.whole("ok") == 3 and c.number("eps", 1e-5, nullable=True) is None and c.whole("absent", 7) == 7
+    with pytest.raises(LoadError, match="is a list, expected an object"):
+        StatedConfig([], "config.json")
+
+
+def test_every_family_config_checks_its_fields_by_type():
+    from engine.loading import FAMILIES
+    from engine.models.family import FamilyConfig
+
+    configs = {cls for module in FAMILIES for cls in vars(module).values()
+               if isinstance(cls, type) and issubclass(cls, FamilyConfig) and cls is not FamilyConfig}
+    assert len(configs) >= 10
+    for cls in configs:
+        layers = cls.LAYERS_FIELD
+        with pytest.raises(ValueError, match=rf"{layers} is '2' \(text\), expected a whole number"):
+            cls.from_dict({layers: "2"})
+
+
+def test_safetensors_metadata_that_is_plain_text_is_kept(tmp_path):
+    st = tmp_path / "m.safetensors"
+    save_file(lstm_state(vocab=5), str(st), metadata={"note": "trained on [Shakespeare", "format": "pt"})
+    assert loaded(st).num_layers == 1

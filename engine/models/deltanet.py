@@ -666,7 +666,8 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     (``[(where, dict)]``); every problem is a LoadError naming the keys involved."""
     stated = _stated_config(configs, name)
     canon, origin = _canonical_names(tensors, name)
-    cfg = config_from_fields(DeltaNetConfig, _inferred_config(canon, stated), name=name, label="(gated) DeltaNet", tensors=tensors)
+    cfg = config_from_fields(DeltaNetConfig, _inferred_config(canon, stated), name=name, label="(gated) DeltaNet",
+                             tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     what = (f"a {cfg.family} model (fla layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, value_dim={cfg.value_dim})")

@@ -257,7 +257,7 @@ def _config_from_files(configs: list, name: str) -> dict:
             out["norm_eps"] = c.number("norm_eps")
         if "d_model" in out:
             out["d_inner"] = int(out["d_model"] * (c.number("expand_ratio", None, nullable=True) or 1))
-            if d.get("intermediate_size") is None:  # GatedMLP's rule: 2/3 of hidden_ratio * hidden, to a multiple of 256
+            if d.get("intermediate_size") is None:  # GatedMLP: 2/3 of hidden_ratio * hidden, to a multiple of 256
                 inter = int(out["d_model"] * (c.number("hidden_ratio", None, nullable=True) or 4) * 2 / 3)
                 inter = 256 * ((inter + 255) // 256)
             else:

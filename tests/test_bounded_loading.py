@@ -453,6 +453,10 @@ def test_stated_config_names_the_key_what_it_is_and_what_was_expected():
             call()
         assert words in str(info.value)
     assert c.whole("ok") == 3 and c.number("eps", 1e-5, nullable=True) is None and c.whole("absent", 7) == 7
+    factors = StatedConfig({"expand": 1e308, "half": 0.5, "none": None}, "config.json")
+    with pytest.raises(LoadError, match="expand is 1e\\+308, which makes a size of inf"):
+        factors.scaled("expand", 16, 2.0)
+    assert factors.scaled("half", 16, 2.0) == 8 and factors.scaled("none", 16, 2.0) == 32
     with pytest.raises(LoadError, match="is a list, expected an object"):
         StatedConfig([], "config.json")
 

@@ -583,7 +583,8 @@ def _stated_config(configs: list, name: str) -> dict:
             continue
         gated = MODEL_TYPES[model_type]
         if d.get("attn"):
-            raise LoadError(f"{src}: 'attn' puts softmax attention in layers {d['attn'].get('layers')} (a hybrid "
+            layers = d["attn"].get("layers") if isinstance(d["attn"], dict) else d["attn"]
+            raise LoadError(f"{src}: 'attn' puts softmax attention in layers {layers} (a hybrid "
                             "model); SeqScope reads pure (gated) DeltaNet models only")
         act = str(d.get("hidden_act", "swish"))
         if act not in ("swish", "silu"):
@@ -610,13 +611,13 @@ def _stated_config(configs: list, name: str) -> dict:
         hid = out.get("d_model")
         if gated and d.get("head_dim") is not None and "num_heads" in out:
             out["key_dim"] = out["num_heads"] * c.whole("head_dim")
-            head_v = int(c.whole("head_dim") * c.number("expand_v", 2.0))
+            head_v = c.scaled("expand_v", c.whole("head_dim"), 2.0)
             out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * head_v
         elif hid and not gated:
-            out["key_dim"] = int(hid * c.number("expand_k", 1.0))
-            out["value_dim"] = int(hid * c.number("expand_v", 1.0))
+            out["key_dim"] = c.scaled("expand_k", hid, 1.0)
+            out["value_dim"] = c.scaled("expand_v", hid, 1.0)
         if hid and "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
-            inter = int(hid * (c.number("hidden_ratio", None, nullable=True) or 4) * 2 / 3)
+            inter = c.scaled("hidden_ratio", hid * 2, 4) // 3
             out["intermediate_size"] = 256 * ((inter + 255) // 256)
         return out
     return {}

@@ -355,6 +355,17 @@ class StatedConfig:
         """An object of named entries, itself a StatedConfig."""
         return StatedConfig(stated(self.d, key, "dict", self.src, default), f"{self.src} entry {key}")
 
+    def scaled(self, key: str, base: int, default: float) -> int:
+        """``int(base * factor)`` for the factor ``key`` (a finite number; null or absent: ``default``),
+        refused when the size it makes is out of a size's range."""
+        factor = self.number(key, default, nullable=True)
+        factor = default if factor is None else factor
+        size = base * factor
+        if not 0 <= size <= MAX_CONFIG_INT:
+            raise LoadError(f"{self.src}: {key} is {_shown(factor)}, which makes a size of {size:g}; expected a "
+                            f"factor giving 0 to {MAX_CONFIG_INT}")
+        return int(size)
+
     def sizes(self, pairs) -> dict:
         """``{ours: whole number}`` for each ``(ours, theirs)`` whose ``theirs`` the config states."""
         return {ours: self.whole(theirs) for ours, theirs in pairs if theirs in self.d}

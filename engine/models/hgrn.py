@@ -256,9 +256,9 @@ def _config_from_files(configs: list, name: str) -> dict:
         if "norm_eps" in d:
             out["norm_eps"] = c.number("norm_eps")
         if "d_model" in out:
-            out["d_inner"] = int(out["d_model"] * (c.number("expand_ratio", None, nullable=True) or 1))
+            out["d_inner"] = c.scaled("expand_ratio", out["d_model"], 1)
             if d.get("intermediate_size") is None:  # GatedMLP: 2/3 of hidden_ratio * hidden, to a multiple of 256
-                inter = int(out["d_model"] * (c.number("hidden_ratio", None, nullable=True) or 4) * 2 / 3)
+                inter = c.scaled("hidden_ratio", out["d_model"] * 2, 4) // 3
                 inter = 256 * ((inter + 255) // 256)
             else:
                 inter = c.whole("intermediate_size")

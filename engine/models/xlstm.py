@@ -515,8 +515,8 @@ def _config_fields(configs: list) -> dict:
             out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
                                 ("vocab_size", "vocab_size"), ("num_heads", "num_heads"))))
             if "d_model" in out:  # as xLSTMLayer sizes them (not the cache's rounded qk_dim)
-                out["qk_dim"] = int(out["d_model"] * c.number("qk_dim_factor", 0.5))
-                out["v_dim"] = int(out["d_model"] * c.number("v_dim_factor", 1.0))
+                out["qk_dim"] = c.scaled("qk_dim_factor", out["d_model"], 0.5)
+                out["v_dim"] = c.scaled("v_dim_factor", out["d_model"], 1.0)
             return out
     return {}
 

@@ -53,7 +53,11 @@ def _check_torch_zip(f, name: str) -> bytes:
     without data.pkl, entries that inflate far beyond their size (zip bombs) and corrupted entry
     names; return data.pkl's bytes (read with a cap)."""
     size = os.fstat(f.fileno()).st_size
-    if not zipfile.is_zipfile(f):
+    try:
+        is_zip = zipfile.is_zipfile(f)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:  # e.g. a zip "spanning several disks"
+        raise LoadError(f"{name} is truncated or corrupted: {_short(exc)}") from None
+    if not is_zip:
         raise LoadError(f"{name} is truncated or corrupted: it starts like a PyTorch zip checkpoint but its "
                         "zip directory (at the end of the file) is missing; the save or the download was "
                         "probably interrupted")

@@ -216,12 +216,12 @@ SMALL_DATASET_BYTES = 64 * MiB
 MAX_DATASET_INFLATION = 1100
 
 
-def check_dataset_stored(ds, name: str, small: int = SMALL_DATASET_BYTES) -> None:
+def check_dataset_stored(ds, name: str, small: int = SMALL_DATASET_BYTES, error=LoadError) -> None:
     """Refuse reading an HDF5 dataset (an ``h5py.Dataset``) that declares more data than the file
     stores for it: a small file with an unwritten 20M x 64 dataset would read as 5 GB of fill
     values.  A contiguous dataset must hold all its bytes, a chunked one all its chunks.  Virtual
     datasets (a corpus trace stitching its shards) and variable-length strings are left to their
-    own readers."""
+    own readers.  ``error``: the exception class to raise (the trace reader's own)."""
     if getattr(ds, "is_virtual", False) or ds.dtype.kind == "O":
         return
     needed = int(ds.size) * int(ds.dtype.itemsize)
@@ -239,5 +239,5 @@ def check_dataset_stored(ds, name: str, small: int = SMALL_DATASET_BYTES) -> Non
         except (AttributeError, RuntimeError, ValueError):  # an HDF5 too old to count chunks
             complete = needed <= MAX_DATASET_INFLATION * stored
     if not complete:
-        raise LoadError(f"{name}: dataset {ds.name} declares {needed:,} bytes ({list(ds.shape)} × {ds.dtype}) but "
+        raise error(f"{name}: dataset {ds.name} declares {needed:,} bytes ({list(ds.shape)} × {ds.dtype}) but "
                         f"the file stores only {stored:,} for it; it was never written in full or is damaged")

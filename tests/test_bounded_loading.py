@@ -505,3 +505,19 @@ def test_an_unwritten_hdf5_dataset_is_refused_before_it_is_read(tmp_path):
         for written in ("zeros", "written"):  # zeros compress to almost nothing, and were written
             check_dataset_stored(f[written], "t.h5", small=1024)
         check_dataset_stored(f["small"], "t.h5")  # unwritten, but small enough to read as it is
+
+
+def test_a_trace_file_with_an_unwritten_probe_is_refused_before_it_is_read(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from engine.hdf5 import TraceFileError
+
+    model = loaded(char_lstm_pt(tmp_path / "m.pt", chars="abcde"))
+    trace = engine.run(model, "abcab", probes="layers.0.h")
+    engine.save_trace(trace, tmp_path / "t.h5")
+    with h5py.File(tmp_path / "t.h5", "a") as f:
+        del f["probes/layers.0.h"]
+        f.create_dataset("probes/layers.0.h", shape=(20_000_000, 64), dtype="f4", chunks=(4096, 64))
+    assert (tmp_path / "t.h5").stat().st_size < MB
+    _, error, _, _ = bounded(lambda: engine.load_trace(tmp_path / "t.h5"))
+    assert isinstance(error, TraceFileError) and "never written in full" in str(error), error
+    assert "\n" not in str(error)

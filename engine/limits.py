@@ -1,6 +1,6 @@
 """What a file may make SeqScope do: open only regular files, read side files up to a cap, and
-check every size a file declares (zip entries, tensor views, layer counts) against the bytes it
-really holds before anything is allocated or looped over.  Each refusal is a :class:`LoadError`
+check every size a file declares (zip entries, tensor views, layer counts, HDF5 datasets) against
+the bytes it really holds before anything is allocated or looped over.  Each refusal is a :class:`LoadError`
 with one plain sentence."""
 from __future__ import annotations
 

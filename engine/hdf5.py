@@ -302,6 +302,15 @@ def load_trace(path) -> Trace:
 
 
 def _read(f) -> Trace:
+    import h5py
+
+    from .limits import check_dataset_stored
+
+    # every dataset must store what it declares before any is read (engine.limits)
+    datasets = []
+    f.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    for ds in datasets:
+        check_dataset_stored(ds, f.filename, error=TraceFileError)
     model = f["model"].attrs
     encoded = set(json.loads(_attr_value(model.get("json_encoded", "[]"))))
     info = {}

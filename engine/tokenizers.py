@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, LoadError
+from .limits import MAX_TOKENIZER_BYTES, display_name, is_regular_file, read_text_capped
 
 
 class CharVocab:
@@ -51,9 +53,11 @@ class CharVocab:
                 mapping = {int(k): str(v) for k, v in obj.items()}
             else:
                 raise ValueError("a vocabulary mapping must be {char: id} or {id: char}")
-            n = max(mapping) + 1
-            if sorted(mapping) != list(range(n)):
-                raise ValueError("vocabulary ids must be 0..N-1 with no gaps")
+            # checked by count before any list is built: {"(": 0, ")": 400000000} must not make one of 400M
+            n = len(mapping)
+            if n != len(obj) or (mapping and (min(mapping) != 0 or max(mapping) != n - 1)):
+                raise ValueError(f"vocabulary ids must be 0..N-1 with no gaps or repeats (the {len(obj)} entries "
+                                 f"have ids from {min(mapping, default=0)} to {max(mapping, default=0)})")
             return cls([mapping[i] for i in range(n)])
         if isinstance(obj, (list, tuple)):
             return cls([str(p) for p in obj])
@@ -107,10 +111,14 @@ class FileTokenizer:
         from tokenizers import Tokenizer
 
         self.path = str(path)
+        try:  # read here, so that only a regular file of bounded size is ever opened
+            text = read_text_capped(path, "tokenizer file", MAX_TOKENIZER_BYTES)
+        except LoadError as exc:
+            raise ValueError(str(exc)) from None
         try:
-            self._tok = Tokenizer.from_file(self.path)
+            self._tok = Tokenizer.from_str(text)
         except Exception as exc:  # the Rust error text is specific enough to show
-            raise ValueError(f"cannot read tokenizer file {path}: {exc}") from None
+            raise ValueError(f"cannot read tokenizer file {display_name(path)}: {exc}") from None
 
     @property
     def vocab_size(self) -> int:
@@ -145,7 +153,11 @@ class RwkvWorldTokenizer:
         self.path = str(path)
         self._bytes: dict[int, bytes] = {}
         try:
-            for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            text = read_text_capped(path, "RWKV vocabulary")  # a regular file of bounded size only
+        except LoadError as exc:
+            raise ValueError(str(exc)) from None
+        try:
+            for n, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 first, last = line.index(" "), line.rindex(" ")
@@ -154,8 +166,10 @@ class RwkvWorldTokenizer:
                 if not isinstance(token, bytes) or len(token) != int(line[last + 1:]):
                     raise ValueError(f"line {n} is not 'id literal length'")
                 self._bytes[int(line[:first])] = token
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise ValueError(f"cannot read the RWKV vocabulary {path}: {exc}") from None
+        except (OSError, SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:
+            raise ValueError(f"cannot read the RWKV vocabulary {display_name(path)}: {exc}") from None
+        if not self._bytes:
+            raise ValueError(f"the RWKV vocabulary {display_name(path)} holds no entries")
         self._ids = {b: i for i, b in self._bytes.items()}
         self._lengths: dict[int, list[int]] = {}  # first byte -> token lengths, longest first
         for b in self._ids:
@@ -196,6 +210,9 @@ def read_numeric(path) -> np.ndarray:
     """A numeric sequence, time x features, from ``.npy`` or ``.csv`` (a header row of
     column names is skipped).  A 1-D array is one feature."""
     path = Path(path)
+    if not is_regular_file(path):  # a named pipe would block forever
+        what = "does not exist" if not os.path.lexists(path) else "is not a regular file"
+        raise InputError(f"numeric input {display_name(path.name)} {what}")
     try:
         if path.suffix.lower() == ".npy":
             arr = np.load(path, allow_pickle=False)

@@ -78,7 +78,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, names_under, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
+                     names_under, probe_table, unused_note)
 
 #: steps of one triangular solve of the delta rule
 SUB = 64
@@ -582,39 +583,41 @@ def _stated_config(configs: list, name: str) -> dict:
             continue
         gated = MODEL_TYPES[model_type]
         if d.get("attn"):
-            raise LoadError(f"{src}: 'attn' puts softmax attention in layers {d['attn'].get('layers')} (a hybrid "
+            layers = d["attn"].get("layers") if isinstance(d["attn"], dict) else d["attn"]
+            raise LoadError(f"{src}: 'attn' puts softmax attention in layers {layers} (a hybrid "
                             "model); SeqScope reads pure (gated) DeltaNet models only")
         act = str(d.get("hidden_act", "swish"))
         if act not in ("swish", "silu"):
             raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's DeltaNet supports the swish (swiglu) MLP only")
+        c = StatedConfig(d, src)
         out = {"gated": gated}
-        for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
-                             ("num_heads", "num_heads"), ("num_v_heads", "num_v_heads"), ("conv_size", "conv_size"),
-                             ("intermediate_size", "intermediate_size")):
-            if isinstance(d.get(theirs), int):
-                out[ours] = d[theirs]
+        out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
+                            ("num_heads", "num_heads"), ("conv_size", "conv_size"))))
+        for ours, theirs in (("num_v_heads", "num_v_heads"), ("intermediate_size", "intermediate_size")):
+            if d.get(theirs) is not None:  # null: derived from the other sizes
+                out[ours] = c.whole(theirs)
         for ours, theirs in (("use_beta", "use_beta"), ("use_gate", "use_gate"), ("use_short_conv", "use_short_conv"),
                              ("tie_embeddings", "tie_word_embeddings")):
             if theirs in d:
-                out[ours] = bool(d[theirs])
+                out[ours] = c.flag(theirs)
         if gated:  # DeltaNetConfig in fla does not pass allow_neg_eigval to its layers; GatedDeltaNetConfig does
-            out.update(use_beta=True, allow_neg_eigval=bool(d.get("allow_neg_eigval", False)))
+            out.update(use_beta=True, allow_neg_eigval=c.flag("allow_neg_eigval", False))
             out.setdefault("use_gate", True)
         for key in ("qk_activation", "qk_norm"):
             if key in d and not gated:
                 out[key] = str(d[key])
         if "norm_eps" in d:
-            out["norm_eps"] = float(d["norm_eps"])
+            out["norm_eps"] = c.number("norm_eps")
         hid = out.get("d_model")
-        if gated and isinstance(d.get("head_dim"), int) and "num_heads" in out:
-            out["key_dim"] = out["num_heads"] * d["head_dim"]
-            head_v = int(d["head_dim"] * float(d.get("expand_v", 2.0)))
+        if gated and d.get("head_dim") is not None and "num_heads" in out:
+            out["key_dim"] = out["num_heads"] * c.whole("head_dim")
+            head_v = c.scaled("expand_v", c.whole("head_dim"), 2.0)
             out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * head_v
         elif hid and not gated:
-            out["key_dim"] = int(hid * float(d.get("expand_k", 1.0)))
-            out["value_dim"] = int(hid * float(d.get("expand_v", 1.0)))
+            out["key_dim"] = c.scaled("expand_k", hid, 1.0)
+            out["value_dim"] = c.scaled("expand_v", hid, 1.0)
         if hid and "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
-            inter = int(hid * (d.get("hidden_ratio") or 4) * 2 / 3)
+            inter = c.scaled("hidden_ratio", hid * 2, 4) // 3
             out["intermediate_size"] = 256 * ((inter + 255) // 256)
         return out
     return {}
@@ -664,10 +667,8 @@ def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: 
     (``[(where, dict)]``); every problem is a LoadError naming the keys involved."""
     stated = _stated_config(configs, name)
     canon, origin = _canonical_names(tensors, name)
-    try:
-        cfg = DeltaNetConfig.from_dict(_inferred_config(canon, stated))
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the (gated) DeltaNet config is not valid: {exc}") from None
+    cfg = config_from_fields(DeltaNetConfig, _inferred_config(canon, stated), name=name, label="(gated) DeltaNet",
+                             tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     what = (f"a {cfg.family} model (fla layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, value_dim={cfg.value_dim})")

@@ -8,11 +8,13 @@ every family says the same thing the same way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
 import torch
 
 from ..errors import LoadError
+from ..limits import check_declared_layers
 from ..probes import ProbeSpec, layer_probe
 from .chunked import ChunkedLayerModel
 
@@ -241,13 +243,176 @@ def build_model(model_class, config, weights: dict, *, name: str, label: str, **
 
 
 # -- configs ---------------------------------------------------------------------------------
+#: the largest size or count a config may state (any real width, layer count or vocabulary is far below)
+MAX_CONFIG_INT = 2**31 - 1
+_MISSING = object()
+
+
+def value_kind(value) -> str:
+    """What a config value is, in words (for messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _shown(value) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def checked_value(key: str, value, kind: str, *, nullable: bool = False):
+    """``value`` as a config entry of ``kind``, or a ValueError naming ``key``, what the value is
+    and what was expected.  Kinds: ``"int"`` (a whole number 0..2^31-1; 3.0 is taken as 3),
+    ``"float"`` (a finite number), ``"bool"`` (true/false; 0 and 1 taken), ``"str"``, ``"tuple"``
+    (a list), ``"dict"`` (an object)."""
+    if value is None and nullable:
+        return None
+    bad = f"{key} is {_shown(value)} ({value_kind(value)})"
+    if kind == "int":
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{bad}, expected a whole number")
+        if not 0 <= value <= MAX_CONFIG_INT:
+            raise ValueError(f"{key} is {value}, expected a whole number from 0 to {MAX_CONFIG_INT}")
+        return value
+    if kind == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{bad}, expected a finite number")
+        return float(value)
+    if kind == "bool":
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+            return bool(value)
+        if not isinstance(value, bool):
+            raise ValueError(f"{bad}, expected true or false")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{bad}, expected text")
+        return value
+    if kind == "tuple":
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{bad}, expected a list")
+        return tuple(value)
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise ValueError(f"{bad}, expected an object of named entries")
+        return value
+    raise AssertionError(kind)
+
+
+def stated(d: dict, key: str, kind: str, src: str, default=_MISSING, *, nullable: bool = False):
+    """The entry ``key`` of a config dict read from a file (``src`` names it), checked as
+    :func:`checked_value` does; ``default`` when it is absent (or null, unless ``nullable``).
+    A wrong value is a LoadError such as "config.json: num_hidden_layers is '2' (text),
+    expected a whole number"."""
+    if not isinstance(d, dict):
+        raise LoadError(f"{src} is {value_kind(d)}, expected an object of named entries")
+    value = d.get(key, _MISSING)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise LoadError(f"{src} has no {key}, which it needs")
+        return default
+    try:
+        return checked_value(key, value, kind, nullable=nullable)
+    except ValueError as exc:
+        raise LoadError(f"{src}: {exc}") from None
+
+
+class StatedConfig:
+    """A config dict read from a file (``src`` names it in messages), whose entries are taken
+    through :func:`stated`: a value of the wrong type or range is a LoadError naming the key,
+    what it is and what was expected, never a TypeError later on."""
+
+    def __init__(self, d, src: str):
+        if not isinstance(d, dict):
+            raise LoadError(f"{src} is {value_kind(d)}, expected an object of named entries")
+        self.d, self.src = d, src
+
+    def whole(self, key: str, default=_MISSING):
+        """A whole number 0..2^31-1 (3.0 taken as 3)."""
+        return stated(self.d, key, "int", self.src, default)
+
+    def number(self, key: str, default=_MISSING, *, nullable: bool = False):
+        """A finite number."""
+        return stated(self.d, key, "float", self.src, default, nullable=nullable)
+
+    def flag(self, key: str, default=_MISSING):
+        """true or false."""
+        return stated(self.d, key, "bool", self.src, default)
+
+    def mapping(self, key: str, default=_MISSING) -> "StatedConfig":
+        """An object of named entries, itself a StatedConfig."""
+        return StatedConfig(stated(self.d, key, "dict", self.src, default), f"{self.src} entry {key}")
+
+    def scaled(self, key: str, base: int, default: float) -> int:
+        """``int(base * factor)`` for the factor ``key`` (a finite number; null or absent: ``default``),
+        refused when the size it makes is out of a size's range."""
+        factor = self.number(key, default, nullable=True)
+        factor = default if factor is None else factor
+        size = base * factor
+        if not 0 <= size <= MAX_CONFIG_INT:
+            raise LoadError(f"{self.src}: {key} is {_shown(factor)}, which makes a size of {size:g}; expected a "
+                            f"factor giving 0 to {MAX_CONFIG_INT}")
+        return int(size)
+
+    def sizes(self, pairs) -> dict:
+        """``{ours: whole number}`` for each ``(ours, theirs)`` whose ``theirs`` the config states."""
+        return {ours: self.whole(theirs) for ours, theirs in pairs if theirs in self.d}
+
+    def get(self, key: str, default=None):
+        return self.d.get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self.d
+
+
+_KIND_WORDS = {"int": "a whole number", "float": "a finite number", "bool": "true or false", "str": "text",
+               "tuple": "a list", "dict": "an object of named entries"}
+
+
+def _field_kind(annotation) -> tuple[str | None, bool]:
+    """(kind for :func:`checked_value`, whether None is allowed) of a dataclass field's annotation."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = {p.strip() for p in text.split("|")}
+    nullable = "None" in parts or text.startswith("Optional")
+    parts.discard("None")
+    kind = parts.pop() if len(parts) == 1 else None
+    return (kind if kind in _KIND_WORDS else None), nullable
+
+
+def checked_fields(cls, d: dict) -> dict:
+    """The entries of ``d`` that are fields of the dataclass ``cls``, each checked against its
+    annotation (int, float, bool, str, tuple; ``| None`` allows null): a ValueError names the
+    first that does not fit."""
+    out = {}
+    for name, f in cls.__dataclass_fields__.items():
+        if name not in d:
+            continue
+        kind, nullable = _field_kind(f.type)
+        out[name] = d[name] if kind is None else checked_value(name, d[name], kind, nullable=nullable)
+    return out
+
+
 class FamilyConfig:
     """What every family's config (a frozen dataclass) does alike: ``to_json`` tagged with the
     family (so a trace file says which family wrote it), ``from_dict`` that passes over keys which
-    are not fields, and the check that sizes are positive."""
+    are not fields and checks each value's type, and the check that sizes are positive."""
 
     #: the ``family`` entry of :meth:`to_json`
     FAMILY = ""
+    #: the field that counts the layers
+    LAYERS_FIELD = "n_layer"
 
     def family_tag(self) -> str:
         return self.FAMILY
@@ -257,13 +422,27 @@ class FamilyConfig:
 
     @classmethod
     def from_dict(cls, d: dict):
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """The config from a dict; a ValueError names an entry of the wrong type or range."""
+        return cls(**checked_fields(cls, d))
 
     def require_positive(self, *names):
         """A ValueError naming the first of the fields ``names`` that is not positive."""
         for name in names:
-            if int(getattr(self, name)) <= 0:
+            if not isinstance(getattr(self, name), (int, float)) or int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def config_from_fields(config_class, fields: dict, *, name: str, label: str, tensors: dict):
+    """``config_class.from_dict(fields)`` for a checkpoint ``name`` holding ``tensors``: a wrong
+    value is a LoadError naming it, and a layer count the file cannot hold (each layer has at
+    least one tensor) is refused before anything loops over it."""
+    try:
+        cfg = config_class.from_dict(fields)
+    except (TypeError, ValueError) as exc:
+        raise LoadError(f"{name}: the {label} config is not valid: {exc}") from None
+    layers_field = getattr(config_class, "LAYERS_FIELD", "n_layer")
+    check_declared_layers(getattr(cfg, layers_field), len(tensors), name, layers_field)
+    return cfg
 
 
 def names_under(tensors: dict, prefix: str, root: str, head: str) -> tuple[dict, dict]:

@@ -67,7 +67,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
+                     probe_table, unused_note)
 
 FAMILIES = ("gla", "retnet")
 FEATURE_MAPS = {None: None, "relu": F.relu, "sigmoid": torch.sigmoid, "swish": F.silu, "silu": F.silu}
@@ -652,20 +653,21 @@ def _stated_fields(src: str, d: dict, name: str) -> dict:
     act = d.get("hidden_act", "swish")
     if act not in ("swish", "silu"):
         raise LoadError(f"{src} of {name}: hidden_act {act!r} is not supported (only swish)")
-    out = {"family": family, "fuse_norm": bool(d.get("fuse_norm", True)),
-           "use_output_gate": bool(d.get("use_output_gate", True)),
-           "elementwise_affine": bool(d.get("elementwise_affine", True)),
-           "feature_map": d.get("feature_map"), "norm_eps": float(d.get("norm_eps", 1e-6)),
-           "tie_embeddings": bool(d.get("tie_word_embeddings", False))}
-    for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
-                         ("num_heads", "num_heads"), ("num_kv_heads", "num_kv_heads")):
-        if isinstance(d.get(theirs), int):
-            out[ours] = d[theirs]
+    c = StatedConfig(d, src)
+    out = {"family": family, "fuse_norm": c.flag("fuse_norm", True),
+           "use_output_gate": c.flag("use_output_gate", True),
+           "elementwise_affine": c.flag("elementwise_affine", True),
+           "feature_map": d.get("feature_map"), "norm_eps": c.number("norm_eps", 1e-6),
+           "tie_embeddings": c.flag("tie_word_embeddings", False)}
+    out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
+                        ("num_heads", "num_heads"))))
+    if d.get("num_kv_heads") is not None:  # null: as many as num_heads
+        out["num_kv_heads"] = c.whole("num_kv_heads")
     if family == "gla":
-        out["clamp_min"] = d.get("clamp_min")
-        out["gate_logit_normalizer"] = float(d.get("gate_logit_normalizer", 16))
+        out["clamp_min"] = c.number("clamp_min", None, nullable=True)
+        out["gate_logit_normalizer"] = c.number("gate_logit_normalizer", 16)
         if d.get("use_short_conv"):
-            out["conv_size"] = int(d.get("conv_size", 4))
+            out["conv_size"] = c.whole("conv_size", 4)
     return out
 
 
@@ -719,10 +721,7 @@ def load_linear_attention(tensors: dict, configs: list, *, name: str, fmt: str, 
     except LoadError as exc:
         raise LoadError(f"{name}: {exc}") from None
     family = fields.get("family", "gla")
-    try:
-        cfg = LinearAttentionConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the {family} config is not valid: {exc}") from None
+    cfg = config_from_fields(LinearAttentionConfig, fields, name=name, label=family, tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
         expected["lm_head.weight"] = (cfg.vocab_size, cfg.d_model)

@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, edits_in_chunk, scan_split_at_edits
-from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, StatedConfig, build_model, check_loaded_weights, config_from_fields, probe_table,
+                     unused_note)
 from .mingru import gated_attention
 
 SITES = ("in", "i", "f", "g", "state", "o", "out", "attn")
@@ -250,22 +251,22 @@ def _config_from_files(configs: list, name: str) -> dict:
         act = str(d.get("hidden_act", "swish"))
         if act not in ("swish", "silu"):
             raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's HGRN supports the swish GatedMLP only")
-        out = {}
-        for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
-                             ("vocab_size", "vocab_size"), ("norm_eps", "norm_eps")):
-            if theirs in d:
-                out[ours] = d[theirs]
+        c = StatedConfig(d, src)
+        out = c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size")))
+        if "norm_eps" in d:
+            out["norm_eps"] = c.number("norm_eps")
         if "d_model" in out:
-            out["d_inner"] = int(out["d_model"] * (d.get("expand_ratio") or 1))
-            inter = d.get("intermediate_size")
-            if inter is None:  # GatedMLP's rule: 2/3 of hidden_ratio * hidden, up to a multiple of 256
-                inter = int(out["d_model"] * (d.get("hidden_ratio") or 4) * 2 / 3)
+            out["d_inner"] = c.scaled("expand_ratio", out["d_model"], 1)
+            if d.get("intermediate_size") is None:  # GatedMLP: 2/3 of hidden_ratio * hidden, to a multiple of 256
+                inter = c.scaled("hidden_ratio", out["d_model"] * 2, 4) // 3
                 inter = 256 * ((inter + 255) // 256)
-            out["ff_inner"] = int(inter)
-        out["conv_size"] = int(d.get("conv_size", 4)) if d.get("use_short_conv", False) else 0
-        out["lower_bound"] = bool(d.get("use_lower_bound", True))
-        out["gate_norm_weight"] = bool(d.get("elementwise_affine", True))
-        out["tie_embeddings"] = bool(d.get("tie_word_embeddings", False))
+            else:
+                inter = c.whole("intermediate_size")
+            out["ff_inner"] = inter
+        out["conv_size"] = c.whole("conv_size", 4) if c.flag("use_short_conv", False) else 0
+        out["lower_bound"] = c.flag("use_lower_bound", True)
+        out["gate_norm_weight"] = c.flag("elementwise_affine", True)
+        out["tie_embeddings"] = c.flag("tie_word_embeddings", False)
         return out
     return {}
 
@@ -315,10 +316,7 @@ def load(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = Tr
     is a LoadError naming the keys involved."""
     stated = _config_from_files(configs, name)
     canon, origin = _canonical_names(tensors, name)
-    try:
-        cfg = HGRNConfig.from_dict(_infer_config(canon, stated))
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the HGRN config is not valid: {exc}") from None
+    cfg = config_from_fields(HGRNConfig, _infer_config(canon, stated), name=name, label="HGRN", tensors=tensors)
     what = (f"an HGRN model (flash-linear-attention layout: hidden_size={cfg.d_model}, layers={cfg.n_layer}, "
             f"d_inner={cfg.d_inner}, intermediate_size={cfg.ff_inner}, conv_size={cfg.conv_size}, "
             f"vocab_size={cfg.vocab_size})")

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, Powers, edits_in_chunk, scan_split_at_edits
-from .family import FamilyConfig, build_model, check_loaded_weights, probe_table, unused_note
+from .family import FamilyConfig, build_model, check_loaded_weights, config_from_fields, probe_table, unused_note
 
 SITES = ("in", "Bu", "state", "y", "out", "attn")
 COMPLEX_SITES = ("Bu", "state")
@@ -257,10 +257,7 @@ def load(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = Tr
         if d.get("family") == "lru":
             fields.update({k: v for k, v in d.items() if k in LRUConfig.__dataclass_fields__})
             break
-    try:
-        cfg = LRUConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the LRU config is not valid: {exc}") from None
+    cfg = config_from_fields(LRUConfig, fields, name=name, label="LRU", tensors=tensors)
     what = f"an LRU model (SeqScope layout: d_model={cfg.d_model}, d_state={cfg.d_state}, n_layer={cfg.n_layer})"
     expected = canonical_weight_shapes(cfg)
     unused = check_loaded_weights(name, what, expected, canon, origin, strict)

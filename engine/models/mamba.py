@@ -48,7 +48,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,
+                     config_from_fields, probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .family import run_parallel_numba
 
@@ -471,25 +472,25 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
             act = str(d.get("hidden_act", "silu"))
             if act not in ("silu", "swish"):
                 raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's Mamba supports silu only")
-            out = {"norm_eps": float(d.get("layer_norm_epsilon", 1e-5))}
-            for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
-                                 ("vocab_size", "vocab_size"), ("d_state", "state_size"), ("d_conv", "conv_kernel"),
-                                 ("d_inner", "intermediate_size")):
-                if isinstance(d.get(theirs), int):
-                    out[ours] = d[theirs]
-            if "d_inner" not in out and isinstance(d.get("expand"), int) and "d_model" in out:
-                out["d_inner"] = d["expand"] * out["d_model"]
-            if isinstance(d.get("time_step_rank"), int):
-                out["dt_rank"] = d["time_step_rank"]
+            c = StatedConfig(d, src)
+            out = {"norm_eps": c.number("layer_norm_epsilon", 1e-5)}
+            out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                                ("vocab_size", "vocab_size"), ("d_state", "state_size"), ("d_conv", "conv_kernel"),
+                                ("d_inner", "intermediate_size"))))
+            if "d_inner" not in out and "expand" in d and "d_model" in out:
+                out["d_inner"] = c.whole("expand") * out["d_model"]
+            if d.get("time_step_rank") != "auto" and "time_step_rank" in d:  # "auto": from d_model
+                out["dt_rank"] = c.whole("time_step_rank")
             if "use_bias" in d:
-                out["in_proj_bias"] = out["out_proj_bias"] = bool(d["use_bias"])
+                out["in_proj_bias"] = out["out_proj_bias"] = c.flag("use_bias")
             if "use_conv_bias" in d:
-                out["conv_bias"] = bool(d["use_conv_bias"])
+                out["conv_bias"] = c.flag("use_conv_bias")
             if "tie_word_embeddings" in d:
-                out["tie_embeddings"] = bool(d["tie_word_embeddings"])
+                out["tie_embeddings"] = c.flag("tie_word_embeddings")
             return out, "transformers MambaForCausalLM"
         if "d_model" in d and "n_layer" in d:
-            ssm = d.get("ssm_cfg") or {}
+            c = StatedConfig(d, src)
+            ssm = c.mapping("ssm_cfg", {}) if d.get("ssm_cfg") is not None else StatedConfig({}, src)
             if str(ssm.get("layer", "Mamba1")) == "Mamba2":
                 raise LoadError(f"{src}: ssm_cfg layer 'Mamba2', but the weights have Mamba (1)'s layout "
                                 f"({_MAMBA1_KEYS}): correct the config, or check the weights")
@@ -501,21 +502,21 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
             if d.get("attn_layer_idx"):
                 raise LoadError(f"{src}: attn_layer_idx={d['attn_layer_idx']} adds attention layers (a hybrid "
                                 "model), which SeqScope's Mamba does not have")
-            vocab = int(d["vocab_size"])
-            pad = int(d.get("pad_vocab_size_multiple", 1) or 1)
+            vocab = c.whole("vocab_size")
+            pad = c.whole("pad_vocab_size_multiple", 1) or 1
             if vocab % pad:
                 vocab += pad - vocab % pad
-            dm = int(d["d_model"])
-            out = {"d_model": dm, "n_layer": int(d["n_layer"]), "vocab_size": vocab,
-                   "d_inner": int(ssm.get("expand", 2)) * dm, "d_state": int(ssm.get("d_state", 16)),
-                   "d_conv": int(ssm.get("d_conv", 4)), "conv_bias": bool(ssm.get("conv_bias", True)),
-                   "in_proj_bias": bool(ssm.get("bias", False)), "out_proj_bias": bool(ssm.get("bias", False)),
-                   "norm": "rms" if d.get("rms_norm", True) else "layer",
-                   "norm_eps": float(d.get("norm_epsilon", 1e-5)),
-                   "tie_embeddings": bool(d.get("tie_embeddings", True))}
-            if isinstance(ssm.get("dt_rank"), int):
-                out["dt_rank"] = ssm["dt_rank"]
-            if pad > 1 and vocab != int(d["vocab_size"]):
+            dm = c.whole("d_model")
+            out = {"d_model": dm, "n_layer": c.whole("n_layer"), "vocab_size": vocab,
+                   "d_inner": ssm.whole("expand", 2) * dm, "d_state": ssm.whole("d_state", 16),
+                   "d_conv": ssm.whole("d_conv", 4), "conv_bias": ssm.flag("conv_bias", True),
+                   "in_proj_bias": ssm.flag("bias", False), "out_proj_bias": ssm.flag("bias", False),
+                   "norm": "rms" if c.flag("rms_norm", True) else "layer",
+                   "norm_eps": c.number("norm_epsilon", 1e-5),
+                   "tie_embeddings": c.flag("tie_embeddings", True)}
+            if ssm.get("dt_rank", "auto") != "auto":
+                out["dt_rank"] = ssm.whole("dt_rank")
+            if pad > 1 and vocab != c.whole("vocab_size"):
                 notes.append(f"vocab_size {d['vocab_size']} padded to {vocab} (pad_vocab_size_multiple {pad})")
             return out, "mamba_ssm"
     return {}, ""
@@ -588,10 +589,7 @@ def load_mamba(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     stated, layout = _config_from_files(configs, notes)
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated)
-    try:
-        cfg = MambaConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the Mamba config is not valid: {exc}") from None
+    cfg = config_from_fields(MambaConfig, fields, name=name, label="Mamba", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
         lm, e = canon["lm_head.weight"], canon.get("backbone.embeddings.weight")

@@ -63,7 +63,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
+                     probe_table, unused_note)
 from .mamba import MambaModel
 from .mamba import _canonical_names  # file keys -> backbone.* names, found by the A_log keys
 
@@ -553,20 +554,21 @@ def _config_from_files(configs: list, notes: list) -> tuple[dict, str]:
         act = str(d.get("hidden_act", "silu"))
         if act not in ("silu", "swish"):
             raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's Mamba2 supports silu only")
-        out = {ours: d[theirs] for ours, theirs in _HF_FIELDS if isinstance(d.get(theirs), int)}
-        out["norm_eps"] = float(d.get("layer_norm_epsilon", 1e-5))
+        c = StatedConfig(d, src)
+        out = c.sizes(_HF_FIELDS)
+        out["norm_eps"] = c.number("layer_norm_epsilon", 1e-5)
         if "use_bias" in d:
-            out["in_proj_bias"] = out["out_proj_bias"] = bool(d["use_bias"])
+            out["in_proj_bias"] = out["out_proj_bias"] = c.flag("use_bias")
         if "use_conv_bias" in d:
-            out["conv_bias"] = bool(d["use_conv_bias"])
-        out["tie_embeddings"] = bool(d.get("tie_word_embeddings", False))
+            out["conv_bias"] = c.flag("use_conv_bias")
+        out["tie_embeddings"] = c.flag("tie_word_embeddings", False)
         if "time_step_limit" in d:
             try:
                 out["dt_min"], out["dt_max"] = _dt_limit(d["time_step_limit"])
             except (TypeError, ValueError):
                 raise LoadError(f"{src}: time_step_limit {d['time_step_limit']!r} is not a pair of numbers") from None
-        expand, dm = d.get("expand"), out.get("d_model")
-        if isinstance(expand, int) and dm and "n_heads" in out and "head_dim" in out \
+        expand, dm = c.whole("expand", None), out.get("d_model")
+        if expand is not None and dm and "n_heads" in out and "head_dim" in out \
                 and expand * dm != out["n_heads"] * out["head_dim"]:
             raise LoadError(f"{src}: expand * hidden_size = {expand * dm} but num_heads * head_dim = "
                             f"{out['n_heads'] * out['head_dim']}; transformers requires them equal")
@@ -587,11 +589,13 @@ def _mamba_ssm_layer(d: dict) -> str | None:
 def _mamba_ssm_fields(src: str, d: dict, notes: list) -> dict:
     """Mamba2Config fields from a mamba_ssm config (``d_model``, ``n_layer``, ``ssm_cfg`` …), with
     mamba_ssm's defaults; what SeqScope's Mamba2 does not have is refused in words."""
-    ssm = d["ssm_cfg"]
+    c = StatedConfig(d, src)
+    ssm = c.mapping("ssm_cfg")
+    expand, d_model = ssm.whole("expand", 2), c.whole("d_model")
     refuse = [(d.get("d_intermediate"), f"d_intermediate={d.get('d_intermediate')} adds MLP blocks between the mixers"),
               (d.get("attn_layer_idx"), f"attn_layer_idx={d.get('attn_layer_idx')} adds attention layers (a hybrid)"),
               (not d.get("rms_norm", True), "rms_norm=false uses LayerNorm blocks"),
-              (ssm.get("d_ssm") not in (None, int(ssm.get("expand", 2)) * int(d["d_model"])),
+              (ssm.get("d_ssm") not in (None, expand * d_model),
                f"d_ssm={ssm.get('d_ssm')} adds a gated MLP inside the mixer"),
               (not ssm.get("rmsnorm", True), "rmsnorm=false drops the gated norm"),
               (ssm.get("norm_before_gate", False), "norm_before_gate=true normalises before the gate"),
@@ -599,20 +603,25 @@ def _mamba_ssm_fields(src: str, d: dict, notes: list) -> dict:
     for bad, why in refuse:
         if bad:
             raise LoadError(f"{src}: {why}, which SeqScope's Mamba2 does not have")
-    vocab, pad = int(d["vocab_size"]), int(d.get("pad_vocab_size_multiple", 1) or 1)
+    vocab, pad = c.whole("vocab_size"), c.whole("pad_vocab_size_multiple", 1) or 1
     if vocab % pad:
         notes.append(f"vocab_size {vocab} padded to {vocab + pad - vocab % pad} (pad_vocab_size_multiple {pad})")
         vocab += pad - vocab % pad
-    d_inner = int(ssm.get("expand", 2)) * int(d["d_model"])
-    headdim = int(ssm.get("headdim", 64))
-    dt_min, dt_max = _dt_limit(ssm.get("dt_limit", (0.0, math.inf)))
-    return {"d_model": int(d["d_model"]), "n_layer": int(d["n_layer"]), "vocab_size": vocab,
-            "n_heads": d_inner // headdim, "head_dim": headdim, "d_state": int(ssm.get("d_state", 128)),
-            "n_groups": int(ssm.get("ngroups", 1)), "d_conv": int(ssm.get("d_conv", 4)),
-            "norm_eps": float(d.get("norm_epsilon", 1e-5)), "gate_norm_eps": 1e-5,
-            "in_proj_bias": bool(ssm.get("bias", False)), "out_proj_bias": bool(ssm.get("bias", False)),
-            "conv_bias": bool(ssm.get("conv_bias", True)), "dt_min": dt_min, "dt_max": dt_max,
-            "tie_embeddings": bool(d.get("tie_embeddings", True)), "chunk_size": int(ssm.get("chunk_size", 256))}
+    d_inner = expand * d_model
+    headdim = ssm.whole("headdim", 64)
+    if headdim <= 0:
+        raise LoadError(f"{src}: ssm_cfg headdim is {headdim}, expected a positive whole number")
+    try:
+        dt_min, dt_max = _dt_limit(ssm.get("dt_limit", (0.0, math.inf)))
+    except (TypeError, ValueError):
+        raise LoadError(f"{src}: ssm_cfg dt_limit {ssm.get('dt_limit')!r} is not a pair of numbers") from None
+    return {"d_model": d_model, "n_layer": c.whole("n_layer"), "vocab_size": vocab,
+            "n_heads": d_inner // headdim, "head_dim": headdim, "d_state": ssm.whole("d_state", 128),
+            "n_groups": ssm.whole("ngroups", 1), "d_conv": ssm.whole("d_conv", 4),
+            "norm_eps": c.number("norm_epsilon", 1e-5), "gate_norm_eps": 1e-5,
+            "in_proj_bias": ssm.flag("bias", False), "out_proj_bias": ssm.flag("bias", False),
+            "conv_bias": ssm.flag("conv_bias", True), "dt_min": dt_min, "dt_max": dt_max,
+            "tie_embeddings": c.flag("tie_embeddings", True), "chunk_size": ssm.whole("chunk_size", 256)}
 
 
 def _infer_config(canon: dict, stated: dict, notes: list) -> dict:
@@ -656,10 +665,7 @@ def load_mamba2(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     stated, layout = _config_from_files(configs, notes)
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated, notes)
-    try:
-        cfg = Mamba2Config.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the Mamba2 config is not valid: {exc}") from None
+    cfg = config_from_fields(Mamba2Config, fields, name=name, label="Mamba2", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     emb = canon.get("backbone.embeddings.weight")
     if cfg.tie_embeddings and "lm_head.weight" in canon:

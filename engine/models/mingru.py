@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, config_from_fields,
+                     probe_table, unused_note)
 
 
 @dataclass(frozen=True)
@@ -363,10 +364,7 @@ def load_minrnn(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     for src, d in configs:  # a stated config (SeqScope metadata or config.json) wins where it says more
         if str(d.get("family", "")).lower() in ("mingru", "minlstm"):
             fields.update({k: v for k, v in d.items() if k in MinRNNConfig.__dataclass_fields__})
-    try:
-        cfg = MinRNNConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the {cell} config is not valid: {exc}") from None
+    cfg = config_from_fields(MinRNNConfig, fields, name=name, label=cell, tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     what = f"a {cell} language model (minLM layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, d_inner={cfg.d_inner})"
     unused = check_loaded_weights(name, what, expected, canon, origin, strict)

@@ -59,7 +59,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, unused_note
+from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights, checked_fields,
+                     config_from_fields, names_under, unused_note)
 from .mingru import _scan_numba, gated_attention
 
 RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "out", "attn")
@@ -76,6 +77,7 @@ class RecurrentGemmaConfig(FamilyConfig):
     """The fields of ``transformers``' ``RecurrentGemmaConfig`` that change what a run computes
     (``block_types`` cycles over the layers as there)."""
     FAMILY = "recurrent_gemma"
+    LAYERS_FIELD = "num_hidden_layers"
 
     hidden_size: int
     num_hidden_layers: int
@@ -507,18 +509,33 @@ def looks_like_recurrent_gemma(tensors: dict, configs: list) -> bool:
                for _, d in configs)
 
 
+def _checked(src: str, out: dict) -> dict:
+    """Stated fields checked by type before the weights' inference divides by any of them."""
+    try:
+        out = checked_fields(RecurrentGemmaConfig, out)
+    except ValueError as exc:
+        raise LoadError(f"{src}: {exc}") from None
+    for key in ("hidden_size", "num_attention_heads"):
+        if out.get(key) == 0:
+            raise LoadError(f"{src}: {key} is 0, expected a positive whole number")
+    return out
+
+
 def _config_from_files(configs: list) -> tuple[dict, str]:
     for src, d in configs:
         if d.get("family") == "recurrent_gemma":
-            return {k: v for k, v in d.items() if k in RecurrentGemmaConfig.__dataclass_fields__}, "SeqScope"
+            return _checked(src, {k: v for k, v in d.items() if k in RecurrentGemmaConfig.__dataclass_fields__}), \
+                "SeqScope"
         if str(d.get("model_type", "")).lower() == "recurrent_gemma":
+            c = StatedConfig(d, src)
             out = {k: d[k] for k in RecurrentGemmaConfig.__dataclass_fields__ if d.get(k) is not None}
-            rope = d.get("rope_parameters") or {}
+            rope = c.mapping("rope_parameters") if d.get("rope_parameters") is not None else StatedConfig({}, src)
             for key in ("rope_theta", "partial_rotary_factor"):  # transformers 5 keeps them in rope_parameters
                 if key in rope:
-                    out[key] = rope[key]
+                    out[key] = rope.number(key)
             if d.get("final_logit_softcapping") and "logits_soft_cap" not in out:
-                out["logits_soft_cap"] = d["final_logit_softcapping"]
+                out["logits_soft_cap"] = c.number("final_logit_softcapping")
+            out = _checked(src, out)
             if out.get("lru_width") is None and "hidden_size" in out:
                 out["lru_width"] = out["hidden_size"]
             if out.get("num_key_value_heads") is None and "num_attention_heads" in out:
@@ -571,6 +588,9 @@ def _infer_config(canon: dict, stated: dict, notes: list) -> dict:
         out.setdefault("attention_bias", t + "q_proj.bias" in canon)
         if "num_attention_heads" in out and q and kk:
             hd = out["hidden_size"] // out["num_attention_heads"]
+            if hd == 0:
+                raise LoadError(f"the config gives num_attention_heads={out['num_attention_heads']}, more heads than "
+                                f"hidden_size={out['hidden_size']} has units")
             out.setdefault("num_key_value_heads", max(1, kk[0] // hd))
         if "attention_window_size" not in out:
             notes.append("no config states attention_window_size; the default 2048 was used")
@@ -594,10 +614,7 @@ def load_recurrent_gemma(tensors: dict, configs: list, *, name: str, fmt: str, s
     stated, layout = _config_from_files(configs)
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated, notes)
-    try:
-        cfg = RecurrentGemmaConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the RecurrentGemma config is not valid: {exc}") from None
+    cfg = config_from_fields(RecurrentGemmaConfig, fields, name=name, label="RecurrentGemma", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_word_embeddings and "lm_head.weight" in canon:  # a tied head saved anyway must equal the embedding
         lm, e = canon["lm_head.weight"], canon.get("model.embed_tokens.weight")

@@ -62,8 +62,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, names_under, probe_table,
-                     unused_note)
+from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,
+                     config_from_fields, names_under, probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .family import run_parallel_numba
 
@@ -630,14 +630,15 @@ def _config_from_files(name: str, configs: list, notes: list) -> tuple[dict, str
                             "(transformers RwkvForCausalLM) so far; this version is not supported yet"
                             + (" (RWKV-7 loads from BlinkDL .pth files)" if mt == "rwkv7" else ""))
         if mt == "rwkv":
-            out = {"norm_eps": float(d.get("layer_norm_epsilon", 1e-5))}
-            for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
-                                 ("vocab_size", "vocab_size"), ("d_att", "attention_hidden_size"),
-                                 ("d_ffn", "intermediate_size")):
-                if isinstance(d.get(theirs), int):
-                    out[ours] = d[theirs]
+            c = StatedConfig(d, src)
+            out = {"norm_eps": c.number("layer_norm_epsilon", 1e-5)}
+            out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                                ("vocab_size", "vocab_size"))))
+            for ours, theirs in (("d_att", "attention_hidden_size"), ("d_ffn", "intermediate_size")):
+                if d.get(theirs) is not None:  # null: derived from hidden_size
+                    out[ours] = c.whole(theirs)
             if "tie_word_embeddings" in d:
-                out["tie_embeddings"] = bool(d["tie_word_embeddings"])
+                out["tie_embeddings"] = c.flag("tie_word_embeddings")
             r = d.get("rescale_every", 6)  # transformers' default when the key is absent
             if isinstance(r, int) and r > 0:
                 notes.append(f"rescale_every={r}: transformers halves the residual stream every {r} blocks in "
@@ -715,10 +716,7 @@ def load_rwkv(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool
     canon, origin, key_layout = _canonical_names(tensors, name)
     layout = layout or key_layout
     fields = _infer_config(canon, stated)
-    try:
-        cfg = RwkvConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the RWKV config is not valid: {exc}") from None
+    cfg = config_from_fields(RwkvConfig, fields, name=name, label="RWKV", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     # BlinkDL files may keep the time-mix vectors flat, and time_decay/time_first as [1, 1, A]
     for cn, shape in expected.items():

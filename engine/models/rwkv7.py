@@ -74,7 +74,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, probe_table,
+                     unused_note)
 
 SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "ffn_in", "ffn_k", "ffn", "out", "attn")
 #: steps per piece of the chunked recurrence
@@ -647,10 +648,7 @@ def load_rwkv7(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
                    for _, d in configs if d.get("family") == "rwkv7"), {})
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated)
-    try:
-        cfg = Rwkv7Config.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the RWKV-7 config is not valid ({exc}); read from the shapes: {fields}") from None
+    cfg = config_from_fields(Rwkv7Config, fields, name=name, label="RWKV-7", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     for cn, shape in expected.items():  # vectors may be saved flat, or [1, 1, C] as trained
         t = canon.get(cn)

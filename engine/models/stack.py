@@ -30,6 +30,7 @@ from ..errors import Cancelled
 from ..interventions import BoundIntervention, Intervention, InterventionError
 from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe
 from .base import EditPlan, RecurrentCell, Resume, SequenceModel, stitch
+from .family import checked_fields
 from .gru import GRUCell
 from .lstm import LSTMCell
 from .rnn import ElmanCell
@@ -69,7 +70,8 @@ class StackConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StackConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """The config from a dict; a ValueError names an entry of the wrong type or range."""
+        return cls(**checked_fields(cls, d))
 
 
 def canonical_weight_shapes(cfg: StackConfig) -> dict[str, tuple[int, ...]]:

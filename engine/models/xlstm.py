@@ -62,7 +62,8 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import FamilyConfig, FamilyModel, build_model, check_loaded_weights, probe_table, unused_note
+from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
+                     probe_table, unused_note)
 
 SITES = ("in", "q", "k", "v", "gate_i", "gate_f", "gate_o", "state", "normalizer", "m", "h", "mix", "out", "attn")
 #: steps of the recurrence computed at once in the parallel form
@@ -502,21 +503,20 @@ def _unfuse(canon: dict, origin: dict, H: int) -> None:
 
 def _config_fields(configs: list) -> dict:
     """XLSTMConfig fields stated by config.json (``transformers``) or SeqScope's metadata."""
-    for _, d in configs:
+    for src, d in configs:
         if d.get("family") == "xlstm":
             return {k: v for k, v in d.items() if k in XLSTMConfig.__dataclass_fields__}
         if str(d.get("model_type", "")).lower() == "xlstm":
-            out = {"use_bias": bool(d.get("use_bias", False)), "norm_eps": float(d.get("norm_eps", 1e-6)),
-                   "eps": float(d.get("eps", 1e-6)), "gate_soft_cap": d.get("gate_soft_cap", 15.0),
-                   "logit_soft_cap": d.get("output_logit_soft_cap", 30.0)}
+            c = StatedConfig(d, src)
+            out = {"use_bias": c.flag("use_bias", False), "norm_eps": c.number("norm_eps", 1e-6),
+                   "eps": c.number("eps", 1e-6), "gate_soft_cap": c.number("gate_soft_cap", 15.0, nullable=True),
+                   "logit_soft_cap": c.number("output_logit_soft_cap", 30.0, nullable=True)}
             # tie_word_embeddings is not read: transformers' xLSTM always has its own lm_head
-            for ours, theirs in (("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
-                                 ("vocab_size", "vocab_size"), ("num_heads", "num_heads")):
-                if isinstance(d.get(theirs), int):
-                    out[ours] = d[theirs]
+            out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                                ("vocab_size", "vocab_size"), ("num_heads", "num_heads"))))
             if "d_model" in out:  # as xLSTMLayer sizes them (not the cache's rounded qk_dim)
-                out["qk_dim"] = int(out["d_model"] * float(d.get("qk_dim_factor", 0.5)))
-                out["v_dim"] = int(out["d_model"] * float(d.get("v_dim_factor", 1.0)))
+                out["qk_dim"] = c.scaled("qk_dim_factor", out["d_model"], 0.5)
+                out["v_dim"] = c.scaled("v_dim_factor", out["d_model"], 1.0)
             return out
     return {}
 
@@ -562,10 +562,7 @@ def load_xlstm(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     ifg = canon.get("backbone.blocks.0.mlstm_layer.ifgate_preact.weight")
     _unfuse(canon, origin, stated.get("num_heads") or (int(ifg.shape[0]) // 2 if ifg is not None else 0))
     fields = _infer_config(canon, stated)
-    try:
-        cfg = XLSTMConfig.from_dict(fields)
-    except (TypeError, ValueError) as exc:
-        raise LoadError(f"{name}: the xLSTM config is not valid ({exc}); found {fields}") from None
+    cfg = config_from_fields(XLSTMConfig, fields, name=name, label="xLSTM", tensors=tensors)
     expected = canonical_weight_shapes(cfg)
     what = (f"an xLSTM model (xLSTMForCausalLM layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"num_heads={cfg.num_heads}, qk_dim={cfg.qk_dim}, v_dim={cfg.v_dim}, ffn_dim={cfg.ffn_dim}, "

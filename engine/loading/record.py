@@ -1,0 +1,54 @@
+"""What a reader makes of a file: the neutral record (:class:`_Found`: tensors, side metadata,
+notes) that every reader returns, and the small helpers the readers share."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d{1,6})(_reverse)?$")
+_CELL_KEY = re.compile(r"^(weight|bias)_(ih|hh)$")
+_VOCAB_KEYS = ("vocab", "chars", "stoi", "itos", "char2idx", "idx2char", "char_to_idx", "idx_to_char",
+               "char2id", "id2char", "char_to_ix", "ix_to_char", "char_to_id", "id_to_char", "vocabulary",
+               "alphabet", "characters", "char_list")
+_CONFIG_KEYS = ("config", "model_config", "hparams", "hyper_parameters", "hyperparameters", "hyperparams",
+                "args", "model_args", "cfg", "opt", "params", "settings")
+
+
+@dataclass
+class _Found:
+    """What one file or folder holds, before any architecture is inferred."""
+
+    name: str  # for messages
+    fmt: str  # "pytorch", "safetensors", ...
+    tensors: dict[str, torch.Tensor]  # in file order
+    container: str = ""  # where in the checkpoint the state dict was
+    extras: dict = field(default_factory=dict)  # non-tensor entries of the checkpoint
+    metadata: dict = field(default_factory=dict)  # safetensors metadata (decoded)
+    side: Path | None = None  # folder to look for config.json/vocab.json/tokenizer.json
+    notes: list[str] = field(default_factory=list)
+
+
+def _short(exc, limit: int = 240, last: bool = False) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if last:
+        lines = [ln for ln in lines if not ln.startswith("Check the documentation")] or lines
+    text = (lines[-1] if last else lines[0]) if lines else ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _json_kind(v) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
+            type(None): "missing or null"}.get(type(v), f"a {type(v).__name__}")

@@ -21,6 +21,7 @@ MAX_PROBE_NAME = 256  # characters
 MAX_INTERVENTIONS = 10_000  # in one JSON document
 MAX_JSON_BYTES = 256 * 2**20  # an interventions file or argument
 MAX_PATCH_DIMS = 3  # [tokens, units, state]
+MAX_SHOWN = 80  # characters of a value quoted in a message
 
 
 _short = reprlib.Repr()
@@ -38,9 +39,10 @@ def describe(value) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     try:
-        return _short.repr(value)
+        text = _short.repr(value)
     except Exception:  # a value whose repr fails: name its type instead
         return f"a {type(value).__name__}"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 4] + " ..." + text[-1:]
 
 
 def is_int(x) -> bool:

@@ -127,8 +127,11 @@ class _Reader:
         """The group or dataset at ``where``, reached through hard links only."""
         import h5py
 
-        node = self.f
+        node, walked = self.f, ""
         for part in where.strip("/").split("/"):
+            walked = f"{walked}/{part}" if walked else part
+            if not isinstance(node, h5py.Group):
+                self.fail(f"{walked.rsplit('/', 1)[0]} is not a group")
             link = node.get(part, getlink=True)
             if link is None:
                 if optional:
@@ -136,7 +139,7 @@ class _Reader:
                 self.fail(f"it has no {where}")
             if not isinstance(link, h5py.HardLink):
                 kind_of = "an external link to another file" if isinstance(link, h5py.ExternalLink) else "a soft link"
-                self.fail(f"{where} is {kind_of}; trace files hold their own data and never link")
+                self.fail(f"{walked} is {kind_of}; trace files hold their own data and never link")
             node = node[part]
         expected = h5py.Group if kind == "group" else h5py.Dataset
         if not isinstance(node, expected):
@@ -179,9 +182,9 @@ class _Reader:
         if ds.ndim not in ndims:
             self.fail(f"{where} has {ds.ndim} dimension(s) {tuple(ds.shape)}, expected "
                       f"{' or '.join(str(n) for n in ndims)}")
+        self.check_stored(ds, where)
         if rows is not None and ds.shape[0] != rows:
             self.fail(f"{where} has {ds.shape[0]} rows for {rows} tokens")
-        self.check_stored(ds, where)
         data = ds[...]
         return data if data.dtype.isnative else data.astype(data.dtype.newbyteorder("="))
 
@@ -203,6 +206,28 @@ class _Reader:
         if filtered and declared > stored * MAX_COMPRESSION:
             self.fail(f"{where} is declared {shape} ({declared:,} bytes) but holds only {stored:,} compressed "
                       f"bytes, more than any compression expands to")
+
+    def check_string_lengths(self, ds, where: str) -> None:
+        """Variable-length strings are stored as (length, heap address, index) records that
+        libhdf5 follows without bounds: a record whose length or address lies past the end of
+        the file would make it allocate gigabytes or read wild memory.  For a contiguous
+        dataset (what the writer makes) the records are read and checked first."""
+        import h5py
+
+        info = h5py.check_string_dtype(ds.dtype)
+        offset = ds.id.get_offset()
+        if info is None or info.length is not None or offset is None or not ds.shape[0]:
+            return
+        addr = self.f.id.get_create_plist().get_sizes()[0]
+        record = np.dtype([("length", "<u4"), ("address", f"<u{addr}"), ("index", "<u4")]) if addr in (2, 4, 8) \
+            else None
+        if record is None or offset + record.itemsize * ds.shape[0] > self.file_size:
+            self.fail(f"{where} points past the end of the file")
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            records = np.frombuffer(fh.read(record.itemsize * ds.shape[0]), dtype=record)
+        if np.any(records["length"] > self.file_size) or np.any(records["address"] >= self.file_size):
+            self.fail(f"{where} holds a string that points past the end of the file")
 
     # -- the parts of a trace ------------------------------------------------------------------
     def model_info(self) -> dict:
@@ -233,6 +258,7 @@ class _Reader:
             if h5py.check_string_dtype(ds.dtype) is None or ds.ndim != 1 or ds.shape[0] != n:
                 self.fail(f"tokens/text should be {n} strings, found {ds.dtype} {tuple(ds.shape)}")
             self.check_stored(ds, "tokens/text")
+            self.check_string_lengths(ds, "tokens/text")
             try:
                 text = ds.asstr()[...].tolist()
             except UnicodeDecodeError:

@@ -117,6 +117,11 @@ def test_interventions_that_do_not_fit_the_model_are_refused_and_the_old_ones_ke
         assert message in blocker.args[0], blocker.args[0]
         no_traceback(blocker.args[0])
         assert s.interventions == good
+    panel.positions.setText("three")  # typed in the editor
+    with qtbot.waitSignal(s.error, timeout=WAIT) as blocker:
+        panel._add()
+    assert blocker.args[0].startswith("Intervention not applied: positions and units are numbers"), blocker.args[0]
+    assert s.interventions == good
 
 
 def test_an_unexpected_error_shows_a_sentence_and_logs_the_traceback(qtbot, window, char_model_file, monkeypatch,

@@ -58,7 +58,7 @@ class Project:
                 if spec is None:
                     raise InterventionError(f"names probe {iv.probe!r}, which this {model.architecture} model "
                                             f"does not have")
-                check_against_width(iv, spec.width)
+                check_against_width(iv, int(np.prod(spec.shape)))  # units index the flattened probe
             except InterventionError as exc:
                 raise ProjectError(f"the project's intervention {k + 1} does not fit its model: {exc}") from None
 

@@ -175,7 +175,7 @@ class Session(QObject):
             spec = self.spec(iv.probe)
             if spec is None:
                 raise InterventionError(f"this model has no probe {iv.probe!r}")
-            check_against_width(iv, spec.width)
+            check_against_width(iv, int(np.prod(spec.shape)))  # units index the flattened probe
 
     def set_interventions(self, interventions):
         """Use these interventions and re-run; if one does not fit the model, raise

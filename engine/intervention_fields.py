@@ -20,7 +20,7 @@ MAX_ITEMS = 2**22  # entries in a list of positions, units or values
 MAX_PROBE_NAME = 256  # characters
 MAX_INTERVENTIONS = 10_000  # in one JSON document
 MAX_JSON_BYTES = 256 * 2**20  # an interventions file or argument
-MAX_PATCH_DIMS = 3  # [tokens, units, state]
+MAX_PATCH_DIMS = 6  # [tokens, ...]: a probe with several axes per token (an RWKV-7 state is [tokens, heads, k, v])
 MAX_SHOWN = 80  # characters of a value quoted in a message
 
 

@@ -94,7 +94,7 @@ VALID = {"probe": "layers.0.h", "op": "set", "value": 1.0, "positions": [2], "un
     ({"op": "patch", "value": {"array": [[{"x": 1}]]}}, "must hold numbers only"),
     ({"op": "patch", "value": {"array": [[1, 2], [3]]}}, "regular"),
     ({"op": "patch", "value": {"array": [[1, 2], 3]}}, "regular"),
-    ({"op": "patch", "value": {"array": [[[[1.0]]]]}}, "must hold numbers only"),
+    ({"op": "patch", "value": {"array": [[[[[[[1.0]]]]]]]}}, "must hold numbers only"),
     ({"op": "patch", "value": {"array": [[1e300]], "dtype": "float16"}}, "too large for float16"),
     ({"op": "patch", "value": {"array": []}}, "at least one value"),
     ({"op": "patch", "value": {"array": [[1.0]], "extra": 1}}, "takes the keys array and dtype"),
@@ -151,7 +151,7 @@ def test_python_construction_validates_the_same_way():
         (dict(probe="layers.0.h", op="patch", value=np.array([[1 + 2j]])), "must hold numbers"),
         (dict(probe="layers.0.h", op="patch", value=np.array([["x"]])), "must hold numbers"),
         (dict(probe="layers.0.h", op="patch", value=np.full((2, 5), np.nan)), "finite"),
-        (dict(probe="layers.0.h", op="patch", value=np.zeros((2, 2, 2, 2))), "shape"),
+        (dict(probe="layers.0.h", op="patch", value=np.zeros((2,) * 7)), "shape"),
     ]:
         with pytest.raises(InterventionError, match=message) as info:
             Intervention(**kwargs)

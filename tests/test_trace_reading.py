@@ -283,7 +283,7 @@ def test_bit_flips_give_a_trace_or_a_load_error(good_file, tmp_path):
             b[i] ^= np.uint8(1 << int(rng.integers(0, 8)))
         paths.append(tmp_path / f"flip{k}.h5")
         paths[-1].write_bytes(b.tobytes())
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(engine.__file__)))
     outcomes, todo, stalls = [], list(paths), 0
     while todo:
         proc = subprocess.run([sys.executable, "-c", WORKER], input="\n".join(map(str, todo)) + "\n", text=True,

@@ -342,3 +342,18 @@ def test_python_constructor_returns_or_refuses_in_words(probe, op, value, positi
     for number in (iv.value if isinstance(iv.value, tuple) else [iv.value]):
         assert not isinstance(number, float) or math.isfinite(number)
     check_applies([iv])
+
+
+def test_the_command_line_reads_interventions_through_the_same_parser(tmp_path):
+    from engine.cli import _read_interventions
+
+    (tmp_path / "steer.json").write_text(json.dumps([VALID, dict(VALID, op="zero", value=None)]))
+    assert [iv.op for iv in _read_interventions([str(tmp_path / "steer.json"), json.dumps(VALID)])] == \
+        ["set", "zero", "set"]
+    for arg, message in [("[" * 100_000, "--intervene: interventions JSON is nested too deeply"),
+                         ('{"probe": "layers.0.h", "op": "bogus"}', "--intervene: unknown op 'bogus'"),
+                         (str(tmp_path), "--intervene: .* is a folder"),
+                         ("nowhere.json", "--intervene: no interventions file at nowhere.json")]:
+        with pytest.raises(InterventionError, match=message) as info:
+            _read_interventions([arg])
+        one_sentence(info.value)

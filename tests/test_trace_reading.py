@@ -258,7 +258,7 @@ WORKER = textwrap.dedent("""
     from engine.hdf5_read import TraceLoadError
     for line in sys.stdin:
         path = line.strip()
-        signal.alarm(10)  # no handler: a read stalled inside libhdf5 ends the worker, and the test goes on
+        signal.alarm(5)  # no handler: a read stalled inside libhdf5 ends the worker, and the test goes on
         try:
             load_trace(path)
             print("ok", flush=True)

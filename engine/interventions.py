@@ -14,6 +14,15 @@ sequence of a batch); units index the probe's last axis.  ``op`` is one of
 ``patch``  they are replaced by the same entries of another run's activations
            (``value`` is a :class:`PatchSource` naming a trace file, or an array
            ``[tokens, units]`` / ``[units]`` held in memory)
+
+Every field is checked when an Intervention is built, from Python or from JSON alike
+(:meth:`Intervention.from_dict` is the one way in from JSON; the checks live in
+:mod:`engine.intervention_fields`): anything unexpected is an :class:`InterventionError` whose
+one sentence names the field.  Values must be finite: NaN or infinity in a set/add/scale value or
+a patch would silently turn every later state into NaN, and JSON cannot write them.  What only
+the model and input can tell (a probe it lacks, units past its width, positions past the input,
+a value too large for its dtype, a patch of the wrong shape) is checked when ``engine.run``
+binds the interventions, with the same kind of error.
 """
 from __future__ import annotations
 

@@ -310,21 +310,18 @@ def _read_inputs(model, files: list[str]):
 
 
 def _read_interventions(values: list[str]):
-    from .interventions import Intervention, InterventionError
+    """Each --intervene value: inline JSON (an object or a list) or the path of a JSON file."""
+    from .interventions import InterventionError, interventions_from_json, load_interventions
 
     out = []
     for value in values:
-        data = _read_json_arg(value, "--intervene")
-        items = data if isinstance(data, list) else [data]
-        for d in items:
-            if not isinstance(d, dict):
-                raise InterventionError(f"--intervene: each intervention is a JSON object, got {d!r}")
-            try:
-                out.append(Intervention.from_dict(d))
-            except InterventionError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise InterventionError(f"--intervene: cannot read {json.dumps(d)}: {exc}") from None
+        try:
+            if value.lstrip().startswith(("{", "[")):
+                out.extend(interventions_from_json(value))
+            else:
+                out.extend(load_interventions(value))
+        except InterventionError as exc:
+            raise InterventionError(f"--intervene: {exc}") from None
     return out
 
 

@@ -15,3 +15,7 @@ class InputError(SeqScopeError):
 
 class Cancelled(SeqScopeError):
     """A run was cancelled by its caller."""
+
+
+class InterventionError(SeqScopeError, ValueError):
+    """An intervention that cannot apply to this model or input, with the reason in words."""

@@ -44,7 +44,6 @@ import numpy as np
 from .atomic import replacing_folder, write_text
 from .errors import SeqScopeError
 from .hdf5_writer import write_hdf5
-from .interventions import Intervention, InterventionError
 from .probes import ProbeSpec, match_probes, parse_probe
 from .trace import Trace
 
@@ -77,17 +76,6 @@ def _chunk_rows(n: int, row_shape: tuple[int, ...], itemsize: int) -> int:
     return max(1, min(n, CHUNK_ROWS, CHUNK_BYTES // row_bytes))
 
 
-def _attr_value(v):
-    """An HDF5 attribute value back to a plain Python value."""
-    if isinstance(v, bytes):
-        return v.decode("utf-8")
-    if isinstance(v, np.ndarray):
-        return [_attr_value(x) for x in v.tolist()]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def _encode_texts(texts) -> tuple[list[str], str | None]:
     def plain(s: str) -> bool:
         if "\x00" in s:
@@ -101,14 +89,6 @@ def _encode_texts(texts) -> tuple[list[str], str | None]:
     if all(plain(s) for s in texts):
         return list(texts), None
     return [s.encode("unicode_escape").decode("ascii") for s in texts], "unicode_escape"
-
-
-def _decode_texts(texts: list[str], encoding) -> list[str]:
-    if encoding in (None, "", "utf-8"):
-        return texts
-    if encoding == "unicode_escape":
-        return [s.encode("ascii").decode("unicode_escape") for s in texts]
-    raise TraceFileError(f"unknown token text encoding {encoding!r}")
 
 
 def _spec_for(name: str, trace: Trace, arr: np.ndarray) -> ProbeSpec:
@@ -128,22 +108,6 @@ def _write_spec_attrs(ds, spec: ProbeSpec) -> None:
     ds.attrs["layer"] = -1 if spec.layer is None else int(spec.layer)
     ds.attrs["site"] = spec.site
     ds.attrs["directions"] = int(spec.directions)
-
-
-def _read_spec(ds, name: str) -> ProbeSpec:
-    a = ds.attrs
-    shape = tuple(int(x) for x in np.asarray(a["shape"]).reshape(-1)) if "shape" in a else tuple(ds.shape[1:])
-    dims = tuple(_attr_value(a["dims"])) if "dims" in a else ("token",) + tuple(f"dim{k}" for k in range(1, ds.ndim))
-    layer = int(a["layer"]) if "layer" in a else -1
-    return ProbeSpec(
-        name=_attr_value(a.get("name", name)),
-        shape=shape,
-        dims=dims,
-        description=_attr_value(a.get("description", "")),
-        layer=None if layer < 0 else layer,
-        site=_attr_value(a.get("site", "")),
-        directions=int(a.get("directions", 1)),
-    )
 
 
 # -- save ------------------------------------------------------------------------------
@@ -251,100 +215,22 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
 
 
 # -- load ------------------------------------------------------------------------------
-
-
-def _open(path):
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise TraceFileError(f"no trace file at {path}")
-    if path.is_dir():
-        raise TraceFileError(f"{path} is a folder, not a trace file")
-    try:
-        return h5py.File(path, "r")
-    except OSError:
-        raise TraceFileError(f"{path} is not a SeqScope trace file: it is not HDF5, or it is damaged "
-                             f"(truncated or partly overwritten)") from None
+# Reading checks every object before it reads it; that lives in engine/hdf5_read.py.
 
 
 def check_trace_file(f, path) -> None:
     """Refuse files that are not SeqScope traces or come from a newer schema."""
-    fmt = _attr_value(f.attrs.get("format", None))
-    if fmt != FORMAT:
-        what = f"its format attribute is {fmt!r}" if fmt is not None else "it has no format attribute"
-        raise TraceFileError(f"{path} is an HDF5 file but not a SeqScope trace ({what}, "
-                             f"expected {FORMAT!r})")
-    try:
-        version = int(_attr_value(f.attrs["schema_version"]))
-    except (KeyError, TypeError, ValueError):
-        raise TraceFileError(f"{path} has no readable schema_version; it is damaged") from None
-    if version > SCHEMA_VERSION:
-        raise TraceFileError(
-            f"{path} was written by a newer SeqScope (schema {version}); this version reads schema "
-            f"{SCHEMA_VERSION} — upgrade SeqScope (the file comes from SeqScope "
-            f"{_attr_value(f.attrs.get('seqscope_version', '?'))})")
-    if version < 1:
-        raise TraceFileError(f"{path} has an invalid schema_version {version}")
+    from .hdf5_read import check_trace_file as check
+
+    check(f, path)
 
 
 def load_trace(path) -> Trace:
-    """Read a trace file written by :func:`save_trace`."""
-    f = _open(path)
-    try:
-        with f:
-            check_trace_file(f, path)
-            return _read(f)
-    except TraceFileError:
-        raise
-    except (KeyError, OSError, ValueError, TypeError, InterventionError, json.JSONDecodeError) as exc:
-        raise TraceFileError(f"{path} is a SeqScope trace but could not be read (damaged?): {exc}") from None
+    """Read a trace file written by :func:`save_trace`; a damaged or foreign file is a
+    ``TraceLoadError`` (a ``TraceFileError`` and a ``LoadError``) in one sentence."""
+    from .hdf5_read import load_trace as load
 
-
-def _read(f) -> Trace:
-    import h5py
-
-    from .limits import check_dataset_stored
-
-    # every dataset must store what it declares before any is read (engine.limits)
-    datasets = []
-    f.visititems(lambda _, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset) else None)
-    for ds in datasets:
-        check_dataset_stored(ds, f.filename, error=TraceFileError)
-    model = f["model"].attrs
-    encoded = set(json.loads(_attr_value(model.get("json_encoded", "[]"))))
-    info = {}
-    for key in model:
-        if key == "json_encoded":
-            continue
-        value = _attr_value(model[key])
-        info[key] = json.loads(value) if key in encoded else value
-
-    tokens = f["tokens/ids"][...].astype(np.int32)
-    text = None
-    if "text" in f["tokens"]:
-        ds = f["tokens/text"]
-        text = _decode_texts(ds.asstr()[...].tolist(), _attr_value(ds.attrs.get("encoding")))
-    offsets = f["sequences/offsets"][...].astype(np.int64)
-    inputs = f["inputs/values"][...] if "inputs" in f and "values" in f["inputs"] else None
-
-    group = f["probes"] if "probes" in f else {}
-    order = json.loads(_attr_value(group.attrs["order"])) if "probes" in f and "order" in group.attrs else None
-    if order is None:
-        order = list(group) + (["logits"] if "logits" in f else [])
-    arrays, specs = {}, {}
-    for name in order:
-        ds = f["logits"] if name == "logits" else group[name]
-        arrays[name] = ds[...]
-        specs[name] = _read_spec(ds, name)
-
-    interventions = tuple(Intervention.from_dict(d) for d in json.loads(_attr_value(f.attrs.get("interventions", "[]"))))
-    notes = json.loads(_attr_value(f.attrs.get("notes", "[]")))  # absent in files from before notes
-    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
-        raise ValueError("the notes attribute is not a JSON list of strings")
-    return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs=specs, token_text=text, inputs=inputs,
-                 model_info=info, interventions=interventions, created=_attr_value(f.attrs.get("created", "")),
-                 notes=tuple(notes))
+    return load(path)
 
 
 # -- LSTMVis export --------------------------------------------------------------------

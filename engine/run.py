@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .budget import check_budget, estimate_run_bytes, gpu_budget_for, resolve_budget
-from .errors import InputError
+from .errors import InputError, SeqScopeError
 from .interventions import Intervention, InterventionError, PatchSource
 from .models.base import Resume
 from .nonfinite import NONFINITE_NOTE, nonfinite_notes
@@ -241,10 +241,16 @@ def _resolve_sources(interventions: Sequence[Intervention]) -> dict[int, np.ndar
         from .hdf5 import load_trace  # only when a patch names a file
 
         src = iv.value
-        other = load_trace(src.file)
+        try:
+            other = load_trace(src.file)
+        except SeqScopeError as exc:
+            raise InterventionError(f"patch for {iv.probe}: {exc}") from None
         probe = src.probe or iv.probe
         if probe not in other.arrays:
             raise InterventionError(f"patch source {src.file} has no probe {probe!r}")
+        if src.sequence >= other.n_sequences:
+            raise InterventionError(f"patch source {src.file} has {other.n_sequences} sequence(s); "
+                                    f"there is no sequence {src.sequence}")
         sources[n] = other.array(probe, src.sequence)
     return sources
 

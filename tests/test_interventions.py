@@ -195,7 +195,11 @@ def test_json_round_trip(tmp_path):
 @pytest.mark.parametrize("iv,message", [
     (Intervention("layers.7.h", "zero"), "no probe point"),
     (Intervention("layers.0.h", "zero", units=[10]), "units \\[10\\] do not exist"),
-    (Intervention("layers.0.h", "set", [1.0, 2.0, 3.0], units=[0, 1]), "3 numbers but 2 units"),
+    (Intervention("layers.0.h", "set", [1.0, 2.0, 3.0]), "3 numbers but 10 units"),
+    (Intervention("layers.0.h", "add", 0.5, positions=[20, 30]), "positions 20, 30 would change nothing.*20 tokens"),
+    (Intervention("layers.0.h", "set", 1e300), "too large for this model's float32"),
+    (Intervention("layers.0.h", "patch", np.zeros((20, 3), np.float32)), "shaped \\(20, 3\\)"),
+    (Intervention("layers.0.h", "patch", PatchSource("/no/such/trace.h5")), "patch for layers.0.h: no trace file"),
     (Intervention("layers.0.h", "patch", np.zeros((5, 10), np.float32), positions=[8]), "source has 5 tokens"),
 ])
 def test_bad_interventions_are_refused_in_words(iv, message):
@@ -209,7 +213,9 @@ def test_malformed_intervention_data_is_refused():
         Intervention("layers.0.h", "clamp", 1.0)
     with pytest.raises(InterventionError, match="needs a value"):
         Intervention("layers.0.h", "set")
+    with pytest.raises(InterventionError, match="3 numbers but 2 units"):
+        Intervention("layers.0.h", "set", [1.0, 2.0, 3.0], units=[0, 1])
     with pytest.raises(InterventionError, match="not valid JSON"):
         interventions_from_json("{probe: ")
-    with pytest.raises(InterventionError, match="keys probe, op"):
+    with pytest.raises(InterventionError, match="unknown key .*bogus.*keys are probe, op"):
         interventions_from_json('[{"probe": "layers.0.h", "bogus": 1}]')

@@ -17,6 +17,7 @@ from engine.tokenizers import read_numeric
 
 from .examples import Example, examples
 from .export import ExportError, export_units_csv, export_view, safe_filename
+from .reporting import reports_errors
 from .session import Session
 
 # (dock title, module in workbench.views, class); where each goes: _lay_out_docks
@@ -175,10 +176,12 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
 
     # -- opening things -------------------------------------------------------------------------
+    @reports_errors("Could not open the model")
     def open_model(self, path):
         self.statusBar().showMessage(f"loading {path}…")
         self.session.open_model(path)
 
+    @reports_errors("Could not open the example")
     def open_example(self, ex: Example):
         """A bundled example model on its first sample input."""
         self.open_model(ex.model)  # loads off the GUI thread: the input is read by its kind, not the old model's
@@ -193,6 +196,7 @@ class MainWindow(QMainWindow):
                 path = str(Path(path).parent)
             self.open_model(path)
 
+    @reports_errors("Could not open the input")
     def open_input(self, path, numeric: bool | None = None):
         """Read an input file as numbers (``numeric``) or as text; by default as the current
         model reads its input (with no model: ``.npy``/``.csv`` as numbers)."""
@@ -206,7 +210,7 @@ class MainWindow(QMainWindow):
             else:
                 self.session.set_text(path.read_text(encoding="utf-8", errors="replace"))
         except (OSError, SeqScopeError) as exc:
-            self.show_error(f"Could not open the input: {exc}")
+            self.session.error.emit(f"Could not open the input: {exc}")
 
     def choose_input(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open input", "", "Text or numeric (*.txt *.py *.npy *.csv);;"
@@ -219,30 +223,28 @@ class MainWindow(QMainWindow):
         if path:
             self.open_project(path)
 
+    @reports_errors("Could not open the project")
     def open_project(self, path):
-        try:
-            self.session.open_project(path)  # the model loads off the GUI thread
-        except SeqScopeError as exc:
-            self.show_error(f"Could not open the project: {exc}")
+        """Check the project file now (a bad one changes nothing and says why); its model loads
+        off the GUI thread."""
+        self.session.open_project(path)
 
+    @reports_errors("Could not restore the window layout")
     def _project_restored(self, data: dict):
-        if data.get("layout"):
-            self.restoreState(QByteArray(base64.b64decode(data["layout"])))
+        if data.get("layout") and not self.restoreState(QByteArray(base64.b64decode(data["layout"]))):
+            self.statusBar().showMessage("the project's window layout does not fit this window; kept the current one",
+                                         10000)
 
     def choose_save_project(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save project", "project.seqscope.json", "SeqScope project (*.json)")
         if path:
             self.save_project(path)
 
+    @reports_errors("Could not save the project")
     def save_project(self, path):
-        try:
-            layout = base64.b64encode(bytes(self.saveState())).decode()
-            self.session.save_project(path, layout=layout)
-            self.statusBar().showMessage(f"saved {path}", 5000)
-        except SeqScopeError as exc:  # engine.atomic says what and why; an old project file is unchanged
-            self.show_error(str(exc)[:1].upper() + str(exc)[1:])
-        except OSError as exc:
-            self.show_error(f"Could not save the project: {exc}")
+        layout = base64.b64encode(bytes(self.saveState())).decode()
+        self.session.save_project(path, layout=layout)
+        self.statusBar().showMessage(f"saved {path}", 5000)
 
     # -- exports -------------------------------------------------------------------------------
     def choose_export_view(self, title, suffix):
@@ -251,33 +253,36 @@ class MainWindow(QMainWindow):
         if path:
             self.export_view(title, path)
 
+    @reports_errors("Could not export the view")
     def export_view(self, title, path):
         try:
             export_view(self.views[title], path)
             self.statusBar().showMessage(f"wrote {path}", 5000)
         except ExportError as exc:
-            self.show_error(str(exc))
+            self.session.error.emit(str(exc))
 
     def choose_export_trace(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export trace", "trace.h5", "HDF5 (*.h5 *.hdf5)")
         if path:
             self.export_trace(path)
 
+    @reports_errors("Could not export the trace")
     def export_trace(self, path):
         """Write the current trace (every probe, every sequence, the interventions) off the GUI thread."""
         trace = self.session.trace
         if trace is None:
-            self.show_error("Nothing to export yet: run the model first")
+            self.session.error.emit("Nothing to export yet: run the model first")
             return
         self.session.runner.submit("export", lambda should_stop, progress: engine.save_trace(trace, path) or path)
 
+    @reports_errors("Could not export the units")
     def choose_export_csv(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export units", "units.csv", "CSV (*.csv)")
         if path:
             try:
                 export_units_csv(self.session, path)
             except ExportError as exc:
-                self.show_error(str(exc))
+                self.session.error.emit(str(exc))
 
     # -- feedback ------------------------------------------------------------------------------
     def show_error(self, message: str):
@@ -372,6 +377,7 @@ class MainWindow(QMainWindow):
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
+    @reports_errors("Could not open the dropped file")
     def dropEvent(self, event):
         urls = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         if urls:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -17,6 +16,8 @@ import torch
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
 from engine.errors import Cancelled, SeqScopeError
+
+from .log import describe_unexpected
 
 
 @dataclass
@@ -55,9 +56,8 @@ class _Worker(QObject):
             except SeqScopeError as exc:
                 self.failed.emit(job.id, job.kind, str(exc))
                 continue
-            except Exception as exc:  # a bug or an unexpected library error: report, stay up
-                detail = traceback.format_exc(limit=3)
-                self.failed.emit(job.id, job.kind, f"{type(exc).__name__}: {exc}\n\n{detail}")
+            except Exception as exc:  # a bug or an unexpected library error: one sentence, details logged
+                self.failed.emit(job.id, job.kind, describe_unexpected(f"a {job.kind!r} job in the worker", exc))
                 continue
             if not job.cancelled.is_set():
                 with self._runner._lock:

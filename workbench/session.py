@@ -20,14 +20,13 @@ from PySide6.QtCore import QObject, Signal
 
 import engine
 from engine.atomic import write_text
-from engine.errors import InputError
 from engine.budget import RunTooLarge, estimate_run_bytes
-from engine.interventions import Intervention
+from engine.errors import InputError, InterventionError, SeqScopeError
+from engine.interventions import Intervention, check_against_width
 
 from .examples import LookAt, look_at
+from .project import PROJECT_FORMAT, Project, parse_project, read_project
 from .runner import Runner
-
-PROJECT_FORMAT = "seqscope-project"
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,14 @@ class RunResult:
     clean: engine.Trace
     steered: engine.Trace
     request: int
+
+
+@dataclass(frozen=True)
+class ProjectLoaded:
+    """A checked project and the model it names (None: keep the current model)."""
+
+    project: Project
+    model: object
 
 
 def token_ids_from_text(text: str):
@@ -98,6 +105,7 @@ class Session(QObject):
         self._pending_input = None
         self.computing = False  # a run of the model is under way
         self.run_progress = (0, 0)  # (done, total) of that run, as engine.run reports it
+        self._loading = "Could not open the model"  # what the pending "load" job is, for its error
 
     # -- model --------------------------------------------------------------------------
     def open_model(self, path, config=None):
@@ -107,6 +115,7 @@ class Session(QObject):
         def job(should_stop, progress):
             return path, engine.load(path, config=config, device="cpu")
 
+        self._loading = "Could not open the model"
         self.runner.submit("load", job)
 
     def set_model(self, model, path: str | None = None):
@@ -190,8 +199,23 @@ class Session(QObject):
         return self.text if self.text is not None else self.values
 
     # -- interventions ---------------------------------------------------------------------
+    def check_interventions(self, interventions) -> None:
+        """Refuse (InterventionError) interventions the current model cannot take: a probe it
+        does not have, units it lacks, a value of the wrong length."""
+        if self.model is None:
+            return
+        for iv in interventions:
+            spec = self.spec(iv.probe)
+            if spec is None:
+                raise InterventionError(f"this model has no probe {iv.probe!r}")
+            check_against_width(iv, int(np.prod(spec.shape)))  # units index the flattened probe
+
     def set_interventions(self, interventions):
-        self.interventions = list(interventions)
+        """Use these interventions and re-run; if one does not fit the model, raise
+        InterventionError and keep the current ones."""
+        interventions = list(interventions)
+        self.check_interventions(interventions)
+        self.interventions = interventions
         self.interventions_changed.emit()
         self.request_run()
 
@@ -311,9 +335,9 @@ class Session(QObject):
         self.progress.emit(done, total)
 
     def _on_finished(self, _id, kind, result):
-        if kind == "load" and isinstance(result[0], dict):  # a project and its model
-            self.apply_project(*result)
-            self.project_restored.emit(result[0])
+        if kind == "load" and isinstance(result, ProjectLoaded):
+            self.apply_project(result.project, result.model)
+            self.project_restored.emit(result.project.data)
         elif kind == "load":
             path, model = result
             self.set_model(model, path)
@@ -343,7 +367,8 @@ class Session(QObject):
     def _on_failed(self, _id, kind, message):
         if kind == "run":
             self._set_computing(False)
-        what = {"load": "Could not open the model", "run": "Could not run the model"}.get(kind, "Error")
+        what = {"load": self._loading, "run": "Could not run the model",
+                "export": "Could not export the trace"}.get(kind, "Something failed")
         self.error.emit(f"{what}: {message}")
 
     # -- project files ---------------------------------------------------------------------
@@ -365,40 +390,49 @@ class Session(QObject):
         write_text(path, json.dumps(data, indent=1), "project")  # atomically: an old project stays whole
 
     @staticmethod
-    def read_project(path) -> dict:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise engine.SeqScopeError(f"cannot read project {path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
-            raise engine.SeqScopeError(f"{path} is not a SeqScope project file")
-        return data
+    def read_project(path) -> Project:
+        """Read and check a project file (a ProjectError, a SeqScopeError, if anything is wrong)."""
+        return read_project(path)
 
-    def open_project(self, path):
-        """Read a project file and load its model off the GUI thread, then restore it."""
-        data = self.read_project(path)  # small JSON: errors surface at once
+    def open_project(self, path) -> bool:
+        """Read and check a project file now, load its model off the GUI thread, check the
+        interventions against that model, and only then restore it.  A bad file or a model that
+        does not open changes nothing: the error signal says why."""
+        try:
+            project = read_project(path)
+        except SeqScopeError as exc:
+            self.error.emit(f"Could not open the project: {exc}")
+            return False
+        current = self.model
 
         def job(should_stop, progress):
-            model = engine.load(data["model"], device="cpu") if data.get("model") else None
-            return data, model
+            model = engine.load(project.model, device="cpu") if project.model else None
+            project.check_fits(model if model is not None else current)
+            return ProjectLoaded(project, model)
 
+        self._loading = f"Could not open the project {Path(path).name}"
         self.runner.submit("load", job)
+        return True
 
-    def apply_project(self, data: dict, model=None):
-        """Restore a project; ``model`` is the loaded model of ``data["model"]``."""
-        self.model = None
-        self.interventions = [Intervention.from_dict(d) for d in data.get("interventions", [])]
-        self.pinned = [tuple(p) for p in data.get("pinned", [])]
-        if data.get("text") is not None:
-            self.text, self.values = data["text"], None
-        elif data.get("values") is not None:
-            self.text, self.values = None, np.asarray(data["values"], dtype=np.float32)
-        self.probe = data.get("probe")
-        self.units = list(data.get("units") or [0])
-        self.step = int(data.get("step") or 0)
+    def apply_project(self, project, model=None):
+        """Restore a checked project (a dict is checked first); ``model`` is the loaded model
+        of ``project.model``, or None to keep the current one."""
+        if isinstance(project, dict):
+            project = parse_project(project)
+        self.interventions = list(project.interventions)
+        self.pinned = list(project.pinned)
+        if project.text is not None:
+            self.text, self.values = project.text, None
+        elif project.values is not None:
+            self.text, self.values = None, project.values
+        self.probe = project.probe
+        self.units = list(project.units)
+        self.step = project.step
         self.input_changed.emit()
         if model is not None:
-            self.set_model(model, data.get("model"))
+            self.set_model(model, project.model)
+        elif self.model is not None:
+            self.set_model(self.model, self.model_path)
 
 
 def _default_probe(model) -> str:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import Cancelled
-from ..interventions import BoundIntervention, Intervention, InterventionError
+from ..interventions import BoundIntervention, Intervention, InterventionError, check_against_width
 from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe
 from .base import EditPlan, RecurrentCell, Resume, SequenceModel, stitch
 from .family import checked_fields
@@ -251,6 +251,7 @@ class RecurrentStack(SequenceModel):
                 plan.whole.setdefault(iv.probe, []).append(
                     BoundIntervention(iv, spec.width, lengths, self.dtype, self.device, source))
                 continue
+            check_against_width(iv, spec.width, source)  # before the split, which would drop what does not fit
             width = spec.width // spec.directions
             for d in range(spec.directions):
                 part = _direction_part(iv, source, width, d, spec.directions)

@@ -11,6 +11,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFi
 from engine.errors import SeqScopeError
 from engine.interventions import OPS, Intervention, PatchSource, Span, load_interventions, save_interventions
 
+from ..reporting import error_sentence
+
 SLIDER_SCALE = 100  # slider ticks per unit of value
 
 
@@ -176,8 +178,12 @@ class InterventionsPanel(QWidget):
     def _try(self, action):
         try:
             action()
-        except (SeqScopeError, ValueError, OSError) as exc:
-            self.session.error.emit(f"Intervention not applied: {exc}")
+        except ValueError as exc:  # a typed position or unit that is not a number
+            if not isinstance(exc, SeqScopeError):
+                exc = SeqScopeError(f"positions and units are numbers such as 3, 5 or 2:9 ({exc})")
+            self.session.error.emit(error_sentence("Intervention not applied", exc))
+        except Exception as exc:  # noqa: BLE001 - files, the engine, or a bug: one sentence, details logged
+            self.session.error.emit(error_sentence("Intervention not applied", exc))
 
     def _add(self):
         self._try(lambda: self.session.add_intervention(self.intervention_from_editor()))

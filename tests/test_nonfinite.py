@@ -55,6 +55,12 @@ def test_a_clean_run_has_no_notes(model):
     assert trace.notes == ()
 
 
+def overflow(probe, step, unit):
+    """Two finite additions that overflow float32 at ``probe``'s ``unit`` at ``step`` (non-finite
+    intervention values themselves are refused)."""
+    return [Intervention(probe, "add", 3e38, positions=[step], units=[unit])] * 2
+
+
 def test_an_overflowing_intervention_is_located_at_its_probe_and_step(model):
     # two finite additions overflow float32 at step 12: c is infinite there, and stays so
     big = 3e38
@@ -68,7 +74,7 @@ def test_an_overflowing_intervention_is_located_at_its_probe_and_step(model):
 def test_a_nan_intervention_value_is_located_or_refused(model):
     try:
         iv = Intervention("layers.1.gate_f", "set", float("nan"), positions=[7], units=[0])
-        trace = engine.run(model, TEXT, interventions=[iv])
+        trace = engine.run(model, TEXT, interventions=ivs)
     except InterventionError:  # refusing a NaN value outright is as good
         return
     assert trace.notes[0] == "non-finite values first appear in layers.1.gate_f at step 7 (of sequence 0): NaN"
@@ -76,7 +82,7 @@ def test_a_nan_intervention_value_is_located_or_refused(model):
 
 def test_the_first_sequence_holding_one_is_named_with_its_own_step(model):
     x = [TEXT[:10], TEXT[:30], TEXT[:20]]
-    bad = engine.run(model, x, interventions=[Intervention("embed", "set", np.inf, positions=[4], units=[0])])
+    bad = engine.run(model, x, interventions=overflow("embed", 4, 0))
     # the batch edits every sequence at its step 4: sequence 0 holds the first one
     assert bad.notes[0].startswith("non-finite values first appear in embed at step 4 (of sequence 0)")
     # an overflow in sequence 1 only (its own step 9, token 19 of the trace)
@@ -148,8 +154,8 @@ def test_seqscope_info_shows_the_warning(tmp_path, capsys):
 
 
 def test_notes_survive_a_trace_file(model, tmp_path):
-    iv = Intervention("layers.0.c", "set", np.inf, positions=[12], units=[3])
-    trace = engine.run(model, TEXT, interventions=[iv])
+    ivs = overflow("layers.0.c", 12, 3)
+    trace = engine.run(model, TEXT, interventions=ivs)
     path = save_trace(trace, tmp_path / "t.h5")
     with h5py.File(path, "r") as f:
         assert json.loads(f.attrs["notes"]) == list(trace.notes)
@@ -187,9 +193,9 @@ def test_the_status_bar_says_where_non_finite_values_first_appear(qtbot, window,
         window.open_model(str(path))
     assert s.trace_notes() == []
     assert "non-finite" not in status_bar_text(window)
-    iv = Intervention("layers.0.c", "set", np.inf, positions=[12], units=[3])
+    ivs = overflow("layers.0.c", 12, 3)
     with qtbot.waitSignal(s.trace_changed, timeout=20000):
-        s.add_intervention(iv)
+        s.set_interventions(ivs)
     assert s.trace_notes() == ["non-finite values first appear in layers.0.c at step 12 (of sequence 0): inf"]
     assert "non-finite values first appear in layers.0.c at step 12" in status_bar_text(window)
 
@@ -210,17 +216,17 @@ def test_a_cached_rerun_checks_its_new_rows_and_finds_what_they_hold(model, monk
     checked = []
     real = nonfinite_mod._first_bad_row
     monkeypatch.setattr(nonfinite_mod, "_first_bad_row", lambda a, skip=0: checked.append(skip) or real(a, skip))
-    iv = Intervention("layers.1.c", "set", np.inf, positions=[100], units=[1])
-    trace = engine.run(model, text, interventions=[iv], cache=cache, chunk=32)
+    ivs = overflow("layers.1.c", 100, 1)
+    trace = engine.run(model, text, interventions=ivs, cache=cache, chunk=32)
     assert trace.notes == ("non-finite values first appear in layers.1.c at step 100 (of sequence 0): inf",)
     assert max(checked) == 96  # rows before the edit's chunk came from the checked run
     assert cache.finite == frozenset()
     # the next re-run cannot lean on a run that held one: it checks every row, and finds it again
     checked.clear()
-    trace = engine.run(model, text + "a", interventions=[iv], cache=cache, chunk=32)
+    trace = engine.run(model, text + "a", interventions=ivs, cache=cache, chunk=32)
     assert max(checked) == 0 and trace.notes[0].startswith("non-finite values first appear in layers.1.c at step 100")
     # and the same edit run from scratch says the same
-    assert engine.run(model, text, interventions=[iv], chunk=32).notes == trace.notes
+    assert engine.run(model, text, interventions=ivs, chunk=32).notes == trace.notes
 
 
 def test_weights_are_named_exactly_even_when_their_sum_overflows():

@@ -301,26 +301,10 @@ def _scan_torch(coef, inp, h, hs):
     return h
 
 
-_KERNEL = None
-
-
 def _scan_numba(coef, inp, h, hs):
-    global _KERNEL
-    if _KERNEL is None:
-        from numba import njit
+    from .numba_kernels import linear_recurrence
 
-        @njit(cache=True)
-        def kernel(coef, inp, h, hs):  # pragma: no cover - compiled
-            n, B, D = coef.shape
-            for t in range(n):
-                for b in range(B):
-                    for c in range(D):
-                        v = coef[t, b, c] * h[b, c] + inp[t, b, c]
-                        h[b, c] = v
-                        hs[t, b, c] = v
-
-        _KERNEL = kernel
-    _KERNEL(coef.numpy(), inp.numpy(), h.numpy(), hs.numpy())
+    linear_recurrence(coef.numpy(), inp.numpy(), h.numpy(), hs.numpy())
     return h
 
 

@@ -42,10 +42,15 @@ def main(argv=None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from engine.models.kernel_warmup import start_warm_up
+
+    from .desktop import window_icon
     from .main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("SeqScope")
+    app.setWindowIcon(window_icon())
+    start_warm_up()  # numba's compiled loops, loaded in the background before the first edit
     pg.setConfigOptions(antialias=False, background="w", foreground="k")
     window = MainWindow()
     model, sample = (Path(args.model), None) if args.model else default_model()

@@ -140,7 +140,7 @@ class FamilyModel(ChunkedLayerModel):
 class ScannedFamilyModel(FamilyModel):
     """A family whose recurrence has a compiled CPU loop besides the torch one.  ``scan``:
     ``"numba"`` (the compiled loop, a dependency), ``"torch"`` (the reference, and the path on
-    GPUs and in half precision) or ``"auto"`` (numba on a CPU when installed)."""
+    GPUs and in half precision) or ``"auto"`` (numba on a CPU, unless it cannot be imported)."""
 
     def __init__(self, config, weights: dict, *, scan: str = "auto", **kwargs):
         _check_scan(scan)

@@ -9,7 +9,7 @@ order the interventions were given, ``c = i g + f c``, ``h = o tanh(c)``.
 
 Used when every edit of the stretch is ``zero``/``set``/``add``/``scale`` (a ``patch`` reads
 another run's values: the Python step handles it), the cell has no projection, the tensors are
-float32/float64 on the CPU and numba is installed; otherwise :func:`run` returns None and the
+float32/float64 on the CPU and numba can be imported; otherwise :func:`run` returns None and the
 caller writes the steps out with ``LSTMCell.step``.  The numbers agree with that path to
 rounding (the matmul sums in another order), and a step's values never depend on where its
 stretch began, so a re-run from the prefix cache still equals a full run bit for bit.

@@ -162,9 +162,8 @@ class MambaModel(ScannedFamilyModel):
     """An instrumented Mamba language model.  Build with :func:`engine.load` or from a config
     and canonical weights.
 
-    ``scan``: ``"numba"`` (compiled CPU loop, the default on a CPU), ``"torch"``
-    (plain loop over steps: the reference, and the GPU path) or ``"auto"`` (numba on a CPU when
-    installed).  ``attention_window``: see :class:`AttentionWindow`.
+    ``scan``: ``"numba"`` (compiled CPU loop), ``"torch"`` (plain loop over steps: the
+    reference, and the GPU path) or ``"auto"`` (numba on a CPU, unless it cannot be imported).  ``attention_window``: see :class:`AttentionWindow`.
     """
 
     architecture = "mamba"

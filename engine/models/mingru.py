@@ -29,7 +29,7 @@ metadata ``seqscope_config`` with ``{"family": "mingru"|"minlstm", ...}``, optio
 
 Runs like Mamba (``engine.models.mamba``): per chunk, every per-token quantity at once
 (interventions on ``h_tilde`` and the gates applied to the whole chunk), then the elementwise
-recurrence (a compiled numba loop on the CPU when installed, else a torch loop), split at the
+recurrence (a compiled numba loop on the CPU, else a torch loop), split at the
 steps where ``h`` is edited.  The prefix cache keeps ``h`` and the conv buffer.
 """
 from __future__ import annotations

@@ -157,7 +157,7 @@ class RwkvModel(ScannedFamilyModel):
     :func:`from_transformers`, or from a config and canonical weights.
 
     ``scan``: ``"numba"`` (compiled CPU loop), ``"torch"`` (a loop over steps: the reference,
-    and the path on GPUs and in half precision) or ``"auto"`` (numba on a CPU when installed).
+    and the path on GPUs and in half precision) or ``"auto"`` (numba on a CPU, unless it cannot be imported).
     ``attention_window``: which rows and columns the ``attn`` probe holds (see
     :class:`engine.models.mamba.AttentionWindow`).
     """

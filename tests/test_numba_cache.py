@@ -24,19 +24,23 @@ pytestmark = pytest.mark.skipif(not numba_available(), reason="numba cannot be i
 CHILD = r"""
 import json, sys
 import engine
-from engine.models import numba_kernels as nk
 
 model = engine.load(sys.argv[1])
 edit = engine.Intervention("layers.0.c", "add", 2.0, positions=range(3, 10**9), units=[37])
 trace = engine.run(model, "def f(x):\n    return x", probes=["layers.0.c"], interventions=[edit])
-stats = nk.lstm_stretch.stats
-print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+try:
+    from engine.models.numba_kernels import lstm_stretch
+except ImportError:  # code from before the kernels moved: only the cache files tell
+    print(json.dumps(None))
+else:
+    stats = lstm_stretch.stats
+    print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
 """
 
 
-def _child(cache_dir: Path, code: str = CHILD) -> dict:
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code, str(MODEL)], cwd=ROOT, env=env, capture_output=True,
+def _child(cache_dir: Path, code: str = CHILD, root: Path = ROOT) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(MODEL)], cwd=root, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -50,13 +54,12 @@ def _cache_files(cache_dir: Path) -> dict[str, int]:
 def test_a_second_process_loads_the_compiled_loops_from_disk(tmp_path):
     first = _child(tmp_path)
     files = _cache_files(tmp_path)
-    assert first == {"hits": 0, "misses": 1}
     assert any(name.endswith(".nbc") and "lstm_stretch" in name for name in files), files
 
     second = _child(tmp_path)
     # nothing compiled, nothing written: the same cache files, untouched
-    assert second == {"hits": 1, "misses": 0}
     assert _cache_files(tmp_path) == files
+    assert first == {"hits": 0, "misses": 1} and second == {"hits": 1, "misses": 0}
 
 
 def test_warm_up_loads_the_signatures_that_runs_use():

@@ -135,8 +135,14 @@ def main(argv=None) -> int:
               "the commands (seqscope --help) work without them", file=sys.stderr)
         return 2
 
+    from engine.models.kernel_warmup import start_warm_up
+
+    from .desktop import window_icon
+
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("SeqScope")
+    app.setWindowIcon(window_icon())
+    start_warm_up()  # numba's compiled loops, loaded in the background before the first edit
     pg.setConfigOptions(antialias=False, background="w", foreground="k")
     window = build_window(args)
     window.show()

@@ -13,12 +13,29 @@ main state and the unit that varies most over the input (see ``Session.set_model
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
 DEFAULT_EXAMPLE = "char-lstm-python"
+
+
+def bundled_models_folder() -> Path:
+    """Where the example models lie: ``assets/models`` beside the code (a source checkout, and
+    a PyInstaller bundle, which keeps the same layout), else the installed ``seqscope_assets``
+    package (a wheel maps ``assets/`` to it).  The checkout's path when neither exists."""
+    beside = Path(__file__).resolve().parents[1] / "assets" / "models"
+    if (beside / DEFAULT_EXAMPLE).is_dir():
+        return beside
+    spec = importlib.util.find_spec("seqscope_assets")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(root) / "models" / DEFAULT_EXAMPLE).is_dir():
+            return Path(root) / "models"
+    return beside
+
+
+MODELS = bundled_models_folder()
 SAMPLE_SUFFIXES = (".txt", ".py", ".npy", ".csv")
 LOOK_AT_FILE = "look_at.json"
 LOOK_AT_MAX_BYTES = 64 * 1024

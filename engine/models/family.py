@@ -7,6 +7,7 @@ every family says the same thing the same way.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict
@@ -22,10 +23,14 @@ from .chunked import ChunkedLayerModel
 SCANS = ("auto", "numba", "torch")
 
 
+@functools.cache
 def numba_available() -> bool:
+    """Whether the compiled CPU loops (:mod:`engine.models.numba_kernels`) can run: numba is a
+    dependency, but a broken install (a numba built for another numpy, a missing llvmlite) must
+    only cost speed, so any failure to import them means the torch loops run instead."""
     try:
-        import numba  # noqa: F401
-    except ImportError:
+        from . import numba_kernels  # noqa: F401
+    except Exception:  # noqa: BLE001 - whatever breaks numba's import, the torch path still works
         return False
     return True
 
@@ -136,8 +141,8 @@ class FamilyModel(ChunkedLayerModel):
 
 class ScannedFamilyModel(FamilyModel):
     """A family whose recurrence has a compiled CPU loop besides the torch one.  ``scan``:
-    ``"numba"`` (needs the optional ``numba`` package), ``"torch"`` (the reference, and the path on
-    GPUs and in half precision) or ``"auto"`` (numba on a CPU when installed)."""
+    ``"numba"`` (the compiled loop, a dependency), ``"torch"`` (the reference, and the path on
+    GPUs and in half precision) or ``"auto"`` (numba on a CPU, unless it cannot be imported)."""
 
     def __init__(self, config, weights: dict, *, scan: str = "auto", **kwargs):
         _check_scan(scan)
@@ -158,7 +163,7 @@ class ScannedFamilyModel(FamilyModel):
     def scan(self, value: str):
         _check_scan(value)
         if value == "numba" and not numba_available():
-            raise ValueError("scan='numba' needs the numba package (pip install numba)")
+            raise ValueError("scan='numba' needs a working numba package (pip install numba)")
         self._scan_request = value
 
     def _settings(self) -> dict:

@@ -9,7 +9,7 @@ order the interventions were given, ``c = i g + f c``, ``h = o tanh(c)``.
 
 Used when every edit of the stretch is ``zero``/``set``/``add``/``scale`` (a ``patch`` reads
 another run's values: the Python step handles it), the cell has no projection, the tensors are
-float32/float64 on the CPU and numba is installed; otherwise :func:`run` returns None and the
+float32/float64 on the CPU and numba can be imported; otherwise :func:`run` returns None and the
 caller writes the steps out with ``LSTMCell.step``.  The numbers agree with that path to
 rounding (the matmul sums in another order), and a step's values never depend on where its
 stretch began, so a re-run from the prefix cache still equals a full run bit for bit.
@@ -22,66 +22,13 @@ import torch
 SITES = ("gate_i", "gate_f", "gate_g", "gate_o", "c", "h")  # site codes of the edit table
 OUTPUTS = ("h", "c", "gate_i", "gate_f", "gate_g", "gate_o")  # the kernel's output arrays, in its argument order
 OPS = ("zero", "set", "add", "scale")
-_KERNEL = None
 
 
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from numba import njit
+    """The compiled stretch (:func:`engine.models.numba_kernels.lstm_stretch`)."""
+    from .numba_kernels import lstm_stretch
 
-        @njit(nogil=True, cache=True)
-        def apply(x, s, t, b, site, op, act, uoff, ulen, units, vals):
-            for e in range(site.shape[0]):
-                if site[e] != s or not act[e, t, b]:
-                    continue
-                for q in range(ulen[e]):
-                    j = units[uoff[e] + q]
-                    v = vals[uoff[e] + q]
-                    if op[e] == 0:
-                        x[j] = 0.0
-                    elif op[e] == 1:
-                        x[j] = v
-                    elif op[e] == 2:
-                        x[j] = x[j] + v
-                    else:
-                        x[j] = x[j] * v
-
-        @njit(nogil=True, cache=True)
-        def stretch(U, h, c, W, site, op, act, uoff, ulen, units, vals, ys, cs, gi, gf, gg, go):
-            n, B, G = U.shape
-            H = G // 4
-            K = W.shape[0]
-            pre = np.empty(G, dtype=U.dtype)
-            for t in range(n):
-                for b in range(B):
-                    for j in range(G):
-                        pre[j] = 0.0
-                    for k in range(K):
-                        hk = h[b, k]
-                        for j in range(G):
-                            pre[j] += hk * W[k, j]
-                    for j in range(H):
-                        gi[t, b, j] = 1.0 / (1.0 + np.exp(-(U[t, b, j] + pre[j])))
-                        gf[t, b, j] = 1.0 / (1.0 + np.exp(-(U[t, b, H + j] + pre[H + j])))
-                        go[t, b, j] = 1.0 / (1.0 + np.exp(-(U[t, b, 2 * H + j] + pre[2 * H + j])))
-                        gg[t, b, j] = np.tanh(U[t, b, 3 * H + j] + pre[3 * H + j])
-                    apply(gi[t, b], 0, t, b, site, op, act, uoff, ulen, units, vals)
-                    apply(gf[t, b], 1, t, b, site, op, act, uoff, ulen, units, vals)
-                    apply(gg[t, b], 2, t, b, site, op, act, uoff, ulen, units, vals)
-                    apply(go[t, b], 3, t, b, site, op, act, uoff, ulen, units, vals)
-                    for j in range(H):
-                        cs[t, b, j] = gi[t, b, j] * gg[t, b, j] + gf[t, b, j] * c[b, j]
-                    apply(cs[t, b], 4, t, b, site, op, act, uoff, ulen, units, vals)
-                    for j in range(H):
-                        ys[t, b, j] = go[t, b, j] * np.tanh(cs[t, b, j])
-                    apply(ys[t, b], 5, t, b, site, op, act, uoff, ulen, units, vals)
-                    for j in range(H):
-                        h[b, j] = ys[t, b, j]
-                        c[b, j] = cs[t, b, j]
-
-        _KERNEL = stretch
-    return _KERNEL
+    return lstm_stretch
 
 
 def edit_table(edits: dict, a: int, n: int, width: int, dtype):

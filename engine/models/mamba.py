@@ -163,9 +163,8 @@ class MambaModel(ScannedFamilyModel):
     """An instrumented Mamba language model.  Build with :func:`engine.load` or from a config
     and canonical weights.
 
-    ``scan``: ``"numba"`` (compiled CPU loop, needs the optional ``numba`` package), ``"torch"``
-    (plain loop over steps: the reference, and the GPU path) or ``"auto"`` (numba on a CPU when
-    installed).  ``attention_window``: see :class:`AttentionWindow`.
+    ``scan``: ``"numba"`` (compiled CPU loop), ``"torch"`` (plain loop over steps: the
+    reference, and the GPU path) or ``"auto"`` (numba on a CPU, unless it cannot be imported).  ``attention_window``: see :class:`AttentionWindow`.
     """
 
     architecture = "mamba"
@@ -368,40 +367,11 @@ def _scan_torch(dA, dt, Bm, Cm, u, ssm, ys, states):
     return ssm
 
 
-_KERNEL = None
-
-
 def _numba_kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        from numba import njit, prange
+    """The compiled scan (:func:`engine.models.numba_kernels.mamba_scan`)."""
+    from .numba_kernels import mamba_scan
 
-        @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
-        def scan_kernel(dA, dt, Bm, Cm, u, S, y, states, write_states):  # pragma: no cover - compiled
-            # dA [n,B,D,N]; dt, u, y [n,B,D]; Bm, Cm [n,B,N]; S [B,D,N] updated in place
-            n, nb, D = dt.shape
-            N = S.shape[2]
-            BLK = 32
-            nblk = (D + BLK - 1) // BLK
-            for job in prange(nb * nblk):
-                b = job // nblk
-                c0 = (job % nblk) * BLK
-                c1 = min(c0 + BLK, D)
-                for t in range(n):
-                    for c in range(c0, c1):
-                        du = dt[t, b, c] * u[t, b, c]
-                        acc = S[b, c, 0] * 0
-                        for k in range(N):
-                            s = dA[t, b, c, k] * S[b, c, k] + du * Bm[t, b, k]
-                            S[b, c, k] = s
-                            acc += s * Cm[t, b, k]
-                        y[t, b, c] = acc
-                        if write_states:
-                            for k in range(N):
-                                states[t, b, c, k] = S[b, c, k]
-
-        _KERNEL = scan_kernel
-    return _KERNEL
+    return mamba_scan
 
 
 def _scan_numba(dA, dt, Bm, Cm, u, ssm, ys, states):

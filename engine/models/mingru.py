@@ -29,7 +29,7 @@ metadata ``seqscope_config`` with ``{"family": "mingru"|"minlstm", ...}``, optio
 
 Runs like Mamba (``engine.models.mamba``): per chunk, every per-token quantity at once
 (interventions on ``h_tilde`` and the gates applied to the whole chunk), then the elementwise
-recurrence (a compiled numba loop on the CPU when installed, else a torch loop), split at the
+recurrence (a compiled numba loop on the CPU, else a torch loop), split at the
 steps where ``h`` is edited.  The prefix cache keeps ``h`` and the conv buffer.
 """
 from __future__ import annotations
@@ -302,26 +302,10 @@ def _scan_torch(coef, inp, h, hs):
     return h
 
 
-_KERNEL = None
-
-
 def _scan_numba(coef, inp, h, hs):
-    global _KERNEL
-    if _KERNEL is None:
-        from numba import njit
+    from .numba_kernels import linear_recurrence
 
-        @njit(cache=True)
-        def kernel(coef, inp, h, hs):  # pragma: no cover - compiled
-            n, B, D = coef.shape
-            for t in range(n):
-                for b in range(B):
-                    for c in range(D):
-                        v = coef[t, b, c] * h[b, c] + inp[t, b, c]
-                        h[b, c] = v
-                        hs[t, b, c] = v
-
-        _KERNEL = kernel
-    _KERNEL(coef.numpy(), inp.numpy(), h.numpy(), hs.numpy())
+    linear_recurrence(coef.numpy(), inp.numpy(), h.numpy(), hs.numpy())
     return h
 
 

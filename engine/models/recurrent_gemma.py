@@ -187,7 +187,7 @@ class RecurrentGemmaModel(ScannedFamilyModel):
     :func:`from_transformers`, or from a config and canonical weights.
 
     ``scan``: ``"numba"`` (compiled CPU loop, needs ``numba``), ``"torch"`` (closed form over
-    blocks of steps: the GPU path) or ``"auto"`` (numba on a CPU when installed).
+    blocks of steps: the GPU path) or ``"auto"`` (numba on a CPU, unless it cannot be imported).
     ``attention_window``: see :class:`engine.models.mamba.AttentionWindow`.
     """
 

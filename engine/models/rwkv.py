@@ -157,7 +157,7 @@ class RwkvModel(ScannedFamilyModel):
     :func:`from_transformers`, or from a config and canonical weights.
 
     ``scan``: ``"numba"`` (compiled CPU loop), ``"torch"`` (a loop over steps: the reference,
-    and the path on GPUs and in half precision) or ``"auto"`` (numba on a CPU when installed).
+    and the path on GPUs and in half precision) or ``"auto"`` (numba on a CPU, unless it cannot be imported).
     ``attention_window``: which rows and columns the ``attn`` probe holds (see
     :class:`engine.models.mamba.AttentionWindow`).
     """
@@ -384,66 +384,16 @@ def _scan_torch(w, u, k, v, S, out, states):
     S[0], S[1], S[2] = num, den, mx
 
 
-_KERNELS = None
 BLK = 64  #: channels per job of the compiled loop
 
 
 def _numba_kernels():
-    """(serial, parallel) drivers of one compiled block function: both do the same scalar
-    operations in the same order for every (sequence, channel), so they give the same bits."""
-    global _KERNELS
-    if _KERNELS is None:
-        from numba import njit, prange
+    """(serial, parallel) drivers of one compiled block function
+    (:mod:`engine.models.numba_kernels`): both do the same scalar operations in the same order
+    for every (sequence, channel), so they give the same bits."""
+    from .numba_kernels import wkv_parallel, wkv_serial
 
-        @njit(cache=True)
-        def block(w, u, k, v, S, out, states, write_states, b, c0, c1):  # pragma: no cover - compiled
-            # w, u [nw, bw, A] (nw in {1, n}, bw in {1, B}); k, v, out [n, B, A]; S [3, B, A] in place
-            n = k.shape[0]
-            tw, bw = w.shape[0] > 1, w.shape[1] > 1
-            tu, bu = u.shape[0] > 1, u.shape[1] > 1
-            jw, ju = (b if bw else 0), (b if bu else 0)
-            for t in range(n):
-                iw, iu = (t if tw else 0), (t if tu else 0)
-                for c in range(c0, c1):
-                    num, den, mx = S[0, b, c], S[1, b, c], S[2, b, c]
-                    kt, vt = k[t, b, c], v[t, b, c]
-                    ku = kt + u[iu, ju, c]
-                    q = max(mx, ku)
-                    e1 = np.exp(mx - q)
-                    e2 = np.exp(ku - q)
-                    out[t, b, c] = (e1 * num + e2 * vt) / (e1 * den + e2)
-                    mw = mx + w[iw, jw, c]
-                    q = max(mw, kt)
-                    e1 = np.exp(mw - q)
-                    e2 = np.exp(kt - q)
-                    num = e1 * num + e2 * vt
-                    den = e1 * den + e2
-                    S[0, b, c] = num
-                    S[1, b, c] = den
-                    S[2, b, c] = q
-                    if write_states:
-                        states[t, b, c, 0] = num
-                        states[t, b, c, 1] = den
-                        states[t, b, c, 2] = q
-
-        @njit(cache=True)
-        def serial(w, u, k, v, S, out, states, write_states, blk):  # pragma: no cover - compiled
-            nb, A = k.shape[1], k.shape[2]
-            nblk = (A + blk - 1) // blk
-            for job in range(nb * nblk):
-                c0 = (job % nblk) * blk
-                block(w, u, k, v, S, out, states, write_states, job // nblk, c0, min(c0 + blk, A))
-
-        @njit(parallel=True, cache=True)
-        def parallel(w, u, k, v, S, out, states, write_states, blk):  # pragma: no cover - compiled
-            nb, A = k.shape[1], k.shape[2]
-            nblk = (A + blk - 1) // blk
-            for job in prange(nb * nblk):
-                c0 = (job % nblk) * blk
-                block(w, u, k, v, S, out, states, write_states, job // nblk, c0, min(c0 + blk, A))
-
-        _KERNELS = (serial, parallel)
-    return _KERNELS
+    return wkv_serial, wkv_parallel
 
 
 def _scan_numba(w, u, k, v, S, out, states):

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import LoadError
 from ..limits import display_name, read_zip_entry
-from .safe_unpickle import _BoundedReader, _is_int, Storage, StorageType, UnsafePickle, Walker
+from .safe_unpickle import _BoundedReader, _is_int, StandIn, Storage, StorageType, UnsafePickle, Walker
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -33,7 +33,8 @@ class _Storages:
         if kind == "module" and len(pid) >= 2:  # legacy torch.save(model): (module, class, file, source)
             return pid[1]
         if kind != "storage" or len(pid) not in (5, 6):
-            raise UnsafePickle(f"a persistent id of kind {str(kind)[:40]!r}, which torch does not write")
+            what = f"a stand-in for {kind.qualified}" if isinstance(kind, StandIn) else repr(str(kind)[:40])
+            raise UnsafePickle(f"the pickle refers to outside data by {what}, which torch does not write")
         stype, key, _location, numel = pid[1:5]
         view = pid[5] if len(pid) == 6 else None
         key = key.decode("ascii", "replace") if isinstance(key, bytes) else key
@@ -73,7 +74,7 @@ def read_torch_safely(f, kind: str, name: str):
     except LoadError:
         raise
     except UnsafePickle as exc:
-        raise LoadError(f"{name} could not be read safely: {exc}") from None
+        raise LoadError(f"{name} cannot be read: {exc}; nothing in it was imported or run") from None
     except RecursionError:
         raise LoadError(f"{name} is nested too deeply to read") from None
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, UnicodeError, EOFError,

@@ -111,7 +111,7 @@ class PendingTensor:
 
     def set_view(self, storage, offset, size, stride) -> None:
         if not isinstance(storage, Storage):
-            raise UnsafePickle(f"a tensor refers to a {type(storage).__name__} instead of a storage")
+            raise UnsafePickle(f"a tensor refers to {_describe(storage)} instead of a storage")
         if isinstance(size, torch.Size):
             size = tuple(size)
         if not (_is_int(offset) and offset >= 0 and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
@@ -136,6 +136,10 @@ class PendingTensor:
             self.tensor = torch.empty(self.size, dtype=self.storage.dtype)
         else:
             self.tensor = flat.as_strided(self.size, self.stride, self.offset)
+
+
+def _describe(v) -> str:
+    return f"a stand-in for {v.qualified}" if isinstance(v, StandIn) else f"a {type(v).__name__}"
 
 
 def _is_int(v) -> bool:
@@ -189,7 +193,7 @@ def _legacy_tensor_type(dtype):
 
 def _pairs_ok(v) -> bool:
     return isinstance(v, (dict, OrderedDict)) or (
-        isinstance(v, (list, tuple)) and all(isinstance(p, tuple) and len(p) == 2 for p in v))
+        isinstance(v, (list, tuple)) and all(isinstance(p, (tuple, list)) and len(p) == 2 for p in v))
 
 
 def _ordered_dict(walker, args, kwargs):

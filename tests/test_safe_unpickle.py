@@ -272,15 +272,21 @@ def walk(data: bytes, kind: str = "pickle"):
     return recover(obj, list(walker.named))
 
 
+_PAIRS = b"".join(b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86\x940" for i in range(40))
+
+
 @pytest.mark.parametrize("data", [
     PROTO2 + b"\x8e" + struct.pack("<Q", 1 << 60) + b"abc",  # BINBYTES8 of 2**60 bytes
     PROTO2 + b"\x8d" + struct.pack("<Q", 1 << 40) + b"abc",  # BINUNICODE8
     PROTO2 + b"\x8b" + struct.pack("<i", 1 << 30) + b"\x01",  # LONG4 of a GiB
     PROTO2 + b"\x95" + struct.pack("<Q", 1 << 50) + b".",  # FRAME
     PROTO2 + b"c" + b"o" * (3 << 20),  # a GLOBAL line without end
-    # a pair of references to a pair of references … (2**40 leaves)
-    PROTO2 + b"]\x940" + b"".join(b"h" + bytes([i]) * 2 + b"h" + bytes([i]) + b"\x86\x940" for i in range(40))
-    + b"h\x28.",
+    # a pair of references to a pair of references … (2**40 leaves), as a value and as a dict key
+    PROTO2 + b"]\x940" + _PAIRS + b"h\x28.",
+    PROTO2 + b"}" + b")\x940" + _PAIRS + b"h\x28K\x01s.",
+    PROTO2 + b"}" + b")" + b"\x85" * 50_000 + b"K\x01s.",  # a key 50,000 tuples deep (hashing deeper ones crashes)
+    PROTO2 + b"(" * 100_000 + b".",  # marks never closed
+
 ])
 def test_declared_sizes_never_allocate_or_hang(data):
     tracemalloc.start()
@@ -331,6 +337,31 @@ def test_random_pickles_never_run_hang_or_exhaust_memory(data, head):
         marker = Path(d) / "PWNED"
         _bounded(lambda: walk(head + data))
         assert not marker.exists()
+
+
+def _soup_tokens(marker: Path) -> list[bytes]:
+    m = str(marker)
+    return [glob("os", "system"), glob("builtins", "exec"), glob(Trap.__module__, Trap.__qualname__),
+            glob("torch._utils", "_rebuild_tensor_v2"), glob("collections", "OrderedDict"), glob("copyreg", "_reconstructor"),
+            glob("copyreg", "__newobj__"), glob("builtins", "set"), glob("torch", "FloatStorage"),
+            s(f"touch '{m}'"), s(m), s(f"open({m!r}, 'w').close()"), s("os"), s("system"), s("storage"), s("0"),
+            MARK, TUPLE, TUPLE1, b"\x86", REDUCE, BUILD, NEWOBJ, NEWOBJ_EX, OBJ, b"ios\nsystem\n", STACK_GLOBAL,
+            EMPTY_DICT, EMPTY_TUPLE, b"]", b"\x8f", b"a", b"e", b"\x90", b"\x91", b"s", SETITEMS, b"l", b"d",
+            b"\x94", b"h\x00", b"h\x01", b"h\x02", b"q\x00", b"0", b"1", b"2", BINPERSID, b"K\x01", b"K\x00",
+            b"N", b"\x88", b"\x89", b"\x82\xf1", b"\x83\xf2\x01", b"\x84\x03\x00\x01\x00"]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_opcode_soup_never_runs(extensions, data):
+    """Pickles assembled from the opcodes that call things, in random orders: whatever the
+    walker makes of them, nothing runs."""
+    marker = _FUZZ_DIR / "SOUP"
+    tokens = _soup_tokens(marker)
+    picks = data.draw(st.lists(st.integers(0, len(tokens) - 1), min_size=1, max_size=40))
+    _bounded(lambda: walk(PROTO2 + b"".join(tokens[i] for i in picks) + STOP))
+    assert not marker.exists()
 
 
 _SEEDS: dict = {}

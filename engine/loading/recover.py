@@ -18,7 +18,7 @@ from .safe_unpickle import _FACTORIES, PendingTensor, StandIn, Storage, StorageT
 
 #: the most values the recovered data may hold counted as a tree (shared entries counted at each
 #: use), so that a pickle of lists sharing lists cannot make anything downstream walk 2^n nodes
-MAX_RECOVERED_NODES = 2_000_000
+MAX_RECOVERED_NODES = 1_000_000
 MAX_DEPTH = 64
 _NUMPY_ARRAY = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
 _NUMPY_SCALAR = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
@@ -49,10 +49,44 @@ class Recovered:
 def recover(obj, named) -> Recovered:
     """Plain data from an object read by :func:`read_torch_safely` (``named``: the globals the
     file named, in order)."""
+    if _tree_size(obj) > MAX_RECOVERED_NODES:
+        raise LoadError(f"the checkpoint holds more than {MAX_RECOVERED_NODES:,} values (counting shared ones at "
+                        "each use); it is not a checkpoint SeqScope can read")
     r = _Recovery()
     plain = r.top(obj)
     stood_in = [q for q in named if q not in _QUIET and not _is_factory_name(q) and not q.endswith(".(result)")]
     return Recovered(plain, r.tensors, stood_in, list(dict.fromkeys(r.modules)))
+
+
+def _children(x) -> list:
+    if isinstance(x, dict):
+        return list(x.keys()) + list(x.values())
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return list(x)
+    if isinstance(x, StandIn):
+        return [x.args, x.kwargs, x.state, x.list_items, x.dict_items]
+    return []
+
+
+def _tree_size(root) -> int:
+    """How many values ``root`` holds counted as a tree (shared values at each use), computed
+    once per distinct object, so a pickle of pairs of pairs … is measured, not walked; stops
+    counting past MAX_RECOVERED_NODES."""
+    cap = MAX_RECOVERED_NODES + 1
+    size: dict[int, int] = {}
+    todo = [(root, False)]
+    while todo:
+        x, done = todo.pop()
+        if id(x) in size and not done:
+            continue
+        kids = _children(x)
+        if not done:
+            size[id(x)] = 1  # provisional: a cycle back to x counts it once
+            todo.append((x, True))
+            todo.extend((k, False) for k in kids if id(k) not in size)
+        else:
+            size[id(x)] = min(cap, 1 + sum(size.get(id(k), 1) for k in kids))
+    return size.get(id(root), 1)
 
 
 def _is_factory_name(q: str) -> bool:

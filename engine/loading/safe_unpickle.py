@@ -34,9 +34,12 @@ from ..limits import MiB
 
 #: the most pickle operations one checkpoint may take (a state dict costs ~15 per tensor; whole
 #: modules a few hundred per layer); beyond it the walk would take seconds and memory for nothing
-MAX_PICKLE_OPS = 2_000_000
+MAX_PICKLE_OPS = 1_000_000
 #: the longest text line a protocol-0 opcode may read (module and class names, numbers)
 MAX_LINE_BYTES = 1 * MiB
+#: the most values a dict key or set item may hold (hashing a tuple walks all of it, in C, without
+#: a depth limit: a deeply nested or self-sharing key would crash or hang the interpreter)
+MAX_KEY_PARTS = 10_000
 #: the most distinct globals one pickle may name
 MAX_GLOBALS = 10_000
 MAX_DIMS = 64
@@ -199,6 +202,9 @@ def _pairs_ok(v) -> bool:
 def _ordered_dict(walker, args, kwargs):
     if kwargs or len(args) > 1 or (args and not _pairs_ok(args[0])):
         raise UnsafePickle("an OrderedDict is built from something that is not pairs")
+    if args:
+        pairs = list(args[0].items()) if isinstance(args[0], dict) else args[0]
+        _hashable([p[0] for p in pairs])
     return OrderedDict(args[0]) if args else OrderedDict()
 
 
@@ -206,6 +212,8 @@ def _container(kind):
     def make(walker, args, kwargs):
         if kwargs or len(args) > 1 or (args and not isinstance(args[0], (list, tuple, set, frozenset))):
             raise UnsafePickle(f"a {kind.__name__} is built from something that is not a collection")
+        if args:
+            _hashable(list(args[0]))
         return kind(args[0]) if args else kind()
     return make
 
@@ -437,9 +445,12 @@ class Walker:
                 stack.append(items)
             elif n in ("TUPLE", "LIST", "FROZENSET"):
                 items = pop_mark()  # before naming the stack: pop_mark replaces it
+                if n == "FROZENSET":
+                    _hashable(items)
                 stack.append(tuple(items) if n == "TUPLE" else items if n == "LIST" else frozenset(items))
             elif n == "DICT":
                 items = pop_mark()
+                _hashable(items[::2])
                 stack.append(dict(zip(items[::2], items[1::2])))
             elif n == "APPEND":
                 value = stack.pop()
@@ -511,6 +522,22 @@ _CONSTANTS = {name: _identity for name in (
 _CONSTANTS.update(NONE=lambda _: None, NEWTRUE=lambda _: True, NEWFALSE=lambda _: False)
 
 
+def _hashable(values) -> None:
+    """Refuse keys that Python could not hash safely: too deep, or too many parts counted at
+    each use (the walk stops at MAX_KEY_PARTS, so it cannot be made slow)."""
+    todo = [(v, 0) for v in values]
+    seen = 0
+    while todo:
+        v, depth = todo.pop()
+        seen += 1
+        if seen > MAX_KEY_PARTS * max(len(values), 1) or depth > MAX_DIMS:
+            raise UnsafePickle("a dict key or set item is nested too deeply to be a checkpoint's")
+        if isinstance(v, (tuple, frozenset)):
+            todo.extend((x, depth + 1) for x in v)
+        elif isinstance(v, (list, dict, set, bytearray)):
+            raise UnsafePickle(f"a dict key or set item is a {type(v).__name__}, which cannot be one")
+
+
 def _extend(target, items) -> None:
     if isinstance(target, list):
         target.extend(items)
@@ -522,6 +549,7 @@ def _extend(target, items) -> None:
 
 def _add(target, items) -> None:
     if isinstance(target, set):
+        _hashable(items)
         target.update(items)
     elif isinstance(target, StandIn):
         target.list_items.extend(items)
@@ -534,6 +562,7 @@ def _set_items(target, items) -> None:
         raise UnsafePickle("the pickle sets a key without a value")
     pairs = list(zip(items[::2], items[1::2]))
     if isinstance(target, dict):  # dict and OrderedDict: keys are data or stand-ins (hashed by identity)
+        _hashable([k for k, _ in pairs])
         for k, v in pairs:
             target[k] = v
     elif isinstance(target, StandIn):

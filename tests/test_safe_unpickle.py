@@ -342,7 +342,8 @@ def test_random_pickles_never_run_hang_or_exhaust_memory(data, head):
 def _soup_tokens(marker: Path) -> list[bytes]:
     m = str(marker)
     return [glob("os", "system"), glob("builtins", "exec"), glob(Trap.__module__, Trap.__qualname__),
-            glob("torch._utils", "_rebuild_tensor_v2"), glob("collections", "OrderedDict"), glob("copyreg", "_reconstructor"),
+            glob("torch._utils", "_rebuild_tensor_v2"), glob("collections", "OrderedDict"),
+            glob("copyreg", "_reconstructor"),
             glob("copyreg", "__newobj__"), glob("builtins", "set"), glob("torch", "FloatStorage"),
             s(f"touch '{m}'"), s(m), s(f"open({m!r}, 'w').close()"), s("os"), s("system"), s("storage"), s("0"),
             MARK, TUPLE, TUPLE1, b"\x86", REDUCE, BUILD, NEWOBJ, NEWOBJ_EX, OBJ, b"ios\nsystem\n", STACK_GLOBAL,
@@ -493,8 +494,8 @@ def test_whole_char_rnn_module_loads_and_runs_like_itself(tmp_path, legacy):
 class _Global:
     """A name written into the pickle as GLOBAL module\\nname (nothing is imported)."""
 
-    def __init__(self, module, name):
-        self.module, self.name = module, name
+    def __init__(self, module, name, module_class=False):
+        self.module, self.name, self.module_class = module, name, module_class
 
 
 class _Obj:
@@ -518,11 +519,13 @@ class _Storage:
 
 class _OldPickler(pickle._Pickler):
     """PyTorch 0.4's torch.save: protocol 2, storages as persistent ids
-    ('storage', torch.FloatStorage, key, location, size, view_metadata)."""
+    ('storage', torch.FloatStorage, key, location, size, view_metadata), and each nn.Module
+    class, the first time it is written, as ('module', class, source file, source)."""
 
     def __init__(self, f):
         super().__init__(f, protocol=2)
         self.storages: list[_Storage] = []
+        self.classes: set = set()
 
     def persistent_id(self, obj):
         if isinstance(obj, _Storage):
@@ -532,7 +535,12 @@ class _OldPickler(pickle._Pickler):
         return None
 
     def save(self, obj, save_persistent_id=True):
-        if isinstance(obj, _Global):
+        if isinstance(obj, _Global) and obj.module_class and (obj.module, obj.name) not in self.classes:
+            self.classes.add((obj.module, obj.name))
+            source = f"class {obj.name}(Module):\n    def forward(self, input):\n        ...\n"
+            self.save(("module", _Global(obj.module, obj.name), f"/usr/lib/python3.6/{obj.module}.py", source))
+            self.write(pickle.BINPERSID)
+        elif isinstance(obj, _Global):
             self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
         elif isinstance(obj, _Obj):
             self.save(obj.cls)
@@ -564,7 +572,7 @@ def _old_module(cls_name, module, params, children=(), **attrs):
         ("training", False),
     ])
     state.update(attrs)
-    return _Obj(_Global(module, cls_name), dict(state))
+    return _Obj(_Global(module, cls_name, module_class=True), dict(state))
 
 
 def _old_parameter(t: torch.Tensor, key: str) -> _Call:

@@ -5,8 +5,9 @@ Supported inputs
 * **PyTorch files** (``.pt``, ``.pth``, ``.bin``, ``.ckpt``; new zip and legacy formats), read
   with ``torch.load(path, map_location="cpu", weights_only=True)``, and where that refuses a
   class the file names, with :mod:`.safe_unpickle` (every name an inert stand-in; whole pickled
-  modules read as their state dicts by :mod:`.recover`): no code in the file ever runs.  A bare state dict, or one wrapped in a dict (``state_dict``, ``model``,
-  ``model_state_dict``, ``net``, …, found by content, not by name) next to entries such as
+  modules read as their state dicts by :mod:`.recover`): no code in the file ever runs.  A
+  bare state dict, or one wrapped in a dict (``state_dict``, ``model``, ``model_state_dict``,
+  ``net``, …, found by content, not by name) next to entries such as
   ``vocab``/``chars``/``stoi``/``itos``/``char2idx``/``idx2char``, ``config``/``hparams``/``args``,
   ``epoch`` and ``optimizer`` (ignored).  Any key prefix (``module.``, ``_orig_mod.``,
   ``model.encoder.``, …).

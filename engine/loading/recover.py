@@ -25,6 +25,7 @@ _NUMPY_SCALAR = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar"
 _NUMPY_DTYPE = ("numpy.dtype",)
 #: names that are data or pickling machinery rather than something the file stands in for
 _QUIET = set(_NUMPY_ARRAY + _NUMPY_SCALAR + _NUMPY_DTYPE) | {"numpy.ndarray", "builtins.object"}
+_TORCH_TYPES = re.compile(r"torch(\.cuda)?\.\w+(Storage|Tensor)|torch(\.storage)?\.UntypedStorage")
 _DTYPE_CODE = re.compile(r"[biufcSUMm]\d{0,3}(\[\w+\])?")
 
 
@@ -90,8 +91,7 @@ def _tree_size(root) -> int:
 
 
 def _is_factory_name(q: str) -> bool:
-    return q in _FACTORIES or bool(re.fullmatch(r"torch(\.cuda)?\.\w+(Storage|Tensor)|torch(\.storage)?\.UntypedStorage",
-                                                q))
+    return q in _FACTORIES or bool(_TORCH_TYPES.fullmatch(q))
 
 
 class _Recovery:

@@ -117,7 +117,8 @@ class PendingTensor:
             raise UnsafePickle(f"a tensor refers to {_describe(storage)} instead of a storage")
         if isinstance(size, torch.Size):
             size = tuple(size)
-        if not (_is_int(offset) and offset >= 0 and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+        sequences = isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+        if not (_is_int(offset) and offset >= 0 and sequences
                 and len(size) == len(stride) <= MAX_DIMS and all(_is_int(s) and s >= 0 for s in size)
                 and all(_is_int(s) and s >= 0 for s in stride)):
             raise UnsafePickle("a tensor has a malformed offset, shape or stride")

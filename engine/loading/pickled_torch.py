@@ -155,11 +155,14 @@ def _read_legacy(f, size: int, name: str):
             raise LoadError(f"{name} is truncated or corrupted: storage {display_name(key)} should hold "
                             f"{storage.numel:,} elements, the file says {count:,}")
         nbytes = count * torch.empty(0, dtype=storage.dtype).element_size()
-        raw = reader.read(nbytes)
-        if len(raw) != nbytes:
+        left = size - f.tell()
+        if nbytes > left:
             raise LoadError(f"{name} is truncated: storage {display_name(key)} should hold {nbytes:,} bytes, the file "
-                            f"has {len(raw):,} left")
-        storage.data = _flat_tensor(raw, storage.dtype)
+                            f"has {max(left, 0):,} left")
+        raw = bytearray(nbytes)  # read straight into the tensor's memory: no second copy
+        if f.readinto(raw) != nbytes:
+            raise LoadError(f"{name} is truncated: storage {display_name(key)} ends early")
+        storage.data = torch.frombuffer(raw, dtype=storage.dtype) if nbytes else torch.empty(0, dtype=storage.dtype)
     return walker, obj
 
 

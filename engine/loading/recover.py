@@ -47,13 +47,13 @@ class Recovered:
     modules: list[str]  # the classes of the whole modules read as state dicts
 
 
-def recover(obj, named) -> Recovered:
+def recover(obj, named, name: str = "the checkpoint") -> Recovered:
     """Plain data from an object read by :func:`read_torch_safely` (``named``: the globals the
-    file named, in order)."""
+    file named, in order; ``name``: the file, for messages)."""
     if _tree_size(obj) > MAX_RECOVERED_NODES:
-        raise LoadError(f"the checkpoint holds more than {MAX_RECOVERED_NODES:,} values (counting shared ones at "
+        raise LoadError(f"{name} holds more than {MAX_RECOVERED_NODES:,} values (counting shared ones at "
                         "each use); it is not a checkpoint SeqScope can read")
-    r = _Recovery()
+    r = _Recovery(name)
     plain = r.top(obj)
     stood_in = [q for q in named if q not in _QUIET and not _is_factory_name(q) and not q.endswith(".(result)")]
     return Recovered(plain, r.tensors, stood_in, list(dict.fromkeys(r.modules)))
@@ -95,7 +95,8 @@ def _is_factory_name(q: str) -> bool:
 
 
 class _Recovery:
-    def __init__(self):
+    def __init__(self, name: str):
+        self.name = name
         self.nodes = 0
         self.tensors = 0
         self.modules: list[str] = []
@@ -115,10 +116,10 @@ class _Recovery:
     def count(self, depth: int) -> None:
         self.nodes += 1
         if self.nodes > MAX_RECOVERED_NODES:
-            raise LoadError(f"the checkpoint holds more than {MAX_RECOVERED_NODES:,} values (counting shared ones at "
+            raise LoadError(f"{self.name} holds more than {MAX_RECOVERED_NODES:,} values (counting shared ones at "
                             "each use); it is not a checkpoint SeqScope can read")
         if depth > MAX_DEPTH:
-            raise LoadError(f"the checkpoint holds entries nested more than {MAX_DEPTH} levels deep")
+            raise LoadError(f"{self.name} holds entries nested more than {MAX_DEPTH} levels deep")
 
     def plain(self, x, depth: int):
         self.count(depth)
@@ -276,7 +277,8 @@ def _numpy_dtype(x) -> np.dtype | None:
         return np.dtype(object)  # the array's items are then pickled values: used as they are
     if not _DTYPE_CODE.fullmatch(code):
         return None
-    order = x.state[1] if isinstance(x.state, tuple) and len(x.state) > 1 and x.state[1] in "<>|=" else "|"
+    order = x.state[1] if isinstance(x.state, tuple) and len(x.state) > 1 else "|"
+    order = order if order in ("<", ">", "|", "=") else "|"
     try:
         return np.dtype(order + code if order in "<>" else code)
     except TypeError:

@@ -66,7 +66,7 @@ def _read_with_stand_ins(f, kind: str, name: str, error: LoadError) -> _Found:
     torch refused as corrupted (not for the classes it names) keeps torch's verdict."""
     try:
         obj, walker = read_torch_safely(f, kind, name)
-        rec = recover(obj, list(walker.named))
+        rec = recover(obj, list(walker.named), name)
     except LoadError:
         if "pickled Python code" not in str(error):
             raise error from None

@@ -43,11 +43,10 @@ def _read_torch(path: Path, kind: str) -> _Found:
         except LoadError:
             raise
         except Exception as exc:  # torch's own messages are long and about torch; say what matters
-            error = _torch_load_error(path, exc, pickle_bytes)
             if not _refused_by_weights_only(exc):
-                raise error from None
+                raise _torch_load_error(path, exc, pickle_bytes) from None
             # classes torch's safe loader does not know: read again with stand-ins for them
-            found = _read_with_stand_ins(f, kind, name, error)
+            found = _read_with_stand_ins(f, kind, name, lambda: _torch_load_error(path, exc, pickle_bytes))
         else:
             found = _unwrap(obj, name)
     for key, t in found.tensors.items():
@@ -60,7 +59,7 @@ def _refused_by_weights_only(exc: Exception) -> bool:
     return "Weights only load failed" in msg or "Unsupported operand" in msg
 
 
-def _read_with_stand_ins(f, kind: str, name: str, error: LoadError) -> _Found:
+def _read_with_stand_ins(f, kind: str, name: str, torch_error) -> _Found:
     """The checkpoint read by :mod:`.safe_unpickle` (nothing imported or run), its stand-ins
     turned into plain data by :mod:`.recover`; what was stood in for goes into the notes.  A file
     torch refused as corrupted (not for the classes it names) keeps torch's verdict."""
@@ -68,10 +67,14 @@ def _read_with_stand_ins(f, kind: str, name: str, error: LoadError) -> _Found:
         obj, walker = read_torch_safely(f, kind, name)
         rec = recover(obj, list(walker.named), name)
     except LoadError:
+        error = torch_error()  # built only here: for a legacy file it reads the file again
         if "pickled Python code" not in str(error):
             raise error from None
         raise
     shown = _listing(rec.stood_in)
+    if rec.tensors == 0 and not shown:
+        raise LoadError(f"{name} holds no tensors (read without running anything from it): it is not a checkpoint "
+                        "of model weights")
     if rec.tensors == 0:
         raise LoadError(f"{name} contains pickled Python code and no weights: it refers to {shown or 'no names'}, "
                         "and SeqScope, which never imports or runs anything a file names, found no tensors in it to "

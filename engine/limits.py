@@ -124,8 +124,15 @@ def read_capped(path, what: str, limit: int = MAX_SIDE_FILE_BYTES) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise LoadError(f"{label} is {size:,} bytes, more than the {limit:,} SeqScope reads for such a file")
-        try:
-            data = f.read(limit + 1)
+        try:  # in pieces: read(limit + 1) would allocate the whole limit for a small file
+            parts, total = [], 0
+            while total <= limit:
+                chunk = f.read(min(MiB, limit + 1 - total))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                total += len(chunk)
+            data = b"".join(parts)
         except OSError as exc:
             raise LoadError(f"cannot read {label}: {os_error_text(exc)}") from None
     if len(data) > limit:

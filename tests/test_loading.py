@@ -422,33 +422,38 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_with_code_is_refused_and_never_run(tmp_path):
+def test_pickle_with_code_is_never_run(tmp_path):
+    """Code a pickle names is stood in for, never run: the weights beside it load (the notes say
+    what was stood in for); a pickle with nothing but code is refused in words.  Every opcode
+    route is tested in tests/test_safe_unpickle.py."""
     marker = tmp_path / "PWNED"
     Payload.marker = str(marker)
+    m = make(CharRNN, seed=23)
     p = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "hook": Payload()}, p)
-    with pytest.raises(LoadError) as info:
-        load(p, device="cpu")
-    msg = str(info.value)
-    assert "pickled Python code" in msg and "refuses to run" in msg and "safety" in msg
-    assert "system" in msg  # names what it would have called
-    assert "state_dict()" in msg and "safetensors" in msg  # how to re-save
+    torch.save({"state_dict": m.state_dict(), "hook": Payload()}, p)
+    model = load(p, device="cpu")
     assert not marker.exists()
+    assert "stood in for: posix.system" in model.info()["notes"]
+    check_exact(model, m, ids_for(), last_layer=1)
 
-    # NumPy values are accepted as data, but code hidden inside an object array is not
+    # NumPy values are accepted as data, and code hidden inside an object array is not run
     hidden = tmp_path / "evil_in_array.pt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "loss": np.float32(1.0),
+    torch.save({"state_dict": m.state_dict(), "loss": np.float32(1.0),
                 "vocab": np.array([Payload()], dtype=object)}, hidden)
-    with pytest.raises(LoadError, match="pickled Python code"):
-        load(hidden, device="cpu")
+    model = load(hidden, device="cpu")
     assert not marker.exists()
+    assert "posix.system" in model.info()["notes"] and "vocabulary" in model.info()["notes"]
+    assert model.tokenizer is None
 
     raw = tmp_path / "evil_raw.pkl.pt"  # plain pickle.dump, protocol 4
     import pickle
 
     raw.write_bytes(pickle.dumps(Payload(), protocol=4))
-    with pytest.raises(LoadError, match="pickled Python code"):
+    with pytest.raises(LoadError) as info:
         load(raw, device="cpu")
+    msg = str(info.value)
+    assert "pickled Python code" in msg and "posix.system" in msg and "Nothing in the file was run" in msg
+    assert "state_dict()" in msg and "safetensors" in msg  # how to re-save
     assert not marker.exists()
 
 
@@ -466,13 +471,13 @@ def test_numpy_values_and_namespace_args_are_data(tmp_path):
     check_exact(model, m, ids_for(), last_layer=1)
 
 
-def test_whole_model_pickle_is_refused(tmp_path):
+def test_whole_model_pickle_is_read_as_its_state_dict(tmp_path):
     m = make(CharRNN, seed=21)
     p = tmp_path / "whole.pt"
     torch.save(m, p)
-    with pytest.raises(LoadError) as info:
-        load(p, device="cpu")
-    assert "pickled Python code" in str(info.value) and "CharRNN" in str(info.value)
+    model = load(p, device="cpu")
+    assert "CharRNN" in model.info()["notes"] and "state dict" in model.info()["notes"]
+    check_exact(model, m, ids_for(), last_layer=1)
 
 
 def test_truncated_pt(tmp_path):

@@ -3,9 +3,11 @@
 Supported inputs
 ----------------
 * **PyTorch files** (``.pt``, ``.pth``, ``.bin``, ``.ckpt``; new zip and legacy formats), read
-  only with ``torch.load(path, map_location="cpu", weights_only=True)``: no code in the file
-  ever runs.  A bare state dict, or one wrapped in a dict (``state_dict``, ``model``,
-  ``model_state_dict``, ``net``, …, found by content, not by name) next to entries such as
+  with ``torch.load(path, map_location="cpu", weights_only=True)``, and where that refuses a
+  class the file names, with :mod:`.safe_unpickle` (every name an inert stand-in; whole pickled
+  modules read as their state dicts by :mod:`.recover`): no code in the file ever runs.  A
+  bare state dict, or one wrapped in a dict (``state_dict``, ``model``, ``model_state_dict``,
+  ``net``, …, found by content, not by name) next to entries such as
   ``vocab``/``chars``/``stoi``/``itos``/``char2idx``/``idx2char``, ``config``/``hparams``/``args``,
   ``epoch`` and ``optimizer`` (ignored).  Any key prefix (``module.``, ``_orig_mod.``,
   ``model.encoder.``, …).
@@ -40,8 +42,8 @@ it, and its ``key_map`` names file keys explicitly.
 
 Not supported: layers other than embedding → recurrent stack → one linear head (extra
 tensors are reported, not skipped, under ``strict=True``), layers of different sizes,
-Keras/TensorFlow/JAX files, TorchScript archives and whole pickled models (re-save the state
-dict).  Every failure is a :class:`LoadError` with a message meant for the user.
+Keras/TensorFlow/JAX files and TorchScript archives.  Every failure is a :class:`LoadError`
+with a message meant for the user.
 
 Bounds
 ------
@@ -55,7 +57,8 @@ counts against the tensors present and config values against their types
 The package
 -----------
 ``reading`` (a file or a folder: which reader), ``torch_files`` and ``safetensors_files`` (one
-reader per format, each returning the neutral record of ``record``), ``side_files`` (configs and
+reader per format, each returning the neutral record of ``record``), ``safe_unpickle``,
+``pickled_torch`` and ``recover`` (torch pickles read without running anything), ``side_files`` (configs and
 vocabularies kept with a model), ``classic_inference`` and ``classic`` (the classic recurrent
 stack: names and shapes → layers, then the model), ``saving`` (:func:`save_model`); the modern
 families build themselves (``engine.models.<family>``).
@@ -168,7 +171,7 @@ def _load(path, *, config, device, dtype, strict):
 
 def _build_family(family, found: _Found, configs, *, device, dtype, strict, source):
     """A model of a family with its own loader (``looks_like``/``load`` in its module)."""
-    notes: list[str] = []
+    notes: list[str] = list(found.notes)
     tokenizer, vocab_src = _make_tokenizer(found, configs, notes)
     model = family.load(found.tensors, configs, name=found.name, fmt=found.fmt, strict=strict,
                         source=source, dtype=dtype, device=device)

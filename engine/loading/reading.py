@@ -42,12 +42,15 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
     return found
 
 
+_LEGACY_MAGIC_TEXT = b"L119547037146038801333356L\n."  # torch's magic number as a protocol 0/1 pickle
+
+
 def _sniff(path: Path) -> str:
     name = display_name(path.name)
     try:
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            head = f.read(16)
+            head = f.read(32)
     except OSError as exc:
         raise LoadError(f"cannot read {name}: {os_error_text(exc)}") from None
     if size == 0:
@@ -62,7 +65,7 @@ def _sniff(path: Path) -> str:
                 raise LoadError(f"{name} is truncated: its safetensors header says {n} bytes of header, "
                                 f"but the file has only {size} bytes")
             return "safetensors"
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" or head.startswith(_LEGACY_MAGIC_TEXT):  # torch.save with pickle_protocol 0 or 1
         return "pickle"
     if head[:4] == b"\x89HDF":
         raise LoadError(f"{name} is an HDF5 file (Keras weights or a SeqScope trace?), not model weights "

@@ -19,6 +19,8 @@ from ..errors import LoadError
 from ..limits import (MAX_PICKLE_BYTES, check_tensor_storage, check_zip_entries, display_name, open_regular,
                       read_capped, read_zip_entry)
 from .record import _CELL_KEY, _Found, _RNN_KEY, _short
+from .recover import recover
+from .pickled_torch import read_torch_safely
 
 
 _NOT_MODEL = re.compile(r"optim|sched|scaler|grad|loss|metric|callback|histor|lr_", re.I)
@@ -41,11 +43,56 @@ def _read_torch(path: Path, kind: str) -> _Found:
         except LoadError:
             raise
         except Exception as exc:  # torch's own messages are long and about torch; say what matters
-            raise _torch_load_error(path, exc, pickle_bytes) from None
-    found = _unwrap(obj, name)
+            if not _refused_by_weights_only(exc):
+                raise _torch_load_error(path, exc, pickle_bytes) from None
+            # classes torch's safe loader does not know: read again with stand-ins for them
+            found = _read_with_stand_ins(f, kind, name, lambda: _torch_load_error(path, exc, pickle_bytes))
+        else:
+            found = _unwrap(obj, name)
     for key, t in found.tensors.items():
         check_tensor_storage(key, t, name)
     return found
+
+
+def _refused_by_weights_only(exc: Exception) -> bool:
+    msg = str(exc)
+    return "Weights only load failed" in msg or "Unsupported operand" in msg
+
+
+def _read_with_stand_ins(f, kind: str, name: str, torch_error) -> _Found:
+    """The checkpoint read by :mod:`.safe_unpickle` (nothing imported or run), its stand-ins
+    turned into plain data by :mod:`.recover`; what was stood in for goes into the notes.  A file
+    torch refused as corrupted (not for the classes it names) keeps torch's verdict."""
+    try:
+        obj, walker = read_torch_safely(f, kind, name)
+        rec = recover(obj, list(walker.named), name)
+    except LoadError:
+        error = torch_error()  # built only here: for a legacy file it reads the file again
+        if "pickled Python code" not in str(error):
+            raise error from None
+        raise
+    shown = _listing(rec.stood_in)
+    if rec.tensors == 0 and not shown:
+        raise LoadError(f"{name} holds no tensors (read without running anything from it): it is not a checkpoint "
+                        "of model weights")
+    if rec.tensors == 0:
+        raise LoadError(f"{name} contains pickled Python code and no weights: it refers to {shown or 'no names'}, "
+                        "and SeqScope, which never imports or runs anything a file names, found no tensors in it to "
+                        "load. Nothing in the file was run. Save the weights with torch.save(model.state_dict(), "
+                        "'model.pt') or safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+    found = _unwrap(rec.obj, name)
+    notes = []
+    if rec.modules:
+        notes.append(f"a whole pickled module ({_listing(rec.modules)}) was read as its state dict")
+    if shown:
+        notes.append(f"read without importing or running anything from the file; stood in for: {shown}")
+    found.notes[:0] = notes
+    return found
+
+
+def _listing(names: list[str], most: int = 12) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _check_torch_zip(f, name: str) -> bytes:

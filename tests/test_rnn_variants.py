@@ -200,6 +200,26 @@ def test_a_variant_is_not_torchs_gru(options, other, least):
     assert np.abs(ours - theirs).max() > least
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cell, options", VARIANTS, ids=VARIANT_IDS)
+def test_variants_on_cuda_match_the_reference_and_rerun_exactly(cell, options):
+    """On a GPU the variant steps through its equations too (float64 within 1e-10), and a cached
+    re-run after an edit equals a full run."""
+    rnn, cpu = variant(cell, F=5, H=12, **options)
+    model = from_torch(rnn, device="cuda", **({"nonlinearity": cell[4:]} if cell.startswith("rnn_") else options))
+    assert model.device.type == "cuda"
+    x = np.random.default_rng(0).standard_normal((150, 5))
+    trace = engine.run(model, x, chunk=32)
+    ref = reference_stack(cpu.config.cell, float64_weights(rnn), x, 2, **reference_options(cpu))
+    for name, expected in ref.items():
+        np.testing.assert_allclose(trace[name], expected, atol=1e-10, rtol=1e-10, err_msg=name)
+    cache = PrefixCache()
+    engine.run(model, x, cache=cache, chunk=32)
+    iv = Intervention("layers.0.h", "add", 0.5, positions=Span(77), units=[3])
+    assert_traces_equal(engine.run(model, x, interventions=[iv], cache=cache, chunk=32),
+                        engine.run(model, x, interventions=[iv], chunk=32))
+
+
 # -- interventions -------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell, options", VARIANTS, ids=VARIANT_IDS)
 def test_steps_before_an_edit_are_bit_identical_and_later_ones_change_at_every_site(cell, options):

@@ -208,6 +208,8 @@ def describe_model(model) -> str:
     if cfg_dict.get("bidirectional"):
         parts.append("bidirectional")
     add("architecture", ", ".join(parts))
+    if info.get("cell"):  # the cell's equations: torch's, or a variant (Keras GRU, hard sigmoid ...)
+        add("cell", info["cell"])
     if getattr(model, "takes_tokens", True):
         tok = getattr(model, "tokenizer", None)
         vocab = cfg_dict.get("vocab_size") or (tok.vocab_size if tok is not None else "?")

@@ -215,7 +215,7 @@ def _infer_config(canon: dict[str, torch.Tensor], hints: dict, explicit: dict, n
         nonlin, why = None, ""
         if explicit.get("nonlinearity"):
             nonlin, why = explicit["nonlinearity"], "from the config passed to load"
-        elif explicit.get("cell") in ("rnn_tanh", "rnn_relu"):
+        elif str(explicit.get("cell", "")).startswith("rnn_"):  # rnn_tanh, rnn_relu, rnn_linear ...
             nonlin, why = explicit["cell"].split("_")[1], "from the config passed to load"
         elif "nonlinearity" in hints:
             nonlin, src = hints["nonlinearity"]

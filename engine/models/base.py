@@ -83,10 +83,25 @@ class RecurrentCell:
         raise NotImplementedError
 
     # -- shared helpers ---------------------------------------------------------
+    def step_loop(self, x: torch.Tensor, state):
+        """``fused`` for a cell variant torch has no kernel for (a Keras GRU with the reset gate
+        before the matmul, hard-sigmoid gates ...): ``step`` over the chunk without edits.
+        Never the torch kernel, which computes only the standard equations."""
+        u = self.step_inputs(x)
+        ys = []
+        for t in range(u.shape[0]):
+            y, state, _ = self.step(u[t], state, _unedited)
+            ys.append(y)
+        return torch.stack(ys), state
+
     @staticmethod
     def previous_outputs(y: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         """``h_{t-1}`` for every step of a chunk: the initial state, then outputs shifted by one."""
         return torch.cat([h0.unsqueeze(0), y[:-1]], dim=0)
+
+
+def _unedited(site: str, value: torch.Tensor) -> torch.Tensor:
+    return value
 
 
 class SequenceModel:

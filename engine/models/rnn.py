@@ -1,11 +1,23 @@
-"""Elman RNN (torch.nn.RNN conventions): h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+"""Elman RNN (torch.nn.RNN conventions): h' = act(W_ih x + b_ih + W_hh h + b_hh).
+
+``act`` is tanh or relu in torch (the fused kernel computes those); any other activation of
+:mod:`engine.models.activations` (Keras's ``SimpleRNN(activation=...)``: linear, softsign ...)
+runs :meth:`ElmanCell.step` in a loop, never the kernel.  A Keras SimpleRNN converts with
+``weight_ih = kernel.T``, ``weight_hh = recurrent_kernel.T``, ``bias_ih = bias``,
+``bias_hh = zeros``.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..probes import SITE_DESCRIPTIONS
+from .activations import activation, definitions
 from .base import RecurrentCell
+
+#: the nonlinearities torch's own kernel computes
+TORCH_NONLINEARITIES = ("tanh", "relu")
 
 
 class ElmanCell(RecurrentCell):
@@ -15,11 +27,13 @@ class ElmanCell(RecurrentCell):
 
     def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
         super().__init__(w_ih.shape[1], w_hh.shape[1])
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be tanh or relu, got {nonlinearity!r}")
+        self.act = activation(nonlinearity)
         self.nonlinearity = nonlinearity
-        self.act = torch.tanh if nonlinearity == "tanh" else torch.relu
-        self.module = nn.RNN(self.input_size, self.hidden_size, 1, nonlinearity=nonlinearity, bias=b_ih is not None)
+        #: torch's own RNN: the fused kernel computes it
+        self.standard = nonlinearity in TORCH_NONLINEARITIES
+        # holds the weights (and runs them, for tanh and relu)
+        self.module = nn.RNN(self.input_size, self.hidden_size, 1,
+                             nonlinearity=nonlinearity if self.standard else "tanh", bias=b_ih is not None)
         self.module.requires_grad_(False)
         self.module.to(dtype=w_ih.dtype)
         with torch.no_grad():
@@ -49,10 +63,26 @@ class ElmanCell(RecurrentCell):
         self.module.to(device=device, dtype=dtype)
         return self
 
+    def describe(self) -> str:
+        """The cell's equations in words (for ``info()``)."""
+        if self.standard:
+            return f"Elman RNN, {self.nonlinearity} (torch.nn.RNN equations)"
+        return f"Elman RNN, h_t = {self.nonlinearity}(pre_t)" + definitions(self.nonlinearity)
+
+    def site_description(self, site: str) -> str:
+        text = SITE_DESCRIPTIONS.get(site, site)
+        if self.standard:
+            return text
+        if site == "h":
+            return f"{text}; {self.describe()}"
+        return text.replace("tanh/relu", self.nonlinearity) + definitions(self.nonlinearity)
+
     def initial_state(self, batch, dtype, device):
         return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
 
     def fused(self, x, state):
+        if not self.standard:
+            return self.step_loop(x, state)
         y, hn = self.module(x, state.unsqueeze(0))
         return y, hn[0]
 

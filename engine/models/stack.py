@@ -9,6 +9,14 @@ Canonical weight names (what loaders convert to)::
     rnn.weight_hr_l{k}[_reverse]                                       (LSTM with proj_size)
     head.weight  head.bias                                             (absent without a head)
 
+Cell variants (config fields; every variant keeps the weight layout above, see the cells'
+module docstrings for converting Keras weights): ``activation`` and ``recurrent_activation``
+name the LSTM/GRU candidate and gate nonlinearities (default tanh and sigmoid, any of
+:mod:`engine.models.activations`); ``reset_after=False`` makes a GRU apply its reset gate before
+the recurrent matmul (Keras ≤ 2.2); an Elman cell's nonlinearity is in its name
+(``rnn_tanh``, ``rnn_relu``, ``rnn_linear``, ``rnn_softsign`` ...).  Torch's fused kernels run
+only the standard cells; a variant steps through its own equations.
+
 How a layer runs: steps are taken in chunks aligned to multiples of ``chunk`` (the prefix
 cache keeps the state at every chunk boundary).  A chunk with no intervention runs the fused
 torch kernel, and, when probes ask for internals, recovers them all at once.  A chunk where an
@@ -28,14 +36,17 @@ import torch.nn.functional as F
 
 from ..errors import Cancelled
 from ..interventions import BoundIntervention, Intervention, InterventionError, check_against_width
-from ..probes import SITE_DESCRIPTIONS, ProbeSpec, layer_probe
+from ..probes import ProbeSpec, layer_probe
+from .activations import ACTIVATIONS, DEFAULT_ACTIVATION, DEFAULT_RECURRENT_ACTIVATION, check_activation
 from .base import EditPlan, RecurrentCell, Resume, SequenceModel, stitch
 from .family import checked_fields
 from .gru import GRUCell
 from .lstm import LSTMCell
 from .rnn import ElmanCell
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+#: Elman cells: ``rnn_`` and the nonlinearity (torch's rnn_tanh and rnn_relu first)
+ELMAN_CELLS = ("rnn_tanh", "rnn_relu") + tuple(f"rnn_{a}" for a in ACTIVATIONS if a not in ("tanh", "relu"))
+CELLS = ("lstm", "gru") + ELMAN_CELLS
 
 
 @dataclass(frozen=True)
@@ -50,12 +61,46 @@ class StackConfig:
     proj_size: int = 0
     output_size: int | None = None  # rows of the linear head; None without a head
     head_bias: bool = True
+    # the cell variant; None means the standard one (tanh, sigmoid; see the module docstring)
+    activation: str | None = None  # LSTM/GRU candidate (and LSTM output) nonlinearity
+    recurrent_activation: str | None = None  # LSTM/GRU gates
+    reset_after: bool = True  # GRU: False applies the reset gate before the recurrent matmul
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
         if self.proj_size and self.cell != "lstm":
             raise ValueError("proj_size applies to LSTM only")
+        if not isinstance(self.reset_after, bool):
+            raise ValueError(f"reset_after must be true or false, not {self.reset_after!r}")
+        if not self.reset_after and self.cell != "gru":
+            raise ValueError("reset_after=False applies to GRU only")
+        # the standard choice is stored as None, so that equal models have equal configs
+        act = None if self.activation is None else check_activation(self.activation, "activation")
+        gates = (None if self.recurrent_activation is None
+                 else check_activation(self.recurrent_activation, "recurrent_activation"))
+        if self.cell in ELMAN_CELLS:
+            if act not in (None, self.cell[4:]):
+                raise ValueError(f"an Elman cell's activation is part of its name: cell 'rnn_{act}', "
+                                 f"not cell {self.cell!r} with activation {act!r}")
+            if gates is not None:
+                raise ValueError("recurrent_activation applies to the gates of LSTM and GRU cells; "
+                                 "an Elman RNN has none")
+            act = None
+        object.__setattr__(self, "activation", None if act == DEFAULT_ACTIVATION else act)
+        object.__setattr__(self, "recurrent_activation", None if gates == DEFAULT_RECURRENT_ACTIVATION else gates)
+
+    @property
+    def cell_activation(self) -> str:
+        """The candidate nonlinearity (an Elman cell's: the one in its name)."""
+        if self.cell in ELMAN_CELLS:
+            return self.cell[4:]
+        return self.activation or DEFAULT_ACTIVATION
+
+    @property
+    def gate_activation(self) -> str | None:
+        """The gates' nonlinearity (None for Elman cells, which have no gates)."""
+        return None if self.cell in ELMAN_CELLS else self.recurrent_activation or DEFAULT_RECURRENT_ACTIVATION
 
     @property
     def directions(self) -> int:
@@ -76,7 +121,7 @@ class StackConfig:
 
 def canonical_weight_shapes(cfg: StackConfig) -> dict[str, tuple[int, ...]]:
     """Every weight a model with this config has, with its shape."""
-    rows = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[cfg.cell] * cfg.hidden_size
+    rows = {"lstm": 4, "gru": 3}.get(cfg.cell, 1) * cfg.hidden_size
     out = cfg.proj_size or cfg.hidden_size
     shapes: dict[str, tuple[int, ...]] = {}
     if cfg.vocab_size is not None:
@@ -102,10 +147,12 @@ def _make_cell(cfg: StackConfig, weights: dict, layer: int, suffix: str) -> Recu
     get = lambda name: weights.get(f"rnn.{name}_l{layer}{suffix}")  # noqa: E731
     args = (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"))
     if cfg.cell == "lstm":
-        return LSTMCell(*args, w_hr=get("weight_hr"))
+        return LSTMCell(*args, w_hr=get("weight_hr"), activation_name=cfg.cell_activation,
+                        recurrent_activation_name=cfg.gate_activation)
     if cfg.cell == "gru":
-        return GRUCell(*args)
-    return ElmanCell(*args, nonlinearity=cfg.cell.split("_")[1])
+        return GRUCell(*args, reset_after=cfg.reset_after, activation_name=cfg.cell_activation,
+                       recurrent_activation_name=cfg.gate_activation)
+    return ElmanCell(*args, nonlinearity=cfg.cell_activation)
 
 
 def reverse_index(lengths, T: int, device) -> torch.Tensor:
@@ -188,6 +235,7 @@ class RecurrentStack(SequenceModel):
             "architecture": self.architecture,
             "source": self.source,
             "config": self.config.to_json(),
+            "cell": self.cells[0][0].describe(),
             "parameter_count": self.parameter_count,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
@@ -220,7 +268,7 @@ class RecurrentStack(SequenceModel):
             cell = layer[0]
             for site in cell.sites:
                 width = cell.site_width(site) * cfg.directions
-                desc = SITE_DESCRIPTIONS.get(site, site)
+                desc = cell.site_description(site)
                 if cfg.bidirectional:
                     desc += f"; units 0..{width // 2 - 1} forward, {width // 2}..{width - 1} backward"
                 specs.append(ProbeSpec(layer_probe(k, site), (width,), ("token", "unit"), desc,
@@ -519,10 +567,16 @@ def _edit_hook(edits: dict, t: int):
     return edit
 
 
-def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=None, **kwargs) -> RecurrentStack:
+def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=None, activation=None,
+               recurrent_activation=None, reset_after=True, **kwargs) -> RecurrentStack:
     """Wrap in-memory torch modules: ``rnn`` an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (sequence-first
     or batch-first, it does not matter), optional ``nn.Embedding`` before it and ``nn.Linear``
-    after it.  The weights are copied; ``kwargs`` go to :class:`RecurrentStack` (dtype, device)."""
+    after it.  The weights are copied; ``kwargs`` go to :class:`RecurrentStack` (dtype, device).
+
+    ``activation``, ``recurrent_activation`` and ``reset_after`` run the module's weights as a
+    cell variant torch's module does not compute (a GRU written by hand with the reset gate
+    before the matmul, hard-sigmoid gates ...; see :class:`StackConfig`); for an ``nn.RNN``,
+    ``nonlinearity`` (or ``activation``) may name any activation."""
     from torch import nn
 
     if isinstance(rnn, nn.LSTM):
@@ -530,7 +584,8 @@ def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=N
     elif isinstance(rnn, nn.GRU):
         cell = "gru"
     elif isinstance(rnn, nn.RNN):
-        cell = f"rnn_{nonlinearity or rnn.nonlinearity}"
+        cell = f"rnn_{nonlinearity or activation or rnn.nonlinearity}"
+        activation = None
     else:
         raise TypeError(f"expected nn.LSTM, nn.GRU or nn.RNN, got {type(rnn).__name__}")
     cfg = StackConfig(
@@ -538,7 +593,8 @@ def from_torch(rnn, embedding=None, head=None, *, tokenizer=None, nonlinearity=N
         vocab_size=None if embedding is None else embedding.num_embeddings,
         bidirectional=rnn.bidirectional, bias=rnn.bias, proj_size=getattr(rnn, "proj_size", 0),
         output_size=None if head is None else head.out_features,
-        head_bias=head is not None and head.bias is not None)
+        head_bias=head is not None and head.bias is not None, activation=activation,
+        recurrent_activation=recurrent_activation, reset_after=reset_after)
     weights = {f"rnn.{k}": v for k, v in rnn.state_dict().items()}
     if embedding is not None:
         weights["embed.weight"] = embedding.weight

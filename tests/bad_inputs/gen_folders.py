@@ -3,7 +3,6 @@ indexes), RWKV vocabularies, and files of unknown kinds, empty, random, links an
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path

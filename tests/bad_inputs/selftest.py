@@ -31,7 +31,7 @@ def write_selftest_manifest(root: Path) -> Path:
     target.write_text("old content")
     cases = []
     for cid, (do, expect, _) in SELFTEST.items():
-        args = {"do": do, "limit": 2}
+        args = {"do": do, "limit": 1}
         if do == "clobber":
             args["target"] = target.name
         cases.append({"id": cid, "cls": "selftest", "kind": "selftest", "entry": "selftest", "path": None,

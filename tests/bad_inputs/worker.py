@@ -209,7 +209,7 @@ class Worker:
         gc.collect()
         base = reset_peak()
         t0 = time.monotonic()
-        outcome, exc = "ok", None
+        outcome, exc, result = "ok", None, None
         try:
             if fsize:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
@@ -227,9 +227,14 @@ class Worker:
         except BaseException as e:  # noqa: BLE001 - every exception is a finding
             outcome, exc = "raised", e
         seconds = time.monotonic() - t0
+        # free what the case left (h5py objects of a failed write, a traceback's frames) now, so
+        # that a crash while freeing them is blamed on this case, not on the next one
+        message, exc_type = _first_line(exc), type(exc).__name__
+        problems = judge(case, outcome, exc, self.engine, limit)
+        exc = result = None  # noqa: F841
+        gc.collect()
         growth = peak_since_reset() - base
-        problems = list(self.extra_problems)
-        problems += judge(case, outcome, exc, self.engine, limit)
+        problems = list(self.extra_problems) + problems
         bound = memory_bound(case)
         if growth > bound:
             problems.append(f"memory: peak RSS grew {growth / 2**20:.0f} MB (bound {bound / 2**20:.0f} MB)")
@@ -239,8 +244,7 @@ class Worker:
         if snap is not None:
             problems += snap.check(target, failed=outcome != "ok", case=case)
         return {"id": case["id"], "problems": problems, "seconds": round(seconds, 3), "growth": growth,
-                "outcome": outcome if outcome != "raised" else type(exc).__name__,
-                "message": _first_line(exc)}
+                "outcome": outcome if outcome != "raised" else exc_type, "message": message}
 
 
 class CrashedChild(Exception):
@@ -284,8 +288,6 @@ def _last_line(text: str) -> str:
 
 #: the documented errors each entry may raise (any other exception is a finding)
 def allowed_errors(entry: str, engine):
-    from engine.hdf5 import TraceFileError  # noqa: F401 - a SeqScopeError
-
     if entry == "load":
         return (engine.LoadError,)
     if entry in ("numeric", "text"):

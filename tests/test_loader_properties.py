@@ -95,7 +95,7 @@ cuts = st.none() | st.tuples(st.integers(0, 2**31), st.integers(0, 64))
 inserts = st.none() | st.tuples(st.integers(0, 2**31), st.binary(min_size=1, max_size=32))
 
 
-@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+@settings(max_examples=150, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(kind=st.sampled_from(sorted(BASES)), edits=edits, cut=cuts, insert=inserts)
 def test_mutated_checkpoint_loads_or_raises_load_error(kind, edits, cut, insert):

@@ -207,11 +207,16 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write every result to this file")
     args = ap.parse_args(argv)
     manifest = Path(args.corpus) / "manifest.json"
+    used = Path(args.corpus) / ".harness-ran"
+    if used.exists():  # output cases overwrite what they find: a second run would see other files
+        print(f"{args.corpus} was run once already; generate a fresh corpus (a new folder)", file=sys.stderr)
+        return 2
     if not manifest.exists():
         from .generate import generate
 
         generate(args.corpus)
     t0 = time.monotonic()
+    used.touch()
     results = run_corpus(manifest, args.workers, args.only)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

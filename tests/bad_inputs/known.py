@@ -73,6 +73,13 @@ def write(results: list[dict]) -> None:
             detail = next(p for p in r["problems"] if p.startswith(cause.split(" (")[0]))
             md.append(f"- `{r['id']}` ({r['entry']}, {owner(r)}): {detail[:220]}")
         md.append("")
+    md += ["## The hypothesis property tests (tests/test_loader_properties.py)", "",
+           "`test_mutated_checkpoint_loads_or_raises_load_error` (150 byte-edited .pt zip, legacy .pt,",
+           ".safetensors and Mamba-folder files) passes on main.",
+           "`test_any_value_in_a_config_json_loads_or_raises_load_error` fails on main (bounded-loading's",
+           "config validation fixes it): Hypothesis finds `layer_norm_epsilon` = `None` (TypeError from",
+           "`float()` in `engine/models/mamba.py` `_config_from_files`) and = `\"\"` (ValueError).  It has no",
+           "known-failure list: it must pass once the fixes are merged.", ""]
     (HERE / "KNOWN_FAILURES.md").write_text("\n".join(md))
     lines = ['"""Cases that fail on main today, while their fixes are on other branches (issue 10: bounded',
              "loading, safe writes, parsers, run budget).  ``tests/test_bad_inputs.py`` runs every case NOT",

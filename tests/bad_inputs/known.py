@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 MEANING = {
     "timeout": "still running after the case's 10 s limit: named pipes opened and read, /dev/zero read to the end, huge declared sizes looped over",
     "hang": "stuck inside C code (zip inflation, HDF5 opening a pipe, a Rust reader of /dev/zero) where SIGALRM cannot stop it; the worker was killed",
-    "crash": "the process died (a segmentation fault inside h5py: a full disk, a pipe as output); flaky, seen in one of two runs",
+    "crash": "the process died: a segmentation fault in h5py's ObjectID._dealloc, seen in the first of four runs only, before the harness freed each case's objects right after it; most likely an h5py object of an earlier failed write (full disk) freed later, so the case named may be innocent",
     "memory": "peak RSS beyond max(256 MB, 20 x the bytes read): zip bombs, vocabulary id gaps, one-hot widths, stride-0 views, unwritten HDF5 datasets, .npy shapes, num_layers 10^6..10^8, /dev/zero",
     "raised RecursionError": "deeply nested JSON in config.json, vocab.json, metadata, shard indexes, interventions, trace attributes",
     "accepted": "a bad input taken as good (silently wrong): wrong types coerced, inf values, string probes, a device or pipe written over",

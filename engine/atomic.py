@@ -64,21 +64,30 @@ def writable_target(path, what: str = "file", error: type[SeqScopeError] = Write
     path = Path(path)
     if str(path) == "":
         raise error(f"cannot write {what}: no file name given")
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    if "\x00" in str(path):
+        raise error(f"cannot write {what}: the file name holds a NUL character, which no file name may")
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise error(f"cannot write {what} {path}: {_reason(exc)}") from None
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        folder_ok = path.parent.is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, a path through a file, ...
+        raise error(f"cannot write {what} {_short_name(path)}: {_reason(exc)}") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise error(f"cannot write {what} to {path}: it is {_kind(st.st_mode)}, and only a regular "
                     "file is ever replaced")
-    folder = path.parent
-    if not folder.is_dir():
-        raise error(f"cannot write {what} {path}: folder {folder} does not exist")
+    if not folder_ok:
+        raise error(f"cannot write {what} {path}: folder {path.parent} does not exist")
     return path
+
+
+def _short_name(path: Path) -> str:
+    """``path`` for a message: a very long one cut in the middle."""
+    text = str(path)
+    return text if len(text) <= 160 else f"{text[:70]}…{text[-70:]}"
 
 
 def _new_temporary(folder: Path, suffix: str, make_dir: bool = False) -> Path:
@@ -242,10 +251,15 @@ def replacing_folder(path, what: str = "folder", *, owned: tuple[str, ...] = (),
     ``owned``: the names an old folder may hold.  A folder holding anything else (the user's own
     files) is refused, untouched, rather than replaced.  Failures as in :func:`replacing`."""
     target = Path(path)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
-    if target.exists():
-        mode = os.stat(target).st_mode
+    if "\x00" in str(target):
+        raise error(f"cannot write {what}: the folder name holds a NUL character, which no name may")
+    try:
+        if target.is_symlink():
+            target = Path(os.path.realpath(target))
+        mode = os.stat(target).st_mode if target.exists() else None
+    except (OSError, ValueError) as exc:  # a name too long, a path through a file, ...
+        raise error(f"cannot write {what} {_short_name(target)}: {_reason(exc)}") from None
+    if mode is not None:
         if not stat.S_ISDIR(mode):
             kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
             raise error(f"cannot write {what} to {target}: it is {kind}, not a folder")
@@ -258,7 +272,7 @@ def replacing_folder(path, what: str = "folder", *, owned: tuple[str, ...] = (),
             shown = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
             raise error(f"cannot write {what} to {target}: the folder holds files it would replace that "
                         f"are not its own ({shown}); choose a new or empty folder")
-    existed = target.exists()
+    existed = mode is not None
     with held_signals() as interrupted:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

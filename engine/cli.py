@@ -130,21 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_json_arg(value: str, what: str):
-    """A JSON argument given inline or as the path of a JSON file."""
+    """A JSON argument given inline or as the path of a JSON file (a regular file of sane size,
+    nested no deeper than :mod:`engine.safe_json` allows)."""
+    from . import safe_json
+    from .limits import display_name, is_regular_file, read_text_capped
+
     text = value
     stripped = value.strip()
     if not stripped.startswith(("{", "[")):
         path = Path(value)
-        if not path.is_file():
-            raise CLIError(f"{what}: {value!r} is neither JSON nor an existing file")
+        if not is_regular_file(path):
+            shown = value if len(value) <= 80 else value[:60] + "…"
+            raise CLIError(f"{what}: {shown!r} is neither JSON nor an existing file")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_capped(path, what)
+        except SeqScopeError as exc:
+            raise CLIError(f"{what}: {exc}") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise CLIError(f"{what}: cannot read {path}: {exc}") from None
+            raise CLIError(f"{what}: cannot read {display_name(str(path))}: {exc}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{what}: not valid JSON ({exc})") from None
+        return safe_json.loads(text, what)
+    except SeqScopeError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _load_model(path: str, config: str | None, device: str | None = None):

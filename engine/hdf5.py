@@ -312,7 +312,11 @@ def export_lstmvis(trace, folder, *, probes=None, sequence: int | None = None) -
     if isinstance(trace, (str, os.PathLike)):
         trace = load_trace(trace)
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
+    try:
+        is_file = folder.exists() and not folder.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL: replacing_folder below says so in words
+        is_file = False
+    if is_file:
         raise TraceFileError(f"cannot export to {folder}: it is a file, not a folder")
     available = list(trace.arrays)
     if probes is None:

@@ -74,8 +74,9 @@ def match_probes(patterns: str | Iterable[str] | None, names: Sequence[str]) -> 
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
+            shown = pattern if len(pattern) <= 80 else pattern[:60] + f"… ({len(pattern):,} characters)"
             raise KeyError(
-                f"probe pattern {pattern!r} matches no probe point of this model; "
+                f"probe pattern {shown!r} matches no probe point of this model; "
                 f"it has: {', '.join(names)}"
             )
         chosen.update(hits)

@@ -43,8 +43,7 @@ def loads(text: str | bytes, what: str):
     """Parse JSON text from ``what`` (named in messages)."""
     depth = nesting_depth(text)
     if depth > MAX_DEPTH:
-        raise LoadError(f"{what} is nested {depth} levels deep, more than the {MAX_DEPTH} SeqScope reads; "
-                        "it is not a model config or vocabulary")
+        raise LoadError(f"{what} is nested {depth} levels deep, more than the {MAX_DEPTH} levels SeqScope reads")
     try:
         return json.loads(text)
     except RecursionError:

@@ -215,7 +215,7 @@ def read_numeric(path) -> np.ndarray:
         raise InputError(f"numeric input {display_name(path.name)} {what}")
     try:
         if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = _read_npy(path)
         elif path.suffix.lower() in (".csv", ".txt", ".tsv"):
             delim = "\t" if path.suffix.lower() == ".tsv" else ","
             with open(path, newline="") as f:
@@ -227,8 +227,8 @@ def read_numeric(path) -> np.ndarray:
             raise InputError(f"{path.name}: numeric inputs are read from .npy or .csv files")
     except InputError:
         raise
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read numeric input {path.name}: {exc}") from None
+    except (OSError, ValueError, csv.Error) as exc:
+        raise InputError(f"cannot read numeric input {display_name(path.name)}: {str(exc)[:200]}") from None
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -236,6 +236,31 @@ def read_numeric(path) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"{path.name}: the array is not numeric ({arr.dtype})")
     return arr.astype(np.float32)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, after checking that its header parses, names a plain numeric dtype and
+    declares no more data than the file holds (so a 16-byte lie cannot allocate terabytes)."""
+    name = display_name(path.name)
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError
+            shape, fortran, dtype = read_header(f)
+        except Exception:  # numpy parses the header with ast: any damage shows as some error
+            raise InputError(f"{name} is not a readable .npy file (its header is damaged)") from None
+        if dtype.hasobject or dtype.kind not in "biuf":
+            raise InputError(f"{name}: the array is not numeric ({dtype}); numeric inputs hold numbers")
+        count = int(np.prod(shape, dtype=object))
+        held = os.fstat(f.fileno()).st_size - f.tell()
+        if count * dtype.itemsize > held:
+            raise InputError(f"{name} declares an array of shape {tuple(shape)} but holds only {held:,} bytes "
+                             "of data: the file is truncated or damaged")
+        arr = np.fromfile(f, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def _is_number(s: str) -> bool:

@@ -37,7 +37,11 @@ def save_model(model: RecurrentStack, path) -> Path:
         meta["seqscope_vocab"] = json.dumps(tok.to_dict())
     elif isinstance(tok, FileTokenizer):
         meta["seqscope_tokenizer"] = json.dumps(tok.to_dict())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:  # a file where a folder should be, a name too long, ...
+        raise WriteError(f"cannot write model {path}: its folder cannot be made "
+                         f"({getattr(exc, 'strerror', None) or exc})") from None
     with replacing(path, "model", error=WriteError) as tmp:
         try:
             save_file(tensors, str(tmp), metadata=meta)

@@ -42,7 +42,9 @@ def _explicit_config(config) -> dict | None:
         raise LoadError(f"config has unknown entries {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     out = dict(config)
     if "cell" in out:
-        cell = _cell_from_text(str(out["cell"]))
+        if not isinstance(out["cell"], str):
+            raise LoadError(f"config cell must be a name such as 'lstm', not a {type(out['cell']).__name__}")
+        cell = _cell_from_text(out["cell"])
         if cell is None:
             raise LoadError(f"config cell {out['cell']!r} is not one of {', '.join(CELLS)}")
         out["cell"] = cell

@@ -114,9 +114,10 @@ class Worker:
         keep = object()
         self.session.model = keep
         try:
-            data = Session.read_project(self.p(case["path"]))
-            model = engine.load(data["model"], device="cpu") if data.get("model") else None
-            self.session.apply_project(data, model)
+            project = Session.read_project(self.p(case["path"]))
+            model = engine.load(project.model, device="cpu") if project.model else None
+            project.check_fits(model)
+            self.session.apply_project(project, model)
         except BaseException:
             if self.session.model is not keep:
                 self.extra_problems.append("the session lost its model after a failed project")

@@ -213,38 +213,3 @@ def check_declared_layers(declared, tensors: int, name: str, key: str = "n_layer
     if isinstance(declared, int) and not isinstance(declared, bool) and declared > max(tensors, 0):
         raise LoadError(f"{name}: the config says {key}={declared}, but the file holds only {tensors} tensor"
                         f"{'s' if tensors != 1 else ''}, too few for that many layers")
-
-
-# -- HDF5 datasets (trace files) ---------------------------------------------------------------
-#: a dataset may read this much without its stored bytes being compared
-SMALL_DATASET_BYTES = 64 * MiB
-#: beyond it, a dataset whose chunks cannot be counted may hold at most this many times its stored
-#: bytes (deflate's limit is ~1032)
-MAX_DATASET_INFLATION = 1100
-
-
-def check_dataset_stored(ds, name: str, small: int = SMALL_DATASET_BYTES, error=LoadError) -> None:
-    """Refuse reading an HDF5 dataset (an ``h5py.Dataset``) that declares more data than the file
-    stores for it: a small file with an unwritten 20M x 64 dataset would read as 5 GB of fill
-    values.  A contiguous dataset must hold all its bytes, a chunked one all its chunks.  Virtual
-    datasets (a corpus trace stitching its shards) and variable-length strings are left to their
-    own readers.  ``error``: the exception class to raise (the trace reader's own)."""
-    if getattr(ds, "is_virtual", False) or ds.dtype.kind == "O":
-        return
-    needed = int(ds.size) * int(ds.dtype.itemsize)
-    if needed <= small:  # read without question
-        return
-    stored = int(ds.id.get_storage_size())
-    if ds.chunks is None:
-        complete = stored >= needed
-    else:
-        expected = 1
-        for n, c in zip(ds.shape, ds.chunks):
-            expected *= -(-int(n) // int(c))
-        try:
-            complete = int(ds.id.get_num_chunks()) >= expected
-        except (AttributeError, RuntimeError, ValueError):  # an HDF5 too old to count chunks
-            complete = needed <= MAX_DATASET_INFLATION * stored
-    if not complete:
-        raise error(f"{name}: dataset {ds.name} declares {needed:,} bytes ({list(ds.shape)} × {ds.dtype}) but "
-                        f"the file stores only {stored:,} for it; it was never written in full or is damaged")

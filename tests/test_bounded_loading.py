@@ -480,33 +480,6 @@ def test_safetensors_metadata_that_is_plain_text_is_kept(tmp_path):
     assert loaded(st).num_layers == 1
 
 
-def test_an_unwritten_hdf5_dataset_is_refused_before_it_is_read(tmp_path):
-    h5py = pytest.importorskip("h5py")
-    import numpy as np
-
-    from engine.limits import check_dataset_stored
-
-    with h5py.File(tmp_path / "t.h5", "w") as f:
-        f.create_dataset("unwritten", shape=(20_000_000, 64), dtype="f4", chunks=(4096, 64))
-        f.create_dataset("contiguous", shape=(1 << 16, 64), dtype="f4")
-        half = f.create_dataset("half", shape=(1 << 16, 8), dtype="f4", chunks=(1 << 12, 8), compression="gzip")
-        half[: 1 << 15] = 1.0
-        f.create_dataset("zeros", data=np.zeros((1 << 16, 8), dtype="f4"), chunks=(1 << 12, 8), compression="gzip")
-        f.create_dataset("written", data=np.ones((1 << 16, 8), dtype="f4"))
-        f.create_dataset("small", shape=(100, 64), dtype="f4")
-    assert (tmp_path / "t.h5").stat().st_size < 4 * MB
-    with h5py.File(tmp_path / "t.h5", "r") as f:
-        _, error, _, _ = bounded(lambda: check_dataset_stored(f["unwritten"], "t.h5"))
-        assert_plain(error)
-        assert "never written in full" in str(error)
-        for unwritten in ("contiguous", "half"):
-            with pytest.raises(LoadError, match="never written in full"):
-                check_dataset_stored(f[unwritten], "t.h5", small=1024)
-        for written in ("zeros", "written"):  # zeros compress to almost nothing, and were written
-            check_dataset_stored(f[written], "t.h5", small=1024)
-        check_dataset_stored(f["small"], "t.h5")  # unwritten, but small enough to read as it is
-
-
 def test_a_trace_file_with_an_unwritten_probe_is_refused_before_it_is_read(tmp_path):
     h5py = pytest.importorskip("h5py")
     from engine.hdf5 import TraceFileError
@@ -519,5 +492,5 @@ def test_a_trace_file_with_an_unwritten_probe_is_refused_before_it_is_read(tmp_p
         f.create_dataset("probes/layers.0.h", shape=(20_000_000, 64), dtype="f4", chunks=(4096, 64))
     assert (tmp_path / "t.h5").stat().st_size < MB
     _, error, _, _ = bounded(lambda: engine.load_trace(tmp_path / "t.h5"))
-    assert isinstance(error, TraceFileError) and "never written in full" in str(error), error
+    assert isinstance(error, TraceFileError) and "were ever written" in str(error), error
     assert "\n" not in str(error)

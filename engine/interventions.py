@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -315,29 +314,14 @@ def save_interventions(path, interventions: Sequence[Intervention]) -> None:
 
 def load_interventions(path) -> list[Intervention]:
     """Read an interventions JSON file; every failure is an InterventionError naming the file."""
+    from .errors import LoadError
+    from .limits import read_text_capped
+
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InterventionError(f"no interventions file at {path}") from None
-    except OSError as exc:
-        raise InterventionError(f"cannot read interventions file {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InterventionError(f"{path} is a folder, not an interventions file")
-    if not stat.S_ISREG(st.st_mode):
-        raise InterventionError(f"{path} is not a regular file (a pipe or a device?); interventions are read "
-                                f"from JSON files")
-    if st.st_size > MAX_JSON_BYTES:
-        raise InterventionError(f"{path} is {st.st_size / 2**20:.0f} MiB, larger than the "
-                                f"{MAX_JSON_BYTES // 2**20} MiB an interventions file may be")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_JSON_BYTES + 1)
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InterventionError(f"{path} is not UTF-8 text (byte {exc.start}); interventions files are JSON") from None
-    except OSError as exc:
-        raise InterventionError(f"cannot read interventions file {path}: {exc.strerror or exc}") from None
+    try:  # only a regular file, of sane size, as UTF-8 (engine.limits)
+        text = read_text_capped(path, "interventions file", MAX_JSON_BYTES)
+    except LoadError as exc:
+        raise InterventionError(str(exc)) from None
     try:
         return interventions_from_json(text)
     except InterventionError as exc:

@@ -167,17 +167,17 @@ def test_python_construction_validates_the_same_way():
 
 
 def test_load_interventions_names_the_file_for_every_failure(tmp_path):
-    cases = {"missing.json": f"no interventions file at {tmp_path / 'missing.json'}"}
+    cases = {"missing.json": f"cannot open interventions file {tmp_path / 'missing.json'}: no such file"}
     (tmp_path / "folder.json").mkdir()
-    cases["folder.json"] = "is a folder, not an interventions file"
+    cases["folder.json"] = "folder.json is a folder, not a regular file"
     (tmp_path / "latin1.json").write_bytes(b'[{"probe": "caf\xe9"}]')
-    cases["latin1.json"] = "latin1.json is not UTF-8 text \\(byte 15\\)"
+    cases["latin1.json"] = "latin1.json is not UTF-8 text \\(byte 15 is not valid\\)"
     (tmp_path / "bogus.json").write_text('{"probe": "layers.0.h", "op": "bogus"}')
     cases["bogus.json"] = "bogus.json: unknown op 'bogus'"
     (tmp_path / "deep.json").write_text("[" * 100_000)
     cases["deep.json"] = "deep.json: interventions JSON is nested too deeply"
     os.mkfifo(tmp_path / "pipe.json")  # would block forever if opened
-    cases["pipe.json"] = "pipe.json is not a regular file"
+    cases["pipe.json"] = "pipe.json is a named pipe, not a regular file"
     for name, message in cases.items():
         with pytest.raises(InterventionError, match=message) as info:
             load_interventions(tmp_path / name)
@@ -353,7 +353,7 @@ def test_the_command_line_reads_interventions_through_the_same_parser(tmp_path):
     for arg, message in [("[" * 100_000, "--intervene: interventions JSON is nested too deeply"),
                          ('{"probe": "layers.0.h", "op": "bogus"}', "--intervene: unknown op 'bogus'"),
                          (str(tmp_path), "--intervene: .* is a folder"),
-                         ("nowhere.json", "--intervene: no interventions file at nowhere.json")]:
+                         ("nowhere.json", "--intervene: cannot open interventions file nowhere.json: no such file")]:
         with pytest.raises(InterventionError, match=message) as info:
             _read_interventions([arg])
         one_sentence(info.value)

@@ -36,7 +36,7 @@ def bad_projects(tmp_path, model_path):
         "pinned-5": (dict(good, pinned=5), "its pinned units should be"),
         "position-1e999": ('{"format": "seqscope-project", "interventions": [{"probe": "layers.0.c", "op": "zero", '
                            '"positions": [1e999]}]}', "positions must be whole numbers >= 0, got inf"),
-        "deep": ('{"format": "seqscope-project", "text": ' + "[" * 100_000, "nested too deeply"),
+        "deep": ('{"format": "seqscope-project", "text": ' + "[" * 100_000, "nested 100001 levels deep"),
         "not-json": ("{nope", "is not valid JSON"),
         "not-a-project": ({"format": "something-else"}, "not a SeqScope project file"),
         "newer": (dict(good, version=7), "saved by a newer SeqScope"),
@@ -53,7 +53,7 @@ def bad_projects(tmp_path, model_path):
         paths[path] = message
     (tmp_path / "latin1.seqscope.json").write_bytes(b'{"format": "seqscope-project", "text": "caf\xe9"}')
     paths[tmp_path / "latin1.seqscope.json"] = "is not UTF-8 text"
-    paths[tmp_path / "missing.seqscope.json"] = "no project file at"
+    paths[tmp_path / "missing.seqscope.json"] = "cannot open project file .*: no such file"
     return paths
 
 
@@ -111,7 +111,7 @@ def test_interventions_that_do_not_fit_the_model_are_refused_and_the_old_ones_ke
     from engine.interventions import load_interventions
 
     for path, message in [(bad_file, "3 numbers but 32 units"), (no_probe, "no probe 'layers.0.q'"),
-                          (tmp_path / "missing.json", "no interventions file")]:
+                          (tmp_path / "missing.json", "cannot open interventions file")]:
         with qtbot.waitSignal(s.error, timeout=WAIT) as blocker:
             panel._try(lambda p=path: s.set_interventions(load_interventions(p)))
         assert message in blocker.args[0], blocker.args[0]

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from engine.errors import InterventionError, SeqScopeError
+from engine import safe_json
+from engine.errors import InterventionError, LoadError, SeqScopeError
 from engine.intervention_fields import describe
 from engine.interventions import Intervention, check_against_width
+from engine.limits import read_text_capped
 
 PROJECT_FORMAT = "seqscope-project"
 PROJECT_VERSION = 1
@@ -66,29 +66,10 @@ class Project:
 def read_project(path) -> Project:
     """Read and check a project file; any problem is a ProjectError naming the file."""
     path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ProjectError(f"no project file at {path}") from None
-    except OSError as exc:
-        raise ProjectError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ProjectError(f"{path} is {kind}, not a project file")
-    if st.st_size > MAX_PROJECT_BYTES:
-        raise ProjectError(f"{path} is {st.st_size / 2**20:.0f} MiB, too large for a project file")
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read(MAX_PROJECT_BYTES + 1).decode("utf-8")
-        data = json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ProjectError(f"{path} is not UTF-8 text (byte {exc.start}); project files are JSON") from None
-    except RecursionError:
-        raise ProjectError(f"{path} holds JSON nested too deeply to be a project") from None
-    except ValueError as exc:
-        raise ProjectError(f"{path} is not valid JSON: {str(exc).splitlines()[0][:200]}") from None
-    except OSError as exc:
-        raise ProjectError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:  # only a regular file, of sane size, as UTF-8, nested no deeper than engine.safe_json allows
+        data = safe_json.loads(read_text_capped(path, "project file", MAX_PROJECT_BYTES), f"project file {path}")
+    except LoadError as exc:
+        raise ProjectError(str(exc)) from None
     try:
         return parse_project(data)
     except ProjectError as exc:

@@ -239,28 +239,10 @@ def read_numeric(path) -> np.ndarray:
 
 
 def _read_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` array, after checking that its header parses, names a plain numeric dtype and
-    declares no more data than the file holds (so a 16-byte lie cannot allocate terabytes)."""
-    name = display_name(path.name)
+    from .npy import read_npy
+
     with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError
-            shape, fortran, dtype = read_header(f)
-        except Exception:  # numpy parses the header with ast: any damage shows as some error
-            raise InputError(f"{name} is not a readable .npy file (its header is damaged)") from None
-        if dtype.hasobject or dtype.kind not in "biuf":
-            raise InputError(f"{name}: the array is not numeric ({dtype}); numeric inputs hold numbers")
-        count = int(np.prod(shape, dtype=object))
-        held = os.fstat(f.fileno()).st_size - f.tell()
-        if count * dtype.itemsize > held:
-            raise InputError(f"{name} declares an array of shape {tuple(shape)} but holds only {held:,} bytes "
-                             "of data: the file is truncated or damaged")
-        arr = np.fromfile(f, dtype=dtype, count=count)
-    return arr.reshape(shape, order="F" if fortran else "C")
+        return read_npy(f, os.fstat(f.fileno()).st_size, display_name(path.name), InputError)
 
 
 def _is_number(s: str) -> bool:

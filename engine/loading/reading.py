@@ -11,6 +11,7 @@ from .. import safe_json
 from ..errors import LoadError
 from ..limits import display_name, is_regular_file, open_regular, os_error_text, require_regular, stat_path
 from .record import _CONFIG_KEYS, _Found, _json_kind, _VOCAB_KEYS, TORCH_SUFFIXES
+from .npz_files import _read_npz, is_npz
 from .safetensors_files import _read_safetensors
 from .torch_files import _read_torch
 
@@ -32,6 +33,10 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
     if kind == "safetensors":
         found = _read_safetensors(path)
         found.side = side or path.parent
+    elif kind == "npz":
+        found = _read_npz(path)
+        own = any(k in found.extras for k in _VOCAB_KEYS)
+        found.side = side or (None if own else path.parent)
     elif kind in ("zip", "pickle"):
         found = _read_torch(path, kind)
         # files beside a .pt are used only when the checkpoint itself carries no vocab/config
@@ -56,7 +61,7 @@ def _sniff(path: Path) -> str:
     if size == 0:
         raise LoadError(f"{name} is empty (0 bytes): the save or the download did not complete")
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "zip"
+        return "npz" if is_npz(path) else "zip"
     # safetensors before the pickle byte: a header length whose low byte is 0x80 starts with it too
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")

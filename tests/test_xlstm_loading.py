@@ -106,11 +106,11 @@ def test_config_that_disagrees_with_the_weights_names_the_keys(tmp_path):
     hf = hf_model(45, vocab=20, d=16, layers=2, heads=2)
     hf.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["num_hidden_layers"] = 3
+    cfg["num_hidden_layers"] = cfg["num_blocks"] = 3  # the count transformers builds: num_blocks
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LoadError, match=r"missing backbone\.blocks\.2\.norm_mlstm\.weight"):
         engine.load(tmp_path, device="cpu")
-    cfg["num_hidden_layers"], cfg["num_heads"] = 2, 3
+    cfg["num_hidden_layers"], cfg["num_blocks"], cfg["num_heads"] = 2, 2, 3
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LoadError, match=r"not a multiple of num_heads=3"):
         engine.load(tmp_path, device="cpu")
@@ -177,3 +177,18 @@ def test_seqscope_save_model_round_trips(tmp_path):
     np.testing.assert_array_equal(engine.run(back, ids, probes="logits")["logits"],
                                   engine.run(model, ids, probes="logits")["logits"])
 
+
+
+def test_num_blocks_decides_where_num_hidden_layers_is_an_unused_default(tmp_path):
+    # xLSTMConfig(num_blocks=2) keeps num_hidden_layers at its default 32 in config.json; the
+    # model has 2 blocks, and SeqScope once read 32 and refused the folder
+    hf = hf_model(41, vocab=41, d=32, layers=32, heads=4, num_blocks=2)
+    assert len(hf.backbone.blocks) == 2
+    hf.save_pretrained(tmp_path)
+    stated = json.loads((tmp_path / "config.json").read_text())
+    assert stated["num_blocks"] == 2 and stated["num_hidden_layers"] == 32
+    model = engine.load(tmp_path, device="cpu")
+    assert model.config.n_layer == 2
+    ids = np.random.default_rng(1).integers(0, 41, 60)
+    np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], hf_logits(hf, ids),
+                               atol=5e-5, rtol=5e-5)

@@ -512,7 +512,10 @@ def _config_fields(configs: list) -> dict:
                    "eps": c.number("eps", 1e-6), "gate_soft_cap": c.number("gate_soft_cap", 15.0, nullable=True),
                    "logit_soft_cap": c.number("output_logit_soft_cap", 30.0, nullable=True)}
             # tie_word_embeddings is not read: transformers' xLSTM always has its own lm_head
-            out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"),
+            # transformers builds num_blocks blocks; num_hidden_layers is kept beside it (default 32)
+            # and unused, so it counts only where num_blocks is absent
+            layers_key = "num_blocks" if "num_blocks" in d else "num_hidden_layers"
+            out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", layers_key),
                                 ("vocab_size", "vocab_size"), ("num_heads", "num_heads"))))
             if "d_model" in out:  # as xLSTMLayer sizes them (not the cache's rounded qk_dim)
                 out["qk_dim"] = c.scaled("qk_dim_factor", out["d_model"], 0.5)

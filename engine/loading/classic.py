@@ -66,6 +66,10 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     except _InferenceError as exc:
         failure = str(exc)
         canon, origin = {}, {}
+    if key_map and not any(cn.startswith("head.") for cn in key_map.values()):
+        for cn in ("head.weight", "head.bias"):  # a key_map that names no head asks for none
+            canon.pop(cn, None)
+            origin.pop(cn, None)
     for cn in key_map.values():  # names given explicitly always stand
         canon[cn] = tensors[cn]
         origin[cn] = cn

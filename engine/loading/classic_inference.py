@@ -135,11 +135,11 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
         return k[len(prefix):] if k.startswith(prefix) else k
 
     def bias_of(k, rows):
-        if not k.endswith("weight"):
-            return None
-        b = k[: -len("weight")] + "bias"
-        t = tensors.get(b)
-        return b if t is not None and t.ndim == 1 and t.shape[0] == rows else None
+        for b in _bias_names(k):
+            t = tensors.get(b)
+            if t is not None and t.ndim == 1 and t.shape[0] == rows:
+                return b
+        return None
 
     free = [k for k, t in tensors.items() if k not in rnn_keys and t.ndim == 2 and t.is_floating_point()]
 
@@ -185,6 +185,24 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
             canon["head.bias"] = tensors[b]
             origin["head.bias"] = b
     return canon, origin
+
+
+#: the weight word of a parameter's last name part and the bias word that pairs with it, by stem:
+#: fc.weight/fc.bias, fc_w/fc_b, W_out/b_out, out_W/out_b, dense.kernel/dense.bias
+_WEIGHT_WORDS = (re.compile(r"(?<![A-Za-z])(weight|Weight|WEIGHT|kernel)(?![A-Za-z])"),
+                 re.compile(r"(?<![A-Za-z0-9])([wW])(?![A-Za-z0-9])"))
+
+
+def _bias_names(key: str) -> list[str]:
+    """The names a bias paired with the weight ``key`` may have (its stem with the bias word)."""
+    head, _, last = key.rpartition(".")
+    stem = head + "." if head else ""
+    names = []
+    for pattern in _WEIGHT_WORDS:
+        for m in pattern.finditer(last):
+            word = "bias" if m.group(1).lower() in ("weight", "kernel") else "b"
+            names.append(stem + last[: m.start(1)] + word + last[m.end(1):])
+    return names
 
 
 def _infer_config(canon: dict[str, torch.Tensor], hints: dict, explicit: dict, notes: list[str]) -> dict:

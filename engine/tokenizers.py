@@ -14,6 +14,10 @@ from .errors import InputError, LoadError
 from .limits import MAX_TOKENIZER_BYTES, display_name, is_regular_file, read_text_capped
 
 
+#: the piece standing for id 0 of a vocabulary numbered from 1 (padding: no character reads as it)
+PADDING = "<pad>"
+
+
 class CharVocab:
     """A character-level vocabulary: id ``i`` is the string ``pieces[i]`` (usually one char).
 
@@ -55,8 +59,11 @@ class CharVocab:
                 raise ValueError("a vocabulary mapping must be {char: id} or {id: char}")
             # checked by count before any list is built: {"(": 0, ")": 400000000} must not make one of 400M
             n = len(mapping)
+            if n == len(obj) and mapping and min(mapping) == 1 and max(mapping) == n and PADDING not in obj:
+                # ids 1..N, as Keras's Tokenizer numbers them: id 0 is padding, which no text makes
+                return cls([PADDING] + [mapping[i] for i in range(1, n + 1)])
             if n != len(obj) or (mapping and (min(mapping) != 0 or max(mapping) != n - 1)):
-                raise ValueError(f"vocabulary ids must be 0..N-1 with no gaps or repeats (the {len(obj)} entries "
+                raise ValueError(f"vocabulary ids must be 0..N-1 (or 1..N, 0 being padding) with no gaps or repeats (the {len(obj)} entries "
                                  f"have ids from {min(mapping, default=0)} to {max(mapping, default=0)})")
             return cls([mapping[i] for i in range(n)])
         if isinstance(obj, (list, tuple)):

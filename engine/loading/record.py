@@ -14,7 +14,8 @@ _RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d{1,6})(_reverse)?$")
 _CELL_KEY = re.compile(r"^(weight|bias)_(ih|hh)$")
 _VOCAB_KEYS = ("vocab", "chars", "stoi", "itos", "char2idx", "idx2char", "char_to_idx", "idx_to_char",
                "char2id", "id2char", "char_to_ix", "ix_to_char", "char_to_id", "id_to_char", "vocabulary",
-               "alphabet", "characters", "char_list")
+               "alphabet", "characters", "char_list", "vocab_mapping", "char_indices", "char_to_index",
+               "word_index", "token_to_id")
 _CONFIG_KEYS = ("config", "model_config", "hparams", "hyper_parameters", "hyperparameters", "hyperparams",
                 "args", "model_args", "cfg", "opt", "params", "settings")
 

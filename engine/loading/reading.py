@@ -50,6 +50,11 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
 _LEGACY_MAGIC_TEXT = b"L119547037146038801333356L\n."  # torch's magic number as a protocol 0/1 pickle
 
 
+#: the first four bytes of GGML-family files (magic numbers written little-endian)
+_GGML_MAGICS = {b"GGUF": "GGUF", b"lmgg": "GGML", b"fmgg": "GGML (ggmf)", b"tjgg": "GGML (ggjt)",
+                b"algg": "GGML (ggla)"}
+
+
 def _sniff(path: Path) -> str:
     name = display_name(path.name)
     try:
@@ -75,6 +80,10 @@ def _sniff(path: Path) -> str:
     if head[:4] == b"\x89HDF":
         raise LoadError(f"{name} is an HDF5 file (Keras weights or a SeqScope trace?), not model weights "
                         "SeqScope can read: give a PyTorch state dict (.pt/.pth/.bin) or a .safetensors file")
+    if head[:4] in _GGML_MAGICS:
+        raise LoadError(f"{name} is a {_GGML_MAGICS[head[:4]]} file (the format of llama.cpp / rwkv.cpp), "
+                        "which SeqScope does not read: load the PyTorch .pth / .safetensors weights it was "
+                        "converted from")
     if head[:6] == b"\x93NUMPY":
         raise LoadError(f"{name} is a NumPy array file, not a model checkpoint")
     if head.lstrip()[:1] in (b"{", b"["):

@@ -576,9 +576,10 @@ def _config_from_files(name: str, configs: list, notes: list) -> tuple[dict, str
             return {k: v for k, v in d.items() if k in RwkvConfig.__dataclass_fields__}, "SeqScope"
         mt = str(d.get("model_type", "")).lower()
         if mt in _OTHER_RWKV:
-            raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_RWKV[mt]}): SeqScope reads RWKV-4 models "
-                            "(transformers RwkvForCausalLM) so far; this version is not supported yet"
-                            + (" (RWKV-7 loads from BlinkDL .pth files)" if mt == "rwkv7" else ""))
+            raise LoadError(f"{src} says model_type {mt!r} ({_OTHER_RWKV[mt]}), a folder layout SeqScope does not read: "
+                            "it reads RWKV-4 (transformers RwkvForCausalLM folders and BlinkDL .pth) and RWKV-7 "
+                            "(BlinkDL .pth files)" + ("; load the BlinkDL .pth of this model instead" if mt == "rwkv7"
+                                                      else f"; {_OTHER_RWKV[mt]} is not supported yet"))
         if mt == "rwkv":
             c = StatedConfig(d, src)
             out = {"norm_eps": c.number("layer_norm_epsilon", 1e-5)}
@@ -618,8 +619,8 @@ def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict, str]:
     """File keys → ``RwkvForCausalLM`` names whatever the prefix; (canonical → tensor,
     canonical → file key, layout)."""
     if any(_LATER.search(k) for k in tensors):
-        raise LoadError(f"{name} holds the weights of a later RWKV version (RWKV-5/6/7 tensors such as "
-                        "att.time_faaaa, att.x_r or att.w0): SeqScope reads RWKV-4 so far")
+        raise LoadError(f"{name} holds the weights of RWKV-5 or RWKV-6 (tensors such as att.time_faaaa), which "
+                        "SeqScope does not read yet; it reads RWKV-4 and RWKV-7 (BlinkDL .pth) checkpoints")
     hf = {m.group(1) for k in tensors if (m := _HF_KEY.match(k))}
     blink = {m.group(1) for k in tensors if (m := _BLINK_KEY.match(k))}
     if len(hf) + len(blink) != 1:

@@ -1,5 +1,6 @@
 """NumPy ``.npz`` weight archives (``np.savez(path, **state_dict)``) load like a state dict and
-run exactly as the torch module they came from; damaged or lying archives are refused in words."""
+run exactly as the torch module they came from; damaged or lying archives are refused in words;
+GGML/GGUF files are named as such."""
 import io
 import zipfile
 
@@ -88,3 +89,11 @@ def test_bad_archives_are_refused_in_one_sentence(case, words, tmp_path):
     with pytest.raises(LoadError, match=words) as err:
         engine.load(npz_with(entries, tmp_path / f"{case}.npz"))
     assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+@pytest.mark.parametrize("magic, words", [(b"GGUF", "GGUF"), (b"fmgg", "GGML"), (b"tjgg", "GGML")])
+def test_ggml_and_gguf_files_are_named(tmp_path, magic, words):
+    path = tmp_path / "model.bin"
+    path.write_bytes(magic + bytes(range(60)))
+    with pytest.raises(LoadError, match=f"is a {words}.*llama.cpp / rwkv.cpp"):
+        engine.load(path)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-import zlib
 
 import torch
 
 from ..errors import LoadError
 from ..limits import check_zip_entries, display_name, open_regular, read_zip_entry
 from ..npy import read_npy
-from .record import _Found, _short
+from .record import _Found, zip_errors
 
 
 def is_npz(path) -> bool:
@@ -31,7 +30,7 @@ def is_npz(path) -> bool:
 def _read_npz(path) -> _Found:
     name = display_name(path.name)
     tensors, extras = {}, {}
-    try:
+    with zip_errors(name):
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             with zipfile.ZipFile(f) as z:
@@ -49,13 +48,6 @@ def _read_npz(path) -> _Found:
                         extras[key] = [str(x) for x in arr.tolist()]
                     else:
                         tensors[key] = torch.from_numpy(arr)
-    except LoadError:
-        raise
-    except UnicodeDecodeError:
-        raise LoadError(f"{name} is corrupted: a name in its zip directory is not valid text") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
-            RuntimeError, zlib.error) as exc:
-        raise LoadError(f"{name} is truncated or corrupted: {_short(exc)}") from None
     if not tensors:
         raise LoadError(f"{name} is a NumPy archive with no numeric arrays: nothing to load as weights")
     return _Found(name=name, fmt="npz", tensors=tensors, extras=extras,

@@ -2,11 +2,16 @@
 notes) that every reader returns, and the small helpers the readers share."""
 from __future__ import annotations
 
+import contextlib
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..errors import LoadError
 
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -53,3 +58,18 @@ def _utf8(text: str) -> bool:
 def _json_kind(v) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false",
             type(None): "missing or null"}.get(type(v), f"a {type(v).__name__}")
+
+
+@contextlib.contextmanager
+def zip_errors(name: str):
+    """Whatever reading a damaged zip archive raises (a torch checkpoint, an ``.npz``), as one
+    LoadError sentence about ``name``; SeqScope's own LoadErrors pass through."""
+    try:
+        yield
+    except LoadError:
+        raise
+    except UnicodeDecodeError:
+        raise LoadError(f"{name} is corrupted: a name in its zip directory is not valid text") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError, zlib.error) as exc:
+        raise LoadError(f"{name} is truncated or corrupted: {_short(exc)}") from None

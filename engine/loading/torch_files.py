@@ -8,7 +8,6 @@ import pickletools
 import re
 import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .. import safe_json
 from ..errors import LoadError
 from ..limits import (MAX_PICKLE_BYTES, check_tensor_storage, check_zip_entries, display_name, open_regular,
                       read_capped, read_zip_entry)
-from .record import _CELL_KEY, _Found, _RNN_KEY, _short
+from .record import _CELL_KEY, _Found, _RNN_KEY, _short, zip_errors
 from .recover import recover
 from .pickled_torch import read_torch_safely
 
@@ -109,7 +108,7 @@ def _check_torch_zip(f, name: str) -> bytes:
                         "zip directory (at the end of the file) is missing; the save or the download was "
                         "probably interrupted")
     f.seek(0)
-    try:
+    with zip_errors(name):
         with zipfile.ZipFile(f) as z:
             infos = z.infolist()
             names = [i.filename for i in infos]
@@ -122,13 +121,6 @@ def _check_torch_zip(f, name: str) -> bytes:
             if not pkl:
                 raise LoadError(f"{name} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)")
             return read_zip_entry(z, pkl[0], name)
-    except LoadError:
-        raise
-    except UnicodeDecodeError:
-        raise LoadError(f"{name} is corrupted: a name in its zip directory is not valid text") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
-            RuntimeError, zlib.error) as exc:
-        raise LoadError(f"{name} is truncated or corrupted: {_short(exc)}") from None
 
 
 def _data_globals() -> list:

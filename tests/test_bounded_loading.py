@@ -26,6 +26,7 @@ import engine
 from engine.errors import LoadError
 from engine.models.mamba import MambaConfig, canonical_weight_shapes as mamba_shapes
 from engine.tokenizers import CharVocab
+from memory_probe import proc_status, reset_peak
 
 MB = 1 << 20
 GROWTH_LIMIT_MB = 400  # the most a refused (or bounded) load may add to the peak memory
@@ -33,20 +34,6 @@ TIME_LIMIT_S = 30  # a hang is a failure; real cases take well under a second
 
 
 # -- running a case -----------------------------------------------------------------------------
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def bounded(fn, *, unblock=None):
     """Run ``fn()`` in a thread with the address space capped at 3 GB above the current size;
     returns (result, exception, peak growth in bytes, seconds).  ``unblock`` is called when the
@@ -60,10 +47,10 @@ def bounded(fn, *, unblock=None):
             box["error"] = exc
 
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = _status("VmSize") + 3 * 1024 * MB
+    cap = proc_status("VmSize") + 3 * 1024 * MB
     can_cap = hard == resource.RLIM_INFINITY or hard > cap
-    measured = _reset_peak()
-    base = _status("VmRSS")
+    measured = reset_peak()
+    base = proc_status("VmRSS")
     if can_cap:
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     try:
@@ -78,7 +65,7 @@ def bounded(fn, *, unblock=None):
     finally:
         if can_cap:
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    growth = _status("VmHWM") - base if measured else 0
+    growth = proc_status("VmHWM") - base if measured else 0
     assert elapsed < TIME_LIMIT_S, f"still running after {TIME_LIMIT_S} s (a hang)"
     assert growth < GROWTH_LIMIT_MB * MB, f"peak memory grew by {growth / MB:.0f} MB"
     return box.get("result"), box.get("error"), growth, elapsed

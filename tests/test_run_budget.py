@@ -1,8 +1,6 @@
 """A run's memory is estimated before it starts (engine.budget) and a run past its budget is
 refused at once, naming the estimate and what would fit -- in engine.run, in `seqscope trace`
 and in the window -- while the estimate follows what runs really hold."""
-import ctypes
-import gc
 import re
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from engine import budget as budget_mod
 from engine.budget import (RunTooLarge, check_budget, default_budget, estimate_run_bytes, format_size,
                            parse_size)
 from engine.cli import main
+from memory_probe import proc_status, release_freed_memory, reset_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "assets" / "models"
@@ -32,41 +31,13 @@ def sample_text():
     return (MODELS / "char-lstm-python" / "sample.py").read_text()
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def _reset_peak_rss() -> bool:
-    """Make VmHWM (peak resident memory) restart from the current resident size."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _release_freed_memory():
-    """Hand memory freed earlier back to the system, so that a measured run's allocations show
-    as growth instead of reusing resident pages (glibc keeps freed blocks resident)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _measure_peak_growth(fn):
-    _release_freed_memory()
-    if not _reset_peak_rss():
+    release_freed_memory()
+    if not reset_peak():
         pytest.skip("needs Linux /proc/self/clear_refs to measure peak memory")
-    before = _status("VmRSS")
+    before = proc_status("VmRSS")
     result = fn()
-    return result, _status("VmHWM") - before
+    return result, proc_status("VmHWM") - before
 
 
 # -- refusing before allocating ---------------------------------------------------------

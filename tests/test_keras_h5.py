@@ -97,6 +97,17 @@ def test_gru_reset_before_with_keras3_hard_sigmoid_matches_keras(keras, tmp_path
     loaded = _check(keras, model, _tokens(seed=1), tmp_path)
     # a Keras 3 file's hard_sigmoid is Keras 3's clip(x/6 + 0.5), not Keras 2's
     assert loaded.config.reset_after is False and loaded.config.recurrent_activation == "hard_sigmoid_keras3"
+    # the same file as Keras 2 wrote it: its hard_sigmoid is clip(0.2x + 0.5), checked against a float64 loop
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        f.attrs["keras_version"] = b"2.2.4"
+        f["model_weights"].attrs["keras_version"] = b"2.2.4"
+    keras2 = engine.load(tmp_path / "m.h5", device="cpu")
+    assert keras2.config.recurrent_activation == "hard_sigmoid"
+    emb, (kernel, rec, bias) = model.layers[0].get_weights(), model.layers[1].get_weights()
+    ids = _tokens(seed=1)[0]
+    want = _gru_reference(emb[0][ids].astype(np.float64), kernel.astype(np.float64), rec.astype(np.float64),
+                          bias.astype(np.float64), 5)
+    np.testing.assert_allclose(engine.run(keras2, ids)["layers.0.h"], want, atol=TOL, rtol=TOL)
 
 
 def test_gru_reset_after_matches_keras(keras, tmp_path):

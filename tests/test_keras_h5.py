@@ -275,3 +275,49 @@ def test_an_unrelated_hdf5_file_is_refused(tmp_path):
         f["data"] = np.zeros(3)
     with pytest.raises(LoadError, match="neither Keras weights"):
         engine.load(tmp_path / "x.h5", device="cpu")
+
+
+# -- CuDNNLSTM / CuDNNGRU (Keras 2): written from a Keras 3 layer with Keras 2's own conversion --------
+def _to_cudnn(kernel, rec, gates):
+    """Keras 2's conversion of an LSTM/GRU's kernels to a CuDNN layer's (``transpose_input(False)``
+    per gate for the input kernel, a transpose per gate for the recurrent one)."""
+    k = np.hstack([g.T.reshape(g.shape, order="C") for g in np.split(kernel, gates, axis=1)])
+    r = np.hstack([g.T for g in np.split(rec, gates, axis=1)])
+    return k, r
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_a_keras2_cudnn_layer_matches_the_keras_layer_it_converts_to(keras, tmp_path, kind):
+    import json
+
+    F, H, T = 3, 4, 18
+    rng = np.random.default_rng(8)
+    layer = getattr(keras.layers, kind)(H, return_sequences=True, **({"reset_after": True} if kind == "GRU" else {}))
+    layer.build((1, T, F))
+    layer.set_weights([rng.normal(scale=0.6, size=w.shape).astype("float32") for w in layer.weights])
+    x = rng.standard_normal((1, T, F)).astype("float32")
+    want = np.asarray(layer(torch.from_numpy(x)).detach())[0]
+    kernel, rec, bias = layer.get_weights()
+    gates = 4 if kind == "LSTM" else 3
+    ck, cr = _to_cudnn(kernel, rec, gates)
+    if kind == "LSTM":  # any split of the one bias into cuDNN's input and recurrent biases
+        b_in = rng.normal(size=bias.shape).astype("float32")
+        cb = np.concatenate([b_in, bias - b_in])
+    else:
+        cb = bias.reshape(-1)  # (2, 3u): input row, then recurrent row
+    lname = f"cu_dnn{kind.lower()}_1"
+    config = {"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": f"CuDNN{kind}", "config": {"name": lname, "units": H, "return_sequences": True,
+                                                  "go_backwards": False, "stateful": False}}]}}
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.attrs["keras_version"] = b"2.2.4"
+        f.attrs["model_config"] = json.dumps(config).encode()
+        g = f.create_group("model_weights")
+        g.attrs["layer_names"] = [lname.encode()]
+        lg = g.create_group(lname)
+        lg.attrs["weight_names"] = [f"{lname}/{w}:0".encode() for w in ("kernel", "recurrent_kernel", "bias")]
+        for w, arr in (("kernel", ck), ("recurrent_kernel", cr), ("bias", cb)):
+            lg.create_dataset(f"{lname}/{w}:0", data=arr)
+    model = engine.load(tmp_path / "c.h5", device="cpu")
+    assert f"CuDNN{kind}" in model.info()["notes"]
+    np.testing.assert_allclose(engine.run(model, x[0])["layers.0.h"], want, atol=TOL, rtol=TOL)

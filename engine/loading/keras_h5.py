@@ -37,7 +37,7 @@ from ..models.activations import check_activation
 from .record import _Found, _short
 
 TRACE_FORMAT = "seqscope-trace"
-RECURRENT = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3}
+RECURRENT = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3, "CuDNNLSTM": 4, "CuDNNGRU": 3}
 IGNORED = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise", "AlphaDropout")
 MAX_LAYERS = 10_000
 
@@ -252,7 +252,7 @@ class _Reader:
         return tensors, cfg
 
     def _check_class(self, cls: str, lname: str) -> None:
-        if cls in ("CuDNNLSTM", "CuDNNGRU", "Bidirectional"):
+        if cls == "Bidirectional":
             self.fail(f"layer {lname!r} is a {cls}, which SeqScope does not read from Keras files yet "
                       "(it reads Embedding, SimpleRNN, LSTM, GRU and one Dense head)")
         if cls not in RECURRENT and cls not in IGNORED and cls not in ("Embedding", "Dense"):
@@ -303,6 +303,30 @@ class _Reader:
         except LoadError as exc:
             self.fail(str(exc))
 
+    def _from_cudnn(self, cls, lname, kernel, rec, weights):
+        """A CuDNNLSTM/CuDNNGRU's weights in Keras's LSTM/GRU layout (as Keras 2 converts them when
+        loading such a file into an LSTM/GRU): per gate, ``kernel_g.T.reshape(kernel_g.shape,
+        order="F")`` and ``recurrent_g.T``; the bias (2 × gates × units,) is the input and the
+        recurrent bias, kept apart (a CuDNNGRU is a reset_after=True GRU)."""
+        gates = RECURRENT[cls]
+        units = rec.shape[0]
+        if rec.shape != (units, gates * units) or kernel.shape[1] != gates * units:
+            self.fail(f"layer {lname!r} (CuDNN{cls} of {units} units) has kernel {list(kernel.shape)} and "
+                      f"recurrent_kernel {list(rec.shape)}; it needs [input, {gates * units}] and "
+                      f"[{units}, {gates * units}]")
+        kernel = np.hstack([k.T.reshape(k.shape, order="F") for k in np.split(kernel, gates, axis=1)])
+        rec = np.hstack([k.T for k in np.split(rec, gates, axis=1)])
+        weights = dict(weights)
+        bias = weights.get("bias")
+        if bias is not None:
+            if bias.shape != (2 * gates * units,):
+                self.fail(f"layer {lname!r}'s bias is {list(bias.shape)}; a CuDNN{cls} of {units} units keeps "
+                          f"two biases, [{2 * gates * units}] in all")
+            weights["bias"] = bias.reshape(2, gates * units)
+        self.notes.append(f"layer {lname!r} is a CuDNN{cls}: its kernels were read in cuDNN's per-gate layout "
+                          "and its two biases kept apart (tanh and sigmoid, as cuDNN computes)")
+        return kernel, rec, weights
+
     def _recurrent(self, cls, lname, lcfg, weights, index, tensors) -> dict:
         lcfg = lcfg or {}
         for flag in ("go_backwards", "time_major"):
@@ -313,6 +337,10 @@ class _Reader:
         kernel = self._need(weights, lname, "kernel", 2)
         rec = self._need(weights, lname, "recurrent_kernel", 2)
         units = rec.shape[0]
+        cudnn = cls.startswith("CuDNN")
+        if cudnn:
+            cls = cls[len("CuDNN"):]
+            kernel, rec, weights = self._from_cudnn(cls, lname, kernel, rec, weights)
         if lcfg.get("units") is not None and lcfg["units"] != units:
             self.fail(f"layer {lname!r}'s config says {lcfg['units']} units but its recurrent_kernel is "
                       f"{list(rec.shape)}")
@@ -330,7 +358,9 @@ class _Reader:
         if cls == "GRU":
             reset_after = bool(lcfg.get("reset_after", bias is not None and bias.ndim == 2)) if lcfg \
                 else bool(bias is not None and bias.ndim == 2)
-        want_bias = (2, 3 * units) if reset_after else (gates * units,)
+        if cudnn:
+            reset_after = True if cls == "GRU" else None
+        want_bias = (2, gates * units) if reset_after or cudnn else (gates * units,)
         if bias is not None and bias.shape != want_bias:
             self.fail(f"layer {lname!r}'s bias is {list(bias.shape)}, a {cls}"
                       + (f" with reset_after={reset_after}" if cls == "GRU" else "") + f" needs {list(want_bias)}")

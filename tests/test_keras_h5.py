@@ -155,9 +155,9 @@ def test_go_backwards_and_unsupported_layers_are_refused_by_name(keras, tmp_path
     conv.save(tmp_path / "conv.h5")
     with pytest.raises(LoadError, match="Conv1D layer, which SeqScope does not read"):
         engine.load(tmp_path / "conv.h5", device="cpu")
-    bi = keras.Sequential([keras.Input((None, 3)), L.Bidirectional(L.LSTM(4))])
+    bi = keras.Sequential([keras.Input((None, 3)), L.Bidirectional(L.LSTM(4), merge_mode="sum")])
     bi.save(tmp_path / "bi.h5")
-    with pytest.raises(LoadError, match="Bidirectional"):
+    with pytest.raises(LoadError, match="merge_mode='sum'; SeqScope reads merge_mode 'concat' only"):
         engine.load(tmp_path / "bi.h5", device="cpu")
     bi.save_weights(tmp_path / "bi.weights.h5")
     with pytest.raises(LoadError, match="Keras 3 .weights.h5 file"):
@@ -321,3 +321,22 @@ def test_a_keras2_cudnn_layer_matches_the_keras_layer_it_converts_to(keras, tmp_
     model = engine.load(tmp_path / "c.h5", device="cpu")
     assert f"CuDNN{kind}" in model.info()["notes"]
     np.testing.assert_allclose(engine.run(model, x[0])["layers.0.h"], want, atol=TOL, rtol=TOL)
+
+
+def test_bidirectional_two_layer_gru_classifier_matches_keras(keras, tmp_path):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(11, 4),
+                              L.Bidirectional(L.GRU(5, return_sequences=True)),
+                              L.Bidirectional(L.GRU(5, return_sequences=True)), L.Dense(3, activation="softmax")])
+    x = _tokens(seed=9)
+    _randomize(model, 3)
+    model.save(tmp_path / "m.h5")
+    want_h = np.asarray(keras.Model(model.inputs[0], model.layers[1].output)(x).detach())[0]
+    want = np.asarray(model(x).detach())[0]
+    loaded = engine.load(tmp_path / "m.h5", device="cpu")
+    assert loaded.config.bidirectional and loaded.config.num_layers == 2
+    trace = engine.run(loaded, x[0])
+    # SeqScope's bidirectional h is [forward, backward], as Keras's concat
+    np.testing.assert_allclose(trace["layers.0.h"], want_h, atol=TOL, rtol=TOL)
+    probs = torch.softmax(torch.from_numpy(np.asarray(trace["logits"], dtype=np.float64)), -1).numpy()
+    np.testing.assert_allclose(probs, want, atol=TOL, rtol=TOL)

@@ -27,7 +27,7 @@ Supported inputs
   (``xLSTMForCausalLM``), the ``flash-linear-attention`` folders of GLA, RetNet, HGRN, DeltaNet
   and gated DeltaNet, and LRU in SeqScope's documented layout.
 * **Keras HDF5** files (:mod:`.keras_h5`): ``model.save("m.h5")`` of Keras 1/2/3 and Keras 1/2
-  ``save_weights``, Embedding → SimpleRNN/LSTM/GRU → Dense, read with h5py.
+  ``save_weights``, Embedding → SimpleRNN/LSTM/GRU/CuDNN*/Bidirectional → Dense, read with h5py.
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 

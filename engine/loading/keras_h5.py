@@ -1,5 +1,7 @@
 """Keras 1/2 HDF5 weight files (read with h5py; Keras is never imported): how a Keras
-Embedding → SimpleRNN/LSTM/GRU stack → Dense head becomes SeqScope's classic stack.
+Embedding → SimpleRNN/LSTM/GRU (or CuDNNLSTM/CuDNNGRU, or any of them in a Bidirectional with
+merge_mode "concat") stack → Dense head becomes SeqScope's classic stack.  The recurrent layers
+must be of one kind and size (SeqScope's stack is uniform so far); anything else is refused by name.
 
 Layouts read: ``model.save("m.h5")`` (weights under ``/model_weights/<layer>/…``, each layer's
 config in the root's ``model_config`` JSON; Keras 3 writes this legacy layout too) and Keras 1/2
@@ -16,6 +18,8 @@ Keras's semantics, turned into torch's layout (see :mod:`engine.models.gru` for 
   and recurrent rows → ``bias_ih``/``bias_hh``), ``reset_after=False`` one bias (3u,) → ``bias_ih``;
 * ``hard_sigmoid`` is Keras 2's clip(0.2x + 0.5) in Keras 1/2 files and Keras 3's clip(x/6 + 0.5)
   in files whose ``keras_version`` is 3.x;
+* a CuDNNLSTM/CuDNNGRU keeps its kernels in cuDNN's per-gate layout (converted as Keras 2 converts
+  them) and two biases (input, recurrent); a CuDNNGRU is a reset_after=True GRU;
 * the Dense head's activation (softmax, sigmoid, …) is not applied: SeqScope records logits.
 
 The result is a :class:`_Found` with canonical names (``embed.weight``, ``rnn.weight_ih_l0``, …,
@@ -161,8 +165,14 @@ class _Reader:
         for wn in _names(g.attrs.get("weight_names")):
             if wn not in g:
                 self.fail(f"layer {lname!r} lists weight {wn!r}, which the file does not hold")
-            short = wn.split("/")[-1].split(":")[0]
-            out[short] = self._array(g[wn], f"weight {wn!r} of layer {lname!r}")
+            parts = wn.split("/")
+            short = parts[-1].split(":")[0]
+            # a Bidirectional layer's weights: forward_<inner>/… then backward_<inner>/…
+            side = next((p.split("_")[0] for p in parts[:-1] if p.startswith(("forward_", "backward_"))), None)
+            key = f"{side}/{short}" if side else short
+            if key in out:
+                self.fail(f"layer {lname!r} holds two weights named {key!r}")
+            out[key] = self._array(g[wn], f"weight {wn!r} of layer {lname!r}")
         return out
 
     def _array(self, ds, where: str) -> np.ndarray:
@@ -211,6 +221,8 @@ class _Reader:
                                       "is 0 (padding), SeqScope runs every step, so give inputs without id 0")
             elif cls in RECURRENT:
                 recurrent.append((lname, self._recurrent(cls, lname, lcfg, weights, len(recurrent), tensors)))
+            elif cls == "Bidirectional":
+                recurrent.append((lname, self._bidirectional(lname, lcfg, weights, len(recurrent), tensors)))
             elif cls == "Dense":
                 if not recurrent:
                     self.fail(f"layer {lname!r} is a Dense layer before any recurrent layer; SeqScope reads "
@@ -220,7 +232,8 @@ class _Reader:
             self.fail("it holds no SimpleRNN, LSTM or GRU layer")
         first = recurrent[0][1]
         for lname, opts in recurrent[1:]:
-            differ = [k for k in ("cell", "units", "bias", "activation", "recurrent_activation", "reset_after")
+            differ = [k for k in ("cell", "units", "bias", "activation", "recurrent_activation", "reset_after",
+                                  "bidirectional")
                       if opts[k] != first[k]]
             if differ:
                 self.fail(f"its recurrent layers differ ({recurrent[0][0]!r} and {lname!r} differ in "
@@ -232,11 +245,12 @@ class _Reader:
             self.fail(f"layer {recurrent[0][0]!r} reads {first['input']} features but the Embedding gives "
                       f"{cfg['input_size']}")
         for k, (lname, opts) in enumerate(recurrent[1:], start=1):
-            if opts["input"] != first["units"]:
-                self.fail(f"layer {lname!r} reads {opts['input']} features but the layer before it gives "
-                          f"{first['units']}")
+            width = first["units"] * (2 if first["bidirectional"] else 1)
+            if opts["input"] != width:
+                self.fail(f"layer {lname!r} reads {opts['input']} features but the layer before it gives {width}")
         cell = first["cell"]
-        cfg.update(cell=cell, num_layers=len(recurrent), hidden_size=first["units"], bias=first["bias"])
+        cfg.update(cell=cell, num_layers=len(recurrent), hidden_size=first["units"], bias=first["bias"],
+                   bidirectional=first["bidirectional"])
         if not cell.startswith("rnn_"):
             cfg.update(activation=first["activation"], recurrent_activation=first["recurrent_activation"])
         if cell == "gru":
@@ -252,12 +266,10 @@ class _Reader:
         return tensors, cfg
 
     def _check_class(self, cls: str, lname: str) -> None:
-        if cls == "Bidirectional":
-            self.fail(f"layer {lname!r} is a {cls}, which SeqScope does not read from Keras files yet "
-                      "(it reads Embedding, SimpleRNN, LSTM, GRU and one Dense head)")
-        if cls not in RECURRENT and cls not in IGNORED and cls not in ("Embedding", "Dense"):
+        if cls not in RECURRENT and cls not in IGNORED and cls not in ("Embedding", "Dense", "Bidirectional"):
             self.fail(f"layer {lname!r} is a Keras {cls} layer, which SeqScope does not read (it reads "
-                      "Embedding, SimpleRNN, LSTM, GRU, one Dense head, and ignores InputLayer and Dropout)")
+                      "Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
+                      "and ignores InputLayer and Dropout)")
 
     def _guess_class(self, lname: str, weights) -> str:
         if not weights:
@@ -327,7 +339,43 @@ class _Reader:
                           "and its two biases kept apart (tanh and sigmoid, as cuDNN computes)")
         return kernel, rec, weights
 
-    def _recurrent(self, cls, lname, lcfg, weights, index, tensors) -> dict:
+    def _bidirectional(self, lname, lcfg, weights, index, tensors) -> dict:
+        """A Bidirectional wrapper with merge_mode "concat": torch's bidirectional layer (forward
+        features first, then backward, each in time order)."""
+        lcfg = lcfg or {}
+        mode = lcfg.get("merge_mode", "concat")
+        if mode != "concat":
+            self.fail(f"layer {lname!r} is a Bidirectional with merge_mode={mode!r}; SeqScope reads merge_mode "
+                      "'concat' only (its bidirectional layers concatenate the two directions)")
+        halves = {side: {k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(side + "/")}
+                  for side in ("forward", "backward")}
+        if not halves["forward"] or not halves["backward"] or len(weights) != sum(map(len, halves.values())):
+            self.fail(f"layer {lname!r} is a Bidirectional whose weights are not split into forward_… and "
+                      "backward_… layers")
+        inner = lcfg.get("layer") if isinstance(lcfg.get("layer"), dict) else None
+        cls = str(inner.get("class_name")) if inner else self._guess_class(f"forward half of {lname}", halves["forward"])
+        if cls not in RECURRENT:
+            self.fail(f"layer {lname!r} is a Bidirectional around a {cls}; SeqScope reads SimpleRNN, LSTM and GRU")
+        inner_cfg = inner.get("config") if inner and isinstance(inner.get("config"), dict) else None
+        back = lcfg.get("backward_layer")
+        if isinstance(back, dict) and isinstance(back.get("config"), dict):
+            bcfg = back["config"]
+            same = all(bcfg.get(k) == (inner_cfg or {}).get(k) for k in
+                       ("units", "activation", "recurrent_activation", "use_bias", "reset_after"))
+            if not same or not bcfg.get("go_backwards") or back.get("class_name") != cls:
+                self.fail(f"layer {lname!r} is a Bidirectional whose backward layer differs from its forward one; "
+                          "SeqScope reads mirrored pairs only")
+        if inner_cfg:
+            inner_cfg = {k: v for k, v in inner_cfg.items() if k != "go_backwards"}  # the wrapper runs it backwards
+        fwd = self._recurrent(cls, lname, inner_cfg, halves["forward"], index, tensors)
+        bwd = self._recurrent(cls, lname, inner_cfg, halves["backward"], index, tensors, suffix="_reverse")
+        if any(fwd[k] != bwd[k] for k in ("units", "input", "bias", "reset_after")):
+            self.fail(f"layer {lname!r}'s forward and backward layers differ in size")
+        fwd["bidirectional"] = True
+        fwd["return_sequences"] = inner_cfg.get("return_sequences") if inner_cfg is not None else None
+        return fwd
+
+    def _recurrent(self, cls, lname, lcfg, weights, index, tensors, suffix="") -> dict:
         lcfg = lcfg or {}
         for flag in ("go_backwards", "time_major"):
             if lcfg.get(flag):
@@ -370,7 +418,7 @@ class _Reader:
         order = np.arange(gates * units)
         if cls == "GRU":  # z, r, h -> r, z, n
             order = np.concatenate([np.arange(units, 2 * units), np.arange(units), np.arange(2 * units, 3 * units)])
-        put = lambda key, arr: tensors.__setitem__(f"rnn.{key}_l{index}", torch.from_numpy(  # noqa: E731
+        put = lambda key, arr: tensors.__setitem__(f"rnn.{key}_l{index}{suffix}", torch.from_numpy(  # noqa: E731
             np.ascontiguousarray(arr)))
         put("weight_ih", kernel[:, order].T)
         put("weight_hh", rec[:, order].T)
@@ -380,6 +428,7 @@ class _Reader:
             put("bias_hh", b_hh[order])
         cell = f"rnn_{act}" if cls == "SimpleRNN" else cls.lower()
         return dict(cell=cell, units=units, input=kernel.shape[0], bias=bool(use_bias), activation=act,
+                    bidirectional=False,
                     recurrent_activation=rec_act, reset_after=reset_after,
                     return_sequences=lcfg.get("return_sequences") if lcfg else None)
 

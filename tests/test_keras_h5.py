@@ -43,15 +43,14 @@ def _keras_outputs(keras, model, x):
     for k, layer in enumerate(rec):
         if layer.return_sequences:
             out[f"layers.{k}.h"] = np.asarray(keras.Model(model.inputs[0], layer.output)(x).detach())[0]
-    dense = model.layers[-1]
-    if dense.__class__.__name__ == "Dense":
-        probs = np.asarray(model(x).detach())[0]
-        last_seq = rec[-1].return_sequences
-        kernel, bias = dense.get_weights()
-        h = out.get(f"layers.{len(rec) - 1}.h")
-        if h is not None:
-            out["logits"] = h @ kernel + bias
-        out["output"] = probs if last_seq else probs[None]
+    dense = getattr(model.layers[-1], "layer", model.layers[-1])  # TimeDistributed(Dense): the Dense
+    assert dense.__class__.__name__ == "Dense"
+    probs = np.asarray(model(x).detach())[0]
+    kernel, bias = dense.get_weights()
+    h = out.get(f"layers.{len(rec) - 1}.h")
+    if h is not None:
+        out["logits"] = h @ kernel + bias
+    out["output"] = probs if rec[-1].return_sequences else probs[None]
     return out
 
 
@@ -65,7 +64,7 @@ def _check(keras, model, x, tmp_path, name="m.h5"):
     for key, want in expected.items():
         if key == "output":  # the model's own output: the head's activation applied to SeqScope's logits
             got = np.asarray(trace["logits"], dtype=np.float64)
-            if model.layers[-1].get_config()["activation"] == "softmax":
+            if getattr(model.layers[-1], "layer", model.layers[-1]).get_config()["activation"] == "softmax":
                 got = torch.softmax(torch.from_numpy(got), -1).numpy()
             if want.shape[0] == 1:  # return_sequences=False: Keras's output is the last step's
                 got = got[-1:]
@@ -340,3 +339,16 @@ def test_bidirectional_two_layer_gru_classifier_matches_keras(keras, tmp_path):
     np.testing.assert_allclose(trace["layers.0.h"], want_h, atol=TOL, rtol=TOL)
     probs = torch.softmax(torch.from_numpy(np.asarray(trace["logits"], dtype=np.float64)), -1).numpy()
     np.testing.assert_allclose(probs, want, atol=TOL, rtol=TOL)
+
+
+def test_a_time_distributed_dense_head_matches_keras(keras, tmp_path):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(11, 4),
+                              L.SimpleRNN(6, return_sequences=True), L.TimeDistributed(L.Dense(11, activation="softmax"))])
+    loaded = _check(keras, model, _tokens(seed=10), tmp_path)
+    assert loaded.config.output_size == 11 and "softmax" in loaded.info()["notes"]
+    wrapped = keras.Sequential([keras.Input((None, 2)), L.LSTM(3, return_sequences=True),
+                                L.TimeDistributed(L.Dense(2)), L.TimeDistributed(L.Dense(2))])
+    wrapped.save(tmp_path / "two.h5")
+    with pytest.raises(LoadError, match="comes after the Dense head"):
+        engine.load(tmp_path / "two.h5", device="cpu")

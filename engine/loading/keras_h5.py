@@ -223,7 +223,15 @@ class _Reader:
                 recurrent.append((lname, self._recurrent(cls, lname, lcfg, weights, len(recurrent), tensors)))
             elif cls == "Bidirectional":
                 recurrent.append((lname, self._bidirectional(lname, lcfg, weights, len(recurrent), tensors)))
-            elif cls == "Dense":
+            elif cls in ("Dense", "TimeDistributed"):
+                if cls == "TimeDistributed":  # TimeDistributed(Dense): the same Dense at every step
+                    inner = (lcfg or {}).get("layer")
+                    if lcfg is not None and (not isinstance(inner, dict) or inner.get("class_name") != "Dense"):
+                        self.fail(f"layer {lname!r} is a TimeDistributed around "
+                                  f"{inner.get('class_name') if isinstance(inner, dict) else 'an unknown layer'}; "
+                                  "SeqScope reads TimeDistributed(Dense) only")
+                    lcfg = inner.get("config") if isinstance(inner, dict) and isinstance(inner.get("config"), dict) \
+                        else None
                 if not recurrent:
                     self.fail(f"layer {lname!r} is a Dense layer before any recurrent layer; SeqScope reads "
                               "Embedding → recurrent layers → one Dense head")
@@ -266,7 +274,8 @@ class _Reader:
         return tensors, cfg
 
     def _check_class(self, cls: str, lname: str) -> None:
-        if cls not in RECURRENT and cls not in IGNORED and cls not in ("Embedding", "Dense", "Bidirectional"):
+        if cls not in RECURRENT and cls not in IGNORED and cls not in ("Embedding", "Dense", "Bidirectional",
+                                                                                  "TimeDistributed"):
             self.fail(f"layer {lname!r} is a Keras {cls} layer, which SeqScope does not read (it reads "
                       "Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
                       "and ignores InputLayer and Dropout)")

@@ -352,3 +352,31 @@ def test_a_time_distributed_dense_head_matches_keras(keras, tmp_path):
     wrapped.save(tmp_path / "two.h5")
     with pytest.raises(LoadError, match="comes after the Dense head"):
         engine.load(tmp_path / "two.h5", device="cpu")
+
+
+def test_an_unwritten_dataset_is_refused_before_it_is_read(tmp_path):
+    _small_lstm_file(tmp_path / "w.h5")
+    with h5py.File(tmp_path / "w.h5", "a") as f:
+        del f["lstm_1/lstm_1/kernel:0"]
+        f["lstm_1/lstm_1"].create_dataset("kernel:0", shape=(3, 400_000_000), dtype="float32")  # 4.8 GB, never written
+    with pytest.raises(LoadError, match=r"declared \[3, 400000000\] .* holds 0 bytes of it"):
+        engine.load(tmp_path / "w.h5", device="cpu")
+
+
+@pytest.mark.parametrize("config, message", [
+    (b"{not json", "model_config is not valid JSON"),
+    (b'{"class_name": "Sequential", "config": {"layers": 3}}', "lists no layers"),
+    (b'{"class_name": "Sequential", "config": {"layers": [{"class_name": "LSTM", "config": {"name": "lstm_1", '
+     b'"units": 4, "recurrent_activation": "mish"}}]}}', "'mish' is not an activation"),
+    (b'{"class_name": "Sequential", "config": {"layers": [{"class_name": "LSTM", "config": {"name": "lstm_1", '
+     b'"units": 5}}]}}', "says 5 units"),
+    (b'{"class_name": "Sequential", "config": {"layers": [{"class_name": "Sequential", "config": {"name": "inner"}}]}}',
+     "Keras Sequential layer, which SeqScope does not read"),
+], ids=["not-json", "no-layers", "unknown-activation", "wrong-units", "nested-model"])
+def test_a_bad_model_config_is_refused_in_one_sentence(tmp_path, config, message):
+    _small_lstm_file(tmp_path / "w.h5")
+    with h5py.File(tmp_path / "w.h5", "a") as f:
+        f.attrs["model_config"] = config
+    with pytest.raises(LoadError, match=message) as info:
+        engine.load(tmp_path / "w.h5", device="cpu")
+    assert "\n" not in str(info.value)

@@ -380,3 +380,21 @@ def test_a_bad_model_config_is_refused_in_one_sentence(tmp_path, config, message
     with pytest.raises(LoadError, match=message) as info:
         engine.load(tmp_path / "w.h5", device="cpu")
     assert "\n" not in str(info.value)
+
+
+def test_an_activation_layer_after_the_head_is_noted_and_before_it_refused(keras, tmp_path):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None, 5)), L.LSTM(6, return_sequences=True), L.Dense(5),
+                              L.Activation("softmax")])  # Keras 2's lstm_text_generation example, one-hot inputs
+    x = np.random.default_rng(11).standard_normal((1, 9, 5)).astype("float32")
+    _randomize(model, 3)
+    model.save(tmp_path / "m.h5")
+    loaded = engine.load(tmp_path / "m.h5", device="cpu")
+    assert "Activation layer" in loaded.info()["notes"]
+    probs = torch.softmax(torch.from_numpy(np.asarray(engine.run(loaded, x[0])["logits"], dtype=np.float64)), -1)
+    np.testing.assert_allclose(probs.numpy(), np.asarray(model(x).detach())[0], atol=TOL, rtol=TOL)
+    inside = keras.Sequential([keras.Input((None, 5)), L.LSTM(6, return_sequences=True), L.Activation("relu"),
+                               L.Dense(5)])
+    inside.save(tmp_path / "inside.h5")
+    with pytest.raises(LoadError, match="Activation layer before the head"):
+        engine.load(tmp_path / "inside.h5", device="cpu")

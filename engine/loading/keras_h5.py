@@ -206,6 +206,12 @@ class _Reader:
                 if weights:
                     self.fail(f"layer {lname!r} ({cls}) holds weights, which SeqScope does not expect")
                 continue
+            if cls == "Activation" and head is not None and not weights:  # Dense then Activation("softmax")
+                act = (lcfg or {}).get("activation")
+                self.notes.append(f"the Activation layer {lname!r} after the head applies "
+                                  f"{act if isinstance(act, str) else 'a function'}; SeqScope records the logits "
+                                  "before it")
+                continue
             if head is not None:
                 self.fail(f"layer {lname!r} ({cls}) comes after the Dense head; SeqScope reads models that end "
                           "in one Dense layer")
@@ -236,6 +242,9 @@ class _Reader:
                     self.fail(f"layer {lname!r} is a Dense layer before any recurrent layer; SeqScope reads "
                               "Embedding → recurrent layers → one Dense head")
                 head = self._head(lname, lcfg, weights, tensors, cfg)
+            else:  # an Activation before the head: it would change what the next layer reads
+                self.fail(f"layer {lname!r} is a Keras {cls} layer before the head, which SeqScope does not read "
+                          "(an Activation is read only after the Dense head)")
         if not recurrent:
             self.fail("it holds no SimpleRNN, LSTM or GRU layer")
         first = recurrent[0][1]
@@ -274,8 +283,8 @@ class _Reader:
         return tensors, cfg
 
     def _check_class(self, cls: str, lname: str) -> None:
-        if cls not in RECURRENT and cls not in IGNORED and cls not in ("Embedding", "Dense", "Bidirectional",
-                                                                                  "TimeDistributed"):
+        known = ("Embedding", "Dense", "Bidirectional", "Activation", "TimeDistributed")
+        if cls not in RECURRENT and cls not in IGNORED and cls not in known:
             self.fail(f"layer {lname!r} is a Keras {cls} layer, which SeqScope does not read (it reads "
                       "Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
                       "and ignores InputLayer and Dropout)")

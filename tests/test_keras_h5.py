@@ -344,7 +344,8 @@ def test_bidirectional_two_layer_gru_classifier_matches_keras(keras, tmp_path):
 def test_a_time_distributed_dense_head_matches_keras(keras, tmp_path):
     L = keras.layers
     model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(11, 4),
-                              L.SimpleRNN(6, return_sequences=True), L.TimeDistributed(L.Dense(11, activation="softmax"))])
+                              L.SimpleRNN(6, return_sequences=True),
+                              L.TimeDistributed(L.Dense(11, activation="softmax"))])
     loaded = _check(keras, model, _tokens(seed=10), tmp_path)
     assert loaded.config.output_size == 11 and "softmax" in loaded.info()["notes"]
     wrapped = keras.Sequential([keras.Input((None, 2)), L.LSTM(3, return_sequences=True),

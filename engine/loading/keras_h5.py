@@ -371,7 +371,8 @@ class _Reader:
             self.fail(f"layer {lname!r} is a Bidirectional whose weights are not split into forward_… and "
                       "backward_… layers")
         inner = lcfg.get("layer") if isinstance(lcfg.get("layer"), dict) else None
-        cls = str(inner.get("class_name")) if inner else self._guess_class(f"forward half of {lname}", halves["forward"])
+        cls = (str(inner.get("class_name")) if inner
+               else self._guess_class(f"forward half of {lname}", halves["forward"]))
         if cls not in RECURRENT:
             self.fail(f"layer {lname!r} is a Bidirectional around a {cls}; SeqScope reads SimpleRNN, LSTM and GRU")
         inner_cfg = inner.get("config") if inner and isinstance(inner.get("config"), dict) else None

@@ -26,6 +26,8 @@ Supported inputs
   ``.pth``), RWKV-7 (BlinkDL ``.pth``), RecurrentGemma / Griffin (``RecurrentGemmaForCausalLM``), xLSTM
   (``xLSTMForCausalLM``), the ``flash-linear-attention`` folders of GLA, RetNet, HGRN, DeltaNet
   and gated DeltaNet, and LRU in SeqScope's documented layout.
+* **Keras HDF5** files (:mod:`.keras_h5`): ``model.save("m.h5")`` of Keras 1/2/3 and Keras 1/2
+  ``save_weights``, Embedding → SimpleRNN/LSTM/GRU/CuDNN*/Bidirectional → Dense, read with h5py.
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 
@@ -42,7 +44,8 @@ it, and its ``key_map`` names file keys explicitly.
 
 Not supported: layers other than embedding → recurrent stack → one linear head (extra
 tensors are reported, not skipped, under ``strict=True``), layers of different sizes,
-Keras/TensorFlow/JAX files and TorchScript archives.  Every failure is a :class:`LoadError`
+other Keras layers and layouts than those above,
+TensorFlow/JAX files and TorchScript archives.  Every failure is a :class:`LoadError`
 with a message meant for the user.
 
 Bounds
@@ -56,7 +59,8 @@ counts against the tensors present and config values against their types
 
 The package
 -----------
-``reading`` (a file or a folder: which reader), ``torch_files`` and ``safetensors_files`` (one
+``reading`` (a file or a folder: which reader), ``torch_files``, ``safetensors_files``, ``npz_files`` and
+``keras_h5`` (one
 reader per format, each returning the neutral record of ``record``), ``safe_unpickle``,
 ``pickled_torch`` and ``recover`` (torch pickles read without running anything), ``side_files`` (configs and
 vocabularies kept with a model), ``classic_inference`` and ``classic`` (the classic recurrent

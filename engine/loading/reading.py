@@ -11,6 +11,7 @@ from .. import safe_json
 from ..errors import LoadError
 from ..limits import display_name, is_regular_file, open_regular, os_error_text, require_regular, stat_path
 from .record import _CONFIG_KEYS, _Found, _json_kind, _VOCAB_KEYS, TORCH_SUFFIXES
+from .keras_h5 import read_keras_h5 as _read_keras_h5
 from .npz_files import _read_npz, is_npz
 from .safetensors_files import _read_safetensors
 from .torch_files import _read_torch
@@ -37,6 +38,9 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
         found = _read_npz(path)
         own = any(k in found.extras for k in _VOCAB_KEYS)
         found.side = side or (None if own else path.parent)
+    elif kind == "hdf5":
+        found = _read_keras_h5(path)
+        found.side = side or path.parent
     elif kind in ("zip", "pickle"):
         found = _read_torch(path, kind)
         # files beside a .pt are used only when the checkpoint itself carries no vocab/config
@@ -78,8 +82,7 @@ def _sniff(path: Path) -> str:
     if head[:1] == b"\x80" or head.startswith(_LEGACY_MAGIC_TEXT):  # torch.save with pickle_protocol 0 or 1
         return "pickle"
     if head[:4] == b"\x89HDF":
-        raise LoadError(f"{name} is an HDF5 file (Keras weights or a SeqScope trace?), not model weights "
-                        "SeqScope can read: give a PyTorch state dict (.pt/.pth/.bin) or a .safetensors file")
+        return "hdf5"  # Keras weights; a SeqScope trace is refused by the Keras reader
     if head[:4] in _GGML_MAGICS:
         raise LoadError(f"{name} is a {_GGML_MAGICS[head[:4]]} file (the format of llama.cpp / rwkv.cpp), "
                         "which SeqScope does not read: load the PyTorch .pth / .safetensors weights it was "

@@ -193,6 +193,8 @@ def _piece_repr(p: str) -> str:
 
 def describe_model(model) -> str:
     """The text ``seqscope info`` prints."""
+    from .limits import display_name
+
     info = model.info() if hasattr(model, "info") else {}
     cfg = getattr(model, "config", None)
     try:
@@ -227,8 +229,10 @@ def describe_model(model) -> str:
             preview = " ".join(_piece_repr(tok.piece(i)) for i in range(n))
             more = f" … (+{tok.vocab_size - n})" if tok.vocab_size > n else ""
             add("vocabulary", f"{getattr(tok, 'kind', type(tok).__name__)}: {preview}{more}")
+            if info.get("vocabulary"):  # where the loader found it
+                add("", f"(from {display_name(str(info['vocabulary']))})")
         else:
-            add("vocabulary", "none stored: give token ids, not text")
+            add("vocabulary", "none found in the file or beside it: give token ids, not text")
     else:
         add("input", f"numeric: {cfg_dict.get('input_size', '?')} features per step")
     if cfg_dict.get("output_size"):

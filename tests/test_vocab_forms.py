@@ -38,3 +38,17 @@ def test_a_vocabulary_numbered_from_one_under_any_common_name_is_used(tmp_path, 
 def test_ids_from_one_with_a_gap_are_still_refused():
     with pytest.raises(ValueError, match="no gaps"):
         CharVocab.from_any({"a": 1, "b": 3})
+
+
+def test_seqscope_info_says_where_the_vocabulary_came_from_or_that_there_is_none(tmp_path, capsys):
+    from engine.cli import main
+
+    torch.manual_seed(1)
+    state = CharRNN(5).state_dict()
+    torch.save({"model": state, "vocab_mapping": {c: i + 1 for i, c in enumerate("abcd")}}, tmp_path / "m.pt")
+    torch.save(state, tmp_path / "bare.pt")
+    assert main(["info", str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "'<pad>' 'a' 'b' 'c' 'd'" in out and "(from checkpoint entry 'vocab_mapping')" in out
+    assert main(["info", str(tmp_path / "bare.pt")]) == 0
+    assert "vocabulary    none found in the file or beside it: give token ids" in capsys.readouterr().out

@@ -27,8 +27,23 @@ from pathlib import Path
 from .errors import InputError, SeqScopeError
 from .interrupts import Interrupted, raising_signals
 
-COMMANDS = ("info", "trace", "export-lstmvis")
 PROG = "seqscope"
+CORE_COMMANDS = ("info", "trace", "export-lstmvis")
+# Commands defined in modules of their own (one per group of analyses).  Each such module has
+# ``COMMANDS``: {name: (add_parser(subparsers, parser_class), handler(args) -> exit status)}.
+# A module not built yet is skipped.
+COMMAND_MODULES = ("engine.cli_corpus_queries", "engine.cli_dynamics", "engine.cli_probing")
+
+
+def _command_modules():
+    import importlib
+    import importlib.util
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            yield importlib.import_module(name)
+
+
+COMMANDS = CORE_COMMANDS + tuple(name for m in _command_modules() for name in m.COMMANDS)
 
 
 class CLIError(SeqScopeError):
@@ -123,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probes to export (default: every per-layer probe)")
     ex.add_argument("--sequence", metavar="N", type=int, default=None,
                     help="export only sequence N (default: all, concatenated)")
+    for module in _command_modules():
+        for add_parser, _handler in module.COMMANDS.values():
+            add_parser(sub, _Parser)
     return p
 
 
@@ -397,6 +415,7 @@ def cmd_export_lstmvis(args) -> int:
 
 
 HANDLERS = {"info": cmd_info, "trace": cmd_trace, "export-lstmvis": cmd_export_lstmvis}
+HANDLERS.update({name: handler for m in _command_modules() for name, (_add, handler) in m.COMMANDS.items()})
 
 
 # -- entry point ---------------------------------------------------------------------------

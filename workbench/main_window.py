@@ -33,6 +33,14 @@ VIEWS = [
     ("Trajectory", "trajectory", "TrajectoryView"),
     ("Neuron search", "neuron_search", "NeuronSearchView"),
     ("Attention", "attention", "AttentionView"),
+    # the corpus and the deeper analyses (issues 12, 13): each view is a module of its own
+    ("Corpus", "corpus", "CorpusView"),
+    ("Statistics", "unit_stats", "UnitStatsView"),
+    ("Timescales", "timescales", "TimescalesView"),
+    ("Dynamics", "dynamics", "DynamicsView"),
+    ("Linear probe", "linear_probe", "LinearProbeView"),
+    ("Attribution", "attribution", "AttributionView"),
+    ("Compare", "compare", "CompareView"),
 ]
 # The default layout, three columns: the inputs on the left; the heatmap, text and unit traces in
 # the middle; on the right the analysis views as tabs in a column of their own (each gets the
@@ -41,7 +49,8 @@ VIEWS = [
 DEFAULT_SIZE = (1500, 950)
 LEFT_COLUMN = ("Probes", "Input", "Interventions")
 MIDDLE_COLUMN = ("Neuron heatmap", "Text", "Unit traces")
-ANALYSIS_TABS = ("Attention", "Gates", "Trajectory", "Neuron search")  # the first is raised
+ANALYSIS_TABS = ("Attention", "Gates", "Trajectory", "Neuron search", "Corpus", "Statistics", "Timescales",
+                 "Dynamics", "Linear probe", "Attribution", "Compare")  # the first is raised
 COLUMN_WIDTHS = (330, 610, 560)
 MIDDLE_HEIGHTS = (290, 260, 260)
 RIGHT_HEIGHTS = (600, 250)  # the analysis tabs, the outputs table

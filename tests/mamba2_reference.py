@@ -84,8 +84,8 @@ def reference_mamba2(w: dict, ids, n_layer: int, *, n_groups: int, eps=1e-5, dt_
             gz = (y * _silu(z)).reshape(G, di // G)
             gz = gz / np.sqrt((gz ** 2).mean(-1, keepdims=True) + eps)
             gated = site(name("gated"), t, w[m + "norm.weight"] * gz.reshape(di))
-            o = h + w[m + "out_proj.weight"] @ gated + bias("out_proj.bias")
-            outs.append(site(name("out"), t, o))
+            mix = site(name("mixer"), t, w[m + "out_proj.weight"] @ gated + bias("out_proj.bias"))
+            outs.append(site(name("out"), t, h + mix))
         xs = outs
     head = w.get("lm_head.weight", E)
     for t in range(T):

@@ -81,8 +81,9 @@ def reference_mamba(w: dict, ids, n_layer: int, eps=1e-5, overrides=None, state0
             ssm = site(name("state"), t, ssm)
             gate = site(name("gate"), t, _silu(z))
             y = site(name("y"), t, (ssm @ Ct + w[m + "D"] * u) * gate)
-            o = h + w[m + "out_proj.weight"] @ y + (g("out_proj.bias") if g("out_proj.bias") is not None else 0)
-            outs.append(site(name("out"), t, o))
+            mix = w[m + "out_proj.weight"] @ y + (g("out_proj.bias") if g("out_proj.bias") is not None else 0)
+            mix = site(name("mixer"), t, mix)
+            outs.append(site(name("out"), t, h + mix))
         xs = outs
     head = w.get("lm_head.weight", E)
     for t in range(T):

@@ -184,11 +184,14 @@ class EditPlan:
         return sorted({int(s) for edits in sites.values() for e in edits for s in e.steps})
 
 
-def bind_layerwise(model, interventions, lengths, sources=None, not_editable: dict | None = None) -> EditPlan:
+def bind_layerwise(model, interventions, lengths, sources=None, not_editable: dict | None = None,
+                   aliases: dict | None = None) -> EditPlan:
     """Bind interventions for a model whose layers run in one direction: each one is checked
     against the probe table and the batch.  ``not_editable`` maps a site to the reason it cannot
-    be edited (e.g. an ``attn`` computed after the run).  A patch source shaped like a probe
-    with several axes per token (``[tokens, units, state]``) is flattened to match."""
+    be edited (e.g. an ``attn`` computed after the run).  ``aliases`` maps a site to the site
+    whose value it names (RWKV's ``mixer`` is its ``att``): an edit of either is one edit of
+    that value, in the order given.  A patch source shaped like a probe with several axes per
+    token (``[tokens, units, state]``) is flattened to match."""
     specs = {s.name: s for s in model.probe_specs()}
     plan = EditPlan()
     for n, iv in enumerate(interventions):
@@ -208,7 +211,8 @@ def bind_layerwise(model, interventions, lengths, sources=None, not_editable: di
         if spec.layer is None:
             plan.whole.setdefault(iv.probe, []).append(bound)
         else:
-            plan.layer.setdefault((spec.layer, 0), {}).setdefault(spec.site, []).append(bound)
+            site = (aliases or {}).get(spec.site, spec.site)
+            plan.layer.setdefault((spec.layer, 0), {}).setdefault(site, []).append(bound)
     return plan
 
 

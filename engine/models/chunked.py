@@ -6,6 +6,9 @@ A subclass of :class:`ChunkedLayerModel` writes only what is its own:
 ``SITES``             the probe sites of a layer, in display order (``"out"`` is the residual
                       stream the next layer reads; ``"attn"``, when present, is computed after
                       the layer has run, from the sites in ``ATTENTION_NEEDS``)
+``SITE_ALIASES``      site -> the site whose value it names (the same array, the same edits):
+                      the names every family shares, ``mixer`` and ``mlp``, where a family had
+                      its own name first (RWKV's ``att`` and ``ffn``); see ``engine.probes``
 ``_embed_tokens(x)``  token ids [T, B] -> the input of layer 0 [T, B, d]
 ``_site_shapes()``    site -> per-token shape, for the arrays a layer run fills
 ``initial_state(B)``  a layer's state before step 0: a tuple of tensors
@@ -45,6 +48,8 @@ class ChunkedLayerModel(SequenceModel):
     ATTENTION_NEEDS: frozenset = frozenset()
     #: site -> why it cannot take an intervention
     NOT_EDITABLE: dict = {}
+    #: site -> the site whose value it is under another name (recorded and edited as that one)
+    SITE_ALIASES: dict = {}
 
     # -- what a subclass provides -------------------------------------------------------
     def _embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +115,8 @@ class ChunkedLayerModel(SequenceModel):
         return list(self._specs)
 
     def bind(self, interventions, lengths, sources: dict | None = None) -> EditPlan:
-        return bind_layerwise(self, interventions, lengths, sources, not_editable=self.NOT_EDITABLE)
+        return bind_layerwise(self, interventions, lengths, sources, not_editable=self.NOT_EDITABLE,
+                              aliases=self.SITE_ALIASES)
 
     def layer_output_probe(self, layer: int) -> str:
         return layer_probe(layer, "out")
@@ -148,7 +154,8 @@ class ChunkedLayerModel(SequenceModel):
         for k in range(L):
             name_out = layer_probe(k, "out")
             want_sites = {s for s in self.sites if layer_probe(k, s) in want}
-            record = want_sites - {"attn"}
+            aliased = {s: self.SITE_ALIASES[s] for s in want_sites if s in self.SITE_ALIASES}
+            record = {self.SITE_ALIASES.get(s, s) for s in want_sites - {"attn"}}
             if "attn" in want_sites:
                 record |= self._attention_needs(k)
             s = starts[k]
@@ -164,6 +171,8 @@ class ChunkedLayerModel(SequenceModel):
             below, below_from, below_name = recs["out"], s, name_out
             for site in record:
                 out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
+            for site, same in aliased.items():  # one array under both names
+                out[layer_probe(k, site)] = out[layer_probe(k, same)]
             if "attn" in want_sites:
                 out[layer_probe(k, "attn")] = self._attention(k, out, old, s, T, B)
         if "logits" in want:

@@ -10,7 +10,7 @@ The model (Gu & Dao 2023; the layout of ``transformers``' ``MambaForCausalLM``):
               dt = softplus(dt_proj(dt_low))      [d_inner]
               s_t = exp(dt A) s_(t-1) + dt B u    [d_inner, d_state] per token, A = -exp(A_log)
               y = (C . s_t + D u) * silu(z)
-              x = x + out_proj(y)
+              x = x + out_proj(y)                 out_proj(y): probe "mixer"; x after: "out"
     logits = lm_head(norm_f(x))
 
 Canonical weight names are those of ``MambaForCausalLM`` (``backbone.layers.{i}.mixer.*``);
@@ -22,7 +22,7 @@ Everything in a layer except the state ``s`` is computed per token from the laye
 which is known in full once the layers below have run.  So the layer is taken chunk by chunk
 (chunks aligned to multiples of ``chunk``, as ``engine.run`` requires): in one chunk every
 per-token quantity comes from batched matmuls over the chunk's rows (interventions on ``in``,
-``conv``, ``dt``, ``B``, ``C``, ``y``, ``out`` are applied to the whole chunk at once, each
+``conv``, ``dt``, ``B``, ``C``, ``y``, ``mixer``, ``out`` are applied to the whole chunk at once, each
 before the quantities computed from it), and only the scan loops over time.  The scan takes
 ``exp(dt A)`` for ``SUB`` steps at a time in one vectorised call into a buffer that stays in
 cache, then either a compiled ``numba`` loop (the CPU fast path, about twice the torch loop;
@@ -53,7 +53,7 @@ from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .family import run_parallel_numba
 
-SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "out", "attn")
+SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "mixer", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)
 SUB = 64
 
@@ -213,7 +213,9 @@ class MambaModel(ScannedFamilyModel):
                                "(interventions index it flattened: unit = channel*d_state + state)"),
             "gate": (di, "output gate silu(z), z the second half of in_proj(norm(input))"),
             "y": (di, "scan output with skip and gate: (C.s_t + D u_t) * silu(z_t), before out_proj"),
-            "out": (d, "residual stream after the block: input + out_proj(y)"),
+            "mixer": (d, "mixer output out_proj(y), before the residual add (out = input + mixer): where "
+                         "nnsight-style steering and patching edit the block"),
+            "out": (d, "residual stream after the block: input + mixer (input + out_proj(y))"),
             "attn": (c1 - c0, f"implicit attention mean_c |alpha_ij| over channels, alpha_ij = "
                               f"C_i.(prod_(k=j+1..i) exp(dt_k A)).dt_j B_j; rows {r0}..{r1 - 1}, column m is key "
                               f"step {c0}+m; 0 where j > i, NaN in rows outside the window"),
@@ -246,7 +248,7 @@ class MambaModel(ScannedFamilyModel):
         cfg = self.config
         return {"in": (cfg.d_inner,), "conv": (cfg.d_inner,), "dt": (cfg.d_inner,), "B": (cfg.d_state,),
                 "C": (cfg.d_state,), "state": (cfg.d_inner, cfg.d_state), "gate": (cfg.d_inner,),
-                "y": (cfg.d_inner,), "out": (cfg.d_model,)}
+                "y": (cfg.d_inner,), "mixer": (cfg.d_model,), "out": (cfg.d_model,)}
 
     def _layer_chunk_into(self, k, h, a, state, edits, record, dest):
         """A chunk of layer ``k``; the scan writes the ``state`` probe straight into the
@@ -321,8 +323,9 @@ class MambaModel(ScannedFamilyModel):
                 o = t + 1
         gate = edit("gate", F.silu(z))
         y = edit("y", (ys + u * lay.D) * gate)
-        out = edit("out", h + F.linear(y, lay.out_w, lay.out_b))
-        vals = {"in": xi, "conv": u, "dt": dt, "B": Bm, "C": Cm, "gate": gate, "y": y, "out": out}
+        mixer = edit("mixer", F.linear(y, lay.out_w, lay.out_b))
+        out = edit("out", h + mixer)
+        vals = {"in": xi, "conv": u, "dt": dt, "B": Bm, "C": Cm, "gate": gate, "y": y, "mixer": mixer, "out": out}
         if states is not None:
             vals["state"] = states
         return vals, ssm, new_buf

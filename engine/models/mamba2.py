@@ -11,7 +11,7 @@ The model (d_inner = H heads x P head_dim, G groups of B/C, N state size, K conv
               S_t = exp(dt_t A_h) S_(t-1) + dt_t x_t B_t^T   per head [P, N], A_h = -exp(A_log_h)
               y = S_t C_t + D_h x_t                     (head h reads B, C of group h // (H/G))
               g = rmsnorm_G(y * silu(z)) * norm.weight  RMSNorm over each of the G groups of d_inner
-              x = x + out_proj(g)
+              x = x + out_proj(g)                 out_proj(g): probe "mixer"; x after: "out"
     logits = lm_head(norm_f(x))
 
 Canonical weight names are those of ``Mamba2ForCausalLM``: ``backbone.embeddings.weight``,
@@ -30,8 +30,8 @@ Probe sites of layer i (``layers.{i}.<site>``)
 ``in`` (n, d_model), ``z`` (gate before silu, d_inner), ``x`` / ``B`` / ``C`` (after the conv and
 silu; B and C are [G * N], group-major), ``dt`` (per head), ``state`` (S_t after step t as
 [d_inner, N]: channel c = h * P + p is row p of head h's state), ``y`` (scan output with the D
-skip, before the gated norm), ``gated`` (out_proj's input), ``out`` (the residual stream) and
-``attn``, the implicit attention of the SSD form:
+skip, before the gated norm), ``gated`` (out_proj's input), ``mixer`` (out_proj(gated), before
+the residual add), ``out`` (the residual stream after it) and ``attn``, the implicit attention of the SSD form:
 
     y_i = sum_(j <= i) alpha_ij^h x_j + D_h x_i,   alpha_ij^h = (C_i . B_j) exp(A_h (dt_(j+1) + ... + dt_i)) dt_j
 
@@ -68,7 +68,7 @@ from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check
 from .mamba import MambaModel
 from .mamba import _canonical_names  # file keys -> backbone.* names, found by the A_log keys
 
-SITES = ("in", "z", "x", "B", "C", "dt", "state", "y", "gated", "out", "attn")
+SITES = ("in", "z", "x", "B", "C", "dt", "state", "y", "gated", "mixer", "out", "attn")
 #: steps per SSD block (the L x L products inside a chunk)
 BLOCK = 64
 #: steps per stretch when every step's state is formed (the ``state`` probe)
@@ -214,7 +214,8 @@ class Mamba2Model(FamilyModel):
                                f"of head h (interventions index it flattened: unit = channel*{N} + state)"),
             "y": (di, "scan output S_t C_t + D_h x_t, before the gated norm"),
             "gated": (di, f"gated RMSNorm rmsnorm(y * silu(z)) * weight over {G} group(s): out_proj's input"),
-            "out": (d, "residual stream after the block: input + out_proj(gated)"),
+            "mixer": (d, "mixer output out_proj(gated), before the residual add (out = input + mixer)"),
+            "out": (d, "residual stream after the block: input + mixer (input + out_proj(gated))"),
             "attn": (c1 - c0, f"implicit attention mean_h |alpha_ij^h| over the {H} heads, alpha_ij^h = (C_i . B_j) "
                               f"exp(A_h (dt_(j+1) + ... + dt_i)) dt_j (y_i = sum_j alpha_ij^h x_j + D_h x_i); rows "
                               f"{r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in rows outside the "
@@ -245,7 +246,8 @@ class Mamba2Model(FamilyModel):
         cfg = self.config
         di, GN = cfg.d_inner, cfg.n_groups * cfg.d_state
         return {"in": (cfg.d_model,), "z": (di,), "x": (di,), "B": (GN,), "C": (GN,), "dt": (cfg.n_heads,),
-                "state": (di, cfg.d_state), "y": (di,), "gated": (di,), "out": (cfg.d_model,)}
+                "state": (di, cfg.d_state), "y": (di,), "gated": (di,), "mixer": (cfg.d_model,),
+                "out": (cfg.d_model,)}
 
     def _layer_chunk(self, k, h, a, state, edits, record):
         """Steps ``a..a+n-1`` of layer ``k``: every per-token quantity at once, then the scan."""
@@ -277,8 +279,10 @@ class Mamba2Model(FamilyModel):
         ys, S, states = self._scan(lay.A, xh.to(sd), dt.to(sd), Bg, Cg, S, a, edits.get("state", ()), "state" in record)
         y = edit("y", (ys.to(x.dtype) + xh * lay.D[:, None]).reshape(n, nb, di))
         gated = edit("gated", self._gated_norm(y, z, lay.gate_norm_w))
-        out = edit("out", h + F.linear(gated, lay.out_w, lay.out_b))
-        vals = {"in": inp, "z": z, "x": x, "B": Bm, "C": Cm, "dt": dt, "y": y, "gated": gated, "out": out}
+        mixer = edit("mixer", F.linear(gated, lay.out_w, lay.out_b))
+        out = edit("out", h + mixer)
+        vals = {"in": inp, "z": z, "x": x, "B": Bm, "C": Cm, "dt": dt, "y": y, "gated": gated, "mixer": mixer,
+                "out": out}
         if states is not None:
             vals["state"] = states.reshape(n, nb, di, N)
         return vals, (S, new_buf)

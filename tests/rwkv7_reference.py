@@ -144,7 +144,7 @@ def reference_rwkv7(w: dict, ids, overrides=None, state0=None, start_layer_input
                 y[sl] = y[sl] * w[at + "ln_x.weight"][sl] + w[at + "ln_x.bias"][sl]
                 y[sl] += (r[sl] * key[sl] * w[at + "r_k"][hd]).sum() * v[sl]
             att = site(name("att"), t, w[at + "output.weight"] @ (y * g))
-            h2 = h + att
+            h2 = site(name("mid"), t, h + att)
             f = site(name("ffn_in"), t, _ln(h2, w[p + "ln2.weight"], w[p + "ln2.bias"]))
             fx = f + (f_prev - f) * w[ff + "x_k"].reshape(-1)
             fk = site(name("ffn_k"), t, np.maximum(w[ff + "key.weight"] @ fx, 0) ** 2)
@@ -154,4 +154,6 @@ def reference_rwkv7(w: dict, ids, overrides=None, state0=None, start_layer_input
         xs = outs
     for t in range(T):
         site("logits", t, w["head.weight"] @ _ln(xs[t], w["ln_out.weight"], w["ln_out.bias"]))
+    for k in range(n_layer):  # the shared names of att and ffn: the same values
+        rec[f"layers.{k}.mixer"], rec[f"layers.{k}.mlp"] = rec[f"layers.{k}.att"], rec[f"layers.{k}.ffn"]
     return {k: np.stack(v) for k, v in rec.items()}

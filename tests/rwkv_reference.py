@@ -79,7 +79,7 @@ def reference_rwkv(w: dict, ids, n_layer: int, eps=1e-5, overrides=None, state0=
             s = site(name("state"), t, np.stack([N * np.exp(-m), D * np.exp(-m), m], -1))
             N, D, m = s[:, 0] * np.exp(s[:, 2]), s[:, 1] * np.exp(s[:, 2]), s[:, 2].copy()
             att = site(name("att"), t, w[at + "output.weight"] @ (r * wkv))
-            x2 = x + att
+            x2 = site(name("mid"), t, x + att)
             f = site(name("ffn_in"), t, _ln(x2, w[p + "ln2.weight"], w[p + "ln2.bias"], eps))
             fk = site(name("ffn_k"), t, np.maximum(w[ff + "key.weight"] @ (f * fmk + f_prev * (1 - fmk)), 0) ** 2)
             fr = site(name("ffn_r"), t, _sigmoid(w[ff + "receptance.weight"] @ (f * fmr + f_prev * (1 - fmr))))
@@ -91,4 +91,6 @@ def reference_rwkv(w: dict, ids, n_layer: int, eps=1e-5, overrides=None, state0=
     for t in range(T):
         hf = _ln(xs[t], w["rwkv.ln_out.weight"], w["rwkv.ln_out.bias"], 1e-5)
         site("logits", t, head @ hf)
+    for k in range(n_layer):  # the shared names of att and ffn: the same values
+        rec[f"layers.{k}.mixer"], rec[f"layers.{k}.mlp"] = rec[f"layers.{k}.att"], rec[f"layers.{k}.ffn"]
     return {k: np.stack(v) for k, v in rec.items()}

@@ -31,7 +31,8 @@ Probe sites of layer i (``layers.{i}.<site>``)
 silu; B and C are [G * N], group-major), ``dt`` (per head), ``state`` (S_t after step t as
 [d_inner, N]: channel c = h * P + p is row p of head h's state), ``y`` (scan output with the D
 skip, before the gated norm), ``gated`` (out_proj's input), ``mixer`` (out_proj(gated), before
-the residual add), ``out`` (the residual stream after it) and ``attn``, the implicit attention of the SSD form:
+the residual add), ``out`` (the residual stream after it) and ``attn``, the implicit attention
+of the SSD form:
 
     y_i = sum_(j <= i) alpha_ij^h x_j + D_h x_i,   alpha_ij^h = (C_i . B_j) exp(A_h (dt_(j+1) + ... + dt_i)) dt_j
 

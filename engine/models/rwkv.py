@@ -10,7 +10,7 @@ The model (H hidden width, A attention width, F feed-forward width)::
               v_t  = W_v (mu_v a_t + (1 - mu_v) a_(t-1))        (a_(-1) = 0: the token shift)
               wkv_t = (N_(t-1) + e^(u + k_t) v_t) / (D_(t-1) + e^(u + k_t))
               N_t = e^w N_(t-1) + e^(k_t) v_t,  D_t = e^w D_(t-1) + e^(k_t)      per channel
-              x'_t = x_t + W_o (r_t * wkv_t)
+              x'_t = x_t + W_o (r_t * wkv_t)                   W_o (r_t * wkv_t): "att" (= "mixer"); x'_t: "mid"
               f_t  = ln2(x'_t)                                  channel mixing (feed-forward)
               out_t = x'_t + sigmoid(W_r' (mu_r' f_t + (1 - mu_r') f_(t-1)))
                              * W_v' relu(W_k' (mu_k' f_t + (1 - mu_k') f_(t-1)))^2     (f_(-1) = 0)
@@ -67,7 +67,10 @@ from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .family import run_parallel_numba
 
-SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "ffn_in", "ffn_k", "ffn_r", "ffn", "out", "attn")
+SITES = ("att_in", "r", "k", "v", "w", "u", "state", "wkv", "att", "mixer", "mid", "ffn_in", "ffn_k", "ffn_r", "ffn",
+         "mlp", "out", "attn")
+#: the names every family shares for RWKV's own (see engine.probes.RESIDUAL_SITES)
+SITE_ALIASES = {"mixer": "att", "mlp": "ffn"}
 #: the state's components, in the order of the ``state`` probe's last axis
 STATE_PARTS = ("num", "den", "max")
 #: the running max of an empty state (as ``transformers``): e^(max - anything finite) is 0
@@ -164,6 +167,7 @@ class RwkvModel(ScannedFamilyModel):
 
     architecture = "rwkv"
     SITES = SITES
+    SITE_ALIASES = SITE_ALIASES
     ATTENTION_NEEDS = frozenset({"k", "w", "u", "state"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
@@ -219,12 +223,18 @@ class RwkvModel(ScannedFamilyModel):
                               "index it flattened: unit = channel*3 + part; zero num and den to empty a channel)"),
             "wkv": (A, "wkv_t = (N_(t-1) + e^(u + k_t) v_t) / (D_(t-1) + e^(u + k_t)): the time-mixing "
                        "recurrence's output, a weighted mean of past and current values"),
-            "att": (H, "time-mixing output W_o (r_t * wkv_t), added to the residual stream"),
+            "att": (H, "time-mixing output W_o (r_t * wkv_t), before its residual add (mid = x_t + att_t)"),
+            "mixer": (H, "the mixer output, before the residual add: another name of att (the same values, the "
+                         "same edits), shared with the other families"),
+            "mid": (H, "residual stream after the time-mixing add, x_t + att_t (x_t after pre_ln in layer 0): "
+                       "the channel-mixing block's input"),
             "ffn_in": (H, "f_t = ln2(x_t + att_t): the channel-mixing input (and, at step t+1, its token-shift input)"),
             "ffn_k": (Fd, "channel-mixing hidden activation relu(W_k' (mu_k' f_t + (1 - mu_k') f_(t-1)))^2"),
             "ffn_r": (H, "channel-mixing receptance sigmoid(W_r' (mu_r' f_t + (1 - mu_r') f_(t-1)))"),
-            "ffn": (H, "channel-mixing output ffn_r * W_v' ffn_k, added to the residual stream"),
-            "out": (H, "residual stream after the block: x_t + att_t + ffn_t"),
+            "ffn": (H, "channel-mixing output ffn_r * W_v' ffn_k, before its residual add (out = mid + ffn)"),
+            "mlp": (H, "the feed-forward output, before the residual add: another name of ffn (the same values, "
+                       "the same edits), shared with the other families"),
+            "out": (H, "residual stream after the block: mid + ffn_t = x_t + att_t + ffn_t"),
             "attn": (c1 - c0, f"implicit attention mean_c alpha_ij over channels, alpha_ij = e^(w_(j+1)+...+w_(i-1) "
                               f"+ k_j) / Z_i for j < i and e^(u_i + k_i) / Z_i for j = i, Z_i = D_(i-1) + e^(u_i + k_i) "
                               f"(so wkv_i = sum_j alpha_ij v_j and each channel's row sums to 1); rows {r0}..{r1 - 1}, "
@@ -261,8 +271,8 @@ class RwkvModel(ScannedFamilyModel):
         cfg = self.config
         H, A = cfg.d_model, cfg.d_att
         return {"att_in": (H,), "r": (A,), "k": (A,), "v": (A,), "w": (A,), "u": (A,), "state": (A, 3),
-                "wkv": (A,), "att": (H,), "ffn_in": (H,), "ffn_k": (cfg.d_ffn,), "ffn_r": (H,), "ffn": (H,),
-                "out": (H,)}
+                "wkv": (A,), "att": (H,), "mid": (H,), "ffn_in": (H,), "ffn_k": (cfg.d_ffn,), "ffn_r": (H,),
+                "ffn": (H,), "out": (H,)}
 
     def _layer_chunk(self, k: int, h, a: int, state, edits, record):
         """Steps ``a..a+n-1`` of layer ``k``: every per-token quantity at once, then the recurrence."""
@@ -324,14 +334,14 @@ class RwkvModel(ScannedFamilyModel):
             o = t + 1
         wkv = edit("wkv", wkv.to(h.dtype))
         att = edit("att", F.linear(rec * wkv, lay.Wo))
-        h2 = h + att
+        h2 = edit("mid", h + att)
         ffn_in = edit("ffn_in", self._ln(h2, lay.ln2))
         prev = torch.cat([f_prev[None], ffn_in[:-1]])
         fk = edit("ffn_k", torch.square(torch.relu(F.linear(ffn_in * lay.fmix_k + prev * (1 - lay.fmix_k), lay.Fk))))
         fr = edit("ffn_r", torch.sigmoid(F.linear(ffn_in * lay.fmix_r + prev * (1 - lay.fmix_r), lay.Fr)))
         ffn = edit("ffn", fr * F.linear(fk, lay.Fv))
         out = edit("out", h2 + ffn)
-        vals.update({"wkv": wkv, "att": att, "ffn_in": ffn_in, "ffn_k": fk, "ffn_r": fr, "ffn": ffn, "out": out})
+        vals.update({"wkv": wkv, "att": att, "mid": h2, "ffn_in": ffn_in, "ffn_k": fk, "ffn_r": fr, "ffn": ffn, "out": out})
         if states is not None:
             vals["state"] = states
         return vals, (S, att_in[-1].clone(), ffn_in[-1].clone())

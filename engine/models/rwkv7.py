@@ -18,7 +18,7 @@ The model (C channels in H heads of N, so C = H N; F feed-forward width)::
               S_t = S_(t-1) (diag(w_t) - kk_t^T (kk_t * a_t)) + v_t^T k_t
               o_t = S_t r_t
               y_t = ln_x(o_t) + (sum_head r_t * k_t * r_k) v_t     ln_x: GroupNorm(H), eps 64e-5
-              h'_t = h_t + W_o (y_t * g_t)
+              h'_t = h_t + W_o (y_t * g_t)                     W_o (y_t * g_t): "att" (= "mixer"); h'_t: "mid"
               f_t = ln2(h'_t)                                   channel mixing
               out_t = h'_t + W_v' relu(W_k' (f_t + (f_(t-1) - f_t) x_k'))^2
     logits = head(ln_out(out of the last layer))
@@ -77,7 +77,10 @@ from ..probes import ProbeSpec, layer_probe
 from .family import (FamilyConfig, FamilyModel, build_model, check_loaded_weights, config_from_fields, probe_table,
                      unused_note)
 
-SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "ffn_in", "ffn_k", "ffn", "out", "attn")
+SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "mixer", "mid", "ffn_in", "ffn_k", "ffn",
+         "mlp", "out", "attn")
+#: the names every family shares for RWKV's own (see engine.probes.RESIDUAL_SITES)
+SITE_ALIASES = {"mixer": "att", "mlp": "ffn"}
 #: steps per piece of the chunked recurrence
 SUB = 16
 #: the largest spread of summed log decays inside a piece: factors e^(+-30) keep float32 far
@@ -185,6 +188,7 @@ class Rwkv7Model(FamilyModel):
 
     architecture = "rwkv7"
     SITES = SITES
+    SITE_ALIASES = SITE_ALIASES
     ATTENTION_NEEDS = frozenset({"r", "w", "k", "kk", "a"})
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
@@ -234,12 +238,18 @@ class Rwkv7Model(FamilyModel):
                                  "kk_t^T (kk_t a_t)) + v_t^T k_t (interventions index it flattened: unit = "
                                  "(head*N + value)*N + key)"),
             "o": (C, "recurrence output o_t = S_t r_t per head, before the ln_x GroupNorm"),
-            "att": (C, "time-mixing output W_o ((ln_x(o_t) + (sum_head r k r_k) v_t) g_t), added to the residual "
-                       "stream"),
+            "att": (C, "time-mixing output W_o ((ln_x(o_t) + (sum_head r k r_k) v_t) g_t), before its residual "
+                       "add (mid = h_t + att_t)"),
+            "mixer": (C, "the mixer output, before the residual add: another name of att (the same values, the "
+                         "same edits), shared with the other families"),
+            "mid": (C, "residual stream after the time-mixing add, h_t + att_t (h_t after ln0 in layer 0): the "
+                       "channel-mixing block's input"),
             "ffn_in": (C, "f_t = ln2(h_t + att_t): the channel-mixing input (and its token-shift input)"),
             "ffn_k": (cfg.d_ffn, "channel-mixing hidden activation relu(W_k' (f_t + (f_(t-1) - f_t) x_k'))^2"),
-            "ffn": (C, "channel-mixing output W_v' ffn_k, added to the residual stream"),
-            "out": (C, "residual stream after the block: h_t + att_t + ffn_t"),
+            "ffn": (C, "channel-mixing output W_v' ffn_k, before its residual add (out = mid + ffn)"),
+            "mlp": (C, "the feed-forward output, before the residual add: another name of ffn (the same values, "
+                       "the same edits), shared with the other families"),
+            "out": (C, "residual stream after the block: mid + ffn_t = h_t + att_t + ffn_t"),
             "attn": (c1 - c0, f"implicit attention mean over heads of |alpha_ij|, alpha_ij = k_j A_(j+1)...A_i "
                               f"r_i^T with A_t = diag(w_t) - kk_t^T (kk_t a_t) (so o_i = sum_j alpha_ij v_j per "
                               f"head); rows {r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in "
@@ -284,7 +294,7 @@ class Rwkv7Model(FamilyModel):
     def _site_shapes(self):
         cfg = self.config
         C = cfg.d_model
-        shapes = {s: (C,) for s in SITES if s != "attn"}
+        shapes = {s: (C,) for s in SITES if s != "attn" and s not in SITE_ALIASES}
         shapes["state"] = (cfg.n_head, cfg.head_size, cfg.head_size)
         shapes["ffn_k"] = (cfg.d_ffn,)
         return shapes
@@ -343,14 +353,14 @@ class Rwkv7Model(FamilyModel):
         bonus = (r * key * lay.r_k).view(n, B, H, N).sum(-1, keepdim=True)
         y = y + (bonus * v.view(n, B, H, N)).view(n, B, H * N)
         att = edit("att", F.linear(y * g, lay.Wo))
-        h2 = h + att
+        h2 = edit("mid", h + att)
         f = edit("ffn_in", self._ln(h2, lay.ln2))
         fshift = torch.cat([f_prev[None], f[:-1]]) - f
         fk = edit("ffn_k", torch.square(torch.relu(F.linear(f + fshift * lay.ffn_mix, lay.Fk))))
         ffn = edit("ffn", F.linear(fk, lay.Fv))
         out = edit("out", h2 + ffn)
         vals = {"in": x, "r": r, "w": w, "k": key, "kk": kk, "a": iclr, "v": v, "g": g, "o": o, "att": att,
-                "ffn_in": f, "ffn_k": fk, "ffn": ffn, "out": out}
+                "mid": h2, "ffn_in": f, "ffn_k": fk, "ffn": ffn, "out": out}
         if states is not None:
             vals["state"] = states.permute(2, 0, 1, 3, 4)
         return vals, (S, x[-1].clone(), f[-1].clone())

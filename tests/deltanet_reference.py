@@ -217,7 +217,8 @@ def reference_deltanet(w: dict, cfg: dict, ids, overrides=None, state0=None, sta
                 gate = site(name("g"), t, _silu(w[a + "g_proj.weight"] @ n))
                 y = y * gate
             y = site(name("y"), t, y)
-            mid = site(name("mid"), t, x + w[a + "o_proj.weight"] @ y)
+            mix = site(name("mixer"), t, w[a + "o_proj.weight"] @ y)
+            mid = site(name("mid"), t, x + mix)
             m = _rms(mid, w[p + "mlp_norm.weight"], eps)
             mlp = w[p + "mlp.down_proj.weight"] @ (_silu(w[p + "mlp.gate_proj.weight"] @ m) * (w[p + "mlp.up_proj.weight"] @ m))
             mlp = site(name("mlp"), t, mlp)

@@ -131,7 +131,7 @@ def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_
                 g = site(pre + "g", t, w[a + "g_proj.weight"] @ u)
                 y = y * _silu(g)
             mixer = site(pre + "mixer", t, w[a + "o_proj.weight"] @ y)
-            x2 = x + mixer
+            x2 = site(pre + "mid", t, x + mixer)
             n = _rms(x2, w[p + "mlp_norm.weight"], eps)
             mlp = w[p + "mlp.down_proj.weight"] @ (_silu(w[p + "mlp.gate_proj.weight"] @ n) * (w[p + "mlp.up_proj.weight"] @ n))
             mlp = site(pre + "mlp", t, mlp)

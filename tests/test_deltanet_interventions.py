@@ -18,7 +18,7 @@ def ids(T, seed=0, vocab=29):
     return np.random.default_rng(seed).integers(0, vocab, T)
 
 
-EDITABLE = ["in", "q", "k", "v", "beta", "state", "o", "g", "y", "mid", "mlp", "out"]
+EDITABLE = ["in", "q", "k", "v", "beta", "state", "o", "g", "y", "mixer", "mid", "mlp", "out"]
 
 
 @pytest.mark.parametrize("chunk,t", [(16, 27), (128, 100)])  # inside a chunk; inside its second sub-chunk

@@ -56,7 +56,7 @@ def test_every_probe_matches_the_float64_reference(case, dtype):
     tr = engine.run(model, xs, chunk=chunk)
     w = float64_weights(sd)
     tol = 1e-10 if dtype == torch.float64 else 2e-4
-    expected_sites = {"in", "q", "k", "v", "state", "o", "mixer", "mlp", "out"} | (
+    expected_sites = {"in", "q", "k", "v", "state", "o", "mixer", "mid", "mlp", "out"} | (
         {"gate"} if family == "gla" else set()) | ({"g"} if kw.get("use_output_gate", True) else set())
     for s, x in enumerate(xs):
         ref = reference_lm(w, cfg, x)

@@ -40,8 +40,8 @@ config: softmax attention in some layers) are refused.
 Probe sites of layer i: ``in`` (n), ``q``, ``k`` (after activation and normalisation, without
 the 1/sqrt(d_k) scale), ``v``, ``beta``, ``decay`` (gated), ``state`` (S_t per value head
 [HV, d_k, d_v], recorded only when asked for), ``o`` (the delta-rule readout), ``g`` (silu of
-the gate, with use_gate), ``y`` (what o_proj reads), ``mid`` (the residual stream after the
-mixer), ``mlp`` (the MLP's output), ``out`` (the residual stream after the block) and ``attn``:
+the gate, with use_gate), ``y`` (what o_proj reads), ``mixer`` (o_proj(y), before the residual
+add), ``mid`` (the residual stream after the mixer's add), ``mlp`` (the MLP's output), ``out`` (the residual stream after the block) and ``attn``:
 the implicit attention ``o_i = sum_j alpha_ij v_j`` with, per value head,
 
     alpha_ij = beta_j k_j^T a_(j+1) (I - beta_(j+1) k_(j+1) k_(j+1)^T) ... a_i (I - beta_i k_i k_i^T) q_i / sqrt(d_k)
@@ -323,7 +323,7 @@ class DeltaNetModel(FamilyModel):
     def sites(self) -> tuple[str, ...]:
         decay = ("decay",) if self.config.gated else ()
         gate = ("g",) if self.config.use_gate else ()
-        return ("in", "q", "k", "v", "beta") + decay + ("state", "o") + gate + ("y", "mid", "mlp", "out", "attn")
+        return ("in", "q", "k", "v", "beta") + decay + ("state", "o") + gate + ("y", "mixer", "mid", "mlp", "out", "attn")
 
     @property
     def ATTENTION_NEEDS(self) -> frozenset:  # noqa: N802 - the attribute ChunkedLayerModel reads
@@ -334,8 +334,8 @@ class DeltaNetModel(FamilyModel):
         HV = cfg.num_v_heads
         return {"in": (cfg.d_model,), "q": (cfg.key_dim,), "k": (cfg.key_dim,), "v": (cfg.value_dim,),
                 "beta": (HV,), "decay": (HV,), "state": (HV, cfg.head_k, cfg.head_v),
-                "o": (cfg.value_dim,), "g": (cfg.value_dim,), "y": (cfg.value_dim,), "mid": (cfg.d_model,),
-                "mlp": (cfg.d_model,), "out": (cfg.d_model,)}
+                "o": (cfg.value_dim,), "g": (cfg.value_dim,), "y": (cfg.value_dim,), "mixer": (cfg.d_model,),
+                "mid": (cfg.d_model,), "mlp": (cfg.d_model,), "out": (cfg.d_model,)}
 
     def _build_specs(self) -> list[ProbeSpec]:
         cfg = self.config
@@ -360,8 +360,9 @@ class DeltaNetModel(FamilyModel):
             "g": "output gate silu(W_g in), multiplies the normalised readout",
             "y": "rmsnorm of each head's readout (o_norm)" + (" times the gate" if cfg.use_gate else "")
                  + ": the input of o_proj",
-            "mid": "residual stream after the mixer: x + o_proj(y)",
-            "mlp": "swiglu MLP output down(silu(gate(m)) * up(m)), m = rmsnorm(mid)",
+            "mixer": "mixer output o_proj(y), before the residual add (mid = x + mixer)",
+            "mid": "residual stream after the mixer's add: x + mixer (x + o_proj(y)), the MLP block's input",
+            "mlp": "swiglu MLP output down(silu(gate(m)) * up(m)), m = rmsnorm(mid), before the residual add",
             "out": "residual stream after the block: mid + mlp",
             "attn": f"implicit attention mean_h |alpha_ij| over heads, alpha_ij = beta_j k_j^T (prod_(m=j+1..i) "
                     f"{decayed.replace('_t', '_m')}(I - beta_m k_m k_m^T)) q_i / sqrt(d_k) (o_i = sum_j alpha_ij v_j); "
@@ -448,9 +449,10 @@ class DeltaNetModel(FamilyModel):
             y = y * g
             vals["g"] = g
         y = edit("y", y)
-        mid = edit("mid", x + F.linear(y, w[p + "attn.o_proj.weight"]))
+        mixer = edit("mixer", F.linear(y, w[p + "attn.o_proj.weight"]))
+        mid = edit("mid", x + mixer)
         mlp = edit("mlp", self._swiglu_mlp(p, _rms(mid, w[p + "mlp_norm.weight"], cfg.norm_eps)))
-        vals.update({"y": y, "mid": mid, "mlp": mlp, "out": edit("out", mid + mlp)})
+        vals.update({"y": y, "mixer": mixer, "mid": mid, "mlp": mlp, "out": edit("out", mid + mlp)})
         if states is not None:
             vals["state"] = states
         return vals, (S, buf_q, buf_k, buf_v)

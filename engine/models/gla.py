@@ -18,7 +18,7 @@ H / Hkv query heads)::
               o_t = (q_t / sqrt(K)) S_t                                                  ("o")
               y_t = rmsnorm_V(o_t) * g_norm * swish(W_g u_t)   per head ("g" = W_g u_t;
                     without the output gate: rmsnorm_V(o_t) * g_norm)
-              x'_t = x_t + W_o y_t                                                       ("mixer")
+              x'_t = x_t + W_o y_t                              (W_o y_t: "mixer"; x'_t: "mid")
               m_t = W_down(silu(W_gate n_t) * W_up n_t),  n_t = rmsnorm(x'_t) * mlp_norm  ("mlp")
               out_t = x'_t + m_t                                                         ("out")
     logits = lm_head(rmsnorm(x_L) * norm)
@@ -263,7 +263,7 @@ class LinearAttentionModel(FamilyModel):
     def sites(self) -> tuple[str, ...]:
         cfg = self.config
         return (("in", "q", "k", "v") + (("gate",) if cfg.family == "gla" else ()) + ("state", "o")
-                + (("g",) if cfg.use_output_gate else ()) + ("mixer", "mlp", "out", "attn"))
+                + (("g",) if cfg.use_output_gate else ()) + ("mixer", "mid", "mlp", "out", "attn"))
 
     @property
     def ATTENTION_NEEDS(self) -> frozenset:  # noqa: N802 - the attribute ChunkedLayerModel reads
@@ -273,8 +273,8 @@ class LinearAttentionModel(FamilyModel):
         cfg = self.config
         return {"in": (cfg.d_model,), "q": (cfg.key_dim,), "k": (cfg.kv_key_dim,), "v": (cfg.kv_value_dim,),
                 "gate": (cfg.kv_key_dim,), "state": (cfg.num_heads * cfg.head_k, cfg.head_v),
-                "o": (cfg.value_dim,), "g": (cfg.value_dim,), "mixer": (cfg.d_model,), "mlp": (cfg.d_model,),
-                "out": (cfg.d_model,)}
+                "o": (cfg.value_dim,), "g": (cfg.value_dim,), "mixer": (cfg.d_model,), "mid": (cfg.d_model,),
+                "mlp": (cfg.d_model,), "out": (cfg.d_model,)}
 
     def _build_specs(self) -> list[ProbeSpec]:
         cfg = self.config
@@ -297,9 +297,11 @@ class LinearAttentionModel(FamilyModel):
             "o": f"recurrence output o_t = (q_t / sqrt({K})) S_t per head ({H} x {V}), before the norm and gate",
             "g": "output gate g_t = g_proj(u_t); the block multiplies rmsnorm(o_t) by swish(g_t)",
             "mixer": "attention block output o_proj(rmsnorm(o_t) * g_norm" + (" * swish(g_t)" if cfg.use_output_gate
-                                                                             else "") + "), added to the residual",
-            "mlp": "MLP output down(silu(gate(n_t)) * up(n_t)), n_t = rmsnorm(x_t + mixer_t) * mlp_norm",
-            "out": "residual stream after the block: x_t + mixer_t + mlp_t",
+                                                                             else "") + "), before the residual add (mid = x_t + mixer_t)",
+            "mid": "residual stream after the attention block's add, x_t + mixer_t: the MLP block's input",
+            "mlp": "MLP output down(silu(gate(n_t)) * up(n_t)), n_t = rmsnorm(mid_t) * mlp_norm, before the "
+                   "residual add",
+            "out": "residual stream after the block: mid_t + mlp_t = x_t + mixer_t + mlp_t",
             "attn": f"implicit attention mean_h |alpha_ij| over heads, alpha_ij = (q_i / sqrt({K})) . "
                     f"(prod_(m=j+1..i) a_m * k_j) (o_i = sum_j alpha_ij v_j from a zero state; decay {decay}); "
                     f"rows {r0}..{r1 - 1}, column m is key step {c0}+m; 0 where j > i, NaN in rows outside the window",
@@ -385,11 +387,11 @@ class LinearAttentionModel(FamilyModel):
             vals["g"] = g
             y = y * F.silu(g)
         mixer = edit("mixer", F.linear(y, lay.Wo))
-        h2 = h + mixer
+        h2 = edit("mid", h + mixer)
         m = self._norm(h2, lay.mlp_norm)
         mlp = edit("mlp", F.linear(F.silu(F.linear(m, lay.Wgate)) * F.linear(m, lay.Wup), lay.Wdown))
         out = edit("out", h2 + mlp)
-        vals.update({"o": o, "mixer": mixer, "mlp": mlp, "out": out})
+        vals.update({"o": o, "mixer": mixer, "mid": h2, "mlp": mlp, "out": out})
         return vals, (S,) + tuple(new_bufs)
 
     def _attention(self, k, out, old, s, T, B):

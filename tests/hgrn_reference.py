@@ -63,9 +63,10 @@ def reference(w, ids, cfg, overrides=None, state0=None, start=None):
             g = site(nm("g"), t, _silu(w[p + "attn.g_proj.weight"] @ u))
             h = site(nm("state"), t, f * h + (1 - f) * i)
             o = site(nm("o"), t, _rms(h, w.get(p + "attn.g_norm.weight"), eps) * g)
-            x = x + w[p + "attn.o_proj.weight"] @ o
+            x = site(nm("mid"), t, x + site(nm("mixer"), t, w[p + "attn.o_proj.weight"] @ o))
             m = _rms(x, w[p + "mlp_norm.weight"], eps)
             ff = w[p + "mlp.down_proj.weight"] @ (_silu(w[p + "mlp.gate_proj.weight"] @ m) * (w[p + "mlp.up_proj.weight"] @ m))
+            ff = site(nm("mlp"), t, ff)
             outs.append(site(nm("out"), t, x + ff))
         xs = outs
     head = w.get("lm_head.weight", w["model.embeddings.weight"])

@@ -54,7 +54,7 @@ def reference(w, ids, cfg, overrides=None, state0=None, start=None):
             s = complex_site(nm("state"), t, lam * s + bu)
             y = site(nm("y"), t, (C @ s).real + w[p + "lru.D"] * u)
             g = w[p + "glu.weight"] @ _gelu(y) + w[p + "glu.bias"]
-            outs.append(site(nm("out"), t, x + g[:d] / (1 + np.exp(-g[d:]))))
+            outs.append(site(nm("out"), t, x + site(nm("mixer"), t, g[:d] / (1 + np.exp(-g[d:])))))
         xs = outs
     for t in range(T):
         site("logits", t, w["head.weight"] @ _rms(xs[t], w["norm_f.weight"], cfg.norm_eps))

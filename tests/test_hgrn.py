@@ -105,7 +105,7 @@ def test_attention_reproduces_the_state_in_float64(case):
                                atol=1e-14)
 
 
-@pytest.mark.parametrize("site", ["in", "i", "f", "g", "state", "o", "out"])
+@pytest.mark.parametrize("site", ["in", "i", "f", "g", "state", "o", "mixer", "mid", "mlp", "out"])
 def test_steps_before_t_are_bit_identical_and_later_steps_change(site):
     assert_edit_is_causal(make(conv=3)[0], f"layers.0.{site}", 23)
 

@@ -83,7 +83,7 @@ def test_attention_reproduces_the_output_in_float64():
     assert (att[10, 6:] == 0).all() and att[10, 5] > 0  # row i = 10: keys after step 10 are 0
 
 
-@pytest.mark.parametrize("site", ["in", "Bu", "state", "y", "out"])
+@pytest.mark.parametrize("site", ["in", "Bu", "state", "y", "mixer", "out"])
 def test_steps_before_t_are_bit_identical_and_later_steps_change(site):
     assert_edit_is_causal(make()[0], f"layers.0.{site}", 23)
 

@@ -11,8 +11,8 @@ The model::
               g = silu(g_proj u)
               h_t = f_t h_(t-1) + (1 - f_t) i_t               elementwise, h_0 = 0
               o = rmsnorm(h) * g                              g_norm (weight optional)
-              x = x + o_proj o
-              x = x + down(silu(gate(rmsnorm(x))) * up(rmsnorm(x)))    mlp_norm, GatedMLP
+              x = x + o_proj o                                o_proj o: "mixer"; x after: "mid"
+              x = x + down(silu(gate(rmsnorm(x))) * up(rmsnorm(x)))    mlp_norm, GatedMLP ("mlp"; x: "out")
     logits = lm_head(rmsnorm(x))                              model.norm
 
 ``conv_*`` is fla's ``ShortConvolution`` (causal depthwise, kernel ``conv_size``, no bias, no
@@ -29,7 +29,8 @@ Canonical weight names are fla's: ``model.embeddings.weight``, ``model.lower_bou
 with :func:`engine.load`; so does ``engine.loading.save_model``'s file.
 
 Probe sites per layer: ``in`` (u), ``i``, ``f``, ``g``, ``state`` (h), ``o`` (before o_proj),
-``out`` (the block's output), ``attn`` (implicit attention: ``alpha_ij = (1 - f_j)
+``mixer`` (o_proj o, before the residual add), ``mid`` (the stream after it), ``mlp`` (the
+GatedMLP's output, before its add), ``out`` (the block's output), ``attn`` (implicit attention: ``alpha_ij = (1 - f_j)
 prod_(k=j+1..i) f_k`` per channel, so ``h_i = sum_j alpha_ij i_j``; shown as the mean over
 channels, for the window of :attr:`attention_window` only).
 
@@ -53,7 +54,7 @@ from .family import (FamilyConfig, StatedConfig, build_model, check_loaded_weigh
                      unused_note)
 from .mingru import gated_attention
 
-SITES = ("in", "i", "f", "g", "state", "o", "out", "attn")
+SITES = ("in", "i", "f", "g", "state", "o", "mixer", "mid", "mlp", "out", "attn")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,11 @@ class HGRNModel(DiagonalRecurrenceModel):
             "g": (di, "output gate silu(g_proj u)"),
             "state": (di, "recurrent state h_t = f_t h_(t-1) + (1 - f_t) i_t"),
             "o": (di, "gated output rmsnorm(h_t) * g_t (g_norm), before o_proj"),
-            "out": (d, "residual stream after the block (mixer and GatedMLP)"),
+            "mixer": (d, "mixer output o_proj(o_t), before the residual add (mid = x + mixer)"),
+            "mid": (d, "residual stream after the mixer's add, x + mixer: the GatedMLP block's input"),
+            "mlp": (d, "GatedMLP output down(silu(gate(n)) * up(n)), n = rmsnorm(mid) (mlp_norm), before the "
+                       "residual add"),
+            "out": (d, "residual stream after the block: mid + mlp"),
             "attn": (c1 - c0, f"implicit attention mean_c alpha_ij over channels, alpha_ij = (1 - f_j) "
                               f"prod_(k=j+1..i) f_k (h_i = sum_j alpha_ij i_j); rows {r0}..{r1 - 1}, column m is "
                               f"key step {c0}+m; 0 where j > i, NaN in rows outside the window"),
@@ -178,7 +183,8 @@ class HGRNModel(DiagonalRecurrenceModel):
 
     def _site_shapes(self):
         cfg = self.config
-        return {s: (cfg.d_model if s in ("in", "out") else cfg.d_inner,) for s in SITES if s != "attn"}
+        wide = ("in", "mixer", "mid", "mlp", "out")
+        return {s: (cfg.d_model if s in wide else cfg.d_inner,) for s in SITES if s != "attn"}
 
     def _layer_chunk(self, k, x, a, state, edits, record):
         cfg, w = self.config, self._w
@@ -196,12 +202,14 @@ class HGRNModel(DiagonalRecurrenceModel):
         g = edit("g", F.silu(F.linear(u, w[p + "attn.g_proj.weight"])))
         hs = scan_split_at_edits(f.contiguous(), ((1 - f) * i).contiguous(), h, a, edits.get("state", ()))
         o = edit("o", F.rms_norm(hs, (cfg.d_inner,), w.get(p + "attn.g_norm.weight"), cfg.norm_eps) * g)
-        x = x + F.linear(o, w[p + "attn.o_proj.weight"])
+        mixer = edit("mixer", F.linear(o, w[p + "attn.o_proj.weight"]))
+        x = edit("mid", x + mixer)
         m = self._norm(x, w[p + "mlp_norm.weight"])
         ff = F.linear(F.silu(F.linear(m, w[p + "mlp.gate_proj.weight"])) * F.linear(m, w[p + "mlp.up_proj.weight"]),
                       w[p + "mlp.down_proj.weight"])
+        ff = edit("mlp", ff)
         out = edit("out", x + ff)
-        vals = {"in": u, "i": i, "f": f, "g": g, "state": hs, "o": o, "out": out}
+        vals = {"in": u, "i": i, "f": f, "g": g, "state": hs, "o": o, "mixer": mixer, "mid": x, "mlp": ff, "out": out}
         return vals, (hs[-1].clone(), buf_i, buf_f)
 
     def _attention(self, k, out, old, s, T, B):

@@ -9,6 +9,7 @@ The model::
               s_t = lambda * s_(t-1) + exp(gamma_log) * (B u_t)           [N] complex, s_0 = 0
               y_t = Re(C s_t) + D * u_t                                   [d]
               x_t = x_t + glu(gelu(y_t))        glu(z) = (W_a z + b_a) * sigmoid(W_b z + b_b)
+                                                glu(gelu(y_t)): probe "mixer"; x_t after: "out"
     logits = head(rmsnorm(x))                                             norm_f
 
 with B = B_re + i B_im [N, d], C = C_re + i C_im [d, N] (the paper's block: LRU, GELU, GLU,
@@ -24,7 +25,8 @@ layer ``layers.{k}.norm.weight`` [d], ``layers.{k}.lru.nu_log``, ``.theta_log``,
 from any dict of tensors with these names, so a user exports an LRU trained elsewhere.
 
 Probe sites per layer: ``in`` (u), ``Bu`` (the complex input ``exp(gamma_log) * B u_t`` that
-enters the state), ``state`` (s_t, complex), ``y``, ``out`` (after the GLU residual), ``attn``.
+enters the state), ``state`` (s_t, complex), ``y``, ``mixer`` (glu(gelu(y)), before the residual add), ``out``
+(after it), ``attn``.
 Complex sites have shape [N, 2]: real and imaginary part of each state channel (interventions
 index them flattened: unit = 2 * channel + part, part 0 real, 1 imaginary; see
 :meth:`LRUModel.state_units`).  ``attn`` is the implicit attention for the window of
@@ -49,7 +51,7 @@ from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, Powers, edits_in_chunk, scan_split_at_edits
 from .family import FamilyConfig, build_model, check_loaded_weights, config_from_fields, probe_table, unused_note
 
-SITES = ("in", "Bu", "state", "y", "out", "attn")
+SITES = ("in", "Bu", "state", "y", "mixer", "out", "attn")
 COMPLEX_SITES = ("Bu", "state")
 #: rows of the attention window computed at once
 TILE = 32
@@ -163,7 +165,8 @@ class LRUModel(DiagonalRecurrenceModel):
             "Bu": ((N, 2), "input to the state exp(gamma_log) * (B u_t), complex," + parts),
             "state": ((N, 2), "state s_t = lambda s_(t-1) + exp(gamma_log) B u_t, complex," + parts),
             "y": ((d,), "LRU output y_t = Re(C s_t) + D u_t"),
-            "out": ((d,), "residual stream after the block: x + glu(gelu(y))"),
+            "mixer": ((d,), "mixer output glu(gelu(y_t)), before the residual add (out = x + mixer)"),
+            "out": ((d,), "residual stream after the block: x + mixer (x + glu(gelu(y)))"),
             "attn": ((c1 - c0,), f"implicit attention mean_h |c_ij| over output units, c_ij = Re(C lambda^(i-j) Bu_j) "
                                  f"(y_i = sum_j c_ij + D u_i); rows {r0}..{r1 - 1}, column m is key step {c0}+m; "
                                  "0 where j > i, NaN in rows outside the window"),
@@ -188,7 +191,7 @@ class LRUModel(DiagonalRecurrenceModel):
 
     def _site_shapes(self):
         d, N = self.config.d_model, self.config.d_state
-        return {"in": (d,), "Bu": (N, 2), "state": (N, 2), "y": (d,), "out": (d,)}
+        return {"in": (d,), "Bu": (N, 2), "state": (N, 2), "y": (d,), "mixer": (d,), "out": (d,)}
 
     def _layer_chunk(self, k, x, a, state, edits, record):
         w, d = self._w, self.config.d_model
@@ -203,8 +206,10 @@ class LRUModel(DiagonalRecurrenceModel):
                                  flat=to_units, unflat=from_units)
         y = edit("y", F.linear(hs.real, w[p + "lru.C_re"]) - F.linear(hs.imag, w[p + "lru.C_im"]) + w[p + "lru.D"] * u)
         g = F.linear(F.gelu(y), w[p + "glu.weight"], w[p + "glu.bias"])
-        out = edit("out", x + g[..., :d] * torch.sigmoid(g[..., d:]))
-        vals = {"in": u, "Bu": torch.view_as_real(bu), "state": torch.view_as_real(hs), "y": y, "out": out}
+        mixer = edit("mixer", g[..., :d] * torch.sigmoid(g[..., d:]))
+        out = edit("out", x + mixer)
+        vals = {"in": u, "Bu": torch.view_as_real(bu), "state": torch.view_as_real(hs), "y": y, "mixer": mixer,
+                "out": out}
         return vals, (hs[-1].clone(),)
 
     def _attention(self, k, out, old, s, T, B):

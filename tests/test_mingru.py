@@ -66,7 +66,7 @@ def reference(w, ids, cfg: MinRNNConfig, overrides=None, state0=None, start=None
                 c = sum(dw[:, j] * win[j] for j in range(K)) + w[p + "0.net.0.bias"]
                 c = site(nm("conv"), t, w[p + "0.net.1.weight"][:, :, 0] @ c + w[p + "0.net.1.bias"])
                 hist.append(x)
-                x = x + c
+                x = site(nm("after_conv"), t, x + c)
             n = _rms(x, w[p + "1.weight"])
             if cfg.cell == "mingru":
                 pr = w[p + "2.to_hidden_and_gate.weight"] @ n
@@ -80,11 +80,11 @@ def reference(w, ids, cfg: MinRNNConfig, overrides=None, state0=None, start=None
                 fp = site(nm("gate_f"), t, f / (f + i))
                 ip = site(nm("gate_i"), t, i / (f + i))
                 h = site(nm("h"), t, fp * h + ip * ht)
-            y = w[p + "2.to_out.weight"] @ h if cfg.proj_out else h
-            x = x + y
+            y = site(nm("mixer"), t, w[p + "2.to_out.weight"] @ h if cfg.proj_out else h.copy())
+            x = site(nm("mid"), t, x + y)
             ff = w[p + "4.2.weight"] @ _gelu(w[p + "4.0.weight"] @ _rms(x, w[p + "3.weight"]) + w[p + "4.0.bias"]) \
                 + w[p + "4.2.bias"]
-            outs.append(site(nm("out"), t, x + ff))
+            outs.append(site(nm("out"), t, x + site(nm("mlp"), t, ff)))
         xs = outs
     for t in range(T):
         site("logits", t, w["to_logits.weight"] @ _rms(xs[t], w["norm.weight"]))
@@ -165,7 +165,8 @@ def test_attention_reproduces_h_in_float64(cell):
 
 
 @pytest.mark.parametrize("scan", SCANS)
-@pytest.mark.parametrize("site", ["conv", "h_tilde", "gate_f", "gate_i", "h", "out"])
+@pytest.mark.parametrize("site", ["conv", "after_conv", "h_tilde", "gate_f", "gate_i", "h", "mixer", "mid", "mlp",
+                                  "out"])
 def test_steps_before_t_are_bit_identical_and_later_steps_change(site, scan):
     model, w, cfg = make("minlstm", conv=3, scan=scan)
     x = np.random.default_rng(6).integers(0, 23, 70)

@@ -4,14 +4,15 @@ model in the layout of the ``minGRU-pytorch`` package's ``minLM``.
 The model::
 
     x_0 = embed[token]
-    layer i:  x = x + pw_conv(dw_conv(x))             only when the model has convolutions
+    layer i:  x = x + pw_conv(dw_conv(x))             only with convolutions ("conv"; x after: "after_conv")
               n = rmsnorm(x)
               minGRU:  h~, z = split(W n);  h~ = g(h~);  z = sigmoid(z)
                        h_t = (1 - z_t) h_(t-1) + z_t h~_t
               minLSTM: h~, f, i = split(W n); h~ = g(h~); f' = f / (f + i), i' = i / (f + i)
                        (f, i sigmoids);  h_t = f'_t h_(t-1) + i'_t h~_t
               x = x + to_out(h)                     (to_out is the identity when not expanded)
-              x = x + ff(rmsnorm(x))                Linear, GELU, Linear
+                                                    to_out(h): "mixer"; x after: "mid"
+              x = x + ff(rmsnorm(x))                Linear, GELU, Linear ("mlp"; x after: "out")
     logits = to_logits(rmsnorm(x))
 
 with ``g(v) = v + 0.5`` for ``v >= 0`` and ``sigmoid(v)`` below, ``h_0 = 0`` and RMSNorm's
@@ -123,13 +124,21 @@ class MinRNNModel(ScannedFamilyModel):
         w = "z_j" if cfg.cell == "mingru" else "i'_j"
         a = "(1 - z_k)" if cfg.cell == "mingru" else "f'_k"
         desc = {
-            "conv": (d, "causal convolution branch pw_conv(dw_conv(x)), added to the residual stream"),
+            "conv": (d, "causal convolution branch pw_conv(dw_conv(x)), before its residual add "
+                        "(after_conv = x + conv)"),
+            "after_conv": (d, "residual stream after the convolution branch's add, x + conv: the recurrence "
+                              "block's input"),
             "h_tilde": (di, "candidate state h~_t = g(W_h rmsnorm(x)), g(v) = v + 0.5 (v >= 0) or sigmoid(v)"),
             "gate_z": (di, "minGRU update gate z_t = sigmoid(W_z rmsnorm(x)); h_t = (1 - z_t) h_(t-1) + z_t h~_t"),
             "gate_f": (di, "minLSTM normalised forget gate f'_t = f_t / (f_t + i_t); h_t = f'_t h_(t-1) + i'_t h~_t"),
             "gate_i": (di, "minLSTM normalised input gate i'_t = i_t / (f_t + i_t)"),
             "h": (di, "hidden state h_t (the recurrence), before to_out"),
-            "out": (d, "residual stream after the block (recurrence and feed-forward)"),
+            "mixer": (d, "recurrence branch output " + ("to_out(h_t)" if cfg.proj_out else "h_t (to_out is the "
+                         "identity), as a value of the residual branch: an edit here leaves the recurrence alone")
+                      + ", before the residual add (mid = input + mixer)"),
+            "mid": (d, "residual stream after the recurrence branch's add: the feed-forward block's input"),
+            "mlp": (d, "feed-forward output Linear(GELU(Linear(rmsnorm(mid)))), before the residual add"),
+            "out": (d, "residual stream after the block: mid + mlp"),
             "attn": (c1 - c0, f"implicit attention mean_c alpha_ij over channels, alpha_ij = {w} prod_(k=j+1..i) {a} "
                               f"(h_i = sum_j alpha_ij h~_j); rows {r0}..{r1 - 1}, column m is key step {c0}+m; "
                               "0 where j > i, NaN in rows outside the window"),
@@ -145,7 +154,8 @@ class MinRNNModel(ScannedFamilyModel):
 
     @property
     def sites(self) -> tuple[str, ...]:
-        return (("conv",) if self.config.conv_kernel else ()) + ("h_tilde",) + self.config.gates + ("h", "out", "attn")
+        return ((("conv", "after_conv") if self.config.conv_kernel else ()) + ("h_tilde",) + self.config.gates
+                + ("h", "mixer", "mid", "mlp", "out", "attn"))
 
     # -- forward ----------------------------------------------------------------------------
     def initial_state(self, batch: int):
@@ -166,7 +176,8 @@ class MinRNNModel(ScannedFamilyModel):
 
     def _site_shapes(self):
         cfg = self.config
-        return {s: (cfg.d_model if s in ("conv", "out") else cfg.d_inner,) for s in self.sites}
+        wide = ("conv", "after_conv", "mixer", "mid", "mlp", "out")
+        return {s: (cfg.d_model if s in wide else cfg.d_inner,) for s in self.sites}
 
     def _layer_chunk(self, k, h, a, state, edits, record):
         vals, hs, buf = self._chunk(k, h, a, *state, edits)
@@ -198,7 +209,7 @@ class MinRNNModel(ScannedFamilyModel):
             c = edit("conv", c)
             vals["conv"] = c
             new_buf = xc[n:].clone() if K > 1 else buf
-            x = x + c
+            x = vals["after_conv"] = edit("after_conv", x + c)
         proj = F.linear(self._norm(x, w[p + "1.weight"]),
                         w[p + ("2.to_hidden_and_gate.weight" if cfg.cell == "mingru" else "2.to_hidden_and_f_i_gate.weight")])
         ht = edit("h_tilde", _g(proj[..., :di]))
@@ -233,10 +244,11 @@ class MinRNNModel(ScannedFamilyModel):
             hs[t] = h
             o = t + 1
         vals["h"] = hs
-        y = F.linear(hs, w[p + "2.to_out.weight"]) if cfg.proj_out else hs
-        x = x + y
+        y = vals["mixer"] = edit("mixer", F.linear(hs, w[p + "2.to_out.weight"]) if cfg.proj_out else hs)
+        x = vals["mid"] = edit("mid", x + y)
         ff = F.linear(F.gelu(F.linear(self._norm(x, w[p + "3.weight"]), w[p + "4.0.weight"], w[p + "4.0.bias"])),
                       w[p + "4.2.weight"], w[p + "4.2.bias"])
+        ff = vals["mlp"] = edit("mlp", ff)
         vals["out"] = edit("out", x + ff)
         return vals, h, new_buf
 

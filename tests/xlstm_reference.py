@@ -94,13 +94,15 @@ def reference_xlstm(w: dict, ids, n_layer: int, heads: int, *, norm_eps=1e-6, ep
             den = np.maximum(np.abs((qh * n).sum(-1)), np.exp(-m)) + eps
             h = site(L + "h", t, (num / den[:, None]).reshape(-1))
             mix = site(L + "mix", t, lin(o * head_layernorm(h, m_ + "multihead_norm"), m_ + "out_proj"))
-            x = x + mix
+            x = site(L + "mid", t, x + mix)
             f = rms(x, p + "norm_ffn")
             g = lin(f, p + "ffn.proj_up_gate")
-            ff = lin(g * _sigmoid(g) * lin(f, p + "ffn.proj_up"), p + "ffn.proj_down")
+            ff = site(L + "mlp", t, lin(g * _sigmoid(g) * lin(f, p + "ffn.proj_up"), p + "ffn.proj_down"))
             outs.append(site(L + "out", t, x + ff))
         xs = outs
     head = w.get("lm_head.weight", emb)
     for t, x in enumerate(xs):
         site("logits", t, _softcap(head @ rms(x, "backbone.out_norm"), logit_cap))
+    for k in range(n_layer):  # the shared name of mix: the same values
+        rec[f"layers.{k}.mixer"] = rec[f"layers.{k}.mix"]
     return {name: np.stack(vals) for name, vals in rec.items()}

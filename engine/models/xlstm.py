@@ -13,8 +13,8 @@ The model::
                   m_t = max(log f_t + m_(t-1), i~_t)                       the stabiliser
                   C_t = f_t C_(t-1) + i_t k_t v_t^T        n_t = f_t n_(t-1) + i_t k_t
                   h_t = C_t^T q'_t / (max(|n_t . q'_t|, 1) + eps exp(m_t))     q' = q / sqrt(d_qk)
-              x = x + W_out (o * multihead_layernorm(h))
-              x = x + W_down (silu(W_gate g) * W_up g),  g = rmsnorm(x)         norm_ffn
+              x = x + W_out (o * multihead_layernorm(h))               W_out (...): "mix" (= "mixer"); x: "mid"
+              x = x + W_down (silu(W_gate g) * W_up g),  g = rmsnorm(x)         norm_ffn ("mlp"; x: "out")
     logits = softcap_30(lm_head(rmsnorm(x)))                   out_norm
 
 ``softcap_c(z) = c tanh(z / c)`` (gates: ``gate_soft_cap``, 15 by default; logits:
@@ -38,7 +38,9 @@ Probe sites per layer: ``in`` (rmsnorm(x), the mixer's input), ``q``, ``k``, ``v
 (the log input gate i~, after the soft cap), ``gate_f`` (the log forget gate, <= 0), ``gate_o``,
 ``state`` (C per head, [heads, d_qk, d_v], only when asked), ``normalizer`` (n per head), ``m``
 (the stabiliser), ``h`` (before the multihead norm and the output gate), ``mix`` (the block's
-mLSTM branch, added to the residual), ``out`` (the residual stream after the block) and
+mLSTM branch, before the residual add; also named ``mixer``, as in the other families), ``mid``
+(the stream after that add), ``mlp`` (the feed-forward output, before its add), ``out`` (the
+residual stream after the block) and
 ``attn`` (implicit attention over a window).  Every site but ``attn`` takes interventions;
 ``state`` and ``normalizer`` are edited in the unstabilised scale of the probes, and an edit of
 ``m`` sets the scale the state is kept in (h depends on m only through ``eps exp(m)``), so a
@@ -65,7 +67,10 @@ from ..probes import ProbeSpec, layer_probe
 from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
                      probe_table, unused_note)
 
-SITES = ("in", "q", "k", "v", "gate_i", "gate_f", "gate_o", "state", "normalizer", "m", "h", "mix", "out", "attn")
+SITES = ("in", "q", "k", "v", "gate_i", "gate_f", "gate_o", "state", "normalizer", "m", "h", "mix", "mixer", "mid",
+         "mlp", "out", "attn")
+#: the name every family shares for xLSTM's own (see engine.probes.RESIDUAL_SITES)
+SITE_ALIASES = {"mixer": "mix"}
 #: steps of the recurrence computed at once in the parallel form
 SUB = 64
 #: query rows of the implicit attention computed at once (bounds its memory)
@@ -174,6 +179,7 @@ class XLSTMModel(FamilyModel):
 
     architecture = "xlstm"
     SITES = SITES
+    SITE_ALIASES = SITE_ALIASES
     ATTENTION_NEEDS = frozenset({"q", "k", "gate_i", "gate_f", "normalizer", "m"})
     NOT_EDITABLE = NOT_EDITABLE
 
@@ -197,7 +203,8 @@ class XLSTMModel(FamilyModel):
         H, dk, dv = cfg.num_heads, cfg.dk, cfg.dv
         return {"in": (cfg.d_model,), "q": (cfg.qk_dim,), "k": (cfg.qk_dim,), "v": (cfg.v_dim,),
                 "gate_i": (H,), "gate_f": (H,), "gate_o": (cfg.v_dim,), "state": (H, dk, dv),
-                "normalizer": (H, dk), "m": (H,), "h": (cfg.v_dim,), "mix": (cfg.d_model,), "out": (cfg.d_model,)}
+                "normalizer": (H, dk), "m": (H,), "h": (cfg.v_dim,), "mix": (cfg.d_model,), "mid": (cfg.d_model,), "mlp": (cfg.d_model,),
+                "out": (cfg.d_model,)}
 
     def _build_specs(self) -> list[ProbeSpec]:
         cfg = self.config
@@ -218,8 +225,13 @@ class XLSTMModel(FamilyModel):
                  "h depends on it only through eps exp(m) (an edit sets the scale the edited state is kept in)",
             "h": "cell output C_t^T q'_t / (max(|n_t.q'_t|, 1) + eps exp(m_t)), before the "
                  "multihead norm and the output gate",
-            "mix": "the mLSTM branch W_out (o * multihead_layernorm(h)), added to the residual stream",
-            "out": "residual stream after the block (mLSTM branch and feed-forward)",
+            "mix": "the mLSTM branch W_out (o * multihead_layernorm(h)), before the residual add (mid = x + mix)",
+            "mixer": "the mixer output, before the residual add: another name of mix (the same values, the same "
+                     "edits), shared with the other families",
+            "mid": "residual stream after the mLSTM branch's add, x + mix: the feed-forward block's input",
+            "mlp": "feed-forward output W_down (silu(W_gate g) * W_up g), g = rmsnorm(mid) (norm_ffn), before the "
+                   "residual add",
+            "out": "residual stream after the block: mid + mlp",
             "attn": f"implicit attention mean over heads of |alpha_ij|, alpha_ij = q'_i.k_j exp(sum_(k=j+1..i) "
                     f"log f_k + i~_j - m_i) / (max(|n_i.q'_i| exp(-m_i), exp(-m_i)) + eps), so that "
                     f"h_i = sum_j alpha_ij v_j; rows {r0}..{r1 - 1}, column m is key step {c0}+m; "
@@ -227,7 +239,7 @@ class XLSTMModel(FamilyModel):
         }
         dims = {"gate_i": ("token", "head"), "gate_f": ("token", "head"), "m": ("token", "head"),
                 "state": ("token", "head", "key", "value"), "normalizer": ("token", "head", "key")}
-        shapes = {**self._site_shapes(), "attn": (c1 - c0,)}
+        shapes = {**self._site_shapes(), "attn": (c1 - c0,), "mixer": (cfg.d_model,)}
         cap = f"{cfg.logit_soft_cap} tanh(z / {cfg.logit_soft_cap}) of " if cfg.logit_soft_cap else ""
         return probe_table(cfg.n_layer, SITES, {site: (shapes[site], text) for site, text in desc.items()},
                            embed=(cfg.d_model, "token embedding fed to layer 0"),
@@ -285,9 +297,9 @@ class XLSTMModel(FamilyModel):
         normed = F.layer_norm(hh.reshape(n, B, H, cfg.dv), (cfg.dv,), eps=cfg.norm_eps).reshape(n, B, cfg.v_dim)
         normed = normed * lay.mh_norm[0] + (lay.mh_norm[1] if lay.mh_norm[1] is not None else 0)
         vals["mix"] = edit("mix", F.linear(vals["gate_o"] * normed, *lay.out_proj))
-        x = h + vals["mix"]
+        x = vals["mid"] = edit("mid", h + vals["mix"])
         f = self._rms(x, lay.norm_ffn)
-        ff = F.linear(F.silu(F.linear(f, *lay.up_gate)) * F.linear(f, *lay.up), *lay.down)
+        ff = vals["mlp"] = edit("mlp", F.linear(F.silu(F.linear(f, *lay.up_gate)) * F.linear(f, *lay.up), *lay.down))
         vals["out"] = edit("out", x + ff)
         return vals, state
 

@@ -119,13 +119,13 @@ def reference(w, ids, cfg, overrides=None, state0=None, start=None, pos0=0):
                     e = np.exp(s - s.max())
                     o[head] = (e / e.sum()) @ vs[:, g]
                 mixed = lin("o_proj", site(nm("o"), t, o.reshape(-1)))
-            resid = x + mixed
+            resid = site(nm("mid"), t, x + site(nm("mixer"), t, mixed))
             m = _rms(resid, w[p + "channel_pre_norm.weight"], eps)
             mp = p + "mlp_block."
             gate_ = _gelu(w[mp + "gate_proj.weight"] @ m + w[mp + "gate_proj.bias"], approx)
             ff = w[mp + "down_proj.weight"] @ (gate_ * (w[mp + "up_proj.weight"] @ m + w[mp + "up_proj.bias"])) \
                 + w[mp + "down_proj.bias"]
-            outs.append(site(nm("out"), t, resid + ff))
+            outs.append(site(nm("out"), t, resid + site(nm("mlp"), t, ff)))
         xs = outs
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     cap = cfg.logits_soft_cap

@@ -71,6 +71,10 @@ def capture(hf, ids: torch.Tensor) -> dict:
         tb = layer.temporal_block
         hooks.append(layer.temporal_pre_norm.register_forward_hook(keep(f"layers.{k}.in")))
         hooks.append(layer.register_forward_hook(keep(f"layers.{k}.out")))
+        # the temporal block's output before the residual add, the stream after it, the MLP's output
+        hooks.append(tb.register_forward_hook(keep(f"layers.{k}.mixer", lambda a, o: o[0] if isinstance(o, tuple) else o)))
+        hooks.append(layer.channel_pre_norm.register_forward_hook(keep(f"layers.{k}.mid", lambda a, o: a[0])))
+        hooks.append(layer.mlp_block.register_forward_hook(keep(f"layers.{k}.mlp")))
         if hasattr(tb, "rg_lru"):
             hooks.append(tb.act_fn.register_forward_hook(keep(f"layers.{k}.y_branch")))
             hooks.append(tb.linear_x.register_forward_hook(keep(f"layers.{k}.x_branch")))

@@ -13,13 +13,13 @@ The model::
                   a_t = sigma(Lambda)^(8 r_t) = exp(-8 r_t softplus(Lambda))
                   h_t = a_t h_(t-1) + sqrt(1 - a_t^2) (i_t u_t)
                         at position 0 the state resets: a_0 = 0 and the factor sqrt(1 - a_0^2) is 1
-                  m   = h * y;   x = x + linear_out(m)
+                  m   = h * y;   x = x + linear_out(m)     m: "mix"; linear_out(m): "mixer"; x: "mid"
               local-attention layers (every third by default, per ``block_types``):
                   q, k, v = q_proj(n), k_proj(n), v_proj(n)   multi-query: few k/v heads
                   rotary embedding on the first half of each head (partial_rotary_factor)
                   o_t = sum over the last attention_window_size steps of softmax(q_t.k_s / sqrt(hd)) v_s
-                  x = x + o_proj(o)
-              x = x + down(gelu(gate(rmsnorm(x))) * up(rmsnorm(x)))   the MLP block
+                  x = x + o_proj(o)                        o_proj(o): "mixer"; x: "mid"
+              x = x + down(gelu(gate(rmsnorm(x))) * up(rmsnorm(x)))   the MLP block ("mlp"; x: "out")
     logits = cap * tanh(lm_head(rmsnorm(x)) / cap)               soft cap, 30 by default
 
 Canonical weight names are those of ``RecurrentGemmaForCausalLM``: ``model.embed_tokens.weight``,
@@ -34,11 +34,14 @@ bw), input_gate_bias (heads, bw), recurrent_gate_weight, recurrent_gate_bias}`` 
 ``RecurrentGemmaModel``) loads with :func:`engine.load`.
 
 Probe sites: recurrent layers ``in`` (normed input), ``y_branch``, ``x_branch`` (linear_x),
-``conv``, ``gate_r``, ``gate_i``, ``a`` (decay), ``state`` (h), ``mix`` (h * y), ``out``, ``attn``
+``conv``, ``gate_r``, ``gate_i``, ``a`` (decay), ``state`` (h), ``mix`` (h * y), ``mixer``, ``mid``,
+``mlp``, ``out``, ``attn``
 (implicit attention ``alpha_ij = (prod_(k=j+1..i) a_k) sqrt(1 - a_j^2) i_j`` per channel, so that
 ``h_i = sum_j alpha_ij u_j``); attention layers ``in``, ``q``, ``k`` (after the rotary embedding),
-``v``, ``o`` (attention output of every head, before o_proj), ``out``, ``attn`` (the softmax
-attention, mean over heads).  ``attn`` is computed for :attr:`attention_window` only.
+``v``, ``o`` (attention output of every head, before o_proj), ``mixer``, ``mid``, ``mlp``, ``out``,
+``attn`` (the softmax attention, mean over heads).  In both kinds, ``mixer`` is the temporal
+block's output before its residual add (``linear_out(mix)`` or ``o_proj(o)``), ``mid`` the
+stream after that add, ``mlp`` the MLP block's output before its add, ``out`` the stream after it.  ``attn`` is computed for :attr:`attention_window` only.
 
 Runs like the other chunked families (``engine.models.chunked``): per chunk every per-token
 quantity at once, edits applied to the whole chunk before what is computed from them; the
@@ -63,8 +66,9 @@ from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model
                      config_from_fields, names_under, unused_note)
 from .mingru import _scan_numba, gated_attention
 
-RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "out", "attn")
-ATTENTION_SITES = ("in", "q", "k", "v", "o", "out", "attn")
+RECURRENT_SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "mix", "mixer", "mid",
+                   "mlp", "out", "attn")
+ATTENTION_SITES = ("in", "q", "k", "v", "o", "mixer", "mid", "mlp", "out", "attn")
 #: steps whose decay products the torch scan forms at once ([BLOCK, BLOCK, batch, width])
 BLOCK = 16
 #: the exponent c of a_t = sigma(Lambda)^(c r_t)
@@ -193,8 +197,8 @@ class RecurrentGemmaModel(ScannedFamilyModel):
 
     architecture = "recurrent_gemma"
     #: every site of either kind of layer, in display order
-    SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "q", "k", "v", "mix", "o", "out",
-             "attn")
+    SITES = ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i", "a", "state", "q", "k", "v", "mix", "o", "mixer",
+             "mid", "mlp", "out", "attn")
     NOT_EDITABLE = {"attn": NOT_EDITABLE_ATTN}
 
     weight_shapes = staticmethod(canonical_weight_shapes)
@@ -227,24 +231,32 @@ class RecurrentGemmaModel(ScannedFamilyModel):
             "a": (w, "decay a_t = exp(-8 r_t softplus(Lambda)) (0 at position 0, where the state resets); "
                      "the input is scaled by sqrt(1 - a_t^2) (0 if an edit makes |a_t| > 1)"),
             "state": (w, "RG-LRU state h_t = a_t h_(t-1) + sqrt(1 - a_t^2) i_t u_t"),
-            "mix": (w, "h_t * y_t, the input of linear_out"),
+            "mix": (w, "h_t * y_t, the input of linear_out (the block's output before the residual add is mixer)"),
             "q": (H * hd, f"queries q_proj(in) after the rotary embedding; head h is units {hd}h..{hd}h+{hd - 1}"),
             "k": (kv * hd, f"keys k_proj(in) after the rotary embedding ({kv} key/value head(s) of {hd})"),
             "v": (kv * hd, f"values v_proj(in) ({kv} key/value head(s) of {hd})"),
             "o": (H * hd, f"local attention output of every head (window {cfg.attention_window_size} steps), "
                           "the input of o_proj"),
-            "out": (d, "residual stream after the layer (temporal block and MLP block)"),
+            "mid": (d, "residual stream after the temporal block's add, x + mixer: the MLP block's input"),
+            "mlp": (d, "MLP block output down(gelu(gate(n)) * up(n)), n = rmsnorm(mid) (channel_pre_norm), before "
+                       "the residual add"),
+            "out": (d, "residual stream after the layer: mid + mlp"),
         }
         attn = {"recurrent": "implicit attention mean_c alpha_ij over channels, alpha_ij = "
                              "(prod_(k=j+1..i) a_k) sqrt(1 - a_j^2) i_j (h_i = sum_j alpha_ij u_j); " + where,
                 "attention": f"softmax attention of step i on key step j, mean over the {H} heads "
                              f"(0 outside the local window of {cfg.attention_window_size} steps); " + where}
+        mixer = {"recurrent": "temporal block output linear_out(mix), before the residual add (mid = x + mixer)",
+                 "attention": "temporal block output o_proj(o), before the residual add (mid = x + mixer)"}
         specs = [ProbeSpec("embed", (d,), ("token", "unit"), "token embedding times sqrt(hidden_size), fed to layer 0")]
         for k in range(cfg.num_hidden_layers):
             kind = cfg.kind(k)
             for site in RECURRENT_SITES if kind == "recurrent" else ATTENTION_SITES:
                 if site == "attn":
                     specs.append(ProbeSpec(layer_probe(k, site), (c1 - c0,), ("token", "key"), attn[kind],
+                                           layer=k, site=site))
+                elif site == "mixer":
+                    specs.append(ProbeSpec(layer_probe(k, site), (d,), ("token", "unit"), f"{kind} layer: {mixer[kind]}",
                                            layer=k, site=site))
                 else:
                     width, text = desc[site]
@@ -262,7 +274,7 @@ class RecurrentGemmaModel(ScannedFamilyModel):
         cfg = self.config
         d, w, hd = cfg.hidden_size, cfg.lru_width, cfg.head_dim
         shapes = {s: (w,) for s in RECURRENT_SITES}
-        shapes.update({"in": (d,), "out": (d,), "q": (cfg.num_attention_heads * hd,), "o": (cfg.num_attention_heads * hd,),
+        shapes.update({"in": (d,), "mixer": (d,), "mid": (d,), "mlp": (d,), "out": (d,), "q": (cfg.num_attention_heads * hd,), "o": (cfg.num_attention_heads * hd,),
                        "k": (cfg.num_key_value_heads * hd,), "v": (cfg.num_key_value_heads * hd,)})
         return shapes
 
@@ -307,10 +319,12 @@ class RecurrentGemmaModel(ScannedFamilyModel):
         else:
             mixed, keys, values = self._attention_block(p + "temporal_block.", vals, a, *state[2:], edit)
             state = (*state[:2], keys, values)
-        r = h + mixed
+        vals["mixer"] = mixed = edit("mixer", mixed)
+        vals["mid"] = r = edit("mid", h + mixed)
         n = self._norm(r, self._w[p + "channel_pre_norm.weight"])
         m = p + "mlp_block."
         ff = self._linear(self._gelu(self._linear(n, m + "gate_proj")) * self._linear(n, m + "up_proj"), m + "down_proj")
+        vals["mlp"] = ff = edit("mlp", ff)
         vals["out"] = edit("out", r + ff)
         return vals, state
 

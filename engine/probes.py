@@ -24,6 +24,17 @@ SITE_DESCRIPTIONS = {
     "pre": "Elman RNN pre-activation W_ih x_t + b_ih + W_hh h_(t-1) + b_hh, before tanh/relu",
 }
 
+# The sites every family built of residual blocks shares (issue 13 item 7): each branch's output
+# before its residual add, and the residual stream after each add.  A family whose own names
+# came first keeps them and has these as other names of the same arrays (RWKV's ``att`` and
+# ``ffn``, xLSTM's ``mix``); README.md has the table per family.
+RESIDUAL_SITES = {
+    "mixer": "the token-mixing branch's output (SSM, recurrence, time mixing or attention), before its residual add",
+    "mid": "the residual stream after the mixer's add, before the feed-forward branch (blocks with two adds)",
+    "mlp": "the feed-forward (MLP, channel-mixing) branch's output, before its residual add",
+    "out": "the residual stream after the block: what the next layer reads",
+}
+
 
 @dataclass(frozen=True)
 class ProbeSpec:

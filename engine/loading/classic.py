@@ -176,9 +176,12 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     elif tokenizer is not None and cfg.vocab_size is None:
         notes.append(f"a vocabulary was found ({vocab_src}) but the model reads numeric inputs; it was not attached")
         tokenizer = None
-    if isinstance(tokenizer, CharVocab) and any(len(p) != 1 for p in tokenizer.pieces):
+    if isinstance(tokenizer, CharVocab) and tokenizer.multi_character:
         notes.append("the vocabulary has entries longer than one character: text is matched character by "
                      "character, so give token ids for word-level vocabularies")
+    elif isinstance(tokenizer, CharVocab) and tokenizer.specials:
+        notes.append(f"the vocabulary's special entries ({', '.join(tokenizer.specials[:6])}) are never read from "
+                     "text" + (f"; characters not in it are read as {tokenizer.unknown}" if tokenizer.unknown else ""))
 
     weights = {cn: canon[cn] for cn in expected}
     try:

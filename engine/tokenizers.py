@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -16,6 +17,16 @@ from .limits import MAX_TOKENIZER_BYTES, display_name, is_regular_file, read_tex
 
 #: the piece standing for id 0 of a vocabulary numbered from 1 (padding: no character reads as it)
 PADDING = "<pad>"
+#: a vocabulary entry that names a special token rather than spelling text: ``<pad>``, ``<unk>``,
+#: ``<s>``, ``</s>``, ``<eos>``, ``[PAD]``, ``[UNK]`` … (no text is ever read as one)
+_SPECIAL = re.compile(r"^(<[/A-Za-z_|][A-Za-z0-9_|-]{0,23}>|\[[A-Z][A-Z_]{1,15}\])$")
+#: the special entries that stand for characters missing from the vocabulary
+_UNKNOWN_NAMES = ("<unk>", "<UNK>", "[UNK]", "<oov>", "<OOV>", "<unknown>")
+
+
+def is_special_token(piece: str) -> bool:
+    """Whether a vocabulary entry names a special token (``<pad>``, ``<unk>``, ``</s>``, ``[PAD]``)."""
+    return bool(_SPECIAL.match(piece))
 
 
 class CharVocab:
@@ -23,6 +34,8 @@ class CharVocab:
 
     Characters missing from the vocabulary map to ``unknown`` when the vocabulary has an
     unknown symbol, and are refused (with the offending characters named) when it has none.
+    Special entries (``<pad>``, ``<unk>``, ``<s>``, ``[PAD]`` …: :func:`is_special_token`) are
+    never read from text; every other entry is matched character by character.
     """
 
     kind = "chars"
@@ -37,6 +50,23 @@ class CharVocab:
     @property
     def vocab_size(self) -> int:
         return len(self.pieces)
+
+    @property
+    def specials(self) -> list[str]:
+        """The entries that name special tokens rather than text."""
+        return [p for p in self.pieces if is_special_token(p)]
+
+    @property
+    def multi_character(self) -> list[str]:
+        """The entries longer than one character that are not special tokens (words, subwords):
+        text, matched character by character, never produces them."""
+        return [p for p in self.pieces if len(p) != 1 and not is_special_token(p)]
+
+    @classmethod
+    def _with_unknown(cls, pieces) -> "CharVocab":
+        """A vocabulary read from a file: its ``<unk>`` entry (if any) stands for missing characters."""
+        pieces = [str(p) for p in pieces]
+        return cls(pieces, next((u for u in _UNKNOWN_NAMES if u in pieces), None))
 
     @classmethod
     def from_any(cls, obj) -> "CharVocab":
@@ -61,13 +91,13 @@ class CharVocab:
             n = len(mapping)
             if n == len(obj) and mapping and min(mapping) == 1 and max(mapping) == n and PADDING not in obj:
                 # ids 1..N, as Keras's Tokenizer numbers them: id 0 is padding, which no text makes
-                return cls([PADDING] + [mapping[i] for i in range(1, n + 1)])
+                return cls._with_unknown([PADDING] + [mapping[i] for i in range(1, n + 1)])
             if n != len(obj) or (mapping and (min(mapping) != 0 or max(mapping) != n - 1)):
                 raise ValueError(f"vocabulary ids must be 0..N-1 (or 1..N, 0 being padding) with no gaps or repeats (the {len(obj)} entries "
                                  f"have ids from {min(mapping, default=0)} to {max(mapping, default=0)})")
-            return cls([mapping[i] for i in range(n)])
+            return cls._with_unknown([mapping[i] for i in range(n)])
         if isinstance(obj, (list, tuple)):
-            return cls([str(p) for p in obj])
+            return cls._with_unknown(obj)
         raise ValueError(f"cannot read a vocabulary from a {type(obj).__name__}")
 
     def to_dict(self) -> dict:

@@ -12,18 +12,13 @@ from ..errors import LoadError
 from ..limits import check_declared_layers
 from ..models.stack import RecurrentStack, StackConfig, canonical_weight_shapes
 from ..tokenizers import CharVocab
+from .config_example import config_help
 from .classic_inference import _canonicalize, _common_prefix, _infer_config, _InferenceError
 from .record import _Found, _short
 from .saving import NAME_ENTRIES
 from .side_files import _hints, _make_tokenizer, _stored_configs
 
 
-CONFIG_HELP = (
-    'pass the architecture explicitly: engine.load(path, config={"cell": "lstm", "num_layers": 2, '
-    '"hidden_size": 128, "input_size": 64, "vocab_size": 65, "output_size": 65, '
-    '"key_map": {"<key in the file>": "rnn.weight_ih_l0", ...}}), or on the command line '
-    "--config config.json holding the same"
-)
 EXPECTED_NAMES = (
     "torch.nn.LSTM/GRU/RNN parameter names under any prefix: rnn.weight_ih_l0 [gates*hidden, input], "
     "rnn.weight_hh_l0 [gates*hidden, hidden], rnn.bias_ih_l0, rnn.bias_hh_l0 (optional), "
@@ -73,6 +68,12 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     for cn in key_map.values():  # names given explicitly always stand
         canon[cn] = tensors[cn]
         origin[cn] = cn
+    for cn in list(key_map.values()):  # a key_map naming one bias of a layer: the other is zero
+        other = cn.replace("bias_ih", "bias_hh") if "bias_ih" in cn else cn.replace("bias_hh", "bias_ih")
+        if cn.startswith("rnn.bias_") and other not in canon:
+            canon[other] = torch.zeros_like(tensors[cn])
+            origin[other] = "(zeros: the key_map names one bias)"
+            notes.append(f"{other} is zero: the key_map names only {cn} for that layer")
     if failure is not None and "rnn.weight_ih_l0" in canon and "rnn.weight_hh_l0" in canon:
         failure = None
 
@@ -155,7 +156,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
                 f"{listing}. They may be a layer SeqScope's model (embedding → {cfg.cell} stack → one linear head) "
                 "does not have, and skipping them would give wrong numbers. If they are not part of the forward "
                 "pass, load with strict=False; if they belong to the model under other names, "
-                + CONFIG_HELP)
+                + config_help(found.tensors))
         notes.append(f"unused tensors (strict=False): {listing}")
     skipped = [k for k, v in found.tensors.items() if k not in used_file_keys and not v.is_floating_point()]
     if skipped:
@@ -176,9 +177,12 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     elif tokenizer is not None and cfg.vocab_size is None:
         notes.append(f"a vocabulary was found ({vocab_src}) but the model reads numeric inputs; it was not attached")
         tokenizer = None
-    if isinstance(tokenizer, CharVocab) and any(len(p) != 1 for p in tokenizer.pieces):
+    if isinstance(tokenizer, CharVocab) and tokenizer.multi_character:
         notes.append("the vocabulary has entries longer than one character: text is matched character by "
                      "character, so give token ids for word-level vocabularies")
+    elif isinstance(tokenizer, CharVocab) and tokenizer.specials:
+        notes.append(f"the vocabulary's special entries ({', '.join(tokenizer.specials[:6])}) are never read from "
+                     "text" + (f"; characters not in it are read as {tokenizer.unknown}" if tokenizer.unknown else ""))
 
     weights = {cn: canon[cn] for cn in expected}
     try:
@@ -240,7 +244,7 @@ def _inference_message(found: _Found, failure: str, tensors, back, config_given=
              f"Expected {EXPECTED_NAMES}.",
              f"Left unused: {_list_keys(tensors, back)}." if tensors else "",
              ("The config passed to load states the architecture, but the file's names could not be matched "
-              "to it: add a key_map, e.g. " if config_given else "To load it anyway, ") + CONFIG_HELP + "."]
+              "to it: add a key_map, e.g. " if config_given else "To load it anyway, ") + config_help(tensors, back) + "."]
     return " ".join(x for x in lines if x)
 
 

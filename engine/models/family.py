@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
@@ -466,3 +466,15 @@ def names_under(tensors: dict, prefix: str, root: str, head: str) -> tuple[dict,
             cn = k
         canon[cn], origin[cn] = v, k
     return canon, origin
+
+
+def untied_if_the_file_says_so(cfg, field: str, canon: dict, head: str, embed: str, notes: list[str]):
+    """``cfg`` with ``field`` (its tie of the head to the embeddings) false where the config says
+    true but the file holds a head that differs from the embeddings: the weights decide, as in
+    ``transformers``, which loads such a head as it is (a note says so)."""
+    lm, e = canon.get(head), canon.get(embed)
+    if not getattr(cfg, field) or lm is None or e is None or lm.shape != e.shape or torch.equal(lm, e):
+        return cfg
+    notes.append(f"the config says the head is tied to the embeddings, but the file holds its own {head}, which "
+                 "differs from them: the file's head was used")
+    return replace(cfg, **{field: False})

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
+from .family import untied_if_the_file_says_so
 from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,
                      config_from_fields, probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
@@ -563,12 +564,10 @@ def load_mamba(tensors: dict, configs: list, *, name: str, fmt: str, strict: boo
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated)
     cfg = config_from_fields(MambaConfig, fields, name=name, label="Mamba", tensors=tensors)
+    cfg = untied_if_the_file_says_so(cfg, "tie_embeddings", canon, "lm_head.weight", "backbone.embeddings.weight", notes)
     expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "lm_head.weight" in canon:
-        lm, e = canon["lm_head.weight"], canon.get("backbone.embeddings.weight")
-        if e is not None and lm.shape == e.shape and not torch.equal(lm, e):
-            raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from "
-                            "them in the file")
+        e = canon.get("backbone.embeddings.weight")
         expected = {**expected, "lm_head.weight": tuple(e.shape) if e is not None else (cfg.vocab_size, cfg.d_model)}
     what = f"a Mamba model ({layout or 'layout from the weights'}: d_model={cfg.d_model}, n_layer={cfg.n_layer}, " \
            f"d_inner={cfg.d_inner}, d_state={cfg.d_state}, d_conv={cfg.d_conv}, dt_rank={cfg.dt_rank}, " \

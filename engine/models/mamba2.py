@@ -64,6 +64,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
+from .family import untied_if_the_file_says_so
 from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
                      probe_table, unused_note)
 from .mamba import MambaModel
@@ -671,13 +672,9 @@ def load_mamba2(tensors: dict, configs: list, *, name: str, fmt: str, strict: bo
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated, notes)
     cfg = config_from_fields(Mamba2Config, fields, name=name, label="Mamba2", tensors=tensors)
+    cfg = untied_if_the_file_says_so(cfg, "tie_embeddings", canon, "lm_head.weight", "backbone.embeddings.weight", notes)
     expected = canonical_weight_shapes(cfg)
-    emb = canon.get("backbone.embeddings.weight")
     if cfg.tie_embeddings and "lm_head.weight" in canon:
-        lm = canon["lm_head.weight"]
-        if emb is not None and lm.shape == emb.shape and not torch.equal(lm, emb):
-            raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from "
-                            "them in the file")
         expected = {**expected, "lm_head.weight": (cfg.vocab_size, cfg.d_model)}
     what = (f"a Mamba2 model ({layout or 'layout from the weights'}: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
             f"n_heads={cfg.n_heads}, head_dim={cfg.head_dim}, d_state={cfg.d_state}, n_groups={cfg.n_groups}, "

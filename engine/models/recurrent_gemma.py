@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
+from .family import untied_if_the_file_says_so
 from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights, checked_fields,
                      config_from_fields, names_under, unused_note)
 from .mingru import _scan_numba, gated_attention
@@ -629,11 +630,10 @@ def load_recurrent_gemma(tensors: dict, configs: list, *, name: str, fmt: str, s
     canon, origin = _canonical_names(tensors, name)
     fields = _infer_config(canon, stated, notes)
     cfg = config_from_fields(RecurrentGemmaConfig, fields, name=name, label="RecurrentGemma", tensors=tensors)
+    cfg = untied_if_the_file_says_so(cfg, "tie_word_embeddings", canon, "lm_head.weight", "model.embed_tokens.weight",
+                                     notes)
     expected = canonical_weight_shapes(cfg)
-    if cfg.tie_word_embeddings and "lm_head.weight" in canon:  # a tied head saved anyway must equal the embedding
-        lm, e = canon["lm_head.weight"], canon.get("model.embed_tokens.weight")
-        if e is not None and lm.shape == e.shape and not torch.equal(lm, e):
-            raise LoadError(f"{name}: the config ties lm_head to the embeddings, but lm_head.weight differs from them")
+    if cfg.tie_word_embeddings and "lm_head.weight" in canon:  # a tied head saved anyway: equal to the embedding
         expected = {**expected, "lm_head.weight": (cfg.vocab_size, cfg.hidden_size)}
     what = (f"a RecurrentGemma model ({layout or 'layout from the weights'}: hidden_size={cfg.hidden_size}, "
             f"layers={cfg.num_hidden_layers} {list(cfg.block_types)[:cfg.num_hidden_layers]}, "

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
+from .family import untied_if_the_file_says_so
 from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,
                      config_from_fields, names_under, probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
@@ -684,11 +685,10 @@ def load_rwkv(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool
         t = canon.get(cn)
         if t is not None and tuple(t.shape) != shape and ".time_" in cn and t.numel() == int(np.prod(shape)):
             canon[cn] = t.reshape(shape)
+    cfg = untied_if_the_file_says_so(cfg, "tie_embeddings", canon, "head.weight", "rwkv.embeddings.weight", notes)
+    expected = canonical_weight_shapes(cfg)
     if cfg.tie_embeddings and "head.weight" in canon:
         e = canon.get("rwkv.embeddings.weight")
-        if e is not None and canon["head.weight"].shape == e.shape and not torch.equal(canon["head.weight"], e):
-            raise LoadError(f"{name}: the config ties head to the embeddings, but head.weight differs from them in "
-                            "the file")
         expected = {**expected, "head.weight": tuple(e.shape) if e is not None else (cfg.vocab_size, cfg.d_model)}
     what = (f"an RWKV-4 model ({layout}: hidden_size={cfg.d_model}, num_hidden_layers={cfg.n_layer}, "
             f"attention_hidden_size={cfg.d_att}, intermediate_size={cfg.d_ffn}, vocab_size={cfg.vocab_size})")

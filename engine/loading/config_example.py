@@ -1,0 +1,143 @@
+"""The config example a loading error ends with, built from the file's own tensors: which of them
+look like the recurrent layers (an input matrix and a recurrent matrix with 4H, 3H or H rows), the
+embedding before them and the head after them, as the ``config=`` dict (sizes and a ``key_map``
+to SeqScope's canonical names) that would load THIS file if the guess is right.  The guess
+rests on shapes and file order only; the text says what it assumes (torch's gate order)."""
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+
+from .classic_inference import _bias_names
+
+_CELL_BY_GATES = {4: "lstm", 3: "gru", 1: "rnn_tanh"}
+_GATE_ORDER = {"lstm": "i, f, g, o", "gru": "r, z, n", "rnn_tanh": ""}
+#: names that mark a recurrent (hidden → hidden) matrix and an input one, to tell them apart when
+#: the input is as wide as the hidden state
+_RECURRENT_NAME = re.compile(r"hh|recur|(?<![a-z])(u|rec|hidden)(?![a-z])", re.I)
+_INPUT_NAME = re.compile(r"ih|xh|input|kernel(?!.*recur)|(?<![a-z])(w|wx|x)(?![a-z])", re.I)
+
+
+def config_example(tensors: dict[str, torch.Tensor], back: dict | None = None) -> dict:
+    """A ``config=`` dict for these tensors (file keys through ``back`` where given), or a generic
+    one with the sizes of the largest matrices when no recurrent layer can be made out."""
+    back = back or {}
+    order = [k for k, t in tensors.items() if t.is_floating_point() and t.ndim in (1, 2)]
+    shape = {k: tuple(int(n) for n in tensors[k].shape) for k in order}
+    pos = {k: i for i, k in enumerate(order)}
+    used: set[str] = set()
+    key_map: dict[str, str] = {}
+    layers: list[tuple[int, int, int]] = []  # (gates, hidden, input) per layer
+
+    for hh in order:
+        if hh in used or len(shape[hh]) != 2:
+            continue
+        rows, hidden = shape[hh]
+        gates = rows // hidden if hidden and rows % hidden == 0 else 0
+        if gates not in _CELL_BY_GATES or (layers and (gates, hidden) != layers[0][:2]):
+            continue
+        width = layers[-1][1] if layers else None  # a later layer reads the one before
+        ih = _nearest(pos[hh], [k for k in order if k not in used and k != hh and len(shape[k]) == 2
+                           and shape[k][0] == rows and (width is None or shape[k][1] == width)], pos)
+        if ih is None:
+            continue
+        if shape[ih] == shape[hh] and _looks_recurrent(ih) and not _looks_recurrent(hh):
+            ih, hh = hh, ih
+        n = len(layers)
+        layers.append((gates, hidden, shape[ih][1]))
+        used.update((ih, hh))
+        key_map[back.get(ih, ih)] = f"rnn.weight_ih_l{n}"
+        key_map[back.get(hh, hh)] = f"rnn.weight_hh_l{n}"
+        biases = _paired(ih, shape, used) + _paired(hh, shape, used)
+        if len(biases) < 2:
+            near = sorted((k for k in order if k not in used and shape[k] == (rows,)),
+                          key=lambda k: abs(pos[k] - pos[hh]))
+            biases = sorted(biases + near[: 2 - len(biases)], key=pos.get)
+        for b, name in zip(biases, ("bias_ih", "bias_hh")):
+            used.add(b)
+            key_map[back.get(b, b)] = f"rnn.{name}_l{n}"
+
+    if not layers:
+        return _generic(order, shape)
+    gates, hidden, width_in = layers[0]
+    cfg: dict = {"cell": _CELL_BY_GATES[gates], "num_layers": len(layers), "hidden_size": hidden,
+                 "input_size": width_in}
+    if not any(v.startswith("rnn.bias") for v in key_map.values()):
+        cfg["bias"] = False
+    first = min(pos[k] for k in used)
+    embed = _nearest_before(first, [k for k in order if k not in used and len(shape[k]) == 2
+                                    and shape[k][1] == width_in], pos)
+    if embed is not None:
+        used.add(embed)
+        cfg["vocab_size"] = shape[embed][0]
+        key_map[back.get(embed, embed)] = "embed.weight"
+    head = _nearest(max(pos[k] for k in used), [k for k in order if k not in used and len(shape[k]) == 2
+                                                and shape[k][1] == hidden and pos[k] > first], pos)
+    if head is not None:
+        used.add(head)
+        cfg["output_size"] = shape[head][0]
+        key_map[back.get(head, head)] = "head.weight"
+        bias = _paired(head, shape, used) or [k for k in order if k not in used and shape[k] == (shape[head][0],)
+                                              and pos[k] > pos[head]][:1]
+        if bias:
+            key_map[back.get(bias[0], bias[0])] = "head.bias"
+        else:
+            cfg["head_bias"] = False
+    cfg["key_map"] = key_map
+    return cfg
+
+
+def _looks_recurrent(key: str) -> bool:
+    last = key.rpartition(".")[2]
+    return bool(_RECURRENT_NAME.search(last) or (_RECURRENT_NAME.search(key) and not _INPUT_NAME.search(last)))
+
+
+def _nearest(anchor: int, candidates, pos):
+    """The candidate closest to position ``anchor`` in file order (the earlier one on a tie)."""
+    return min(candidates, key=lambda k: (abs(pos[k] - anchor), pos[k]), default=None)
+
+
+def _nearest_before(first: int, candidates, pos):
+    before = [k for k in candidates if pos[k] < first]
+    return max(before, key=pos.get, default=None)
+
+
+def _paired(weight: str, shape, used) -> list[str]:
+    """The bias named like ``weight`` (``fc.weight``/``fc.bias``, ``W_out``/``b_out``), if present and free."""
+    return [b for b in _bias_names(weight) if b in shape and b not in used and shape[b] == shape[weight][:1]][:1]
+
+
+def _generic(order, shape) -> dict:
+    mats = [k for k in order if len(shape[k]) == 2]
+    width = shape[mats[0]][1] if mats else 64
+    hidden = shape[mats[1]][1] if len(mats) > 1 else 128
+    return {"cell": "lstm", "num_layers": 1, "hidden_size": hidden, "input_size": width,
+            "key_map": {k: "rnn.weight_ih_l0" if i == 0 else "rnn.weight_hh_l0" for i, k in enumerate(mats[:2])}
+            or {"<key in the file>": "rnn.weight_ih_l0"}}
+
+
+def python_text(value) -> str:
+    """``value`` (dicts, strings, numbers, booleans) as Python source that is also JSON where it
+    holds no booleans."""
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {python_text(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def config_help(tensors: dict[str, torch.Tensor], back: dict | None = None) -> str:
+    """The sentence that ends a loading error: a config for this file, to pass from Python or the
+    command line."""
+    cfg = config_example(tensors, back)
+    cell = cfg["cell"]
+    guessed = "key_map" in cfg and not any(k.startswith("<") for k in cfg["key_map"])
+    text = python_text(cfg)
+    json_note = " (with false/true for False/True)" if "False" in text or "True" in text else ""
+    order = _GATE_ORDER.get(cell, "")
+    assumption = (f" — read off this file's shapes; it assumes torch's layout ([gates*hidden, input] matrices"
+                  + (f", gates in the order {order}" if order else "") + ")") if guessed else ""
+    return (f"pass the architecture explicitly: engine.load(path, config={text}){assumption}, or on the command "
+            f"line --config config.json holding the same{json_note}")

@@ -35,7 +35,7 @@ import numpy as np
 from .. import safe_json
 from ..errors import LoadError
 from ..limits import display_name
-from .keras_layers import KerasLayer, assemble, model_layers, reads_weights
+from .keras_layers import KerasLayer, assemble, model_layers, reads_weights, recurrent_kind
 from .record import _Found, _short
 
 TRACE_FORMAT = "seqscope-trace"
@@ -52,14 +52,8 @@ def is_keras_h5(path) -> bool:
 
 
 def read_keras_h5(path: Path) -> _Found:
-    import h5py
-
     name = display_name(path.name)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name} is an HDF5 file that cannot be opened: it is truncated or damaged "
-                        f"({_short(exc)})") from None
+    f = open_h5(path, name)
     try:
         with f:
             size = path.stat().st_size
@@ -85,6 +79,38 @@ def _names(attr) -> list[str]:
     return [_text(x) for x in np.asarray(attr).reshape(-1).tolist()] if np.asarray(attr).size else []
 
 
+def h5_array(ds, where: str, file_size: int, fail) -> np.ndarray:
+    """A Keras weight dataset's values, after checking that it is a plain float array of at most 2
+    dimensions whose data the file really holds (a dataset declared huge but never written, or
+    kept in other files, is refused through ``fail(text)`` before anything is read)."""
+    if not hasattr(ds, "shape") or ds.dtype.kind != "f":
+        fail(f"{where} is not an array of floating-point numbers")
+    if ds.ndim > 2:
+        fail(f"{where} has {ds.ndim} dimensions; Keras recurrent models' weights have at most 2")
+    if ds.is_virtual or ds.external:
+        fail(f"{where} keeps its data in other files")
+    declared = math.prod(int(n) for n in ds.shape) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    filtered = ds.id.get_create_plist().get_nfilters() > 0
+    if declared and (stored > file_size or (not filtered and stored < declared)
+                     or (filtered and declared > stored * 1100)):
+        fail(f"{where} is declared {list(ds.shape)} ({declared:,} bytes) but the file holds "
+             f"{stored:,} bytes of it: the file is truncated or damaged")
+    data = ds[...]
+    return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("=")) if not data.dtype.isnative else data)
+
+
+def open_h5(path_or_file, name: str):
+    """An h5py File opened read-only, or a LoadError saying the file is damaged."""
+    import h5py
+
+    try:
+        return h5py.File(path_or_file, "r")
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name} is an HDF5 file that cannot be opened: it is truncated or damaged "
+                        f"({_short(exc)})") from None
+
+
 class _Reader:
     def __init__(self, f, name: str, size: int):
         self.f, self.name, self.size = f, name, size
@@ -99,9 +125,6 @@ class _Reader:
         if _text(f.attrs.get("format", "")) == TRACE_FORMAT:
             raise LoadError(f"{self.name} is a SeqScope trace, not a model: open it as a trace "
                             "(engine.load_trace, or the window's File ▸ Open trace)")
-        if "layers" in f and "vars" in f and "layer_names" not in f.attrs:
-            raise LoadError(f"{self.name} is a Keras 3 .weights.h5 file, which SeqScope does not read yet (it holds "
-                            "no architecture): save the model with model.save('model.h5') and open that")
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
             raise LoadError(f"{self.name} is an HDF5 file but neither Keras weights (no layer_names attribute) "
@@ -165,21 +188,7 @@ class _Reader:
         return out
 
     def _array(self, ds, where: str) -> np.ndarray:
-        if not hasattr(ds, "shape") or ds.dtype.kind != "f":
-            self.fail(f"{where} is not an array of floating-point numbers")
-        if ds.ndim > 2:
-            self.fail(f"{where} has {ds.ndim} dimensions; Keras recurrent models' weights have at most 2")
-        if ds.is_virtual or ds.external:
-            self.fail(f"{where} keeps its data in other files")
-        declared = math.prod(int(n) for n in ds.shape) * ds.dtype.itemsize
-        stored = ds.id.get_storage_size()
-        filtered = ds.id.get_create_plist().get_nfilters() > 0
-        if declared and (stored > self.size or (not filtered and stored < declared)
-                         or (filtered and declared > stored * 1100)):
-            self.fail(f"{where} is declared {list(ds.shape)} ({declared:,} bytes) but the file holds "
-                      f"{stored:,} bytes of it: the file is truncated or damaged")
-        data = ds[...]
-        return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("=")) if not data.dtype.isnative else data)
+        return h5_array(ds, where, self.size, self.fail)
 
     def _guess_class(self, lname: str, weights) -> str:
         if not weights:
@@ -192,13 +201,7 @@ class _Reader:
         if "embeddings" in weights:
             return "Embedding"
         if "recurrent_kernel" in weights and "kernel" in weights:
-            units = weights["recurrent_kernel"].shape[0]
-            cols = weights["kernel"].shape[-1]
-            kind = {units: "SimpleRNN", 3 * units: "GRU", 4 * units: "LSTM"}.get(cols)
-            if kind is None:
-                self.fail(f"layer {lname!r} has a kernel of {cols} columns for {units} units: not a SimpleRNN, "
-                          "GRU or LSTM")
-            return kind
+            return recurrent_kind(lname, weights, self.fail)
         for prefix, kind in (("simple_rnn", "SimpleRNN"), ("lstm", "LSTM"), ("gru", "GRU")):
             if low.startswith(prefix):  # named as Keras names it, with a weight missing: say which
                 return kind

@@ -113,6 +113,17 @@ def _inbound(nodes, depth: int = 0) -> list[str]:
     return found
 
 
+def recurrent_kind(lname: str, weights, fail) -> str:
+    """SimpleRNN, GRU or LSTM, told by the kernel's columns per unit (1, 3 or 4), for files that
+    do not name a layer's class."""
+    units = weights["recurrent_kernel"].shape[0]
+    cols = weights["kernel"].shape[-1]
+    kind = {units: "SimpleRNN", 3 * units: "GRU", 4 * units: "LSTM"}.get(cols)
+    if kind is None:
+        fail(f"layer {lname!r} has a kernel of {cols} columns for {units} units: not a SimpleRNN, GRU or LSTM")
+    return kind
+
+
 def supported_text() -> str:
     return ("Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
             "and ignores InputLayer, Masking and Dropout")

@@ -4,9 +4,6 @@ files rebuilt with h5py, loaded by SeqScope without Keras and compared step by s
 own outputs (float32 both sides: within 1e-5); and the files it must refuse in one sentence."""
 from __future__ import annotations
 
-import os
-import sys
-
 import h5py
 import numpy as np
 import pytest
@@ -15,17 +12,14 @@ import torch
 import engine
 from engine.errors import LoadError
 
+from keras_import import import_keras
+
 TOL = 1e-5  # float32 on both sides
 
 
 @pytest.fixture(scope="module")
 def keras():
-    if "keras" not in sys.modules:
-        os.environ["KERAS_BACKEND"] = "torch"
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "torch":
-        pytest.skip("Keras was imported with another backend than torch")
-    return keras
+    return import_keras()
 
 
 def _randomize(model, seed):

@@ -182,6 +182,13 @@ class _Assembler:
                           f"(it changes what they read; SeqScope reads {supported_text()})")
         if not recurrent:
             self.fail("it holds no SimpleRNN, LSTM or GRU layer")
+        last_name, last = recurrent[-1]
+        if last["bidirectional"] and last["return_sequences"] is False and rest:
+            self.notes.append(f"the last layer ({last_name!r}) is a Bidirectional with return_sequences=False: Keras's "
+                              "next layers read its forward half's last step together with its backward half's "
+                              "first step, which is no step of the trace, so SeqScope loaded the recurrent layers "
+                              "without what follows them (no logits)")
+            rest = []
         head = self._head(rest, tensors, cfg)
         self._uniform(recurrent, cfg, embed_seen)
         self._last_step_note(recurrent[-1], head)
@@ -221,6 +228,10 @@ class _Assembler:
     def _last_step_note(self, last, head) -> None:
         last_name, opts = last
         if opts["return_sequences"] is not False:
+            return
+        if opts["bidirectional"]:
+            self.notes.append(f"the last layer ({last_name!r}) is a Bidirectional with return_sequences=False: Keras's "
+                              "output is its forward half at the last step and its backward half at the first step")
             return
         if head is not None:
             self.notes.append(f"the last recurrent layer ({last_name!r}) has return_sequences=False: Keras applies "

@@ -247,8 +247,17 @@ class _WeightsReader:
                     if "kernel" not in forward or "recurrent_kernel" not in forward:
                         self.fail(f"its group {group!r} is a Bidirectional without a forward recurrent layer")
                     lcfg = {"layer": {"class_name": recurrent_kind(group, forward, self.fail)}}
+                if cls == "GRU" and "bias" not in weights:  # the bias's shape would have told
+                    lcfg = {"reset_after": True}
+                    self.notes.append(f"the GRU {group!r} has no bias, which would tell reset_after: Keras 3's "
+                                      "default reset_after=True was assumed")
                 layers.setdefault(cls, []).append(KerasLayer(cls, group, lcfg, weights))
         ordered = _order(layers, self.fail)
+        recurrent = [layer for layer in ordered if layer.cls in RECURRENT or layer.cls == "Bidirectional"]
+        if recurrent[-1].cls == "Bidirectional" and ordered[-1] is not recurrent[-1]:
+            self.notes.append(f"whether the Bidirectional {recurrent[-1].name!r} returns sequences is not in the file: "
+                              "if it does not, Keras's head reads its forward half's last step with its backward half's "
+                              "first, which no step's logits are")
         self.notes.append("a Keras 3 .weights.h5 file without the model's config: the layers' kinds come from the "
                           "file's group names, their order from their sizes, and the activations are Keras's "
                           "defaults (tanh, sigmoid); put the model's config.json beside it if they differ")

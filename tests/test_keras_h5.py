@@ -390,7 +390,7 @@ def test_an_activation_layer_after_the_head_is_noted_and_before_it_refused(keras
                                L.Dense(5)])
     inside.save(tmp_path / "inside.h5")  # an Activation before the Dense: the core loads, no logits
     core = engine.load(tmp_path / "inside.h5", device="cpu")
-    assert core.config.output_size is None and "followed by a Keras Activation layer" in core.info()["notes"]
+    assert core.config.output_size is None and "followed by an Activation layer" in core.info()["notes"]
     between = keras.Sequential([keras.Input((None, 5)), L.LSTM(6, return_sequences=True), L.Activation("relu"),
                                 L.LSTM(6, return_sequences=True)])
     between.save(tmp_path / "between.h5")

@@ -35,7 +35,7 @@ import numpy as np
 from .. import safe_json
 from ..errors import LoadError
 from ..limits import display_name
-from .keras_layers import KerasLayer, assemble, model_layers, reads_weights, recurrent_kind
+from .keras_layers import UNKNOWN, KerasLayer, assemble, model_layers, reads_weights, recurrent_kind
 from .record import _Found, _short
 
 TRACE_FORMAT = "seqscope-trace"
@@ -191,9 +191,13 @@ class _Reader:
         return h5_array(ds, where, self.size, self.fail)
 
     def _guess_class(self, lname: str, weights) -> str:
-        if not weights:
-            return "Dropout" if "dropout" in lname.lower() else "InputLayer"
+        """A layer's class from its name and weights, for files without a model_config; a layer
+        without weights is inert only when its name says so (a pooling or a concatenation has
+        none either), else UNKNOWN."""
         low = lname.lower()
+        if not weights:
+            named = {"dropout": "Dropout", "input": "InputLayer", "masking": "Masking"}
+            return next((cls for word, cls in named.items() if word in low), UNKNOWN)
         if low.startswith("cu_dnn") or low.startswith("cudnn"):
             return "CuDNNGRU" if "gru" in low else "CuDNNLSTM"
         if low.startswith("bidirectional"):
@@ -201,12 +205,19 @@ class _Reader:
         if "embeddings" in weights:
             return "Embedding"
         if "recurrent_kernel" in weights and "kernel" in weights:
-            return recurrent_kind(lname, weights, self.fail)
+            kind = recurrent_kind(lname, weights, self.fail)
+            bias = weights.get("bias")
+            # a CuDNN layer under another name (textgenrnn's rnn_1): two biases, 2 × gates × units
+            if bias is not None and bias.shape == (2 * weights["kernel"].shape[-1],) and kind != "SimpleRNN":
+                return "CuDNN" + kind
+            return kind
         for prefix, kind in (("simple_rnn", "SimpleRNN"), ("lstm", "LSTM"), ("gru", "GRU")):
             if low.startswith(prefix):  # named as Keras names it, with a weight missing: say which
                 return kind
         if set(weights) <= {"kernel", "bias"} and "kernel" in weights:
             return "Dense"
-        self.fail(f"layer {lname!r} holds weights {sorted(weights)}, which are not those of an Embedding, "
-                  "SimpleRNN, LSTM, GRU or Dense layer (Keras 1's per-gate W_i/U_i weights are not read)")
+        if any(k.startswith(("W_", "U_")) for k in weights):
+            self.fail(f"layer {lname!r} holds weights {sorted(weights)}: Keras 1's per-gate W_i/U_i weights are "
+                      "not read; re-save the model with Keras 2 or 3")
+        return UNKNOWN
 

@@ -37,6 +37,8 @@ INERT = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "Gaussi
          "Masking")
 HEAD_WRAPPERS = ("Dense", "TimeDistributed")
 READ = ("Embedding", "Bidirectional", "Activation") + HEAD_WRAPPERS
+#: the class of a layer in a file that does not name it and whose weights do not tell it
+UNKNOWN = "unnamed kind"
 #: Keras's names for activations SeqScope knows under another name
 ALIASES = {"swish": "silu"}
 
@@ -124,6 +126,12 @@ def recurrent_kind(lname: str, weights, fail) -> str:
     return kind
 
 
+def _what(cls: str) -> str:
+    if cls == UNKNOWN:
+        return "a layer whose kind the file does not name"
+    return "an Activation layer" if cls == "Activation" else f"a Keras {cls} layer"
+
+
 def supported_text() -> str:
     return ("Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
             "and ignores InputLayer, Masking and Dropout")
@@ -177,7 +185,7 @@ class _Assembler:
                     self.notes.append(f"the Embedding {lname!r} has mask_zero=True: Keras skips steps whose id "
                                       "is 0 (padding), SeqScope runs every step, so give inputs without id 0")
             else:
-                what = "an Activation" if cls == "Activation" else f"a Keras {cls} layer"
+                what = _what(cls)
                 self.fail(f"layer {lname!r} is {what} before the recurrent layers, which SeqScope does not read "
                           f"(it changes what they read; SeqScope reads {supported_text()})")
         if not recurrent:
@@ -258,12 +266,12 @@ class _Assembler:
                 return self._no_head(rest, f"a TimeDistributed around {inner_cls or 'an unknown layer'}")
             lcfg = inner.get("config") if isinstance(inner, dict) and isinstance(inner.get("config"), dict) else None
         elif dense.cls != "Dense":
-            return self._no_head(rest, f"a Keras {dense.cls} layer")
+            return self._no_head(rest, _what(dense.cls))
         activations = []
         for layer in after:
             act = (layer.config or {}).get("activation")
             if layer.cls != "Activation" or layer.weights:
-                return self._no_head(rest, f"a Dense layer followed by a Keras {layer.cls} layer ({layer.name!r})")
+                return self._no_head(rest, f"a Dense layer followed by {_what(layer.cls)} ({layer.name!r})")
             activations.append((layer.name, act))
         kernel = self._need(dense.weights, dense.name, "kernel", 2)
         bias = dense.weights.get("bias")

@@ -151,7 +151,9 @@ def read_text_capped(path, what: str, limit: int = MAX_SIDE_FILE_BYTES) -> str:
 
 
 # -- zip archives (PyTorch's checkpoint format) ------------------------------------------------
-def check_zip_entries(infos, archive_bytes: int, name: str) -> None:
+def check_zip_entries(infos, archive_bytes: int, name: str,
+                      advice: str = "which no torch.save writes; re-save the weights with torch.save or safetensors"
+                      ) -> None:
     """Refuse a zip whose entries declare more than the archive can honestly hold: a compressed
     entry that inflates far beyond its compressed size (a zip bomb), or a stored one larger than
     the archive itself."""
@@ -163,8 +165,7 @@ def check_zip_entries(infos, archive_bytes: int, name: str) -> None:
                                 f"more than the whole file ({archive_bytes:,} bytes)")
         elif size > SMALL_ZIP_ENTRY_BYTES and size > MAX_COMPRESSION_RATIO * max(packed, 1):
             raise LoadError(f"{name} is refused: its entry {display_name(info.filename)} would inflate from "
-                            f"{packed:,} to {size:,} bytes (more than {MAX_COMPRESSION_RATIO} times), which no "
-                            "torch.save writes; re-save the weights with torch.save or safetensors")
+                            f"{packed:,} to {size:,} bytes (more than {MAX_COMPRESSION_RATIO} times), {advice}")
 
 
 def read_zip_entry(z, info, name: str, limit: int = MAX_PICKLE_BYTES) -> bytes:

@@ -292,6 +292,10 @@ def _is_number(s: str) -> bool:
 
 def tokenizer_from_dict(d: dict, base: Path | None = None):
     files = {"tokenizer.json": FileTokenizer, RwkvWorldTokenizer.kind: RwkvWorldTokenizer}
+    if d.get("kind") == "keras_tokenizer":
+        from .keras_tokenizer import KerasTokenizer
+
+        return KerasTokenizer.from_dict(d)
     if d.get("kind") in files:
         p = Path(d["path"])
         return files[d["kind"]](p if p.is_absolute() or base is None else base / p)

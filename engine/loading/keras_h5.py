@@ -32,17 +32,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-
 from .. import safe_json
 from ..errors import LoadError
 from ..limits import display_name
-from ..models.activations import check_activation
+from .keras_layers import UNKNOWN, KerasLayer, assemble, model_layers, reads_weights, recurrent_kind
 from .record import _Found, _short
 
 TRACE_FORMAT = "seqscope-trace"
-RECURRENT = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3, "CuDNNLSTM": 4, "CuDNNGRU": 3}
-IGNORED = ("InputLayer", "Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise", "AlphaDropout")
 MAX_LAYERS = 10_000
 
 
@@ -56,14 +52,8 @@ def is_keras_h5(path) -> bool:
 
 
 def read_keras_h5(path: Path) -> _Found:
-    import h5py
-
     name = display_name(path.name)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
-        raise LoadError(f"{name} is an HDF5 file that cannot be opened: it is truncated or damaged "
-                        f"({_short(exc)})") from None
+    f = open_h5(path, name)
     try:
         with f:
             size = path.stat().st_size
@@ -89,6 +79,38 @@ def _names(attr) -> list[str]:
     return [_text(x) for x in np.asarray(attr).reshape(-1).tolist()] if np.asarray(attr).size else []
 
 
+def h5_array(ds, where: str, file_size: int, fail) -> np.ndarray:
+    """A Keras weight dataset's values, after checking that it is a plain float array of at most 2
+    dimensions whose data the file really holds (a dataset declared huge but never written, or
+    kept in other files, is refused through ``fail(text)`` before anything is read)."""
+    if not hasattr(ds, "shape") or ds.dtype.kind != "f":
+        fail(f"{where} is not an array of floating-point numbers")
+    if ds.ndim > 2:
+        fail(f"{where} has {ds.ndim} dimensions; Keras recurrent models' weights have at most 2")
+    if ds.is_virtual or ds.external:
+        fail(f"{where} keeps its data in other files")
+    declared = math.prod(int(n) for n in ds.shape) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    filtered = ds.id.get_create_plist().get_nfilters() > 0
+    if declared and (stored > file_size or (not filtered and stored < declared)
+                     or (filtered and declared > stored * 1100)):
+        fail(f"{where} is declared {list(ds.shape)} ({declared:,} bytes) but the file holds "
+             f"{stored:,} bytes of it: the file is truncated or damaged")
+    data = ds[...]
+    return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("=")) if not data.dtype.isnative else data)
+
+
+def open_h5(path_or_file, name: str):
+    """An h5py File opened read-only, or a LoadError saying the file is damaged."""
+    import h5py
+
+    try:
+        return h5py.File(path_or_file, "r")
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise LoadError(f"{name} is an HDF5 file that cannot be opened: it is truncated or damaged "
+                        f"({_short(exc)})") from None
+
+
 class _Reader:
     def __init__(self, f, name: str, size: int):
         self.f, self.name, self.size = f, name, size
@@ -103,9 +125,6 @@ class _Reader:
         if _text(f.attrs.get("format", "")) == TRACE_FORMAT:
             raise LoadError(f"{self.name} is a SeqScope trace, not a model: open it as a trace "
                             "(engine.load_trace, or the window's File ▸ Open trace)")
-        if "layers" in f and "vars" in f and "layer_names" not in f.attrs:
-            raise LoadError(f"{self.name} is a Keras 3 .weights.h5 file, which SeqScope does not read yet (it holds "
-                            "no architecture): save the model with model.save('model.h5') and open that")
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in root.attrs:
             raise LoadError(f"{self.name} is an HDF5 file but neither Keras weights (no layer_names attribute) "
@@ -117,15 +136,14 @@ class _Reader:
         layer_names = _names(root.attrs["layer_names"])
         if len(layer_names) > MAX_LAYERS:
             self.fail(f"it lists {len(layer_names):,} layers, more than SeqScope reads")
-        layers = []  # (class name or None, layer name, config or None, {weight name: array})
+        layers = []
         if configs is not None:
             for cls, cfg in configs:
                 lname = str(cfg.get("name", ""))
-                self._check_class(cls, lname)
-                weights = self._weights(root, lname) if lname in root else {}
-                layers.append((cls, lname, cfg, weights))
-            missing = [n for n in layer_names if n not in {ln for _, ln, _, _ in layers}
-                       and self._weights(root, n)]
+                weights = self._weights(root, lname) if lname in root and reads_weights(cls) else {}
+                layers.append(KerasLayer(cls, lname, cfg, weights))
+            described = {layer.name for layer in layers}
+            missing = [n for n in layer_names if n not in described and self._weights(root, n)]
             if missing:
                 self.fail(f"it holds weights for layer {missing[0]!r}, which its model_config does not describe")
         else:
@@ -134,8 +152,14 @@ class _Reader:
                               "sigmoid); a model trained with other activations (Keras ≤ 2.2 LSTMs and GRUs used "
                               "hard_sigmoid) needs config={'recurrent_activation': ...}")
             for lname in layer_names:
-                layers.append((None, lname, None, self._weights(root, lname)))
-        tensors, config = self._assemble(layers)
+                weights = self._weights(root, lname)
+                cls = self._guess_class(lname, weights)
+                cfg = None
+                if cls == "Bidirectional":  # the wrapped layer's kind, from the forward half's weights
+                    forward = {k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith("forward/")}
+                    cfg = {"layer": {"class_name": self._guess_class(f"forward half of {lname}", forward)}}
+                layers.append(KerasLayer(cls, lname, cfg, weights))
+        tensors, config = assemble(layers, name=self.name, keras3=self.keras3, notes=self.notes)
         fmt = "keras-h5" + (f" (Keras {version})" if version else "")
         return _Found(name=self.name, fmt=fmt, tensors=tensors, metadata={"seqscope_config": config},
                       notes=self.notes)
@@ -145,19 +169,7 @@ class _Reader:
         if raw is None:
             return None
         model = safe_json.loads(_text(raw), f"{self.name}'s model_config")
-        if not isinstance(model, dict):
-            self.fail("its model_config is not a JSON object")
-        cls = model.get("class_name")
-        body = model.get("config")
-        layers = body.get("layers") if isinstance(body, dict) else body  # Keras 2.0/2.1 Sequential: a list
-        if not isinstance(layers, list):
-            self.fail(f"its model_config ({cls}) lists no layers")
-        out = []
-        for entry in layers:
-            if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
-                self.fail("its model_config holds a layer that is not an object with a config")
-            out.append((str(entry.get("class_name")), entry["config"]))
-        return out
+        return model_layers(model, self.name, "model_config")
 
     def _weights(self, root, lname: str) -> dict[str, np.ndarray]:
         g = root[lname]
@@ -176,123 +188,16 @@ class _Reader:
         return out
 
     def _array(self, ds, where: str) -> np.ndarray:
-        if not hasattr(ds, "shape") or ds.dtype.kind != "f":
-            self.fail(f"{where} is not an array of floating-point numbers")
-        if ds.ndim > 2:
-            self.fail(f"{where} has {ds.ndim} dimensions; Keras recurrent models' weights have at most 2")
-        if ds.is_virtual or ds.external:
-            self.fail(f"{where} keeps its data in other files")
-        declared = math.prod(int(n) for n in ds.shape) * ds.dtype.itemsize
-        stored = ds.id.get_storage_size()
-        filtered = ds.id.get_create_plist().get_nfilters() > 0
-        if declared and (stored > self.size or (not filtered and stored < declared)
-                         or (filtered and declared > stored * 1100)):
-            self.fail(f"{where} is declared {list(ds.shape)} ({declared:,} bytes) but the file holds "
-                      f"{stored:,} bytes of it: the file is truncated or damaged")
-        data = ds[...]
-        return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("=")) if not data.dtype.isnative else data)
-
-    # -- layers → the classic stack --------------------------------------------------------------
-    def _assemble(self, layers):
-        tensors: dict[str, torch.Tensor] = {}
-        cfg: dict = {}
-        recurrent = []  # (layer name, options)
-        head = None
-        embed_seen = False
-        for cls, lname, lcfg, weights in layers:
-            cls = cls or self._guess_class(lname, weights)
-            self._check_class(cls, lname)
-            if cls in IGNORED:
-                if weights:
-                    self.fail(f"layer {lname!r} ({cls}) holds weights, which SeqScope does not expect")
-                continue
-            if cls == "Activation" and head is not None and not weights:  # Dense then Activation("softmax")
-                act = (lcfg or {}).get("activation")
-                self.notes.append(f"the Activation layer {lname!r} after the head applies "
-                                  f"{act if isinstance(act, str) else 'a function'}; SeqScope records the logits "
-                                  "before it")
-                continue
-            if head is not None:
-                self.fail(f"layer {lname!r} ({cls}) comes after the Dense head; SeqScope reads models that end "
-                          "in one Dense layer")
-            if cls == "Embedding":
-                if embed_seen or recurrent:
-                    self.fail(f"layer {lname!r} is an Embedding that is not the first layer")
-                emb = self._need(weights, lname, "embeddings", 2)
-                tensors["embed.weight"] = torch.from_numpy(emb)
-                cfg.update(vocab_size=emb.shape[0], input_size=emb.shape[1])
-                embed_seen = True
-                if lcfg and lcfg.get("mask_zero"):
-                    self.notes.append(f"the Embedding {lname!r} has mask_zero=True: Keras skips steps whose id "
-                                      "is 0 (padding), SeqScope runs every step, so give inputs without id 0")
-            elif cls in RECURRENT:
-                recurrent.append((lname, self._recurrent(cls, lname, lcfg, weights, len(recurrent), tensors)))
-            elif cls == "Bidirectional":
-                recurrent.append((lname, self._bidirectional(lname, lcfg, weights, len(recurrent), tensors)))
-            elif cls in ("Dense", "TimeDistributed"):
-                if cls == "TimeDistributed":  # TimeDistributed(Dense): the same Dense at every step
-                    inner = (lcfg or {}).get("layer")
-                    if lcfg is not None and (not isinstance(inner, dict) or inner.get("class_name") != "Dense"):
-                        self.fail(f"layer {lname!r} is a TimeDistributed around "
-                                  f"{inner.get('class_name') if isinstance(inner, dict) else 'an unknown layer'}; "
-                                  "SeqScope reads TimeDistributed(Dense) only")
-                    lcfg = inner.get("config") if isinstance(inner, dict) and isinstance(inner.get("config"), dict) \
-                        else None
-                if not recurrent:
-                    self.fail(f"layer {lname!r} is a Dense layer before any recurrent layer; SeqScope reads "
-                              "Embedding → recurrent layers → one Dense head")
-                head = self._head(lname, lcfg, weights, tensors, cfg)
-            else:  # an Activation before the head: it would change what the next layer reads
-                self.fail(f"layer {lname!r} is a Keras {cls} layer before the head, which SeqScope does not read "
-                          "(an Activation is read only after the Dense head)")
-        if not recurrent:
-            self.fail("it holds no SimpleRNN, LSTM or GRU layer")
-        first = recurrent[0][1]
-        for lname, opts in recurrent[1:]:
-            differ = [k for k in ("cell", "units", "bias", "activation", "recurrent_activation", "reset_after",
-                                  "bidirectional")
-                      if opts[k] != first[k]]
-            if differ:
-                self.fail(f"its recurrent layers differ ({recurrent[0][0]!r} and {lname!r} differ in "
-                          f"{', '.join(differ)}); SeqScope reads stacks of recurrent layers of one kind and "
-                          "size so far")
-        if not embed_seen:
-            cfg["input_size"] = first["input"]
-        elif first["input"] != cfg["input_size"]:
-            self.fail(f"layer {recurrent[0][0]!r} reads {first['input']} features but the Embedding gives "
-                      f"{cfg['input_size']}")
-        for k, (lname, opts) in enumerate(recurrent[1:], start=1):
-            width = first["units"] * (2 if first["bidirectional"] else 1)
-            if opts["input"] != width:
-                self.fail(f"layer {lname!r} reads {opts['input']} features but the layer before it gives {width}")
-        cell = first["cell"]
-        cfg.update(cell=cell, num_layers=len(recurrent), hidden_size=first["units"], bias=first["bias"],
-                   bidirectional=first["bidirectional"])
-        if not cell.startswith("rnn_"):
-            cfg.update(activation=first["activation"], recurrent_activation=first["recurrent_activation"])
-        if cell == "gru":
-            cfg["reset_after"] = first["reset_after"]
-        last_name, last = recurrent[-1]
-        if head is not None and last["return_sequences"] is False:
-            self.notes.append(f"the last recurrent layer ({last_name!r}) has return_sequences=False: Keras gives "
-                              "only the last step's output, SeqScope records every step (the last step's logits "
-                              "are Keras's output)")
-        elif last["return_sequences"] is False:
-            self.notes.append(f"the last recurrent layer ({last_name!r}) has return_sequences=False; SeqScope "
-                              "records every step, the last one being Keras's output")
-        return tensors, cfg
-
-    def _check_class(self, cls: str, lname: str) -> None:
-        known = ("Embedding", "Dense", "Bidirectional", "Activation", "TimeDistributed")
-        if cls not in RECURRENT and cls not in IGNORED and cls not in known:
-            self.fail(f"layer {lname!r} is a Keras {cls} layer, which SeqScope does not read (it reads "
-                      "Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
-                      "and ignores InputLayer and Dropout)")
+        return h5_array(ds, where, self.size, self.fail)
 
     def _guess_class(self, lname: str, weights) -> str:
-        if not weights:
-            return "Dropout" if "dropout" in lname.lower() else "InputLayer"
+        """A layer's class from its name and weights, for files without a model_config; a layer
+        without weights is inert only when its name says so (a pooling or a concatenation has
+        none either), else UNKNOWN."""
         low = lname.lower()
+        if not weights:
+            named = {"dropout": "Dropout", "input": "InputLayer", "masking": "Masking"}
+            return next((cls for word, cls in named.items() if word in low), UNKNOWN)
         if low.startswith("cu_dnn") or low.startswith("cudnn"):
             return "CuDNNGRU" if "gru" in low else "CuDNNLSTM"
         if low.startswith("bidirectional"):
@@ -300,169 +205,19 @@ class _Reader:
         if "embeddings" in weights:
             return "Embedding"
         if "recurrent_kernel" in weights and "kernel" in weights:
-            units = weights["recurrent_kernel"].shape[0]
-            cols = weights["kernel"].shape[-1]
-            kind = {units: "SimpleRNN", 3 * units: "GRU", 4 * units: "LSTM"}.get(cols)
-            if kind is None:
-                self.fail(f"layer {lname!r} has a kernel of {cols} columns for {units} units: not a SimpleRNN, "
-                          "GRU or LSTM")
+            kind = recurrent_kind(lname, weights, self.fail)
+            bias = weights.get("bias")
+            # a CuDNN layer under another name (textgenrnn's rnn_1): two biases, 2 × gates × units
+            if bias is not None and bias.shape == (2 * weights["kernel"].shape[-1],) and kind != "SimpleRNN":
+                return "CuDNN" + kind
             return kind
         for prefix, kind in (("simple_rnn", "SimpleRNN"), ("lstm", "LSTM"), ("gru", "GRU")):
             if low.startswith(prefix):  # named as Keras names it, with a weight missing: say which
                 return kind
         if set(weights) <= {"kernel", "bias"} and "kernel" in weights:
             return "Dense"
-        self.fail(f"layer {lname!r} holds weights {sorted(weights)}, which are not those of an Embedding, "
-                  "SimpleRNN, LSTM, GRU or Dense layer (Keras 1's per-gate W_i/U_i weights are not read)")
+        if any(k.startswith(("W_", "U_")) for k in weights):
+            self.fail(f"layer {lname!r} holds weights {sorted(weights)}: Keras 1's per-gate W_i/U_i weights are "
+                      "not read; re-save the model with Keras 2 or 3")
+        return UNKNOWN
 
-    def _need(self, weights, lname: str, key: str, ndim: int) -> np.ndarray:
-        if key not in weights:
-            self.fail(f"layer {lname!r} has no {key!r} weight (it holds {sorted(weights) or 'none'})")
-        arr = weights[key]
-        if arr.ndim != ndim:
-            self.fail(f"layer {lname!r}'s {key} has shape {list(arr.shape)}, expected {ndim} dimensions")
-        return arr
-
-    def _activation(self, name, lname: str, role: str) -> str:
-        if not isinstance(name, str):
-            self.fail(f"layer {lname!r} has a custom {role} ({_short(name, 80)}), which SeqScope cannot compute")
-        if name == "hard_sigmoid" and self.keras3:
-            return "hard_sigmoid_keras3"
-        try:
-            return check_activation(name, f"layer {lname!r}'s {role}")
-        except LoadError as exc:
-            self.fail(str(exc))
-
-    def _from_cudnn(self, cls, lname, kernel, rec, weights):
-        """A CuDNNLSTM/CuDNNGRU's weights in Keras's LSTM/GRU layout (as Keras 2 converts them when
-        loading such a file into an LSTM/GRU): per gate, ``kernel_g.T.reshape(kernel_g.shape,
-        order="F")`` and ``recurrent_g.T``; the bias (2 × gates × units,) is the input and the
-        recurrent bias, kept apart (a CuDNNGRU is a reset_after=True GRU)."""
-        gates = RECURRENT[cls]
-        units = rec.shape[0]
-        if rec.shape != (units, gates * units) or kernel.shape[1] != gates * units:
-            self.fail(f"layer {lname!r} (CuDNN{cls} of {units} units) has kernel {list(kernel.shape)} and "
-                      f"recurrent_kernel {list(rec.shape)}; it needs [input, {gates * units}] and "
-                      f"[{units}, {gates * units}]")
-        kernel = np.hstack([k.T.reshape(k.shape, order="F") for k in np.split(kernel, gates, axis=1)])
-        rec = np.hstack([k.T for k in np.split(rec, gates, axis=1)])
-        weights = dict(weights)
-        bias = weights.get("bias")
-        if bias is not None:
-            if bias.shape != (2 * gates * units,):
-                self.fail(f"layer {lname!r}'s bias is {list(bias.shape)}; a CuDNN{cls} of {units} units keeps "
-                          f"two biases, [{2 * gates * units}] in all")
-            weights["bias"] = bias.reshape(2, gates * units)
-        self.notes.append(f"layer {lname!r} is a CuDNN{cls}: its kernels were read in cuDNN's per-gate layout "
-                          "and its two biases kept apart (tanh and sigmoid, as cuDNN computes)")
-        return kernel, rec, weights
-
-    def _bidirectional(self, lname, lcfg, weights, index, tensors) -> dict:
-        """A Bidirectional wrapper with merge_mode "concat": torch's bidirectional layer (forward
-        features first, then backward, each in time order)."""
-        lcfg = lcfg or {}
-        mode = lcfg.get("merge_mode", "concat")
-        if mode != "concat":
-            self.fail(f"layer {lname!r} is a Bidirectional with merge_mode={mode!r}; SeqScope reads merge_mode "
-                      "'concat' only (its bidirectional layers concatenate the two directions)")
-        halves = {side: {k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(side + "/")}
-                  for side in ("forward", "backward")}
-        if not halves["forward"] or not halves["backward"] or len(weights) != sum(map(len, halves.values())):
-            self.fail(f"layer {lname!r} is a Bidirectional whose weights are not split into forward_… and "
-                      "backward_… layers")
-        inner = lcfg.get("layer") if isinstance(lcfg.get("layer"), dict) else None
-        cls = (str(inner.get("class_name")) if inner
-               else self._guess_class(f"forward half of {lname}", halves["forward"]))
-        if cls not in RECURRENT:
-            self.fail(f"layer {lname!r} is a Bidirectional around a {cls}; SeqScope reads SimpleRNN, LSTM and GRU")
-        inner_cfg = inner.get("config") if inner and isinstance(inner.get("config"), dict) else None
-        back = lcfg.get("backward_layer")
-        if isinstance(back, dict) and isinstance(back.get("config"), dict):
-            bcfg = back["config"]
-            same = all(bcfg.get(k) == (inner_cfg or {}).get(k) for k in
-                       ("units", "activation", "recurrent_activation", "use_bias", "reset_after"))
-            if not same or not bcfg.get("go_backwards") or back.get("class_name") != cls:
-                self.fail(f"layer {lname!r} is a Bidirectional whose backward layer differs from its forward one; "
-                          "SeqScope reads mirrored pairs only")
-        if inner_cfg:
-            inner_cfg = {k: v for k, v in inner_cfg.items() if k != "go_backwards"}  # the wrapper runs it backwards
-        fwd = self._recurrent(cls, lname, inner_cfg, halves["forward"], index, tensors)
-        bwd = self._recurrent(cls, lname, inner_cfg, halves["backward"], index, tensors, suffix="_reverse")
-        if any(fwd[k] != bwd[k] for k in ("units", "input", "bias", "reset_after")):
-            self.fail(f"layer {lname!r}'s forward and backward layers differ in size")
-        fwd["bidirectional"] = True
-        fwd["return_sequences"] = inner_cfg.get("return_sequences") if inner_cfg is not None else None
-        return fwd
-
-    def _recurrent(self, cls, lname, lcfg, weights, index, tensors, suffix="") -> dict:
-        lcfg = lcfg or {}
-        for flag in ("go_backwards", "time_major"):
-            if lcfg.get(flag):
-                self.fail(f"layer {lname!r} has {flag}=True, which SeqScope does not read yet")
-        if lcfg.get("stateful"):
-            self.notes.append(f"layer {lname!r} is stateful in Keras; SeqScope starts every run from zero state")
-        kernel = self._need(weights, lname, "kernel", 2)
-        rec = self._need(weights, lname, "recurrent_kernel", 2)
-        units = rec.shape[0]
-        cudnn = cls.startswith("CuDNN")
-        if cudnn:
-            cls = cls[len("CuDNN"):]
-            kernel, rec, weights = self._from_cudnn(cls, lname, kernel, rec, weights)
-        if lcfg.get("units") is not None and lcfg["units"] != units:
-            self.fail(f"layer {lname!r}'s config says {lcfg['units']} units but its recurrent_kernel is "
-                      f"{list(rec.shape)}")
-        gates = RECURRENT[cls]
-        if rec.shape != (units, gates * units) or kernel.shape[1] != gates * units:
-            self.fail(f"layer {lname!r} ({cls} of {units} units) has kernel {list(kernel.shape)} and recurrent_kernel "
-                      f"{list(rec.shape)}; a {cls} needs [input, {gates * units}] and [{units}, {gates * units}]")
-        bias = weights.get("bias")
-        use_bias = lcfg.get("use_bias", bias is not None)
-        if use_bias and bias is None:
-            self.fail(f"layer {lname!r} has use_bias=True but no bias weight")
-        if not use_bias and bias is not None:
-            self.fail(f"layer {lname!r} has use_bias=False but holds a bias")
-        reset_after = None
-        if cls == "GRU":
-            reset_after = bool(lcfg.get("reset_after", bias is not None and bias.ndim == 2)) if lcfg \
-                else bool(bias is not None and bias.ndim == 2)
-        if cudnn:
-            reset_after = True if cls == "GRU" else None
-        want_bias = (2, gates * units) if reset_after or cudnn else (gates * units,)
-        if bias is not None and bias.shape != want_bias:
-            self.fail(f"layer {lname!r}'s bias is {list(bias.shape)}, a {cls}"
-                      + (f" with reset_after={reset_after}" if cls == "GRU" else "") + f" needs {list(want_bias)}")
-        act = self._activation(lcfg.get("activation", "tanh"), lname, "activation")
-        rec_act = None if cls == "SimpleRNN" else self._activation(lcfg.get("recurrent_activation", "sigmoid"),
-                                                                  lname, "recurrent_activation")
-        order = np.arange(gates * units)
-        if cls == "GRU":  # z, r, h -> r, z, n
-            order = np.concatenate([np.arange(units, 2 * units), np.arange(units), np.arange(2 * units, 3 * units)])
-        put = lambda key, arr: tensors.__setitem__(f"rnn.{key}_l{index}{suffix}", torch.from_numpy(  # noqa: E731
-            np.ascontiguousarray(arr)))
-        put("weight_ih", kernel[:, order].T)
-        put("weight_hh", rec[:, order].T)
-        if bias is not None:
-            b_ih, b_hh = (bias[0], bias[1]) if bias.ndim == 2 else (bias, np.zeros_like(bias))
-            put("bias_ih", b_ih[order])
-            put("bias_hh", b_hh[order])
-        cell = f"rnn_{act}" if cls == "SimpleRNN" else cls.lower()
-        return dict(cell=cell, units=units, input=kernel.shape[0], bias=bool(use_bias), activation=act,
-                    bidirectional=False,
-                    recurrent_activation=rec_act, reset_after=reset_after,
-                    return_sequences=lcfg.get("return_sequences") if lcfg else None)
-
-    def _head(self, lname, lcfg, weights, tensors, cfg) -> str:
-        kernel = self._need(weights, lname, "kernel", 2)
-        bias = weights.get("bias")
-        if bias is not None and bias.shape != (kernel.shape[1],):
-            self.fail(f"layer {lname!r}'s bias is {list(bias.shape)}, its kernel {list(kernel.shape)} needs "
-                      f"[{kernel.shape[1]}]")
-        tensors["head.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.T))
-        if bias is not None:
-            tensors["head.bias"] = torch.from_numpy(bias)
-        cfg.update(output_size=kernel.shape[1], head_bias=bias is not None)
-        act = (lcfg or {}).get("activation", "linear")
-        if act not in ("linear", None):
-            self.notes.append(f"the Dense head {lname!r} applies {act if isinstance(act, str) else 'a custom function'}"
-                              " after its matmul; SeqScope records the logits before it")
-        return lname

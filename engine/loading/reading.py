@@ -12,6 +12,7 @@ from ..errors import LoadError
 from ..limits import display_name, is_regular_file, open_regular, os_error_text, require_regular, stat_path
 from .record import _CONFIG_KEYS, _Found, _json_kind, _VOCAB_KEYS, TORCH_SUFFIXES
 from .keras_h5 import read_keras_h5 as _read_keras_h5
+from .keras_v3 import is_keras_archive, keras_config_beside, read_keras3_weights, read_keras_archive, uses_keras3_layout
 from .npz_files import _read_npz, is_npz
 from .safetensors_files import _read_safetensors
 from .torch_files import _read_torch
@@ -39,7 +40,13 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
         own = any(k in found.extras for k in _VOCAB_KEYS)
         found.side = side or (None if own else path.parent)
     elif kind == "hdf5":
-        found = _read_keras_h5(path)
+        if uses_keras3_layout(path):  # a Keras 3 .weights.h5 (its config may lie beside it)
+            found = read_keras3_weights(path, keras_config_beside(path))
+        else:
+            found = _read_keras_h5(path)
+        found.side = side or path.parent
+    elif kind == "keras":
+        found = read_keras_archive(path)
         found.side = side or path.parent
     elif kind in ("zip", "pickle"):
         found = _read_torch(path, kind)
@@ -70,7 +77,7 @@ def _sniff(path: Path) -> str:
     if size == 0:
         raise LoadError(f"{name} is empty (0 bytes): the save or the download did not complete")
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "npz" if is_npz(path) else "zip"
+        return "npz" if is_npz(path) else "keras" if is_keras_archive(path) else "zip"
     # safetensors before the pickle byte: a header length whose low byte is 0x80 starts with it too
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")
@@ -101,7 +108,7 @@ def _read_folder(folder: Path, weights: Path | None = None) -> _Found:
     name = display_name(folder.name or str(folder))
     if weights is None:
         for cand in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                     "pytorch_model.bin.index.json"):
+                     "pytorch_model.bin.index.json", "model.weights.h5"):  # the last: an unzipped .keras
             if os.path.lexists(folder / cand):  # a named pipe here is refused when opened, not passed over
                 weights = folder / cand
                 break

@@ -35,7 +35,7 @@ def save_model(model: RecurrentStack, path) -> Path:
     tok = model.tokenizer
     if isinstance(tok, CharVocab):
         meta["seqscope_vocab"] = json.dumps(tok.to_dict())
-    elif isinstance(tok, FileTokenizer):
+    elif isinstance(tok, FileTokenizer) or getattr(tok, "kind", None) == "keras_tokenizer":
         meta["seqscope_tokenizer"] = json.dumps(tok.to_dict())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

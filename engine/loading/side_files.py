@@ -11,7 +11,8 @@ from pathlib import Path
 
 from .. import safe_json
 from ..errors import LoadError
-from ..limits import display_name
+from ..keras_tokenizer import KerasTokenizer, looks_like_keras_tokenizer
+from ..limits import display_name, open_regular
 from ..models.stack import CELLS, StackConfig
 from ..tokenizers import CharVocab, FileTokenizer, RwkvWorldTokenizer, tokenizer_from_dict
 from .record import _CONFIG_KEYS, _Found, _short, _VOCAB_KEYS
@@ -136,6 +137,10 @@ def _vocab_candidates(found: _Found, configs) -> list[tuple[str, object]]:
                 out.append((fname, p))
         for p in sorted(found.side.glob("rwkv_vocab_*.txt")):  # the RWKV "World" vocabulary beside a .pth
             out.append((p.name, p))
+        # named after the model (textgenrnn_vocab.json, a Keras Tokenizer saved as model_tokenizer.json)
+        named = sorted({p for pattern in ("*_vocab.json", "*-vocab.json", "*_tokenizer.json")
+                        for p in found.side.glob(pattern)})
+        out += [(p.name, p) for p in named[:4]]
     return out
 
 
@@ -143,16 +148,36 @@ def _make_tokenizer(found: _Found, configs, notes: list[str]):
     for src, v in _vocab_candidates(found, configs):
         try:
             if isinstance(v, Path):
-                if v.name == "tokenizer.json":
-                    return FileTokenizer(v), src
                 if v.name.startswith("rwkv_vocab_"):
                     return RwkvWorldTokenizer(v), src
-                return CharVocab.from_any(safe_json.read(v, "vocabulary")), src
+                if v.name == "tokenizer.json" and not _keras_tokenizer_file(v):
+                    return FileTokenizer(v), src
+                return _vocabulary(safe_json.read(v, "vocabulary")), src
             if src == "metadata seqscope_tokenizer":
                 base = found.side
                 tok = tokenizer_from_dict(v, base)
                 return tok, src
-            return CharVocab.from_any(v), src
+            return _vocabulary(v), src
         except (ValueError, TypeError, KeyError, OSError, LoadError) as exc:
             notes.append(f"the vocabulary in {display_name(src)} could not be read ({_short(exc)}); it was not used")
     return None, None
+
+
+def _vocabulary(obj):
+    """A vocabulary from a JSON value: Keras's ``Tokenizer.to_json()`` (or that JSON as a string),
+    else whatever :meth:`CharVocab.from_any` reads."""
+    if isinstance(obj, str) and obj.lstrip().startswith("{") and '"Tokenizer"' in obj:
+        obj = safe_json.loads(obj, "Keras tokenizer")
+    if looks_like_keras_tokenizer(obj):
+        return KerasTokenizer.from_json(obj)
+    return CharVocab.from_any(obj)
+
+
+def _keras_tokenizer_file(path: Path) -> bool:
+    """Whether a ``tokenizer.json`` is Keras's ``Tokenizer.to_json()`` rather than a Hugging Face one."""
+    try:
+        with open_regular(path) as f:
+            head = f.read(200)
+    except OSError:
+        return False
+    return b'"class_name"' in head and b'"Tokenizer"' in head

@@ -110,6 +110,28 @@ def _write_spec_attrs(ds, spec: ProbeSpec) -> None:
     ds.attrs["directions"] = int(spec.directions)
 
 
+def write_model_attrs(model, model_info) -> None:
+    """The attrs of ``/model`` (``model``: the h5py group) from a trace's ``model_info``."""
+    info = dict(model_info)
+    encoded = []
+    for key in ("architecture", "source", "config", "parameter_count"):
+        info.setdefault(key, "" if key != "parameter_count" else 0)
+    for key, value in info.items():
+        if isinstance(value, (bool, np.bool_)):
+            model.attrs[key] = json.dumps(bool(value))
+            encoded.append(key)
+        elif isinstance(value, (int, np.integer)):
+            model.attrs[key] = np.int64(value)
+        elif isinstance(value, (float, np.floating)):
+            model.attrs[key] = np.float64(value)
+        elif isinstance(value, str):
+            model.attrs[key] = value
+        else:  # dicts, lists, None: JSON, and remembered so they come back as they were
+            model.attrs[key] = json.dumps(value, default=str)
+            encoded.append(key)
+    model.attrs["json_encoded"] = json.dumps(encoded)
+
+
 # -- save ------------------------------------------------------------------------------
 
 
@@ -157,25 +179,7 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
         f.attrs["interventions"] = interventions_json
         f.attrs["notes"] = json.dumps(list(trace.notes))
 
-        model = f.create_group("model")
-        info = dict(trace.model_info)
-        encoded = []
-        for key in ("architecture", "source", "config", "parameter_count"):
-            info.setdefault(key, "" if key != "parameter_count" else 0)
-        for key, value in info.items():
-            if isinstance(value, (bool, np.bool_)):
-                model.attrs[key] = json.dumps(bool(value))
-                encoded.append(key)
-            elif isinstance(value, (int, np.integer)):
-                model.attrs[key] = np.int64(value)
-            elif isinstance(value, (float, np.floating)):
-                model.attrs[key] = np.float64(value)
-            elif isinstance(value, str):
-                model.attrs[key] = value
-            else:  # dicts, lists, None: JSON, and remembered so they come back as they were
-                model.attrs[key] = json.dumps(value, default=str)
-                encoded.append(key)
-        model.attrs["json_encoded"] = json.dumps(encoded)
+        write_model_attrs(f.create_group("model"), trace.model_info)
         check()
 
         tokens = f.create_group("tokens")

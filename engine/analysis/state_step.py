@@ -154,7 +154,7 @@ def _classic(model, layer: int) -> StateStep:
             return np.asarray(trace.array(layer_probe(layer - 1, "h"), sequence), dtype=np.float64)
         sl = slice(None) if sequence is None else trace.sequence_slice(sequence)
         if embed is not None:
-            return embed[torch.as_tensor(trace.tokens[sl], dtype=torch.long)].numpy()
+            return embed[torch.tensor(np.array(trace.tokens[sl]), dtype=torch.long)].numpy()
         if trace.inputs is None:
             raise NoStateStep("the trace holds neither tokens for the embedding nor numeric inputs")
         return np.asarray(trace.inputs[sl], dtype=np.float64)

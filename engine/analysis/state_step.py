@@ -51,7 +51,8 @@ class StateStep:
     diagonal: bool = False
 
     def __call__(self, s, u):
-        return self.fn(s, u)
+        """``F(s, u)`` for tensors or arrays (taken as float64)."""
+        return self.fn(torch.as_tensor(s, dtype=DT), torch.as_tensor(u, dtype=DT))
 
     def needed(self) -> list[str]:
         """The probes :meth:`states` and :meth:`inputs` read from a trace."""

@@ -303,9 +303,12 @@ class MambaModel(ScannedFamilyModel):
         dA_buf = torch.empty(min(SUB, n), B, di, N, dtype=h.dtype, device=h.device)
         for p in range(0, n, SUB):
             q = min(p + SUB, n)
-            dA = dA_buf[:q - p]
-            torch.mul(dt[p:q, :, :, None], lay.A, out=dA)
-            dA.exp_()
+            if torch.is_grad_enabled():  # a gradient (engine.analysis.differentiable): no out= product
+                dA = torch.exp(dt[p:q, :, :, None] * lay.A)
+            else:
+                dA = dA_buf[:q - p]
+                torch.mul(dt[p:q, :, :, None], lay.A, out=dA)
+                dA.exp_()
             o = p
             for t in [t for t in steps if p <= t < q] + [q]:
                 stop = min(t + 1, q)

@@ -182,8 +182,8 @@ def input_scale(decay: torch.Tensor, first: int) -> torch.Tensor:
     (decay [steps, ...]); 1 at position 0, where the state resets, and 0 where an edit made
     ``|a_t| > 1``."""
     scale = torch.sqrt((1 - decay * decay).clamp(min=0))
-    if first == 0:
-        scale[0] = 1
+    if first == 0:  # out of place: a gradient (engine.analysis.differentiable) reads the sqrt
+        scale = torch.cat([torch.ones_like(scale[:1]), scale[1:]])
     return scale
 
 
@@ -347,8 +347,8 @@ class RecurrentGemmaModel(ScannedFamilyModel):
         vals["gate_r"] = r = edit("gate_r", torch.sigmoid(self._block_diagonal(u, t + "rg_lru.recurrent_gate")))
         vals["gate_i"] = i = edit("gate_i", torch.sigmoid(self._block_diagonal(u, t + "rg_lru.input_gate")))
         decay = torch.exp(-C_EXPONENT * r * F.softplus(w[t + "rg_lru.recurrent_param"]))
-        if a == 0:
-            decay[0] = 0  # the reset at the first position
+        if a == 0:  # the reset at the first position (out of place: a gradient reads the exp)
+            decay = torch.cat([torch.zeros_like(decay[:1]), decay[1:]])
         vals["a"] = decay = edit("a", decay)
         inp = (u * i) * input_scale(decay, a)
         vals["state"], lru = self._recurrence(decay, inp, lru, state_edits, a)

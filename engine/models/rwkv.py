@@ -376,7 +376,7 @@ class RwkvModel(ScannedFamilyModel):
 def _scan_torch(w, u, k, v, S, out, states):
     """The reference, step by step as ``transformers``' ``rwkv_linear_attention_cpu``.  ``w``,
     ``u`` are [n, B, A] or [1, 1, A]; ``k``, ``v``, ``out`` [n, B, A]; ``states`` [n, B, A, 3]."""
-    num, den, mx = S[0], S[1], S[2]
+    num, den, mx = S[0].clone(), S[1].clone(), S[2].clone()  # copies: S is written below (a gradient reads them)
     for t in range(k.shape[0]):
         wt, ut = w[t if w.shape[0] > 1 else 0], u[t if u.shape[0] > 1 else 0]
         kt, vt = k[t], v[t]

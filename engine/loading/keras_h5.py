@@ -111,6 +111,16 @@ def open_h5(path_or_file, name: str):
                         f"({_short(exc)})") from None
 
 
+def _default_recurrent_activation(version: str) -> str:
+    """The LSTM/GRU ``recurrent_activation`` Keras ``version`` used when a model named none:
+    ``hard_sigmoid`` (Keras 2's clip(0.2x + 0.5)) up to Keras 2.2, ``sigmoid`` from Keras 2.3 on."""
+    try:
+        major, minor = (int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return "sigmoid"
+    return "hard_sigmoid" if (major, minor) < (2, 3) else "sigmoid"
+
+
 class _Reader:
     def __init__(self, f, name: str, size: int):
         self.f, self.name, self.size = f, name, size
@@ -147,17 +157,21 @@ class _Reader:
             if missing:
                 self.fail(f"it holds weights for layer {missing[0]!r}, which its model_config does not describe")
         else:
+            gates = _default_recurrent_activation(version)
             self.notes.append("a Keras save_weights file (no model_config): the architecture was inferred from "
-                              "the weights' shapes and Keras's defaults (activation tanh, recurrent_activation "
-                              "sigmoid); a model trained with other activations (Keras ≤ 2.2 LSTMs and GRUs used "
-                              "hard_sigmoid) needs config={'recurrent_activation': ...}")
+                              "the weights' shapes, the activations are the defaults of the Keras that wrote it "
+                              f"(Keras {version or 'of unknown version'}: activation tanh, LSTM/GRU "
+                              f"recurrent_activation {gates}); a model that set others needs "
+                              "config={'recurrent_activation': ...}")
             for lname in layer_names:
                 weights = self._weights(root, lname)
                 cls = self._guess_class(lname, weights)
-                cfg = None
+                cfg = {"recurrent_activation": gates} if cls in ("LSTM", "GRU") else None
                 if cls == "Bidirectional":  # the wrapped layer's kind, from the forward half's weights
                     forward = {k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith("forward/")}
-                    cfg = {"layer": {"class_name": self._guess_class(f"forward half of {lname}", forward)}}
+                    inner = self._guess_class(f"forward half of {lname}", forward)
+                    cfg = {"layer": {"class_name": inner, "config": {"recurrent_activation": gates}
+                                     if inner in ("LSTM", "GRU") else {}}}
                 layers.append(KerasLayer(cls, lname, cfg, weights))
         tensors, config = assemble(layers, name=self.name, keras3=self.keras3, notes=self.notes)
         fmt = "keras-h5" + (f" (Keras {version})" if version else "")

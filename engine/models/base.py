@@ -76,7 +76,7 @@ class RecurrentCell:
         """One step from ``u_t``, this step's row of ``step_inputs`` [batch, ...]; returns
         ``(output, new_state, records)`` with ``records[site]`` [batch, width].  Computed from
         this step's values alone, so it gives the same bits wherever a run started (the caller
-        makes ``u_t`` the same way in every run, see ``stack._chunk_step_inputs``)."""
+        makes ``u_t`` the same way in every run, see ``stack_steps._chunk_step_inputs``)."""
         raise NotImplementedError
 
     def to(self, dtype=None, device=None) -> "RecurrentCell":

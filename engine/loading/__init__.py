@@ -27,7 +27,9 @@ Supported inputs
   (``xLSTMForCausalLM``), the ``flash-linear-attention`` folders of GLA, RetNet, HGRN, DeltaNet
   and gated DeltaNet, and LRU in SeqScope's documented layout.
 * **Keras HDF5** files (:mod:`.keras_h5`): ``model.save("m.h5")`` of Keras 1/2/3 and Keras 1/2
-  ``save_weights``, Embedding → SimpleRNN/LSTM/GRU/CuDNN*/Bidirectional → Dense, read with h5py.
+  ``save_weights``, and **Keras 3** ``.keras`` archives and ``.weights.h5`` files
+  (:mod:`.keras_v3`), Embedding → SimpleRNN/LSTM/GRU/CuDNN*/Bidirectional → Dense, read with
+  h5py, zipfile and json (:mod:`.keras_layers`: the layers → the stack).
 * **SeqScope's own layout** (:func:`save_model`): a ``.safetensors`` file with canonical weight
   names and ``seqscope_config`` / ``seqscope_vocab`` metadata.
 
@@ -60,7 +62,7 @@ counts against the tensors present and config values against their types
 The package
 -----------
 ``reading`` (a file or a folder: which reader), ``torch_files``, ``safetensors_files``, ``npz_files`` and
-``keras_h5`` (one
+``keras_h5``/``keras_v3`` (one
 reader per format, each returning the neutral record of ``record``), ``safe_unpickle``,
 ``pickled_torch`` and ``recover`` (torch pickles read without running anything), ``side_files`` (configs and
 vocabularies kept with a model), ``classic_inference`` and ``classic`` (the classic recurrent

@@ -1,26 +1,13 @@
-"""Keras 1/2 HDF5 weight files (read with h5py; Keras is never imported): how a Keras
-Embedding → SimpleRNN/LSTM/GRU (or CuDNNLSTM/CuDNNGRU, or any of them in a Bidirectional with
-merge_mode "concat") stack → Dense head becomes SeqScope's classic stack.  The recurrent layers
-must be of one kind and size (SeqScope's stack is uniform so far); anything else is refused by name.
+"""Keras 1/2 HDF5 weight files (read with h5py; Keras is never imported), turned into
+:class:`.keras_layers.KerasLayer` lists; :mod:`.keras_layers` makes SeqScope's classic stack of them
+(Keras's semantics are described there).
 
 Layouts read: ``model.save("m.h5")`` (weights under ``/model_weights/<layer>/…``, each layer's
 config in the root's ``model_config`` JSON; Keras 3 writes this legacy layout too) and Keras 1/2
 ``save_weights("w.h5")`` (``/<layer>/…`` with ``layer_names``/``weight_names`` attributes and no
-config: the architecture then comes from the weights' shapes and Keras's defaults, said in the
-notes, and ``config=`` overrides it).  Keras 3's own ``.weights.h5`` layout (``/layers/<name>/vars``)
-is refused in words.
-
-Keras's semantics, turned into torch's layout (see :mod:`engine.models.gru` for the GRU):
-
-* kernels are stored input × units, so every matrix is transposed;
-* LSTM gates i, f, c, o are torch's i, f, g, o; its one bias is ``bias_ih`` (``bias_hh`` zero);
-* GRU gates z, r, h become r, z, n; ``reset_after=True`` keeps a bias of shape (2, 3u) (input
-  and recurrent rows → ``bias_ih``/``bias_hh``), ``reset_after=False`` one bias (3u,) → ``bias_ih``;
-* ``hard_sigmoid`` is Keras 2's clip(0.2x + 0.5) in Keras 1/2 files and Keras 3's clip(x/6 + 0.5)
-  in files whose ``keras_version`` is 3.x;
-* a CuDNNLSTM/CuDNNGRU keeps its kernels in cuDNN's per-gate layout (converted as Keras 2 converts
-  them) and two biases (input, recurrent); a CuDNNGRU is a reset_after=True GRU;
-* the Dense head's activation (softmax, sigmoid, …) is not applied: SeqScope records logits.
+config: the layers' kinds then come from their names and weights' shapes, the activations are the
+defaults of the Keras version that wrote the file, said in the notes, and ``config=`` overrides
+them).  Keras 3's own ``.weights.h5`` layout (``/layers/<name>/vars``) is read by :mod:`.keras_v3`.
 
 The result is a :class:`_Found` with canonical names (``embed.weight``, ``rnn.weight_ih_l0``, …,
 ``head.weight``) and the exact config in ``metadata["seqscope_config"]``, built by
@@ -111,6 +98,16 @@ def open_h5(path_or_file, name: str):
                         f"({_short(exc)})") from None
 
 
+def _default_recurrent_activation(version: str) -> str:
+    """The LSTM/GRU ``recurrent_activation`` Keras ``version`` used when a model named none:
+    ``hard_sigmoid`` (Keras 2's clip(0.2x + 0.5)) up to Keras 2.2, ``sigmoid`` from Keras 2.3 on."""
+    try:
+        major, minor = (int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return "sigmoid"
+    return "hard_sigmoid" if (major, minor) < (2, 3) else "sigmoid"
+
+
 class _Reader:
     def __init__(self, f, name: str, size: int):
         self.f, self.name, self.size = f, name, size
@@ -147,17 +144,21 @@ class _Reader:
             if missing:
                 self.fail(f"it holds weights for layer {missing[0]!r}, which its model_config does not describe")
         else:
+            gates = _default_recurrent_activation(version)
             self.notes.append("a Keras save_weights file (no model_config): the architecture was inferred from "
-                              "the weights' shapes and Keras's defaults (activation tanh, recurrent_activation "
-                              "sigmoid); a model trained with other activations (Keras ≤ 2.2 LSTMs and GRUs used "
-                              "hard_sigmoid) needs config={'recurrent_activation': ...}")
+                              "the weights' shapes, the activations are the defaults of the Keras that wrote it "
+                              f"(Keras {version or 'of unknown version'}: activation tanh, LSTM/GRU "
+                              f"recurrent_activation {gates}); a model that set others needs "
+                              "config={'recurrent_activation': ...}")
             for lname in layer_names:
                 weights = self._weights(root, lname)
                 cls = self._guess_class(lname, weights)
-                cfg = None
+                cfg = {"recurrent_activation": gates} if cls in ("LSTM", "GRU") else None
                 if cls == "Bidirectional":  # the wrapped layer's kind, from the forward half's weights
                     forward = {k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith("forward/")}
-                    cfg = {"layer": {"class_name": self._guess_class(f"forward half of {lname}", forward)}}
+                    inner = self._guess_class(f"forward half of {lname}", forward)
+                    cfg = {"layer": {"class_name": inner, "config": {"recurrent_activation": gates}
+                                     if inner in ("LSTM", "GRU") else {}}}
                 layers.append(KerasLayer(cls, lname, cfg, weights))
         tensors, config = assemble(layers, name=self.name, keras3=self.keras3, notes=self.notes)
         fmt = "keras-h5" + (f" (Keras {version})" if version else "")

@@ -20,13 +20,16 @@ PADDING = "<pad>"
 #: a vocabulary entry that names a special token rather than spelling text: ``<pad>``, ``<unk>``,
 #: ``<s>``, ``</s>``, ``<eos>``, ``[PAD]``, ``[UNK]`` … (no text is ever read as one)
 _SPECIAL = re.compile(r"^(<[/A-Za-z_|][A-Za-z0-9_|-]{0,23}>|\[[A-Z][A-Z_]{1,15}\])$")
+#: the bare names char-RNN code gives its specials (``char_to_idx = {"PAD": 0, ...}``), in capitals only
+_BARE_SPECIALS = {"PAD", "UNK", "OOV", "EOS", "BOS", "SOS", "SOW", "EOW", "START", "END", "STOP", "GO", "MASK",
+                  "NULL", "NUL", "BLANK", "SEP", "CLS", "EMPTY", "PADDING", "UNKNOWN"}
 #: the special entries that stand for characters missing from the vocabulary
-_UNKNOWN_NAMES = ("<unk>", "<UNK>", "[UNK]", "<oov>", "<OOV>", "<unknown>")
+_UNKNOWN_NAMES = ("<unk>", "<UNK>", "[UNK]", "<oov>", "<OOV>", "<unknown>", "UNK", "OOV", "UNKNOWN")
 
 
 def is_special_token(piece: str) -> bool:
     """Whether a vocabulary entry names a special token (``<pad>``, ``<unk>``, ``</s>``, ``[PAD]``)."""
-    return bool(_SPECIAL.match(piece))
+    return bool(_SPECIAL.match(piece)) or piece in _BARE_SPECIALS
 
 
 class CharVocab:

@@ -98,3 +98,29 @@ def test_the_two_examples_differ_and_name_no_placeholder(tmp_path):
     assert one == {"cell": "lstm", "num_layers": 1, "hidden_size": 3, "input_size": 3, "bias": False,
                    "key_map": {"a.W": "rnn.weight_ih_l0", "a.U": "rnn.weight_hh_l0"}}
     assert two["cell"] == "gru" and two["input_size"] == 4 and two["key_map"]["x.recurrent"] == "rnn.weight_hh_l0"
+
+
+def test_an_encoder_decoder_is_not_offered_as_one_stack(tmp_path):
+    """g2p_en's layout (enc_emb, enc GRU, dec_emb, dec GRU, fc): the decoder is a second network
+    that starts from the encoder's state, not a layer on top of it; stacking them would load
+    without a word and compute something the model never does."""
+    g = torch.Generator().manual_seed(5)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    state = {"enc_emb": r(9, 4), "enc_w_ih": r(18, 4), "enc_w_hh": r(18, 6), "enc_b_ih": r(18), "enc_b_hh": r(18),
+             "dec_emb": r(7, 6), "dec_w_ih": r(18, 6), "dec_w_hh": r(18, 6), "dec_b_ih": r(18), "dec_b_hh": r(18),
+             "fc_w": r(7, 6), "fc_b": r(7)}
+    torch.save(state, tmp_path / "g2p.pt")
+    message = _error(tmp_path / "g2p.pt")
+    cfg = _pasted_config(message)
+    assert cfg["num_layers"] == 1 and set(cfg["key_map"]) == {"enc_emb", "enc_w_ih", "enc_w_hh", "enc_b_ih", "enc_b_hh"}
+    assert "another recurrent network too (dec_w_ih, dec_w_hh, dec_b_ih, dec_b_hh)" in message
+    model = engine.load(tmp_path / "g2p.pt", config=cfg, strict=False, device="cpu")
+    assert model.config.num_layers == 1 and model.config.output_size is None
+
+
+def test_a_file_without_recurrent_shapes_gets_the_form_not_a_guess(tmp_path):
+    torch.save({"emb.weight": torch.zeros(20, 8), "conv.weight": torch.zeros(16, 8, 3), "fc.weight": torch.zeros(2, 16)},
+               tmp_path / "cnn.pt")
+    message = _error(tmp_path / "cnn.pt")
+    assert "no two matrices in this file have the shapes of a recurrent layer" in message
+    assert set(_pasted_config(message)["key_map"]) == {"<key in the file>", "<another key>"}

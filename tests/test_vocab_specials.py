@@ -63,7 +63,8 @@ def test_a_word_vocabulary_still_gets_the_advice(tmp_path):
 
 
 @pytest.mark.parametrize("piece,special", [("<pad>", True), ("<unk>", True), ("</s>", True), ("[PAD]", True),
-                                           ("<|endoftext|>", True), ("<", False), ("<>", False), ("<a b>", False),
+                                           ("<|endoftext|>", True), ("PAD", True), ("UNK", True),
+                                           ("pad", False), ("Pad", False), ("<", False), ("<>", False), ("<a b>", False),
                                            ("[x]", False), ("ab", False)])
 def test_what_counts_as_special(piece, special):
     assert is_special_token(piece) is special

@@ -21,72 +21,95 @@ _INPUT_NAME = re.compile(r"ih|xh|input|kernel(?!.*recur)|(?<![a-z])(w|wx|x)(?![a
 
 
 def config_example(tensors: dict[str, torch.Tensor], back: dict | None = None) -> dict:
-    """A ``config=`` dict for these tensors (file keys through ``back`` where given), or a generic
-    one with the sizes of the largest matrices when no recurrent layer can be made out."""
+    """A ``config=`` dict for these tensors (file keys through ``back`` where given): the first
+    recurrent network found, its embedding, and its head when it is the only network; a generic
+    one with ``"<key in the file>"`` placeholders when no recurrent layer can be made out.  Other
+    recurrent networks in the file (an encoder–decoder's decoder) are listed under ``"others"``
+    (their keys), which is not a config field: :func:`config_help` words it."""
     back = back or {}
     order = [k for k, t in tensors.items() if t.is_floating_point() and t.ndim in (1, 2)]
     shape = {k: tuple(int(n) for n in tensors[k].shape) for k in order}
     pos = {k: i for i, k in enumerate(order)}
     used: set[str] = set()
-    key_map: dict[str, str] = {}
-    layers: list[tuple[int, int, int]] = []  # (gates, hidden, input) per layer
-
-    for hh in order:
-        if hh in used or len(shape[hh]) != 2:
-            continue
-        rows, hidden = shape[hh]
-        gates = rows // hidden if hidden and rows % hidden == 0 else 0
-        if gates not in _CELL_BY_GATES or (layers and (gates, hidden) != layers[0][:2]):
-            continue
-        width = layers[-1][1] if layers else None  # a later layer reads the one before
-        ih = _nearest(pos[hh], [k for k in order if k not in used and k != hh and len(shape[k]) == 2
-                           and shape[k][0] == rows and (width is None or shape[k][1] == width)], pos)
-        if ih is None:
-            continue
-        if shape[ih] == shape[hh] and _looks_recurrent(ih) and not _looks_recurrent(hh):
-            ih, hh = hh, ih
-        n = len(layers)
-        layers.append((gates, hidden, shape[ih][1]))
-        used.update((ih, hh))
-        key_map[back.get(ih, ih)] = f"rnn.weight_ih_l{n}"
-        key_map[back.get(hh, hh)] = f"rnn.weight_hh_l{n}"
-        biases = _paired(ih, shape, used) + _paired(hh, shape, used)
-        if len(biases) < 2:
-            near = sorted((k for k in order if k not in used and shape[k] == (rows,)),
-                          key=lambda k: abs(pos[k] - pos[hh]))
-            biases = sorted(biases + near[: 2 - len(biases)], key=pos.get)
-        for b, name in zip(biases, ("bias_ih", "bias_hh")):
-            used.add(b)
-            key_map[back.get(b, b)] = f"rnn.{name}_l{n}"
-
-    if not layers:
+    networks = []
+    while True:
+        layers = _network(order, shape, pos, used)
+        if not layers:
+            break
+        networks.append(layers)
+    if not networks:
         return _generic(order, shape)
-    gates, hidden, width_in = layers[0]
+    name = lambda k: back.get(k, k)  # noqa: E731
+    layers = networks[0]
+    gates, hidden, width_in = layers[0]["size"]
     cfg: dict = {"cell": _CELL_BY_GATES[gates], "num_layers": len(layers), "hidden_size": hidden,
                  "input_size": width_in}
+    key_map = {name(k): f"rnn.{param}_l{n}" for n, layer in enumerate(layers) for param, k in layer["keys"].items()}
     if not any(v.startswith("rnn.bias") for v in key_map.values()):
         cfg["bias"] = False
-    first = min(pos[k] for k in used)
+    first = min(pos[k] for layer in layers for k in layer["keys"].values())
     embed = _nearest_before(first, [k for k in order if k not in used and len(shape[k]) == 2
                                     and shape[k][1] == width_in], pos)
     if embed is not None:
         used.add(embed)
         cfg["vocab_size"] = shape[embed][0]
-        key_map[back.get(embed, embed)] = "embed.weight"
-    head = _nearest(max(pos[k] for k in used), [k for k in order if k not in used and len(shape[k]) == 2
-                                                and shape[k][1] == hidden and pos[k] > first], pos)
+        key_map[name(embed)] = "embed.weight"
+    last = max(pos[k] for layer in layers for k in layer["keys"].values())
+    head = None if len(networks) > 1 else _nearest(last, [k for k in order if k not in used and len(shape[k]) == 2
+                                                          and shape[k][1] == hidden and pos[k] > first], pos)
     if head is not None:
         used.add(head)
         cfg["output_size"] = shape[head][0]
-        key_map[back.get(head, head)] = "head.weight"
+        key_map[name(head)] = "head.weight"
         bias = _paired(head, shape, used) or [k for k in order if k not in used and shape[k] == (shape[head][0],)
                                               and pos[k] > pos[head]][:1]
         if bias:
-            key_map[back.get(bias[0], bias[0])] = "head.bias"
+            key_map[name(bias[0])] = "head.bias"
         else:
             cfg["head_bias"] = False
     cfg["key_map"] = key_map
+    if len(networks) > 1:
+        cfg["others"] = [[name(k) for layer in net for k in layer["keys"].values()] for net in networks[1:]]
     return cfg
+
+
+def _network(order, shape, pos, used) -> list[dict]:
+    """The next recurrent network among the tensors not yet ``used``: its layers in file order,
+    each ``{"size": (gates, hidden, input), "keys": {"weight_ih": key, ...}}``.  A layer joins the
+    one before only when it reads that layer's output and no other matrix (a second embedding)
+    lies between them in the file."""
+    layers: list[dict] = []
+    for hh in order:
+        if hh in used or len(shape[hh]) != 2:
+            continue
+        rows, hidden = shape[hh]
+        gates = rows // hidden if hidden and rows % hidden == 0 else 0
+        if gates not in _CELL_BY_GATES or (layers and (gates, hidden) != layers[0]["size"][:2]):
+            continue
+        width = layers[-1]["size"][1] if layers else None  # a later layer reads the one before
+        ih = _nearest(pos[hh], [k for k in order if k not in used and k != hh and len(shape[k]) == 2
+                                and shape[k][0] == rows and (width is None or shape[k][1] == width)], pos)
+        if ih is None:
+            continue
+        if shape[ih] == shape[hh] and _looks_recurrent(ih) and not _looks_recurrent(hh):
+            ih, hh = hh, ih
+        if layers:
+            end = max(pos[k] for k in layers[-1]["keys"].values())
+            between = [k for k in order if end < pos[k] < min(pos[ih], pos[hh]) and len(shape[k]) == 2]
+            if min(pos[ih], pos[hh]) < end or between:
+                break  # not the next layer of this network
+        keys = {"weight_ih": ih, "weight_hh": hh}
+        used.update((ih, hh))
+        biases = _paired(ih, shape, used) + _paired(hh, shape, used)
+        if len(biases) < 2:
+            near = sorted((k for k in order if k not in used and shape[k] == (rows,)),
+                          key=lambda k: abs(pos[k] - pos[hh]))
+            biases = sorted(biases + near[: 2 - len(biases)], key=pos.get)
+        for b, param in zip(biases, ("bias_ih", "bias_hh")):
+            used.add(b)
+            keys[param] = b
+        layers.append({"size": (gates, hidden, shape[ih][1]), "keys": keys})
+    return layers
 
 
 def _looks_recurrent(key: str) -> bool:
@@ -110,12 +133,9 @@ def _paired(weight: str, shape, used) -> list[str]:
 
 
 def _generic(order, shape) -> dict:
-    mats = [k for k in order if len(shape[k]) == 2]
-    width = shape[mats[0]][1] if mats else 64
-    hidden = shape[mats[1]][1] if len(mats) > 1 else 128
-    return {"cell": "lstm", "num_layers": 1, "hidden_size": hidden, "input_size": width,
-            "key_map": {k: "rnn.weight_ih_l0" if i == 0 else "rnn.weight_hh_l0" for i, k in enumerate(mats[:2])}
-            or {"<key in the file>": "rnn.weight_ih_l0"}}
+    """The example when no two matrices have the shapes of a recurrent layer: placeholders."""
+    return {"cell": "lstm", "num_layers": 1, "hidden_size": 128, "input_size": 64,
+            "key_map": {"<key in the file>": "rnn.weight_ih_l0", "<another key>": "rnn.weight_hh_l0"}}
 
 
 def python_text(value) -> str:
@@ -132,12 +152,20 @@ def config_help(tensors: dict[str, torch.Tensor], back: dict | None = None) -> s
     """The sentence that ends a loading error: a config for this file, to pass from Python or the
     command line."""
     cfg = config_example(tensors, back)
-    cell = cfg["cell"]
-    guessed = "key_map" in cfg and not any(k.startswith("<") for k in cfg["key_map"])
+    others = cfg.pop("others", [])
+    guessed = not any(k.startswith("<") for k in cfg["key_map"])
     text = python_text(cfg)
     json_note = " (with false/true for False/True)" if "False" in text or "True" in text else ""
-    order = _GATE_ORDER.get(cell, "")
-    assumption = (f" — read off this file's shapes; it assumes torch's layout ([gates*hidden, input] matrices"
-                  + (f", gates in the order {order}" if order else "") + ")") if guessed else ""
-    return (f"pass the architecture explicitly: engine.load(path, config={text}){assumption}, or on the command "
+    order = _GATE_ORDER.get(cfg["cell"], "")
+    if guessed:
+        said = (" — read off this file's shapes; it assumes torch's layout ([gates*hidden, input] matrices"
+                + (f", gates in the order {order}" if order else "") + ")")
+    else:
+        said = (" — no two matrices in this file have the shapes of a recurrent layer ([gates*hidden, input] and "
+                "[gates*hidden, hidden], gates 4 for LSTM, 3 for GRU, 1 for RNN), so this is only the form")
+    if others:
+        said += ("; the file holds another recurrent network too (" + "; ".join(", ".join(keys) for keys in others)
+                 + "), not stacked on this one (an encoder–decoder's decoder?): load each with a config of its own and "
+                 "strict=False")
+    return (f"pass the architecture explicitly: engine.load(path, config={text}){said}, or on the command "
             f"line --config config.json holding the same{json_note}")

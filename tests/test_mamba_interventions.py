@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from test_mamba_golden import hf_model, ours  # noqa: E402
 
 SCANS = ["torch"] + (["numba"] if numba_available() else [])
-SITES = ["in", "conv", "dt", "B", "C", "state", "gate", "y", "out"]
+SITES = ["in", "conv", "dt", "B", "C", "state", "gate", "y", "mixer", "out"]
 
 
 @pytest.mark.parametrize("scan", SCANS)

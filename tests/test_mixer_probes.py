@@ -115,6 +115,18 @@ def test_the_probe_table_says_which_is_the_branch_and_which_the_stream(family, t
     assert set(RESIDUAL_SITES) <= {site for chain in CHAINS.values() for pair in chain for site in pair}
 
 
+def test_the_readme_shows_the_same_table():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Branch outputs and the residual stream")[1].split("\n## ")[0]
+    for site, meaning in RESIDUAL_SITES.items():
+        assert f"| `{site}` | {meaning.split(' (')[0]}" in section
+    shown = set(re.findall(r"`(\w+)`(?: \(= `\w+`\))? → `(\w+)`", section))
+    assert shown == {pair for chain in CHAINS.values() for pair in chain}
+
+
 @pytest.mark.parametrize("family", list(CHAINS))
 def test_each_stream_is_the_stream_before_plus_the_branch_exactly(family, tmp_path):
     model = build(family, tmp_path)

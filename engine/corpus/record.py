@@ -37,7 +37,7 @@ from ..errors import Cancelled, SeqScopeError
 from ..interrupts import held_signals
 from .sources import Corpus, Sequence, sequences
 from .summary import DEFAULT_BINS, DEFAULT_K
-from .tracefile import CorpusFile, CorpusFileError, read_progress
+from .tracefile import CorpusFile, CorpusFileError, NotARecordingInProgress, read_progress
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -172,7 +172,12 @@ def open_output(partial: Path, model, specs, opts: RecordOptions, fingerprint: d
         if not resume:
             raise CorpusFileError(f"{partial.name} is left from an earlier, unfinished recording: add --resume to "
                                   f"continue it, or delete it to start over")
-        return CorpusFile.reopen(partial, fingerprint)
+        try:
+            return CorpusFile.reopen(partial, fingerprint)
+        except NotARecordingInProgress:
+            # killed before its first commit: nothing was recorded; the unreadable file is kept
+            # aside (never deleted) and the recording starts over
+            os.replace(partial, partial.with_name(partial.name + ".unreadable"))
     return CorpusFile.create(partial, model_info=model.info(), specs=specs, dtype=opts.dtype,
                              compression=opts.compression, text_kind=text_kind(model),
                              features=None if model.takes_tokens else model.input_size, options=fingerprint,

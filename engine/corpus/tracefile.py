@@ -43,6 +43,10 @@ class CorpusFileError(SeqScopeError):
     """A corpus trace that cannot be written or continued, with the reason."""
 
 
+class NotARecordingInProgress(CorpusFileError):
+    """A partial file that holds no readable recording (e.g. killed before its first commit)."""
+
+
 def probe_chunks(unit_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Chunk shape for a probe: at most CHUNK_UNITS units (from the last axes), and tokens to
     make CHUNK_VALUES values."""
@@ -148,7 +152,7 @@ class CorpusFile:
             theirs = json.loads(f["progress"].attrs["options"])
         except (OSError, KeyError, ValueError) as exc:
             raw.close()
-            raise CorpusFileError(f"{Path(path).name} cannot be continued: it is not a corpus recording in progress "
+            raise NotARecordingInProgress(f"{Path(path).name} cannot be continued: it is not a corpus recording in progress "
                                   f"({str(exc)[:120]}); delete it to start over") from None
         if theirs != json.loads(json.dumps(options, sort_keys=True)):
             f.close()

@@ -157,3 +157,16 @@ def test_plain_refusals():
     with pytest.raises(AttributionError, match="bidirectional"):
         patching_attribution(bi, [1, 2, 3], Target("logit", "logits", 1, 2))
     assert gradient_x_input(bi, [1, 2, 3], Target("logit", "logits", 1, 2)).scores.shape == (3,)
+
+
+def test_numeric_inputs_are_attributed_like_embeddings():
+    torch.manual_seed(4)
+    rnn, head = nn.GRU(3, 5), nn.Linear(5, 2)
+    model = from_torch(rnn, head=head)
+    x = np.random.default_rng(2).normal(size=(12, 3)).astype(np.float32)
+    got = gradient_x_input(model, x, Target("logit", "logits", 1, 9))
+    xt = torch.tensor(x[:10])[:, None].requires_grad_(True)
+    (g,) = torch.autograd.grad(head(rnn(xt)[0])[9, 0, 1], xt)
+    np.testing.assert_allclose(got.per_feature, (g * xt.detach())[:, 0].numpy(), atol=2e-5, rtol=1e-4)
+    assert got.tokens == tuple(str(t) for t in range(10))
+    assert integrated_gradients(model, x, Target("logit", "logits", 1, 9)).completeness_gap < 0.01

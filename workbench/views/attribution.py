@@ -181,7 +181,11 @@ class AttributionView(QWidget):
                     f"{result.scores.sum():+.4f} (completeness gap {100 * result.completeness_gap:.2f} %"
                     f"{'; more steps bring it down' if result.completeness_gap > 0.01 else ''}).")
         top = int(np.argmax(np.abs(result.scores)))
-        self.status.setText(f"{result.target.describe()}: largest |score| at step {top} "
+        what = result.target.describe()
+        tok = getattr(self.session.model, "tokenizer", None)
+        if result.target.kind == "logit" and tok is not None:
+            what += f" ({visible(tok.piece(result.target.index))})"
+        self.status.setText(f"{what}: largest |score| at step {top} "
                             f"({visible(result.tokens[top])!s}).{note}")
         self._show_text(result, level)
         self.stack.show_content()

@@ -7,10 +7,11 @@ With the input held at ``u``, the layer is the map ``s -> F(s, u)``.  Its fixed 
     q(s) = 1/2 ||F(s, u) - s||^2
 
 found here by minimising q from many starting states: states the run visited (so the search
-looks where the dynamics actually go), each with a little Gaussian noise.  All starts are
-minimised together in float64 with L-BFGS (their q's do not interact); then each candidate is
-polished by Newton's method on ``F(s) - s = 0`` (quadratic convergence at a true fixed point; a
-step is kept only when it lowers q).  Candidates with ``q <= q_fixed`` are fixed points, those
+looks where the dynamics actually go), each with a little Gaussian noise.  Each start is
+minimised in float64 by Levenberg-Marquardt on the residual ``F(s) - s`` (all starts at once,
+each with its own damping): far from a solution it moves like gradient descent on q, near one
+like Newton's method on ``F(s) = s``, which converges quadratically to fixed points of every
+kind, saddles included (plain descent on q crawls near a saddle).  Candidates with ``q <= q_fixed`` are fixed points, those
 with ``q <= q_slow`` slow points; the rest are dropped.  Candidates closer than ``dedup`` to one
 already kept are the same point (the one with the lower q stays).
 
@@ -38,6 +39,8 @@ from .state_step import DT, StateStep
 Q_FIXED = 1e-14
 Q_SLOW = 1e-6
 STABILITY_TOL = 1e-3
+BRIDGE_FRACTIONS = (0.25, 0.5, 0.75)
+BRIDGE_PAIRS = 10
 
 
 class FixedPointError(SeqScopeError):
@@ -53,7 +56,7 @@ class FixedPoint:
     stability: str  # "stable", "marginal", "saddle" or "unstable"
     n_unstable: int
     n_marginal: int
-    start: int  # which starting state led here
+    start: int  # which starting state led here (-1: a start between two attractors)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "stability": self.stability, "q": self.q, "n_unstable": self.n_unstable,
@@ -89,15 +92,17 @@ def _speed(step: StateStep, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return 0.5 * (r * r).sum(-1)
 
 
-def find_fixed_points(step: StateStep, u, starts, *, noise: float = 0.01, max_iter: int = 300,
+def find_fixed_points(step: StateStep, u, starts, *, noise: float = 0.01, max_iter: int = 100,
                       q_fixed: float = Q_FIXED, q_slow: float = Q_SLOW, dedup: float | None = None,
-                      tol: float = STABILITY_TOL, newton_steps: int = 20, seed: int = 0,
+                      tol: float = STABILITY_TOL, seed: int = 0, bridge: bool = True,
                       should_stop=None, progress=None) -> FixedPointResult:
     """Fixed and slow points of ``step`` under the constant input ``u``, searched from
     ``starts`` [n, d] (visited states; see the module docstring).  ``noise``: the standard
     deviation of the Gaussian added to each start, relative to the starts' spread.  ``dedup``:
     the distance under which two points are one (default 1e-3 of the starts' spread, at least
-    1e-6).  ``should_stop()`` true raises ``Cancelled``; ``progress(done, total)`` reports."""
+    1e-6).  ``bridge``: when two or more attractors are found, search again from points on the
+    segments between them (where saddles usually lie).  ``should_stop()`` true raises
+    ``Cancelled``; ``progress(done, total)`` reports."""
     u = torch.as_tensor(np.asarray(u, dtype=np.float64)).reshape(1, -1)
     if u.shape[1] != step.input_size:
         raise FixedPointError(f"the constant input has {u.shape[1]} values; layer {step.layer} takes "
@@ -108,42 +113,31 @@ def find_fixed_points(step: StateStep, u, starts, *, noise: float = 0.01, max_it
     spread = float(np.sqrt(np.mean(np.sum((starts - starts.mean(0)) ** 2, axis=1)))) or 1.0
     dedup = max(1e-3 * spread, 1e-6) if dedup is None else float(dedup)
     settings = {"noise": noise, "max_iter": max_iter, "q_fixed": q_fixed, "q_slow": q_slow, "dedup": dedup,
-                "tol": tol, "seed": seed}
+                "tol": tol, "seed": seed, "bridge": bridge}
     if step.diagonal:
         return _diagonal_fixed_point(step, u[0].numpy(), len(starts), tol, settings)
     rng = np.random.default_rng(seed)
-    s0 = starts + noise * spread * rng.standard_normal(starts.shape)
-    s = torch.tensor(s0, dtype=DT, requires_grad=True)
-    opt = torch.optim.LBFGS([s], lr=1.0, max_iter=20, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-15, tolerance_change=1e-20)
+    x = torch.tensor(starts + noise * spread * rng.standard_normal(starts.shape), dtype=DT)
+    x, q = _levenberg_marquardt(step, x, u, max_iter, q_fixed, should_stop, progress)
+    settings["lowest_q"] = float(np.nanmin(q)) if np.isfinite(q).any() else float("nan")
+    points = _classified(step, u, x.numpy(), q, dedup, q_fixed, q_slow, tol, np.arange(len(x)))
+    stable = [p.state for p in points if p.stability in ("stable", "marginal")]
+    if bridge and len(stable) >= 2:
+        # between two attractors lies their separatrix, and usually a saddle on it: search from
+        # points on the segments joining them (start index -1 marks these starts)
+        pairs = [(a, b) for i, a in enumerate(stable) for b in stable[i + 1:]][:BRIDGE_PAIRS]
+        extra = np.array([a + f * (b - a) for a, b in pairs for f in BRIDGE_FRACTIONS])
+        x2, q2 = _levenberg_marquardt(step, torch.tensor(extra, dtype=DT), u, max_iter, q_fixed, should_stop, None)
+        xs = np.concatenate([np.array([p.state for p in points]).reshape(-1, step.state_size), x2.numpy()])
+        qs = np.concatenate([[p.q for p in points], q2])
+        starts_of = np.concatenate([[p.start for p in points], np.full(len(extra), -1)])
+        points = _classified(step, u, xs, qs, dedup, q_fixed, q_slow, tol, starts_of)
+    return FixedPointResult(points, u[0].numpy(), len(starts), settings)
 
-    def closure():
-        opt.zero_grad()
-        loss = _speed(step, s, u).sum()
-        loss.backward()
-        return loss
 
-    rounds = max(1, max_iter // 20)
-    for r in range(rounds):
-        if should_stop is not None and should_stop():
-            raise Cancelled("cancelled")
-        opt.step(closure)
-        if progress is not None:
-            progress(r + 1, rounds + 1)
-        with torch.no_grad():
-            if float(_speed(step, s, u).max()) <= q_fixed:
-                break
-    x = s.detach().clone()
-    x = _newton(step, x, u, newton_steps, should_stop)
-    with torch.no_grad():
-        q = _speed(step, x, u).numpy()
-    keep = np.flatnonzero(np.isfinite(q) & (q <= q_slow))
-    order = keep[np.argsort(q[keep], kind="stable")]
-    chosen: list[int] = []
-    xs = x.numpy()
-    for i in order:
-        if all(np.linalg.norm(xs[i] - xs[j]) > dedup for j in chosen):
-            chosen.append(int(i))
+def _classified(step, u, xs, q, dedup, q_fixed, q_slow, tol, starts_of) -> list[FixedPoint]:
+    """The distinct fixed and slow points among ``xs``, with their stability."""
+    chosen = _distinct(xs, q, dedup, np.isfinite(q) & (q <= q_slow))
     points = []
     if chosen:
         J = jacobians(step, xs[chosen], np.repeat(u.numpy(), len(chosen), axis=0))
@@ -152,34 +146,56 @@ def find_fixed_points(step: StateStep, u, starts, *, noise: float = 0.01, max_it
             ev = ev[np.argsort(-np.abs(ev), kind="stable")]
             stability, n_u, n_m = classify(ev, tol)
             points.append(FixedPoint(xs[i].copy(), float(q[i]), "fixed" if q[i] <= q_fixed else "slow", ev,
-                                     stability, n_u, n_m, i))
-    if progress is not None:
-        progress(rounds + 1, rounds + 1)
-    return FixedPointResult(points, u[0].numpy(), len(starts), settings)
+                                     stability, n_u, n_m, int(starts_of[i])))
+    return points
 
 
-def _newton(step: StateStep, x: torch.Tensor, u: torch.Tensor, n_steps: int, should_stop) -> torch.Tensor:
-    """Newton steps on ``F(s) - s = 0`` for every row, each kept only where it lowers q."""
+def _distinct(xs: np.ndarray, q: np.ndarray, dedup: float, ok: np.ndarray) -> list[int]:
+    """Rows where ``ok``, by increasing q, skipping any within ``dedup`` of one already taken."""
+    chosen: list[int] = []
+    for i in np.flatnonzero(ok)[np.argsort(q[ok], kind="stable")]:
+        if all(np.linalg.norm(xs[i] - xs[j]) > dedup for j in chosen):
+            chosen.append(int(i))
+    return chosen
+
+
+def _levenberg_marquardt(step: StateStep, x: torch.Tensor, u: torch.Tensor, max_iter: int, q_fixed: float,
+                         should_stop, progress):
+    """Minimise q for every row of ``x`` at once, each with its own damping: the step solves
+    ``(J^T J + mu I) dx = -J^T r`` with ``r = F(s) - s`` and ``J = dF/ds - I``; a step that lowers q is
+    taken and mu shrinks (towards Gauss-Newton, which converges quadratically at a fixed point),
+    one that does not is refused and mu grows (towards gradient descent).  A row stops when its q
+    is at most ``q_fixed`` or its damping has grown past any use."""
     eye = torch.eye(step.state_size, dtype=DT)
-    for _ in range(n_steps):
+    mu = torch.full((len(x),), 1e-3, dtype=DT)
+    with torch.no_grad():
+        q = _speed(step, x, u)
+    for it in range(max_iter):
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled")
-        with torch.no_grad():
-            q_old = _speed(step, x, u)
-            r = step.fn(x, u.expand(len(x), -1)) - x
-        J = torch.as_tensor(jacobians(step, x.numpy(), np.repeat(u.numpy(), len(x), axis=0)))
-        try:
-            dx = torch.linalg.lstsq(J - eye, -r.unsqueeze(-1)).solution.squeeze(-1)
-        except RuntimeError:
+        active = torch.nonzero((q > q_fixed) & (mu < 1e12) & torch.isfinite(q)).flatten()
+        if len(active) == 0:
             break
+        xa, ua = x[active], u.expand(len(active), -1)
         with torch.no_grad():
-            x_new = x + dx
-            q_new = _speed(step, x_new, u)
-            better = torch.isfinite(q_new) & (q_new < q_old)
-            if not bool(better.any()):
-                break
-            x = torch.where(better[:, None], x_new, x)
-    return x
+            r = step.fn(xa, ua) - xa
+        J = torch.as_tensor(jacobians(step, xa.numpy(), ua.numpy())) - eye
+        Jt = J.transpose(1, 2)
+        A = Jt @ J + mu[active, None, None] * eye
+        try:
+            dx = torch.linalg.solve(A, -(Jt @ r.unsqueeze(-1))).squeeze(-1)
+        except RuntimeError:  # a singular system (mu underflowed): damp it and go on
+            mu[active] *= 10
+            continue
+        with torch.no_grad():
+            q_new = _speed(step, xa + dx, u)
+        better = torch.isfinite(q_new) & (q_new < q[active])
+        x[active[better]] = (xa + dx)[better]
+        q[active[better]] = q_new[better]
+        mu[active] = torch.where(better, mu[active] * 0.3, mu[active] * 10)
+        if progress is not None:
+            progress(it + 1, max_iter)
+    return x, q.numpy()
 
 
 def _diagonal_fixed_point(step: StateStep, u: np.ndarray, n_starts: int, tol: float, settings) -> FixedPointResult:

@@ -33,8 +33,14 @@ MARKERS = {  # stability -> (symbol, colour)
     "stable": ("o", (40, 190, 80)), "marginal": ("s", (40, 110, 220)),
     "saddle": ("t", (240, 140, 20)), "unstable": ("x", (220, 30, 30)),
 }
-MAX_STEPS = 400  # Jacobians examined along the input
+MAX_STEPS = 400  # Jacobians examined along the input (fewer for large states: see budget)
 MAX_STARTS = 128  # starting states of the fixed-point search
+
+
+def budget(state_size: int, most: int, cubes: float, least: int = 16) -> int:
+    """How many d x d eigen-decompositions (or searches) to afford: ``cubes / d^3``, between
+    ``least`` and ``most`` (a 512-wide LSTM state gets the least, a 64-wide GRU the most)."""
+    return int(min(most, max(least, cubes / max(state_size, 1) ** 3)))
 
 
 @dataclass
@@ -48,6 +54,7 @@ class DynamicsResult:
     offsets: np.ndarray
     points: list  # FixedPoint
     point_coords: np.ndarray  # [points, 2]
+    lowest_q: float  # the lowest speed the search reached
 
 
 def compute(model, trace, inputs, layer: int, constant: str, should_stop=None, progress=None) -> DynamicsResult:
@@ -55,7 +62,7 @@ def compute(model, trace, inputs, layer: int, constant: str, should_stop=None, p
     step = SS.state_step(model, layer)
     if not set(step.needed()) <= set(trace.arrays):
         trace = engine.run(model, inputs, probes=step.needed(), should_stop=should_stop)
-    per_seq = max(8, MAX_STEPS // trace.n_sequences)
+    per_seq = max(8, budget(step.state_size, MAX_STEPS, 4e9) // trace.n_sequences)
     steps, radius = [], []
     for s in range(trace.n_sequences):
         if trace.offsets[s + 1] == trace.offsets[s]:
@@ -68,14 +75,15 @@ def compute(model, trace, inputs, layer: int, constant: str, should_stop=None, p
     states = step.states(trace)
     pca = P.pca(states, k=2)
     u = FP.constant_input(step, trace, model, constant)
-    starts = states[JA.choose_steps(len(states), MAX_STARTS)]
-    res = FP.find_fixed_points(step, u, starts, should_stop=should_stop)
+    starts = states[JA.choose_steps(len(states), budget(step.state_size, MAX_STARTS, 1e9, least=8))]
+    res = FP.find_fixed_points(step, u, starts, max_iter=100 if step.state_size <= 256 else 40,
+                               should_stop=should_stop)
     pts = np.array([p.state for p in res.points]).reshape(-1, step.state_size)
     pc = P.project(pts, pca.mean, pca.components) if len(pts) else np.zeros((0, pca.k))
     coords, pc = _two_columns(pca.coords), _two_columns(pc)
     ratio = np.pad(pca.explained_variance_ratio, (0, 2))[:2]
     return DynamicsResult(layer, constant, np.concatenate(steps), np.concatenate(radius), coords, ratio,
-                          np.asarray(trace.offsets), res.points, pc)
+                          np.asarray(trace.offsets), res.points, pc, res.settings.get("lowest_q", float("nan")))
 
 
 def _two_columns(a):
@@ -234,7 +242,8 @@ class DynamicsView(QWidget):
         counts = {}
         for p in r.points:
             counts[p.stability] = counts.get(p.stability, 0) + 1
-        found = ", ".join(f"{v} {k}" for k, v in counts.items()) or "none"
+        found = ", ".join(f"{v} {k}" for k, v in counts.items()) or \
+            f"none (the lowest q reached was {r.lowest_q:.2g}, above the slow-point limit {FP.Q_SLOW:g})"
         self.info.setText(f"{len(r.steps)} steps examined; spectral radius {r.radius.min():.3f}–{r.radius.max():.3f}, "
                           f"above 1 at {int(np.count_nonzero(r.radius > 1))}; fixed/slow points: {found} "
                           "(computed without interventions)")

@@ -105,3 +105,28 @@ def write_stitched(trace: Trace, folder, cuts, *, dtype=None) -> Path:
             for k, v in ds.attrs.items():
                 vds.attrs[k] = v
     return out
+
+
+PACKAGES = ("click", "jinja2", "attr", "idna", "h5py")  # installed third-party code, not the stdlib
+
+
+def third_party_python(folder: Path, budget: int) -> int:
+    """Copy .py files of installed third-party packages (tests left out) into ``folder``, up to
+    ``budget`` characters; returns the characters copied."""
+    import importlib.util
+
+    n = 0
+    for pkg in PACKAGES:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(list(spec.submodule_search_locations)[0])
+        for p in sorted(root.rglob("*.py")):
+            if "test" in p.relative_to(root).as_posix():
+                continue
+            text = p.read_text(encoding="utf-8", errors="replace")
+            if n + len(text) > budget:
+                continue
+            (folder / f"{pkg}_{p.relative_to(root).as_posix().replace('/', '_')}").write_text(text, encoding="utf-8")
+            n += len(text)
+    return n

@@ -10,7 +10,6 @@ by |AUC - 1/2|.  The normal suite runs ~12,000 characters; ``-m slow`` runs ~300
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,33 +19,11 @@ from engine.corpus.correlate import correlate
 from engine.corpus.record import RecordOptions, record
 from engine.corpus.sources import Corpus
 
+from corpus_helpers import third_party_python
+
 MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "char-lstm-python"
-PACKAGES = ("click", "jinja2", "attr", "idna", "h5py")
 STRING_UNIT = 121
 STRING_REGEX = '"[^"\\n]*"'
-
-
-def third_party_python(folder: Path, budget: int) -> int:
-    """Copy .py files of installed packages (tests left out) into ``folder``, up to ``budget``
-    characters; returns the characters copied."""
-    import importlib.util
-
-    n = 0
-    for pkg in PACKAGES:
-        spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        root = Path(list(spec.submodule_search_locations)[0])
-        assert "site-packages" in root.as_posix() or sys.prefix not in root.as_posix()
-        for p in sorted(root.rglob("*.py")):
-            if "test" in p.relative_to(root).as_posix():
-                continue
-            text = p.read_text(encoding="utf-8", errors="replace")
-            if n + len(text) > budget:
-                continue
-            (folder / f"{pkg}_{p.relative_to(root).as_posix().replace('/', '_')}").write_text(text, encoding="utf-8")
-            n += len(text)
-    return n
 
 
 def check_string_unit(tmp_path, budget: int) -> None:

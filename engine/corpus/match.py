@@ -92,17 +92,25 @@ def _on(values: np.ndarray, threshold: float) -> np.ndarray:
     return np.greater_equal(values, np.float64(threshold))  # float64 comparison, NaN is off
 
 
+def units_on(window: np.ndarray, threshold: float, before: np.ndarray | None = None,
+             after: np.ndarray | None = None) -> np.ndarray:
+    """The units (columns of ``window`` [steps, units]) on at every step, and off in the rows
+    ``before`` / ``after`` when given (None: a sequence edge, which counts as off)."""
+    sel = _on(window, threshold).all(axis=0)
+    if before is not None:
+        sel &= ~_on(before, threshold)
+    if after is not None:
+        sel &= ~_on(after, threshold)
+    return np.flatnonzero(sel)
+
+
 def selected_units(reader: CorpusReader, probe: str, sequence: int, a: int, b: int, threshold: float,
                    off_before: bool = False, off_after: bool = False) -> np.ndarray:
     """The units on over steps ``a:b`` of ``sequence`` (and off around it when asked)."""
     s0, s1 = int(reader.offsets[sequence]), int(reader.offsets[sequence + 1])
-    rows = reader.rows(probe, s0 + a, s0 + b)
-    sel = _on(rows, threshold).all(axis=0)
-    if off_before and a > 0:
-        sel &= ~_on(reader.rows(probe, s0 + a - 1, s0 + a), threshold)[0]
-    if off_after and s0 + b < s1:
-        sel &= ~_on(reader.rows(probe, s0 + b, s0 + b + 1), threshold)[0]
-    return np.flatnonzero(sel)
+    before = reader.rows(probe, s0 + a - 1, s0 + a)[0] if off_before and a > 0 else None
+    after = reader.rows(probe, s0 + b, s0 + b + 1)[0] if off_after and s0 + b < s1 else None
+    return units_on(reader.rows(probe, s0 + a, s0 + b), threshold, before, after)
 
 
 def unit_counts(reader: CorpusReader, probe: str, units: np.ndarray, threshold: float, progress=None,
@@ -192,16 +200,21 @@ def _span_text(reader: CorpusReader, start: int, end: int, seq_start: int, seq_e
     return "".join(texts[:start - a]), body, "".join(texts[end - a:])
 
 
-def match(corpus, probe: str, sequence: int, span, threshold: float = DEFAULT_THRESHOLD, *,
-          off_before: bool = False, off_after: bool = False, limit: int | None = DEFAULT_LIMIT,
-          min_length: int = MIN_LENGTH, progress=None, should_stop=None) -> MatchResult:
-    """Spans of the corpus where the units on over ``span`` (steps ``a:b`` of ``sequence``) are on
-    together, ranked as LSTMVis ranks them (see the module doc)."""
+def _check_args(limit, threshold) -> float:
     if limit is not None and (isinstance(limit, bool) or limit < 1):
         raise CorpusError(f"the number of results must be positive, got {limit!r}")
     threshold = float(threshold)
     if not np.isfinite(threshold):
         raise CorpusError(f"the threshold must be a finite number, got {threshold}")
+    return threshold
+
+
+def match(corpus, probe: str, sequence: int, span, threshold: float = DEFAULT_THRESHOLD, *,
+          off_before: bool = False, off_after: bool = False, limit: int | None = DEFAULT_LIMIT,
+          min_length: int = MIN_LENGTH, progress=None, should_stop=None) -> MatchResult:
+    """Spans of the corpus where the units on over ``span`` (steps ``a:b`` of ``sequence``) are on
+    together, ranked as LSTMVis ranks them (see the module doc)."""
+    threshold = _check_args(limit, threshold)
     with opened(corpus) as reader:
         sequence = reader.check_sequence(sequence)
         reader.probe(probe)
@@ -215,6 +228,25 @@ def match(corpus, probe: str, sequence: int, span, threshold: float = DEFAULT_TH
             around = " and off around it" if off_before or off_after else ""
             raise CorpusError(f"no unit of {probe} is >= {threshold:g} at every step of sequence {sequence} "
                               f"{a}:{b}{around}; lower the threshold or select a shorter span")
+        g0 = int(reader.offsets[sequence])
+        found = match_units(reader, probe, units, threshold, off_before=off_before, off_after=off_after, limit=limit,
+                            min_length=min_length, selection=(g0 + a, g0 + b), progress=progress,
+                            should_stop=should_stop)
+        return MatchResult(probe, sequence, (a, b), threshold, bool(off_before), bool(off_after), *found)
+
+
+def match_units(corpus, probe: str, units, threshold: float = DEFAULT_THRESHOLD, *, off_before: bool = False,
+                off_after: bool = False, limit: int | None = DEFAULT_LIMIT, min_length: int = MIN_LENGTH,
+                selection: tuple | None = None, progress=None, should_stop=None):
+    """Steps 2-4 of the module doc for a given set of selected ``units`` (chosen anywhere, e.g. on
+    a run of the model in the window).  ``selection``: the global token range of the selection,
+    to flag the spans that contain it.  Returns (units, spans, candidates scored, levels)."""
+    threshold = _check_args(limit, threshold)
+    with opened(corpus) as reader:
+        n_units = reader.n_units(probe)
+        units = np.unique(np.asarray(units, dtype=np.int64))
+        if not len(units) or units[0] < 0 or units[-1] >= n_units:
+            raise CorpusError(f"select units of {probe} (0..{n_units - 1}) to match; got {units.tolist()[:10]}")
         counts = unit_counts(reader, probe, units, threshold, progress, should_stop)
         seen = np.zeros(0, np.int64)
         found_s, found_e, found_i, found_u = [], [], [], []
@@ -236,8 +268,7 @@ def match(corpus, probe: str, sequence: int, span, threshold: float = DEFAULT_TH
         order = np.lexsort((s, -(e - s), union, -inter))
         if limit is not None:
             order = order[:limit]
-        g0 = int(reader.offsets[sequence]) + a
-        g1 = int(reader.offsets[sequence]) + b
+        g0, g1 = selection if selection is not None else (-1, -1)
         seqs, steps = reader.locate(s[order])
         spans = []
         for rank, (i, q, st) in enumerate(zip(order, seqs, steps)):
@@ -245,11 +276,10 @@ def match(corpus, probe: str, sequence: int, span, threshold: float = DEFAULT_TH
             before, text, after = _span_text(reader, int(s[i]), int(e[i]), st0, st1)
             spans.append(Span(rank=rank + 1, position=int(s[i]), length=int(e[i] - s[i]), sequence=int(q),
                               step=int(st), intersection=int(inter[i]), union=int(union[i]),
-                              contains_selection=bool(s[i] <= g0 and e[i] >= g1),
+                              contains_selection=bool(selection is not None and s[i] <= g0 and e[i] >= g1),
                               before=before, text=text, after=after))
-        return MatchResult(probe, sequence, (a, b), threshold, bool(off_before), bool(off_after),
-                           [int(u) for u in units], spans, int(len(s)), levels)
+        return [int(u) for u in units], spans, int(len(s)), levels
 
 
-__all__ = ["match", "MatchResult", "Span", "selected_units", "unit_counts", "runs_at_level", "score_spans",
+__all__ = ["match", "match_units", "units_on", "MatchResult", "Span", "selected_units", "unit_counts", "runs_at_level", "score_spans",
            "DEFAULT_THRESHOLD", "DEFAULT_LIMIT", "MIN_LENGTH"]

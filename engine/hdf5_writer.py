@@ -21,30 +21,22 @@ from pathlib import Path
 from .atomic import WriteError, replacing, writable_target
 from .errors import SeqScopeError
 from .interrupts import held_signals
+from .overlay_file import OverlayFile
 
 
-class _Sink:
+class _Sink(OverlayFile):
     """A file object for h5py's ``fileobj`` driver that never fails a write: after the first
     write the disk refuses (or after :meth:`discard`), writes are kept in memory instead.
     ``raw``: the temporary file, opened unbuffered for reading and writing."""
 
     def __init__(self, raw):
-        self.raw = raw
-        self.pos = 0
-        self.size = os.fstat(raw.fileno()).st_size
+        super().__init__(raw)
         self.error: OSError | None = None
         self._discarding = False
-        self._kept: list[tuple[int, bytes]] = []  # (offset, data) that did not reach the disk
 
     def discard(self) -> None:
         """From now on nothing more reaches the disk (the file is being abandoned)."""
         self._discarding = True
-
-    def _to_disk(self, data: memoryview, offset: int) -> None:
-        self.raw.seek(offset)
-        done = 0
-        while done < len(data):
-            done += self.raw.write(data[done:]) or 0
 
     def write(self, buf) -> int:
         data = memoryview(buf).cast("B")
@@ -54,41 +46,10 @@ class _Sink:
             except OSError as exc:
                 self.error = exc
         if self.error is not None or self._discarding:
-            self._kept.append((self.pos, bytes(data)))
+            self.kept.append((self.pos, bytes(data)))
         self.pos += len(data)
         self.size = max(self.size, self.pos)
         return len(data)
-
-    def readinto(self, buf) -> int:
-        out = memoryview(buf).cast("B")
-        n, got = len(out), 0
-        self.raw.seek(self.pos)
-        while got < n:
-            k = self.raw.readinto(out[got:])
-            if not k:
-                break
-            got += k
-        out[got:] = bytes(n - got)  # past the end of what reached the disk
-        for offset, data in self._kept:  # what did not reach it
-            lo, hi = max(offset, self.pos), min(offset + len(data), self.pos + n)
-            if lo < hi:
-                out[lo - self.pos:hi - self.pos] = data[lo - offset:hi - offset]
-        self.pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        size = max(0, self.size - self.pos) if size is None or size < 0 else size
-        buf = bytearray(size)
-        self.readinto(buf)
-        return bytes(buf)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
-        self.pos = base + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
 
     def truncate(self, size: int | None = None) -> int:
         size = self.pos if size is None else size
@@ -99,9 +60,6 @@ class _Sink:
                 self.error = exc
         self.size = size
         return size
-
-    def flush(self) -> None:
-        pass
 
 
 def write_hdf5(path, fill, what: str = "HDF5 file", error: type[SeqScopeError] = WriteError) -> Path:

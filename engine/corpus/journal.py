@@ -26,6 +26,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from ..overlay_file import OverlayFile
+
 MAGIC = b"SSJOURNAL1\n"
 _ENTRY = struct.Struct("<QQ")  # offset, length
 _TAIL = struct.Struct("<QQI")  # final file size, number of entries, crc32 of all the bytes before the crc
@@ -77,9 +79,10 @@ def recover(path) -> bool:
     return ok
 
 
-class JournaledFile:
+class JournaledFile(OverlayFile):
     """The file object HDF5 writes through (see the module doc).  ``create``: start an empty
-    file (an existing one is truncated); otherwise open an existing one after :func:`recover`."""
+    file (an existing one is truncated); otherwise open an existing one after :func:`recover`.
+    :attr:`kept` holds the writes inside the committed part, in order."""
 
     def __init__(self, path, create: bool):
         self.path = Path(path)
@@ -87,13 +90,10 @@ class JournaledFile:
             journal_path(self.path).unlink(missing_ok=True)
         else:
             recover(self.path)
-        self.raw = open(self.path, "w+b" if create else "r+b", buffering=0)
-        self.committed = os.fstat(self.raw.fileno()).st_size
-        self.size = self.committed
-        self.pos = 0
-        self.kept: list[tuple[int, bytes]] = []  # writes inside the committed part, in order
+        super().__init__(open(self.path, "w+b" if create else "r+b", buffering=0))
+        self.committed = self.size
 
-    # -- the file-object protocol h5py uses --------------------------------------------------
+    # -- the writes h5py makes (reads, seeks: OverlayFile) ------------------------------------
     def write(self, buf) -> int:
         data = memoryview(buf).cast("B")
         n = len(data)
@@ -109,54 +109,12 @@ class JournaledFile:
         self.size = max(self.size, end)
         return n
 
-    def _to_disk(self, data, off: int) -> None:
-        self.raw.seek(off)
-        done = 0
-        while done < len(data):
-            done += self.raw.write(data[done:]) or 0
-
-    def readinto(self, buf) -> int:
-        out = memoryview(buf).cast("B")
-        n = len(out)
-        self.raw.seek(self.pos)
-        got = 0
-        while got < n:
-            k = self.raw.readinto(out[got:])
-            if not k:
-                break
-            got += k
-        out[got:] = bytes(n - got)
-        lo_req, hi_req = self.pos, self.pos + n
-        for off, data in self.kept:
-            lo, hi = max(off, lo_req), min(off + len(data), hi_req)
-            if lo < hi:
-                out[lo - lo_req:hi - lo_req] = data[lo - off:hi - off]
-        self.pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        size = max(0, self.size - self.pos) if size is None or size < 0 else size
-        buf = bytearray(size)
-        self.readinto(buf)
-        return bytes(buf)
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
-        self.pos = base + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
     def truncate(self, size: int | None = None) -> int:
         size = self.pos if size is None else size
         if size >= self.committed:  # only uncommitted bytes go: safe now
             self.raw.truncate(size)
         self.size = size  # a cut into the committed part waits for the commit
         return size
-
-    def flush(self) -> None:
-        pass
 
     # -- commits -----------------------------------------------------------------------------
     def commit(self) -> None:

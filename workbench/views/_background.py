@@ -1,12 +1,19 @@
 """A view's slow computation on the session's worker thread, with a progress bar and Cancel
-(not a view itself).  Each view gives its jobs a kind of their own: a new request of that kind
-supersedes the previous one (the runner's rule), and results of other kinds are ignored."""
+(not a view itself), and the CSV writing of the views' numbers.  Each view gives its jobs a kind
+of their own: a new request of that kind supersedes the previous one (the runner's rule), and
+results of other kinds are ignored.  Jobs never touch widgets."""
 from __future__ import annotations
 
+import csv
+import io
 from typing import Callable
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QProgressBar, QPushButton, QWidget
+
+from engine.atomic import write_text
+
+from ..export import ExportError
 
 
 class BackgroundTask(QObject):
@@ -44,9 +51,10 @@ class BackgroundTask(QObject):
 
     def cancel(self):
         self.session.runner.cancel(self.kind)
-        self._stop()
+        self._stop("Cancelled.")
 
-    def _stop(self):
+    def _stop(self, message: str):
+        """The job is over (``message``: what to say about it, "" when it finished)."""
         self.running = False
         self.widget.setVisible(False)
 
@@ -57,35 +65,31 @@ class BackgroundTask(QObject):
 
     def _finished(self, _id, kind, result):
         if kind == self.kind and self.running:
-            self._stop()
+            self._stop("")
             self.done.emit(result)
 
     def _failed(self, _id, kind, message):
         if kind == self.kind and self.running:
-            self._stop()
+            self._stop(message)
             self.failed.emit(message)
 
 
 def save_csv(parent, default_name: str, rows: list[list]) -> str | None:
     """Ask for a file name and write ``rows`` (the first is the header) there as CSV."""
-    from PySide6.QtWidgets import QFileDialog
-
     path, _ = QFileDialog.getSaveFileName(parent, "Export CSV", default_name, "CSV (*.csv)")
     return write_csv(path, rows) if path else None
 
 
-def write_csv(path, rows: list[list]) -> str:
-    """``rows`` (the first is the header) to ``path`` as CSV, atomically (engine.atomic)."""
-    import csv
-    import io
-
-    from engine.atomic import write_text
-
-    from ..export import ExportError
-
+def csv_text(rows) -> str:
+    """``rows`` (the first is the header) as CSV text; floats with 9 significant digits."""
     out = io.StringIO(newline="")
     w = csv.writer(out)
     for r in rows:
         w.writerow([f"{v:.9g}" if isinstance(v, float) else v for v in r])
-    write_text(path, out.getvalue(), "CSV file", ExportError)
+    return out.getvalue()
+
+
+def write_csv(path, rows) -> str:
+    """``rows`` (the first is the header) to ``path`` as CSV, atomically (engine.atomic)."""
+    write_text(path, csv_text(rows), "CSV file", ExportError)
     return str(path)

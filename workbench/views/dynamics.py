@@ -102,7 +102,7 @@ class DynamicsView(QWidget):
         self.constant.setToolTip("the constant input of the fixed-point search: mean (of the step inputs), zero, "
                                  "step:T (the input of step T) or token:X (layer 0 of token models); Enter to search")
         self.job = AnalysisJob(session, "dynamics", self)
-        self.job.finished.connect(self._on_result)
+        self.job.done.connect(self._on_result)
         self.job.failed.connect(self._on_failed)
         top = QHBoxLayout()
         top.addWidget(self.layer)

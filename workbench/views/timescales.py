@@ -76,7 +76,7 @@ class TimescalesView(QWidget):
         self.mode.setToolTip("decay spectrum: tau = -1/<log a> from the layer's own decays; autocorrelation: the "
                              "decay time of each state unit's autocorrelation")
         self.job = AnalysisJob(session, "timescales", self)
-        self.job.finished.connect(self._on_result)
+        self.job.done.connect(self._on_result)
         self.job.failed.connect(self._on_failed)
         top = QHBoxLayout()
         top.addWidget(QLabel("timescales from"))

@@ -49,7 +49,7 @@ class UnitStatsView(QWidget):
         super().__init__(parent)
         self.session = session
         self.job = AnalysisJob(session, "unit-stats", self)
-        self.job.finished.connect(self._on_result)
+        self.job.done.connect(self._on_result)
         self.job.failed.connect(self._on_failed)
         self.title = QLabel()
         self.title.setTextFormat(Qt.PlainText)

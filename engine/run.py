@@ -255,6 +255,21 @@ def _resolve_sources(interventions: Sequence[Intervention]) -> dict[int, np.ndar
     return sources
 
 
+def padded_inputs(model, seqs) -> torch.Tensor:
+    """The sequences' ids (or numeric rows) side by side, [T, B] (or [T, B, features]), zero past
+    each one's end, on the model's device."""
+    T, B = max(len(s) for s in seqs), len(seqs)
+    if model.takes_tokens:
+        x = torch.zeros(T, B, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            x[: len(s), b] = torch.as_tensor(s.ids)
+    else:
+        x = torch.zeros(T, B, model.input_size, dtype=model.dtype)
+        for b, s in enumerate(seqs):
+            x[: len(s), b] = torch.as_tensor(s.values, dtype=model.dtype)
+    return x.to(model.device)
+
+
 @contextmanager
 def _exact_cuda(device):
     """On a GPU: full float32 precision (no TF32, which cuDNN and cuBLAS may use by default and
@@ -297,21 +312,13 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     want = set(names)
     interventions = tuple(interventions)
     lengths = [len(s) for s in seqs]
-    T, B = max(lengths), len(seqs)
+    B = len(seqs)
     device = model.device
     if cache is not None:  # every layer's output lets a re-run skip the layers an edit cannot reach
         want = want | {model.layer_output_probe(k) for k in range(model.num_layers)}
     _check_memory(model, lengths, want, chunk, cache, max_bytes)
 
-    if model.takes_tokens:
-        x = torch.zeros(T, B, dtype=torch.long)
-        for b, s in enumerate(seqs):
-            x[: len(s), b] = torch.tensor(s.ids)
-    else:
-        x = torch.zeros(T, B, model.input_size, dtype=model.dtype)
-        for b, s in enumerate(seqs):
-            x[: len(s), b] = torch.tensor(s.values, dtype=model.dtype)
-    x = x.to(device)
+    x = padded_inputs(model, seqs)
 
     plan = model.bind(interventions, lengths, _resolve_sources(interventions))
     resume = cache.resume_for(model, seqs, interventions, want, plan, chunk) if cache is not None else None

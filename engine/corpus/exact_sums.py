@@ -21,13 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-try:
-    from numba import njit
-except Exception:  # pragma: no cover - numba missing or broken: the same code, interpreted
-    def njit(*args, **kwargs):
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]
-        return lambda f: f
+from .compiled import njit
 
 LINEAR_BIAS = 150  # value of T[e] is T[e] * 2**(e - 150)
 SQUARE_BIAS = 300  # for squares and products: (H[e] * 2**24 + L[e]) * 2**(e - 300)

@@ -140,19 +140,10 @@ def run_batch(model, batch: list[Sequence], names: list[str], opts: RecordOption
     sequence's rows are copied out of the padded batch and cast to the stored dtype in one step."""
     import torch
 
-    from ..run import _exact_cuda
+    from ..run import _exact_cuda, padded_inputs
 
     lengths = [len(s) for s in batch]
-    T, B = max(lengths), len(batch)
-    if model.takes_tokens:
-        x = torch.zeros(T, B, dtype=torch.long)
-        for b, s in enumerate(batch):
-            x[: len(s), b] = torch.from_numpy(s.ids)
-    else:
-        x = torch.zeros(T, B, model.input_size, dtype=model.dtype)
-        for b, s in enumerate(batch):
-            x[: len(s), b] = torch.from_numpy(s.values).to(model.dtype)
-    x = x.to(model.device)
+    x = padded_inputs(model, batch)
     plan = model.bind((), lengths, {})
     with torch.no_grad(), _exact_cuda(model.device):
         out = model.forward(x, lengths, set(names), plan, chunk=opts.chunk, should_stop=should_stop)

@@ -16,13 +16,7 @@ import math
 
 import numpy as np
 
-try:
-    from numba import njit
-except Exception:  # pragma: no cover - numba missing or broken: the same code, interpreted
-    def njit(*args, **kwargs):
-        if len(args) == 1 and callable(args[0]) and not kwargs:
-            return args[0]
-        return lambda f: f
+from .compiled import njit
 
 
 @njit(nogil=True, cache=True)

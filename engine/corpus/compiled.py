@@ -1,0 +1,13 @@
+"""``njit`` for the corpus kernels: numba's, or (numba missing or broken) a stand-in that leaves
+the function as it is, so the same code runs interpreted."""
+from __future__ import annotations
+
+try:
+    from numba import njit
+except Exception:  # pragma: no cover - numba missing or broken: the same code, interpreted
+    def njit(*args, **kwargs):
+        if len(args) == 1 and callable(args[0]) and not kwargs:
+            return args[0]
+        return lambda f: f
+
+__all__ = ["njit"]

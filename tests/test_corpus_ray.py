@@ -2,6 +2,7 @@
 every reader sees one trace, and a killed worker loses no finished shard (resume redoes only
 the missing ones).  Skipped where ray is not installed; one Ray session for the module."""
 import os
+import signal
 from pathlib import Path
 
 import h5py
@@ -15,18 +16,21 @@ from engine.corpus.tracefile import CorpusFileError
 from engine.hdf5_read import TraceLoadError
 
 ray = pytest.importorskip("ray")
-from engine.corpus.scale_out import record_ray  # noqa: E402
+from engine.corpus.scale_out import init_ray, record_ray  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAR_LSTM = str(ROOT / "assets/models/char-lstm-python")
 PROBES = ["layers.0.c", "layers.1.h"]
 
 
+HANDLERS_BEFORE: dict = {}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
+    HANDLERS_BEFORE.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)})
+    init_ray(num_cpus=2, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
     yield
     ray.shutdown()
 
@@ -99,3 +103,9 @@ def test_a_killed_worker_loses_no_finished_shard_and_resume_redoes_only_the_rest
     record_ray(CHAR_LSTM, corpus, out, OPTS, workers=2, resume=True)
     assert all(folder.joinpath(name).stat().st_mtime_ns == t for name, t in kept.items())  # not redone
     same_as_one_process(out, one_process)
+
+
+def test_starting_ray_leaves_the_signal_handlers_as_they_were():
+    """Ray's driver installs a SIGTERM handler of its own; SeqScope's Ctrl-C/SIGTERM handling
+    (engine.interrupts) must stay in charge, during the run and after it."""
+    assert HANDLERS_BEFORE and all(signal.getsignal(sig) == h for sig, h in HANDLERS_BEFORE.items())

@@ -141,7 +141,7 @@ def record_ray(model_path, corpus: Corpus, output, opts: RecordOptions | None = 
     if started_here:
         kwargs = {"address": address} if address else {"num_cpus": workers or 1}
         try:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+            init_ray(**kwargs)
         except Exception as exc:  # ray's own errors about addresses and clusters
             raise RayUnavailable(f"cannot start or reach Ray: {str(exc).splitlines()[0][:200]}") from None
     t0 = time.monotonic()
@@ -162,6 +162,22 @@ def record_ray(model_path, corpus: Corpus, output, opts: RecordOptions | None = 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def init_ray(**kwargs) -> None:
+    """``ray.init`` that leaves this process's SIGINT and SIGTERM handlers as they were: Ray's
+    driver installs its own SIGTERM handler, which would replace SeqScope's (engine.interrupts:
+    a SIGTERM unwinds through every cleanup) and outlive ``ray.shutdown()``."""
+    import signal
+
+    import ray
+
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
 
 
 def _run_shards(ray, actors, model, corpus, folder: Path, opts, options, state, progress, resume) -> list[Path]:

@@ -425,3 +425,27 @@ def test_seqscope_info_lists_each_layer_of_a_mixed_stack(tmp_path):
     text = describe_model(engine.load(tmp_path / "m.pt"))
     assert "layers of different kinds" in text
     assert "0: bidirectional lstm 8+8 (concat), reads 6" in text and "1: gru 4, reads 16" in text
+
+
+def test_save_model_round_trip_keeps_merge_modes_and_reversed_layers(tmp_path):
+    """What weights cannot say (a merge mode, a reversed layer) travels in the saved config; a
+    bare state dict of such a stack is refused with the way out."""
+    from engine.loading import save_model
+    from engine.models.stack import canonical_weight_shapes
+
+    cfg = StackConfig.from_layers([LayerSpec("gru", 3, 4, bidirectional=True, merge_mode="mul"),
+                                   LayerSpec("rnn_relu", 4, 5, reversed=True), LayerSpec("lstm", 5, 2)],
+                                  output_size=2)
+    torch.manual_seed(11)
+    w = {k: torch.randn(s) * 0.5 for k, s in canonical_weight_shapes(cfg).items()}
+    model = RecurrentStack(cfg, w)
+    save_model(model, tmp_path / "m.safetensors")
+    back = engine.load(tmp_path / "m.safetensors")
+    assert back.config == cfg and "from the file's seqscope_config" in back.info()["notes"]
+    x = np.random.default_rng(11).normal(size=(6, 3)).astype(np.float32)
+    a, b = engine.run(model, x), engine.run(back, x)
+    for name in a.probes:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    torch.save(w, tmp_path / "bare.pt")
+    with pytest.raises(LoadError, match="merged by sum, mul or ave .* say which with config"):
+        engine.load(tmp_path / "bare.pt")

@@ -43,8 +43,13 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     configs = _stored_configs(found)
     stored_full = found.metadata.get("seqscope_config")
     hints = _hints(configs)
-    if isinstance(stored_full, Mapping) and str(stored_full.get("cell", "")).startswith("rnn_"):
-        hints["nonlinearity"] = (stored_full["cell"].split("_")[1], "the file's seqscope_config")
+    if isinstance(stored_full, Mapping):
+        stored_layers = stored_full.get("layers") if isinstance(stored_full.get("layers"), list) else []
+        elman = [str(c) for c in [stored_full.get("cell", "")] + [lay.get("cell", "") for lay in stored_layers
+                                                                  if isinstance(lay, Mapping)]
+                 if str(c).startswith("rnn_")]
+        if elman:
+            hints["nonlinearity"] = (elman[0].split("_")[1], "the file's seqscope_config")
 
     tensors = found.tensors
     back = {k: k for k in tensors}  # name used below -> key in the file
@@ -101,7 +106,8 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     if failure is not None:
         if not canon:
             raise LoadError(_inference_message(found, failure, tensors, back, config_given=True))
-        notes.append(f"architecture taken from the config passed to load ({failure})")
+        where = "the config passed to load" if explicit else "the config stored in the file"
+        notes.append(f"architecture taken from {where} ({failure})")
 
     try:
         cfg = StackConfig.from_dict(cfg_dict)

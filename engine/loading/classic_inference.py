@@ -68,7 +68,8 @@ def _find_layers(tensors: dict[str, torch.Tensor]) -> tuple[list[_Layer], list[s
                 for sfx in ("", "_reverse"):
                     if (k, sfx) in entries:
                         continue
-                    if sfx == "" or any(s for _, s in entries):
+                    # SeqScope's own names (prefix "rnn") may mix layers of one and two directions
+                    if sfx == "" or (any(s for _, s in entries) and prefix != "rnn"):
                         raise _InferenceError(f"{prefix or 'the recurrent module'} has no parameters for layer {k}"
                                               f"{' (reverse direction)' if sfx else ''}")
             for k in range(n):
@@ -241,6 +242,11 @@ def _infer_config(canon: dict[str, torch.Tensor], hints: dict, explicit: dict, n
     for k in range(1, n_layers):
         below = layers[k - 1]
         gives = (below["proj_size"] or below["hidden_size"]) * (2 if below["bidirectional"] else 1)
+        if below["bidirectional"] and 2 * layers[k]["input_size"] == gives:
+            raise _InferenceError(f"layer {k} reads {layers[k]['input_size']} features, half of what the bidirectional "
+                                  f"layer {k - 1} gives ({gives}): its two directions are merged by sum, mul or ave "
+                                  "(Keras's merge_mode), which the weights cannot tell; say which with config="
+                                  "{'layers': [..., {'merge_mode': 'sum', ...}, ...]}")
         if layers[k]["input_size"] != gives:
             raise _InferenceError(f"layer {k} reads {layers[k]['input_size']} features (weight_ih_l{k} "
                                   f"{list(canon[f'rnn.weight_ih_l{k}'].shape)}) but layer {k - 1} gives {gives}")

@@ -22,7 +22,8 @@ CONFIG_HELP = (
     'pass the architecture explicitly: engine.load(path, config={"cell": "lstm", "num_layers": 2, '
     '"hidden_size": 128, "input_size": 64, "vocab_size": 65, "output_size": 65, '
     '"key_map": {"<key in the file>": "rnn.weight_ih_l0", ...}}), or on the command line '
-    "--config config.json holding the same"
+    "--config config.json holding the same (for layers that differ, a list with one entry per layer: "
+    '"layers": [{"cell": "lstm", "input_size": 64, "hidden_size": 128, "bidirectional": true}, ...])'
 )
 EXPECTED_NAMES = (
     "torch.nn.LSTM/GRU/RNN parameter names under any prefix: rnn.weight_ih_l0 [gates*hidden, input], "

@@ -73,7 +73,16 @@ def rwkv7(tmp_path):
     return engine.load(tmp_path / "m.pth", device="cpu")
 
 
-FAMILIES = [mamba2, recurrent_gemma, xlstm, gla, retnet, deltanet, hgrn, lru, rwkv7]
+def mixed_stack(tmp_path):  # classic layers that differ: a bidirectional LSTM (sum) feeding a GRU
+    from engine.models.stack import LayerSpec, RecurrentStack, StackConfig, canonical_weight_shapes
+
+    torch.manual_seed(12)
+    cfg = StackConfig.from_layers([LayerSpec("lstm", 5, 6, bidirectional=True, merge_mode="sum"),
+                                   LayerSpec("gru", 6, 4)], vocab_size=20, output_size=20)
+    return RecurrentStack(cfg, {k: torch.randn(s) * 0.5 for k, s in canonical_weight_shapes(cfg).items()})
+
+
+FAMILIES = [mamba2, recurrent_gemma, xlstm, gla, retnet, deltanet, hgrn, lru, rwkv7, mixed_stack]
 
 
 @pytest.mark.parametrize("build", FAMILIES, ids=lambda f: f.__name__)

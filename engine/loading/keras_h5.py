@@ -162,7 +162,8 @@ class _Reader:
                 layers.append(KerasLayer(cls, lname, cfg, weights))
         tensors, config = assemble(layers, name=self.name, keras3=self.keras3, notes=self.notes)
         fmt = "keras-h5" + (f" (Keras {version})" if version else "")
-        return _Found(name=self.name, fmt=fmt, tensors=tensors, metadata={"seqscope_config": config},
+        return _Found(name=self.name, fmt=fmt, tensors=tensors,
+                      metadata={"seqscope_config": config, "seqscope_exact": True},
                       notes=self.notes)
 
     def _layer_configs(self):

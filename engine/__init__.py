@@ -16,6 +16,7 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .errors import Cancelled, InputError, LoadError, SeqScopeError  # noqa: E402
+from .initial_state import final_state  # noqa: E402
 from .interventions import Intervention, InterventionError, PatchSource, Span  # noqa: E402
 from .probes import ProbeSpec  # noqa: E402
 from .run import PrefixCache, run  # noqa: E402
@@ -49,5 +50,5 @@ def load_trace(path):
 __all__ = [
     "load", "run", "Trace", "Intervention", "PatchSource", "Span", "ProbeSpec", "PrefixCache",
     "save_trace", "load_trace", "LoadError", "InputError", "InterventionError", "Cancelled",
-    "SeqScopeError", "__version__",
+    "SeqScopeError", "final_state", "__version__",
 ]

@@ -228,15 +228,22 @@ def describe_model(model) -> str:
     parts = [str(arch)]
     if "num_layers" in cfg_dict:
         parts.append(f"{cfg_dict['num_layers']} layer{'s' if cfg_dict['num_layers'] != 1 else ''}")
-    if "hidden_size" in cfg_dict:
-        parts.append(f"hidden {cfg_dict['hidden_size']}")
-    if cfg_dict.get("proj_size"):
-        parts.append(f"projection {cfg_dict['proj_size']}")
-    if cfg_dict.get("bidirectional"):
-        parts.append("bidirectional")
+    if cfg_dict.get("layers"):  # layers that differ: each on its own line below
+        parts.append("layers of different kinds")
+    else:
+        if "hidden_size" in cfg_dict:
+            parts.append(f"hidden {cfg_dict['hidden_size']}")
+        if cfg_dict.get("proj_size"):
+            parts.append(f"projection {cfg_dict['proj_size']}")
+        if cfg_dict.get("bidirectional"):
+            parts.append("bidirectional")
     add("architecture", ", ".join(parts))
-    if info.get("cell"):  # the cell's equations: torch's, or a variant (Keras GRU, hard sigmoid ...)
+    if info.get("cell") and not info.get("layers"):  # the cell's equations: torch's, or a variant
         add("cell", info["cell"])
+    for line in info.get("layers") or ():  # a stack whose layers differ: one line each
+        add("layer", line)
+    if info.get("output_order"):
+        add("output order", info["output_order"])
     if getattr(model, "takes_tokens", True):
         tok = getattr(model, "tokenizer", None)
         vocab = cfg_dict.get("vocab_size") or (tok.vocab_size if tok is not None else "?")

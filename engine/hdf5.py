@@ -14,6 +14,9 @@ Layout of a trace file (DESIGN.md §3, ``schema_version`` 1)::
     /probes/<probe name>  float   [N, ...] chunked along tokens; attrs: name, dims, description,
                                            shape, layer, site, directions
     /logits               float   [N, V]   optional; same attrs as a probe
+    /initial_state/<name> float   [S, W]   optional: the recurrent state the run started from
+                                           (``layers.0.h``, ``layers.0.c`` …; engine.initial_state)
+    /final_state/<name>   float   [S, W]   optional: the state each sequence ended in
 
 Arrays keep the dtype they have in the trace (float32 normally; a float64 trace stays
 float64) unless ``save_trace(dtype=...)`` asks for another (float16 for smaller files).
@@ -210,6 +213,13 @@ def save_trace(trace: Trace, path, *, probes=None, dtype=None, compression=None)
                 check()  # a full disk or a Ctrl-C stops the write here
             _write_spec_attrs(ds, _spec_for(name, trace, arr))
             check()
+        for which in ("initial_state", "final_state"):
+            state = getattr(trace, which)
+            if state:
+                g = f.create_group(which, track_order=True)
+                for name, arr in state.items():
+                    g.create_dataset(name, data=arr)
+        check()
 
     return write_hdf5(path, fill, "trace file", TraceFileError)
 

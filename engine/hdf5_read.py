@@ -345,8 +345,25 @@ class _Reader:
             if self.obj("inputs", "group", optional=True) is not None else None
         arrays, specs = self.probes(n)
         created = self.attr(self.f, "created", str, "", "a date")
+        states = {which: self.state(which, len(offsets) - 1) for which in ("initial_state", "final_state")}
         return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs=specs, token_text=text, inputs=inputs,
-                     model_info=info, interventions=self.interventions(), created=created, notes=self.notes())
+                     model_info=info, interventions=self.interventions(), created=created, notes=self.notes(),
+                     **states)
+
+    def state(self, which: str, n_sequences: int):
+        """``/initial_state`` or ``/final_state``: ``{name: [sequences, width]}``, or None."""
+        group = self.obj(which, "group", optional=True)
+        if group is None:
+            return None
+        out = {}
+        for name in group:
+            if "/" in name or not name:
+                self.fail(f"/{which} holds an entry with a bad name")
+            arr = self.array(f"{which}/{name}", "f", (2,))
+            if arr.shape[0] != n_sequences:
+                self.fail(f"/{which}/{name} has {arr.shape[0]} rows for {n_sequences} sequences")
+            out[name] = arr
+        return out
 
 
 def _as_tuple(types):

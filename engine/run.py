@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from . import initial_state as _initial
 from .budget import check_budget, estimate_run_bytes, gpu_budget_for, resolve_budget
 from .errors import InputError, SeqScopeError
 from .interventions import Intervention, InterventionError, PatchSource
@@ -121,6 +122,7 @@ class _LastRun:
     padded: dict[str, torch.Tensor]  # probe -> [T, B, ...]
     states: dict[tuple[int, int], dict[int, object]]  # (layer, direction) -> {chunk boundary: state}
     key: object = None  # model.cache_key() of that run
+    initial: dict | None = None  # the initial state it started from (None: zeros)
 
 
 class PrefixCache:
@@ -149,13 +151,13 @@ class PrefixCache:
         self.last_starts = []
         self.finite = frozenset()
 
-    def resume_for(self, model, seqs, interventions, want, plan, chunk):
+    def resume_for(self, model, seqs, interventions, want, plan, chunk, initial=None):
         """A ``Resume`` for a new run, or None when it must run from the start."""
         from .probes import parse_probe
 
         last = self._last
         if (last is None or last.model() is not model or last.dtype != model.dtype or last.chunk != chunk
-                or last.key != model.cache_key()
+                or last.key != model.cache_key() or not _initial.same_state(last.initial, initial)
                 or model.bidirectional or len(last.sequences) != len(seqs) or not want <= set(last.padded)):
             return None
         n_layers = model.num_layers
@@ -199,9 +201,9 @@ class PrefixCache:
             states[(k, 0)] = state
         return Resume(starts=starts, states=states, old=last.padded, logits_from=min(logits_from, T))
 
-    def store(self, model, seqs, interventions, chunk, padded, states):
+    def store(self, model, seqs, interventions, chunk, padded, states, initial=None):
         self._last = _LastRun(weakref.ref(model), model.dtype, chunk, [s.data() for s in seqs],
-                              tuple(interventions), padded, states, model.cache_key())
+                              tuple(interventions), padded, states, model.cache_key(), initial)
 
 
 def _first_changed_token(old: np.ndarray, new: np.ndarray) -> int:
@@ -275,7 +277,7 @@ def _exact_cuda(device):
 def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *,
         cache: PrefixCache | None = None, chunk: int = DEFAULT_CHUNK,
         progress: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None, max_bytes=None) -> Trace:
+        should_stop: Callable[[], bool] | None = None, max_bytes=None, initial_state=None) -> Trace:
     """Run ``model`` on ``inputs`` and record the probes matching ``probes`` (globs).
 
     ``inputs``: text, token ids, a numeric ``[time, features]`` array, or a list of them
@@ -290,8 +292,13 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
 
     Non-finite values in the recorded arrays are reported in the trace's ``notes``: the probe
     and step where they first appear.
+
+    ``initial_state``: the recurrent state to start from instead of zeros, a dict
+    ``{"layers.0.h": array, "layers.0.c": array, ...}`` or a Trace to continue from its final
+    state (see :mod:`engine.initial_state`); recorded in ``trace.initial_state``.
     """
     seqs = prepare_inputs(model, inputs)
+    start, initial = ({}, None) if initial_state is None else _initial.prepare(model, initial_state, len(seqs))
     spec_table = {s.name: s for s in model.probe_specs()}
     names = match_probes(probes, list(spec_table)) if probes is not None else []
     want = set(names)
@@ -314,7 +321,7 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     x = x.to(device)
 
     plan = model.bind(interventions, lengths, _resolve_sources(interventions))
-    resume = cache.resume_for(model, seqs, interventions, want, plan, chunk) if cache is not None else None
+    resume = cache.resume_for(model, seqs, interventions, want, plan, chunk, initial) if cache is not None else None
     states: dict = {}
     if resume is not None:  # boundary states before each layer's start stay valid
         for key, kept in cache._last.states.items():
@@ -326,14 +333,17 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     with torch.no_grad(), _exact_cuda(device):
         out = model.forward(x, lengths, want, plan, chunk=chunk, resume=resume,
                             keep_state=keep_state if cache is not None else None,
-                            progress=progress, should_stop=should_stop)
+                            progress=progress, should_stop=should_stop,
+                            **({"initial_state": start} if start else {}))
     known_finite = {}  # probe -> rows copied from a previous run that held only finite values
     if cache is not None and resume is not None and B == 1:
         kept = (min(resume.starts + [resume.logits_from]) // chunk) * chunk
         known_finite = {name: kept for name in names if name in cache.finite}
-    trace = _make_trace(model, seqs, names, spec_table, out, interventions, known_finite)
+    final = {n: v.cpu().numpy() for n, v in model.final_state(out, lengths).items()} \
+        if hasattr(model, "final_state") else None
+    trace = _make_trace(model, seqs, names, spec_table, out, interventions, known_finite, initial, final or None)
     if cache is not None:
-        cache.store(model, seqs, interventions, chunk, out, states)
+        cache.store(model, seqs, interventions, chunk, out, states, initial)
         cache.last_starts = list(resume.starts) if resume is not None else []
         cache.finite = frozenset() if any(n.startswith(NONFINITE_NOTE) for n in trace.notes) else frozenset(names)
     return trace
@@ -353,7 +363,8 @@ def _check_memory(model, lengths, want, chunk, cache, max_bytes) -> None:
         check_budget(estimate, gpu_budget, budget_source=gpu_source)
 
 
-def _make_trace(model, seqs, names, spec_table, padded, interventions, known_finite=None) -> Trace:
+def _make_trace(model, seqs, names, spec_table, padded, interventions, known_finite=None, initial=None,
+                final=None) -> Trace:
     lengths = [len(s) for s in seqs]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     arrays = {}
@@ -383,4 +394,5 @@ def _make_trace(model, seqs, names, spec_table, padded, interventions, known_fin
     info = model.info()
     return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs={n: spec_table[n] for n in names},
                  token_text=text, inputs=inputs, model_info=info, interventions=interventions,
-                 notes=[s.note for s in seqs if s.note] + nonfinite_notes(arrays, offsets, spec_table, info, known_finite))
+                 notes=[s.note for s in seqs if s.note] + nonfinite_notes(arrays, offsets, spec_table, info, known_finite),
+                 initial_state=initial, final_state=final)

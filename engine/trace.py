@@ -42,6 +42,10 @@ class Trace:
     #: plain sentences about this run a reader should know (characters read as the unknown
     #: token, non-finite values ...); stored in trace files as the root attribute ``notes``
     notes: tuple[str, ...] = ()
+    #: the recurrent state the run started from, ``{probe name: [sequences, width]}`` (None:
+    #: zeros), and the state it ended in; see :mod:`engine.initial_state`
+    initial_state: Mapping[str, np.ndarray] | None = None
+    final_state: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "tokens", _frozen(np.asarray(self.tokens, dtype=np.int32)))
@@ -67,6 +71,13 @@ class Trace:
                 raise ValueError(f"array {name} has {a.shape[0]} rows for {n} tokens")
         if self.token_text is not None and len(self.token_text) != n:
             raise ValueError("token_text must have one entry per token")
+        for which in ("initial_state", "final_state"):
+            state = getattr(self, which)
+            if state is not None:
+                state = {k: _frozen(v) for k, v in state.items()}
+                if any(v.ndim != 2 or v.shape[0] != self.n_sequences for v in state.values()):
+                    raise ValueError(f"{which} must hold one row per sequence ([sequences, width] arrays)")
+                object.__setattr__(self, which, state)
 
     # -- shape ---------------------------------------------------------------------
     @property

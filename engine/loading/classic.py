@@ -12,7 +12,7 @@ from ..errors import LoadError
 from ..limits import check_declared_layers
 from ..models.stack import RecurrentStack, StackConfig, canonical_weight_shapes
 from ..tokenizers import CharVocab
-from .classic_inference import _canonicalize, _common_prefix, _infer_config, _InferenceError
+from .classic_inference import _canonicalize, _common_prefix, _infer_config, _InferenceError, overlay_config
 from .record import _Found, _short
 from .saving import NAME_ENTRIES
 from .side_files import _hints, _make_tokenizer, _stored_configs
@@ -60,11 +60,14 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
         tensors = {resolved.get(k, k): v for k, v in found.tensors.items()}
         back = {resolved.get(k, k): k for k in found.tensors}
 
-    canon, origin, failure = {}, {}, None
+    canon, origin, failure, head_parts = {}, {}, None, []
     # a reader that read the architecture itself (Keras) gives canonical names and the exact config
     exact = found.metadata.get("seqscope_exact") is True and not key_map
     try:
-        canon, origin = (dict(tensors), {k: k for k in tensors}) if exact else _canonicalize(tensors, notes)
+        if exact:
+            canon, origin = dict(tensors), {k: k for k in tensors}
+        else:
+            canon, origin, head_parts = _canonicalize(tensors, notes)
     except _InferenceError as exc:
         failure = str(exc)
         canon, origin = {}, {}
@@ -86,18 +89,19 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
             failure = str(exc)
     base = dict(inferred)
     if isinstance(stored_full, Mapping):
-        base.update({k: v for k, v in stored_full.items() if k in {f.name for f in fields(StackConfig)}})
-    cfg_dict = dict(base)
-    cfg_dict.update({k: v for k, v in explicit.items() if k != "nonlinearity"})
+        base = overlay_config(base, {k: v for k, v in stored_full.items() if k in {f.name for f in fields(StackConfig)}})
+    cfg_dict = overlay_config(base, {k: v for k, v in explicit.items() if k != "nonlinearity"})
     nonlin = explicit.get("nonlinearity")
-    if nonlin and cfg_dict.get("cell", "").startswith("rnn_"):
+    cells = [str(lay.get("cell", "")) if isinstance(lay, Mapping) else "" for lay in cfg_dict.get("layers") or ()]
+    if nonlin and not cells and cfg_dict.get("cell", "").startswith("rnn_"):
         cfg_dict["cell"] = f"rnn_{nonlin}"
-    elif nonlin and cfg_dict.get("cell") in ("lstm", "gru"):
+    elif nonlin and (cfg_dict.get("cell") in ("lstm", "gru") if not cells else
+                     not any(c.startswith("rnn_") for c in cells)):
         raise LoadError(f"config gives nonlinearity={nonlin!r}, which applies to Elman RNNs only, but the model "
-                        f"is a {cfg_dict['cell']}")
+                        f"has {' and '.join(dict.fromkeys(cells)) if cells else 'a ' + cfg_dict['cell']} layers")
 
     required = ("cell", "num_layers", "hidden_size", "input_size")
-    if failure is not None and not all(k in cfg_dict for k in required):
+    if failure is not None and not all(k in cfg_dict for k in required) and not cfg_dict.get("layers"):
         raise LoadError(_inference_message(found, failure, tensors, back))
     if failure is not None:
         if not canon:
@@ -106,7 +110,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
 
     try:
         cfg = StackConfig.from_dict(cfg_dict)
-        missing_fields = [k for k in required if k not in cfg_dict]
+        missing_fields = [k for k in required if k not in cfg_dict and not cfg_dict.get("layers")]
         if missing_fields:
             raise ValueError(f"missing {', '.join(missing_fields)}")
     except (TypeError, ValueError) as exc:
@@ -147,6 +151,8 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
                         + ". Check the config, or leave out what the weights can tell")
 
     used_file_keys = {back.get(origin[cn], origin[cn]) for cn in expected if cn in origin}
+    if "head.weight" not in expected:  # a head that is not one linear layer: read, not computed
+        used_file_keys |= {back.get(k, k) for k in head_parts}
     unused = [k for k, v in found.tensors.items() if k not in used_file_keys and v.is_floating_point()]
     if unused:
         listing = ", ".join(f"{k} {list(found.tensors[k].shape)}" for k in unused[:12])

@@ -3,6 +3,7 @@ parameters or cell stacks), the embedding and the head, and the config their sha
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +106,9 @@ class _InferenceError(Exception):
 
 
 def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
-    """Map file keys to canonical names.  Returns ``(canon, used)``: canonical name -> tensor,
-    and canonical name -> file key."""
+    """Map file keys to canonical names.  Returns ``(canon, used, head_parts)``: canonical name ->
+    tensor, canonical name -> file key, and the file keys of a head that is not one linear layer
+    (read, said in the notes, not computed)."""
     layers, layer_notes = _find_layers(tensors)
     notes.extend(layer_notes)
     if not layers:
@@ -120,9 +122,9 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
             name = f"rnn.{base}_l{k}{sfx}"
             canon[name] = tensors[key]
             origin[name] = key
-    dirs = 2 if "rnn.weight_ih_l0_reverse" in canon else 1
     in_w = canon["rnn.weight_ih_l0"].shape[1] if canon["rnn.weight_ih_l0"].ndim == 2 else None
     last = canon[f"rnn.weight_hh_l{len(layers) - 1}"]
+    dirs = 2 if f"rnn.weight_ih_l{len(layers) - 1}_reverse" in canon else 1  # the last layer's
     out_w = last.shape[1] * dirs if last.ndim == 2 else None
 
     rnn_keys = set(origin.values())
@@ -177,14 +179,28 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
         canon["embed.weight"] = tensors[emb]
         origin["embed.weight"] = emb
     head = best(head_score, exclude={emb})
+    head_keys = [] if head is None else [k for k in (head, bias_of(head, tensors[head].shape[0])) if k]
+    # Whatever else follows the recurrent layers (in the order the model registered its modules)
+    # belongs to the head too: then the head is not one linear layer over h at each step (an
+    # MLP, attention pooling, a convolution …), and no part of it is taken for the whole.
+    # A tensor with a dimension as wide as the first layer's input might act before the
+    # recurrent layers instead; it stays unused (and strict loading refuses the file).
+    tail = [k for k, t in tensors.items() if order[k] > last_rnn and t.is_floating_point()
+            and k not in rnn_keys and k != emb and k not in head_keys and in_w not in t.shape]
+    if tail:
+        parts = sorted(set(head_keys + tail), key=order.get)
+        listing = ", ".join(f"{k} {list(tensors[k].shape)}" for k in parts[:10])
+        notes.append(f"the layers after the recurrent ones ({listing}{', …' if len(parts) > 10 else ''}) are not "
+                     "one linear layer over h at each step (an MLP, attention pooling, a convolution …): SeqScope "
+                     "loaded the recurrent core only and records no logits; the head is never approximated")
+        return canon, origin, parts
     if head is not None:
         canon["head.weight"] = tensors[head]
         origin["head.weight"] = head
-        b = bias_of(head, tensors[head].shape[0])
-        if b is not None:
-            canon["head.bias"] = tensors[b]
-            origin["head.bias"] = b
-    return canon, origin
+        if len(head_keys) > 1:
+            canon["head.bias"] = tensors[head_keys[1]]
+            origin["head.bias"] = head_keys[1]
+    return canon, origin, []
 
 
 #: the weight word of a parameter's last name part and the bias word that pairs with it, by stem:
@@ -206,69 +222,129 @@ def _bias_names(key: str) -> list[str]:
 
 
 def _infer_config(canon: dict[str, torch.Tensor], hints: dict, explicit: dict, notes: list[str]) -> dict:
-    """StackConfig fields from canonical weights (the weights decide; hints fill what they cannot)."""
+    """StackConfig fields from canonical weights (the weights decide; hints fill what they cannot).
+    Layers that differ in cell, size or direction give a ``layers`` list (one entry per layer)."""
     n_layers = 0
     while f"rnn.weight_ih_l{n_layers}" in canon:
         n_layers += 1
-    w_ih, w_hh = canon["rnn.weight_ih_l0"], canon["rnn.weight_hh_l0"]
-    if w_ih.ndim != 2 or w_hh.ndim != 2:
-        raise _InferenceError(f"the first layer's weights are not matrices (weight_ih {list(w_ih.shape)}, "
-                              f"weight_hh {list(w_hh.shape)})")
-    w_hr = canon.get("rnn.weight_hr_l0")
-    proj = int(w_hr.shape[0]) if w_hr is not None else 0
-    hidden = int(w_hr.shape[1]) if w_hr is not None else int(w_hh.shape[1])
-    rows = int(w_hh.shape[0])
-    if rows % hidden:
-        raise _InferenceError(f"weight_hh_l0 has {rows} rows, not a multiple of the hidden size {hidden}")
-    gates = rows // hidden
-    by_gates = {4: "lstm", 3: "gru", 1: "rnn"}
-    if gates not in by_gates:
-        raise _InferenceError(f"weight_hh_l0 has {rows} rows = {gates} x hidden {hidden}; expected 4 x (LSTM), "
-                              "3 x (GRU) or 1 x (RNN)")
-    family = by_gates[gates]
-    if proj and family != "lstm":
-        raise _InferenceError("weight_hr (a projection) is present, but the layer is not an LSTM")
-    cell = "lstm" if family == "lstm" else "gru" if family == "gru" else None
-    if cell is None:
-        nonlin, why = None, ""
-        if explicit.get("nonlinearity"):
-            nonlin, why = explicit["nonlinearity"], "from the config passed to load"
-        elif str(explicit.get("cell", "")).startswith("rnn_"):  # rnn_tanh, rnn_relu, rnn_linear ...
-            nonlin, why = explicit["cell"].split("_")[1], "from the config passed to load"
-        elif "nonlinearity" in hints:
-            nonlin, src = hints["nonlinearity"]
-            why = f"from {src}"
-        elif "cell" in hints and hints["cell"][0].startswith("rnn_") and hints["cell"][0] == "rnn_relu":
-            nonlin, why = "relu", f"from {hints['cell'][1]}"
-        if nonlin is None:
-            nonlin = "tanh"
-            why = ("assumed: the weights cannot tell tanh from relu; if the model used relu, pass "
-                   "config={'nonlinearity': 'relu'}")
-        cell = f"rnn_{nonlin}"
-        notes.append(f"Elman RNN nonlinearity {nonlin} ({why})")
+    layers = [_infer_layer(canon, k) for k in range(n_layers)]
+    if any(lay["cell"] == "rnn" for lay in layers):
+        nonlin = _elman_nonlinearity(hints, explicit, notes)
+        for lay in layers:
+            if lay["cell"] == "rnn":
+                lay["cell"] = f"rnn_{nonlin}"
+    cell = layers[0]["cell"]
     hint_cell = hints.get("cell")
     if hint_cell and hint_cell[0].split("_")[0] != cell.split("_")[0]:
         notes.append(f"{hint_cell[1]} says the cell is {hint_cell[0]}, but the weights are those of a {cell}; "
                      "the weights were followed")
-    bidi = "rnn.weight_ih_l0_reverse" in canon
+    for k in range(1, n_layers):
+        below = layers[k - 1]
+        gives = (below["proj_size"] or below["hidden_size"]) * (2 if below["bidirectional"] else 1)
+        if layers[k]["input_size"] != gives:
+            raise _InferenceError(f"layer {k} reads {layers[k]['input_size']} features (weight_ih_l{k} "
+                                  f"{list(canon[f'rnn.weight_ih_l{k}'].shape)}) but layer {k - 1} gives {gives}")
     emb = canon.get("embed.weight")
     head = canon.get("head.weight")
     cfg = {
-        "cell": cell, "num_layers": n_layers, "hidden_size": hidden, "input_size": int(w_ih.shape[1]),
-        "vocab_size": int(emb.shape[0]) if emb is not None else None, "bidirectional": bidi,
-        "bias": "rnn.bias_ih_l0" in canon, "proj_size": proj,
+        "vocab_size": int(emb.shape[0]) if emb is not None else None,
         "output_size": int(head.shape[0]) if head is not None else None,
         "head_bias": "head.bias" in canon if head is not None else True,
     }
-    # every layer must match the first one (StackConfig has one size for all)
-    for k in range(1, n_layers):
-        hh = canon.get(f"rnn.weight_hh_l{k}")
-        hr = canon.get(f"rnn.weight_hr_l{k}")
-        h_k = int(hr.shape[1]) if hr is not None else int(hh.shape[1]) if hh is not None and hh.ndim == 2 else None
-        if h_k != hidden or hh is None or hh.shape[0] != rows:
-            raise _InferenceError(f"layer {k} differs from layer 0 (weight_hh {list(hh.shape) if hh is not None else '-'}"
-                                  f" vs {list(w_hh.shape)}); SeqScope's stack needs every layer the same cell and size")
+    same = ("cell", "hidden_size", "bidirectional", "bias", "proj_size")
+    if all(lay[f] == layers[0][f] for lay in layers for f in same):
+        cfg.update({f: layers[0][f] for f in same}, num_layers=n_layers, input_size=layers[0]["input_size"])
+    else:
+        cfg["layers"] = layers
+        notes.append("the recurrent layers differ (" + "; ".join(
+            f"{k}: {'bidirectional ' if lay['bidirectional'] else ''}{lay['cell']} {lay['hidden_size']}"
+            for k, lay in enumerate(layers)) + ")")
     for fname, (v, src) in hints.items():
         if fname in cfg and fname != "cell" and cfg[fname] is not None and v != cfg[fname] and fname not in explicit:
             notes.append(f"{src} gives {fname}={v!r}, but the weights say {cfg[fname]!r}; the weights were followed")
     return cfg
+
+
+def _infer_layer(canon: dict[str, torch.Tensor], k: int) -> dict:
+    """One layer's LayerSpec fields from its weights (an Elman layer's cell is ``rnn`` until its
+    nonlinearity is known)."""
+    w_ih, w_hh = canon.get(f"rnn.weight_ih_l{k}"), canon.get(f"rnn.weight_hh_l{k}")
+    if w_ih is None or w_hh is None or w_ih.ndim != 2 or w_hh.ndim != 2:
+        raise _InferenceError(f"layer {k}'s weights are not matrices (weight_ih "
+                              f"{list(w_ih.shape) if w_ih is not None else '-'}, weight_hh "
+                              f"{list(w_hh.shape) if w_hh is not None else '-'})")
+    w_hr = canon.get(f"rnn.weight_hr_l{k}")
+    proj = int(w_hr.shape[0]) if w_hr is not None and w_hr.ndim == 2 else 0
+    hidden = int(w_hr.shape[1]) if w_hr is not None and w_hr.ndim == 2 else int(w_hh.shape[1])
+    rows = int(w_hh.shape[0])
+    if rows % hidden:
+        raise _InferenceError(f"weight_hh_l{k} has {rows} rows, not a multiple of the hidden size {hidden}")
+    gates = rows // hidden
+    by_gates = {4: "lstm", 3: "gru", 1: "rnn"}
+    if gates not in by_gates:
+        raise _InferenceError(f"weight_hh_l{k} has {rows} rows = {gates} x hidden {hidden}; expected 4 x (LSTM), "
+                              "3 x (GRU) or 1 x (RNN)")
+    if proj and gates != 4:
+        raise _InferenceError(f"weight_hr_l{k} (a projection) is present, but the layer is not an LSTM")
+    return {"cell": by_gates[gates], "input_size": int(w_ih.shape[1]), "hidden_size": hidden,
+            "bidirectional": f"rnn.weight_ih_l{k}_reverse" in canon, "bias": f"rnn.bias_ih_l{k}" in canon,
+            "proj_size": proj}
+
+
+def _elman_nonlinearity(hints: dict, explicit: dict, notes: list[str]) -> str:
+    """The Elman layers' nonlinearity: from the config passed to load, the file's hints, or
+    assumed tanh (said in a note)."""
+    nonlin, why = None, ""
+    if explicit.get("nonlinearity"):
+        nonlin, why = explicit["nonlinearity"], "from the config passed to load"
+    elif str(explicit.get("cell", "")).startswith("rnn_"):  # rnn_tanh, rnn_relu, rnn_linear ...
+        nonlin, why = explicit["cell"].split("_")[1], "from the config passed to load"
+    elif "nonlinearity" in hints:
+        nonlin, src = hints["nonlinearity"]
+        why = f"from {src}"
+    elif "cell" in hints and hints["cell"][0] == "rnn_relu":
+        nonlin, why = "relu", f"from {hints['cell'][1]}"
+    if nonlin is None:
+        nonlin = "tanh"
+        why = ("assumed: the weights cannot tell tanh from relu; if the model used relu, pass "
+               "config={'nonlinearity': 'relu'}")
+    notes.append(f"Elman RNN nonlinearity {nonlin} ({why})")
+    return nonlin
+
+
+#: fields of a uniform stack that state its structure (given without ``layers``, they replace
+#: a per-layer stack) and fields of a cell variant (given alone, they apply to every layer they fit)
+_STRUCTURE = ("cell", "num_layers", "hidden_size", "input_size", "bidirectional", "bias", "proj_size")
+_VARIANT = {"activation": ("lstm", "gru"), "recurrent_activation": ("lstm", "gru"), "reset_after": ("gru",)}
+
+
+def overlay_config(base: dict, top: dict) -> dict:
+    """``base`` (config fields, perhaps with ``layers``) with ``top``'s fields stated over it.
+
+    ``top`` with ``layers`` replaces the per-layer fields of ``base``; ``top`` with a structure
+    field (cell, hidden_size ...) replaces ``base``'s ``layers`` by a uniform stack; ``top``'s
+    variant fields (activation, recurrent_activation, reset_after) over a per-layer ``base``
+    apply to every layer of a cell they fit (reset_after to GRU layers ...)."""
+    from ..models.stack_config import UNIFORM_FIELDS
+
+    out = dict(base)
+    top = dict(top)
+    if top.get("layers") is not None:
+        for f in UNIFORM_FIELDS + ("num_layers",):
+            if f not in top:
+                out.pop(f, None)
+    elif out.get("layers") is not None:
+        if any(f in top for f in _STRUCTURE):
+            out.pop("layers")
+        else:
+            layers = [dict(lay) if isinstance(lay, Mapping) else lay for lay in out["layers"]]
+            for lay in layers:
+                for f, cells in _VARIANT.items():
+                    if f in top and isinstance(lay, dict) and lay.get("cell") in cells:
+                        lay[f] = top[f]
+            out["layers"] = layers
+            top = {k: v for k, v in top.items() if k not in _VARIANT}
+    if top.get("layers", 0) is None:  # a uniform StackConfig's ``layers: None`` states nothing
+        del top["layers"]
+    out.update(top)
+    return out

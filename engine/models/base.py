@@ -154,6 +154,11 @@ class SequenceModel:
         """Whether a run with ``plan`` begins a new stretch of ``layer`` at ``step``."""
         return False
 
+    def state_widths(self) -> dict[str, int] | None:
+        """The recurrent state ``initial_state`` sets, ``{probe name: width}``; None where a
+        family does not take an initial state (``engine.run`` refuses one in words)."""
+        return None
+
     def cache_key(self):
         """Settings of the model, besides its weights, that change what a run computes (e.g. a
         window of implicit attention, which scan runs): a re-run reuses the prefix cache only

@@ -139,7 +139,8 @@ class AttentionView(QWidget):
             what = "mean |alpha| over channels, as recorded (probe attn; blank outside the model's attention window)"
         else:
             gi, gf = source[1][sl], source[2][sl]
-            width = gi.shape[1] // (2 if getattr(s.model, "bidirectional", False) else 1)
+            spec = s.trace.specs.get(layer_probe(layer, "gate_i" if kind == "lstm" else "gate_z"))
+            width = gi.shape[1] // (spec.directions if spec is not None else 1)
             gi, gf = gi[:, :width], gf[:, :width]  # the forward direction
             units = None
             unit = s.units[0] if s.units else 0

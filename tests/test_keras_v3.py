@@ -321,3 +321,24 @@ def test_weights_only_with_an_ambiguous_order_are_refused(keras, tmp_path):
     model = keras.Sequential([keras.Input((None, 4)), L.GRU(4, return_sequences=True),
                               L.LSTM(4, return_sequences=True), L.GRU(4, return_sequences=True)])
     _one_line(_save(model, tmp_path, "weights"), "more than one order of its recurrent layers")
+
+
+def test_functional_configs_of_keras_2_and_3_are_read_as_one_chain():
+    """``inbound_nodes`` as Keras 2 wrote them (``[[["name", 0, 0, {}]]]``) and as Keras 3 does
+    (``keras_history``): a chain is read in order, a layer reading another than the one before is refused."""
+    from engine.loading.keras_layers import model_layers
+
+    def model(inbound):
+        layers = [{"class_name": "InputLayer", "config": {"name": "in"}, "inbound_nodes": []}]
+        for name, source in (("emb", "in"), ("lstm", "emb"), ("dense", "lstm")):
+            layers.append({"class_name": "X", "config": {"name": name}, "inbound_nodes": inbound(source)})
+        return {"class_name": "Functional", "config": {"layers": layers, "input_layers": [["in", 0, 0]]}}
+
+    keras2 = model(lambda src: [[[src, 0, 0, {}]]])
+    keras3 = model(lambda src: [{"args": [{"class_name": "__keras_tensor__",
+                                           "config": {"keras_history": [src, 0, 0]}}], "kwargs": {}}])
+    for config in (keras2, keras3):
+        assert [c["name"] for _, c in model_layers(config, "m", "model_config")] == ["in", "emb", "lstm", "dense"]
+    keras2["config"]["layers"][3]["inbound_nodes"] = [[["emb", 0, 0, {}]]]  # the head reads the embedding
+    with pytest.raises(LoadError, match="not one chain \\(layer 'dense' reads emb\\)"):
+        model_layers(keras2, "m", "model_config")

@@ -51,10 +51,13 @@ def _from_cudnn(kernel, rec, bias):
 def _datasets(path):
     import h5py
 
+    """``{"<layer>/<weight>": float64 array}`` of a Keras 1/2 file (``model_weights`` of a
+    model.save file, the root of a save_weights one)."""
     with h5py.File(path, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
         out = {}
-        f.visititems(lambda n, o: out.__setitem__(n.split("/")[-2] + "/" + n.split("/")[-1].split(":")[0],
-                                                  np.asarray(o, dtype=np.float64)) if hasattr(o, "shape") else None)
+        root.visititems(lambda n, o: out.__setitem__(n.split("/")[0] + "/" + n.split("/")[-1].split(":")[0],
+                                                     np.asarray(o, dtype=np.float64)) if hasattr(o, "shape") else None)
     return out
 
 
@@ -102,10 +105,45 @@ def test_chars2vec_keras22_lstm_uses_that_versions_hard_sigmoid():
     assert np.abs(sigmoid_h - trace["layers.0.h"]).max() > 1e-2  # the activation matters: it is not a guess
 
 
-@pytest.mark.parametrize("name", ["keras_textgenrnn/textgenrnn_weights.hdf5", "keras_chars2vec_eng_50/weights.h5"])
+def test_ethnicolr_census_classifier_model_save_file():
+    """ethnicolr 0.9.6's census 2010 last-name model: a Keras 2.5 model.save file of Embedding(977,
+    32) → LSTM(128, return_sequences=False) → Dense(4, softmax); Keras's output is the head on the
+    last step, which is the trace's last step (as the notes say)."""
+    path = REAL / "keras_ethnicolr_census2010" / "census2010_ln_lstm.h5"
+    model = engine.load(path, device="cpu", dtype=torch.float64)
+    cfg = model.config
+    assert (cfg.cell, cfg.num_layers, cfg.hidden_size, cfg.vocab_size, cfg.output_size) == ("lstm", 1, 128, 977, 4)
+    assert "those at the last step are Keras's output" in model.info()["notes"]
+    ids = np.random.default_rng(1).integers(1, 977, size=12)
+    trace = engine.run(model, ids)
+    w = _datasets(path)
+    h = _lstm(w["embedding/embeddings"][ids], w["lstm/kernel"], w["lstm/recurrent_kernel"], w["lstm/bias"], _sigmoid)
+    np.testing.assert_allclose(trace["layers.0.h"], h, atol=TOL, rtol=TOL)
+    logits = h[-1] @ w["dense/kernel"] + w["dense/bias"]
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    got = torch.softmax(torch.from_numpy(np.asarray(trace["logits"])[-1]), -1).numpy()
+    np.testing.assert_allclose(got, probs, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("name", ["keras_textgenrnn/textgenrnn_weights.hdf5", "keras_chars2vec_eng_50/weights.h5",
+                                  "keras_ethnicolr_census2010/census2010_ln_lstm.h5"])
 def test_the_committed_files_are_the_published_ones(name):
     import hashlib
 
     sources = (REAL / "SOURCES.md").read_text()
     digest = hashlib.sha256((REAL / name).read_bytes()).hexdigest()
     assert digest in sources
+
+
+FETCHED = Path(__file__).parent / "data" / "fetched"  # bash packaging/fetch_real_keras.sh
+
+
+@pytest.mark.skipif(not (FETCHED / "ethnicolr_nc_voter_name_race_lstm.h5").exists(),
+                    reason="fetched by packaging/fetch_real_keras.sh (7.9 MB, not committed)")
+def test_ethnicolr_convolution_before_the_lstm_is_refused_in_words():
+    """ethnicolr 0.9.6's NC voter model: Embedding → Conv1D → MaxPooling1D → LSTM → Dense (Keras
+    2.2.4 model.save): the convolution changes what the LSTM reads, so the file is refused by name."""
+    with pytest.raises(engine.errors.LoadError, match="'conv1d_1' is a Keras Conv1D layer before the recurrent "
+                                                      "layers, which SeqScope does not read") as info:
+        engine.load(FETCHED / "ethnicolr_nc_voter_name_race_lstm.h5", device="cpu")
+    assert "\n" not in str(info.value)

@@ -73,9 +73,13 @@ def _check(keras, model, x, tmp_path, layout, *, logits=True):
     _randomize(model)
     loaded = engine.load(_save(model, tmp_path, layout), device="cpu", dtype=torch.float64)
     trace = engine.run(loaded, x[0])
+    flipped = False  # Keras hands a go_backwards layer's outputs on in the order it computed them
     for k, layer in enumerate(_recurrent(model)):
         want = np.asarray(keras.Model(model.inputs[0], layer.output)(x).detach())[0]
-        got = np.asarray(trace[f"layers.{k}.h"])
+        flipped = flipped != bool(getattr(layer, "go_backwards", False))
+        merged = f"layers.{k}.merged" in trace.arrays  # a Bidirectional whose merge_mode is not concat
+        got = np.asarray(trace[f"layers.{k}.merged" if merged else f"layers.{k}.h"])
+        got = got[::-1] if flipped else got  # SeqScope records each state at its token
         if want.ndim == 1:  # return_sequences=False: the last step (a Bidirectional's backward half: the first)
             half = got.shape[1] // 2
             got = np.concatenate([got[-1, :half], got[0, half:]]) if layer.__class__.__name__ == "Bidirectional" \
@@ -88,6 +92,7 @@ def _check(keras, model, x, tmp_path, layout, *, logits=True):
         assert trace.logits is None and loaded.config.output_size is None
         return loaded
     got = np.asarray(trace["logits"], dtype=np.float64)
+    got = np.ascontiguousarray(got[::-1]) if flipped else got
     dense = getattr(model.layers[-1], "layer", model.layers[-1])  # TimeDistributed(Dense): the Dense
     h = np.asarray(keras.Model(model.inputs[0], model.layers[-2].output)(x).detach())[0]
     weights = dense.get_weights()
@@ -163,6 +168,42 @@ def test_bidirectional_classifier_with_last_step_output(keras, tmp_path, layout)
     notes = loaded.info()["notes"]
     assert ("which is no step of the trace" in notes) == (layout != "weights")
     assert ("which no step's logits are" in notes) == (layout == "weights")
+
+
+@pytest.mark.parametrize("layout", ("keras", "weights+config", "h5"))
+def test_a_stack_of_different_layers_directions_and_merge_modes(keras, tmp_path, layout):
+    """A bidirectional LSTM of 8+8 feeding a GRU of 4 that reads backwards (go_backwards), then a
+    bidirectional SimpleRNN whose directions are averaged, then the head."""
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(11, 4),
+                              L.Bidirectional(L.LSTM(8, return_sequences=True)),
+                              L.GRU(4, reset_after=False, go_backwards=True, return_sequences=True),
+                              L.Bidirectional(L.SimpleRNN(3, return_sequences=True), merge_mode="ave"),
+                              L.Dense(5, activation="softmax")])
+    loaded = _check(keras, model, _tokens(seed=11), tmp_path, layout)
+    specs = loaded.config.layer_specs()
+    assert [(s.cell, s.hidden_size, s.bidirectional, s.merge_mode, s.reversed) for s in specs] == [
+        ("lstm", 8, True, "concat", False), ("gru", 4, False, "concat", True), ("rnn_tanh", 3, True, "ave", False)]
+    assert specs[1].reset_after is False
+
+
+@pytest.mark.parametrize("mode", ("sum", "mul", "concat"))
+def test_bidirectional_merge_modes(keras, tmp_path, mode):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None, 3)), L.Bidirectional(L.GRU(4, return_sequences=True),
+                                                                       merge_mode=mode),
+                              L.Bidirectional(L.LSTM(2, return_sequences=True), merge_mode=mode), L.Dense(2)])
+    loaded = _check(keras, model, np.random.default_rng(12).standard_normal((1, 8, 3)), tmp_path, "keras")
+    assert [s.merge_mode for s in loaded.config.layer_specs()] == [mode, mode]
+
+
+def test_a_backwards_last_layer_with_last_step_output(keras, tmp_path):
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None,), dtype="int32"), L.Embedding(11, 4),
+                              L.LSTM(5, go_backwards=True), L.Dense(3, activation="softmax")])
+    loaded = _check(keras, model, _tokens(seed=13), tmp_path, "keras")  # Keras's output: SeqScope's first token
+    assert "those at the first token (it reads the tokens from the last one) are Keras's output" in \
+        loaded.info()["notes"]
 
 
 def test_functional_chain_with_time_distributed_head(keras, tmp_path):
@@ -280,3 +321,24 @@ def test_weights_only_with_an_ambiguous_order_are_refused(keras, tmp_path):
     model = keras.Sequential([keras.Input((None, 4)), L.GRU(4, return_sequences=True),
                               L.LSTM(4, return_sequences=True), L.GRU(4, return_sequences=True)])
     _one_line(_save(model, tmp_path, "weights"), "more than one order of its recurrent layers")
+
+
+def test_functional_configs_of_keras_2_and_3_are_read_as_one_chain():
+    """``inbound_nodes`` as Keras 2 wrote them (``[[["name", 0, 0, {}]]]``) and as Keras 3 does
+    (``keras_history``): a chain is read in order, a layer reading another than the one before is refused."""
+    from engine.loading.keras_layers import model_layers
+
+    def model(inbound):
+        layers = [{"class_name": "InputLayer", "config": {"name": "in"}, "inbound_nodes": []}]
+        for name, source in (("emb", "in"), ("lstm", "emb"), ("dense", "lstm")):
+            layers.append({"class_name": "X", "config": {"name": name}, "inbound_nodes": inbound(source)})
+        return {"class_name": "Functional", "config": {"layers": layers, "input_layers": [["in", 0, 0]]}}
+
+    keras2 = model(lambda src: [[[src, 0, 0, {}]]])
+    keras3 = model(lambda src: [{"args": [{"class_name": "__keras_tensor__",
+                                           "config": {"keras_history": [src, 0, 0]}}], "kwargs": {}}])
+    for config in (keras2, keras3):
+        assert [c["name"] for _, c in model_layers(config, "m", "model_config")] == ["in", "emb", "lstm", "dense"]
+    keras2["config"]["layers"][3]["inbound_nodes"] = [[["emb", 0, 0, {}]]]  # the head reads the embedding
+    with pytest.raises(LoadError, match="not one chain \\(layer 'dense' reads emb\\)"):
+        model_layers(keras2, "m", "model_config")

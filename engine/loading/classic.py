@@ -61,8 +61,13 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
         back = {resolved.get(k, k): k for k in found.tensors}
 
     canon, origin, failure, head_parts = {}, {}, None, []
+    # a reader that read the architecture itself (Keras) gives canonical names and the exact config
+    exact = found.metadata.get("seqscope_exact") is True and not key_map
     try:
-        canon, origin, head_parts = _canonicalize(tensors, notes)
+        if exact:
+            canon, origin = dict(tensors), {k: k for k in tensors}
+        else:
+            canon, origin, head_parts = _canonicalize(tensors, notes)
     except _InferenceError as exc:
         failure = str(exc)
         canon, origin = {}, {}
@@ -83,7 +88,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
         failure = None
 
     inferred: dict = {}
-    if failure is None:
+    if failure is None and not exact:
         try:
             inferred = _infer_config(canon, hints, explicit, notes)
         except _InferenceError as exc:

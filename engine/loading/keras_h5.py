@@ -145,11 +145,11 @@ class _Reader:
                 self.fail(f"it holds weights for layer {missing[0]!r}, which its model_config does not describe")
         else:
             gates = _default_recurrent_activation(version)
-            self.notes.append("a Keras save_weights file (no model_config): the architecture was inferred from "
-                              "the weights' shapes, the activations are the defaults of the Keras that wrote it "
-                              f"(Keras {version or 'of unknown version'}: activation tanh, LSTM/GRU "
-                              f"recurrent_activation {gates}); a model that set others needs "
-                              "config={'recurrent_activation': ...}")
+            note = ("a Keras save_weights file (no model_config): the architecture was inferred from the weights' "
+                    "shapes, the activations are the defaults of the Keras that wrote it (Keras "
+                    f"{version or 'of unknown version'}: activation tanh, LSTM/GRU recurrent_activation {gates}); a "
+                    "model that set others needs config={'recurrent_activation': ...}")
+            self.notes.append(note)
             for lname in layer_names:
                 weights = self._weights(root, lname)
                 cls = self._guess_class(lname, weights)
@@ -160,9 +160,13 @@ class _Reader:
                     cfg = {"layer": {"class_name": inner, "config": {"recurrent_activation": gates}
                                      if inner in ("LSTM", "GRU") else {}}}
                 layers.append(KerasLayer(cls, lname, cfg, weights))
+            if not any(layer.cls in ("LSTM", "GRU", "Bidirectional") for layer in layers):  # CuDNN layers: fixed
+                self.notes[self.notes.index(note)] = ("a Keras save_weights file (no model_config): the architecture "
+                                                      "was inferred from the weights' shapes and names")
         tensors, config = assemble(layers, name=self.name, keras3=self.keras3, notes=self.notes)
         fmt = "keras-h5" + (f" (Keras {version})" if version else "")
-        return _Found(name=self.name, fmt=fmt, tensors=tensors, metadata={"seqscope_config": config},
+        return _Found(name=self.name, fmt=fmt, tensors=tensors,
+                      metadata={"seqscope_config": config, "seqscope_exact": True},
                       notes=self.notes)
 
     def _layer_configs(self):

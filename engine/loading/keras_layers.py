@@ -15,6 +15,10 @@ Keras's semantics, turned into torch's layout (see :mod:`engine.models.gru` for 
   in Keras 3 files;
 * a CuDNNLSTM/CuDNNGRU keeps its kernels in cuDNN's per-gate layout (converted as Keras 2 converts
   them) and two biases (input, recurrent); a CuDNNGRU is a reset_after=True GRU;
+* layers may differ in cell, size and direction (one :class:`engine.models.stack_config.LayerSpec`
+  each): a Bidirectional's ``merge_mode`` (concat, sum, mul, ave) and ``go_backwards`` (a
+  ``reversed`` layer: it reads from the last step and hands its outputs on in that order) mean
+  what they mean in Keras; SeqScope records every state at its token;
 * the Dense head's activation (softmax, sigmoid, …) is not applied: SeqScope records logits;
 * what follows the recurrent layers and is not one Dense layer at each step (a second Dense, a
   pooling, a convolution, an attention layer) is not approximated: the recurrent core loads and
@@ -29,6 +33,7 @@ import torch
 
 from ..errors import LoadError
 from ..models.activations import check_activation
+from ..models.stack_config import MERGE_MODES
 from .record import _short
 
 RECURRENT = {"SimpleRNN": 1, "LSTM": 4, "GRU": 3, "CuDNNLSTM": 4, "CuDNNGRU": 3}
@@ -133,7 +138,7 @@ def _what(cls: str) -> str:
 
 
 def supported_text() -> str:
-    return ("Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional (concat), one Dense head, "
+    return ("Embedding, SimpleRNN, LSTM, GRU, CuDNNLSTM, CuDNNGRU, Bidirectional, one Dense head, "
             "and ignores InputLayer, Masking and Dropout")
 
 
@@ -198,56 +203,63 @@ class _Assembler:
                               "without what follows them (no logits)")
             rest = []
         head = self._head(rest, tensors, cfg)
-        self._uniform(recurrent, cfg, embed_seen)
-        self._last_step_note(recurrent[-1], head)
+        self._stack(recurrent, cfg, embed_seen)
+        self._last_step_note(recurrent, head)
         return tensors, cfg
 
     # -- the stack as a whole ------------------------------------------------------------------
-    def _uniform(self, recurrent, cfg, embed_seen) -> None:
-        first = recurrent[0][1]
-        for lname, opts in recurrent[1:]:
-            differ = [k for k in ("cell", "units", "bias", "activation", "recurrent_activation", "reset_after",
-                                  "bidirectional") if opts[k] != first[k]]
-            if differ:
-                self.fail(f"its recurrent layers differ ({recurrent[0][0]!r} and {lname!r} differ in "
-                          f"{', '.join(differ)}); SeqScope reads stacks of recurrent layers of one kind and "
-                          "size so far")
+    def _stack(self, recurrent, cfg, embed_seen) -> None:
+        """The recurrent layers as SeqScope's stack: the uniform fields when every layer is alike,
+        else one spec per layer (:class:`engine.models.stack_config.LayerSpec`)."""
+        specs = []
+        for k, (lname, opts) in enumerate(recurrent):
+            width = cfg["input_size"] if k == 0 and embed_seen else None
+            if k > 0:
+                width = specs[-1]["hidden_size"] * (2 if specs[-1]["bidirectional"]
+                                                   and specs[-1]["merge_mode"] == "concat" else 1)
+            if width is not None and opts["input"] != width:
+                what = "the Embedding" if k == 0 else "the layer before it"
+                self.fail(f"layer {lname!r} reads {opts['input']} features but {what} gives {width}")
+            spec = dict(cell=opts["cell"], input_size=opts["input"], hidden_size=opts["units"],
+                        bidirectional=opts["bidirectional"], merge_mode=opts["merge_mode"],
+                        reversed=opts["reversed"], bias=opts["bias"])
+            if not opts["cell"].startswith("rnn_"):
+                spec.update(activation=opts["activation"], recurrent_activation=opts["recurrent_activation"])
+            if opts["cell"] == "gru":
+                spec["reset_after"] = opts["reset_after"]
+            specs.append(spec)
         if not embed_seen:
-            cfg["input_size"] = first["input"]
-        elif first["input"] != cfg["input_size"]:
-            self.fail(f"layer {recurrent[0][0]!r} reads {first['input']} features but the Embedding gives "
-                      f"{cfg['input_size']}")
-        for lname, opts in recurrent[1:]:
-            width = first["units"] * (2 if first["bidirectional"] else 1)
-            if opts["input"] != width:
-                self.fail(f"layer {lname!r} reads {opts['input']} features but the layer before it gives {width}")
-        cell = first["cell"]
-        cfg.update(cell=cell, num_layers=len(recurrent), hidden_size=first["units"], bias=first["bias"],
-                   bidirectional=first["bidirectional"])
-        if not cell.startswith("rnn_"):
-            cfg.update(activation=first["activation"], recurrent_activation=first["recurrent_activation"])
-        if cell == "gru":
-            cfg["reset_after"] = first["reset_after"]
-        width = first["units"] * (2 if first["bidirectional"] else 1)
+            cfg["input_size"] = specs[0]["input_size"]
+        last = specs[-1]
+        width = last["hidden_size"] * (2 if last["bidirectional"] and last["merge_mode"] == "concat" else 1)
         if cfg.get("head_input") not in (None, width):
             self.fail(f"the Dense head reads {cfg['head_input']} features but the last recurrent layer gives {width}")
         cfg.pop("head_input", None)
+        first = specs[0]
+        uniform = all({**s, "input_size": 0} == {**first, "input_size": 0} for s in specs[1:]) \
+            and first["merge_mode"] == "concat" and not first["reversed"]
+        cfg.update(num_layers=len(specs), **{k: v for k, v in first.items() if k not in ("merge_mode", "reversed")})
+        if not uniform:
+            cfg["layers"] = specs
 
-    def _last_step_note(self, last, head) -> None:
-        last_name, opts = last
+    def _last_step_note(self, recurrent, head) -> None:
+        last_name, opts = recurrent[-1]
         if opts["return_sequences"] is not False:
             return
         if opts["bidirectional"]:
             self.notes.append(f"the last layer ({last_name!r}) is a Bidirectional with return_sequences=False: Keras's "
                               "output is its forward half at the last step and its backward half at the first step")
             return
+        # the last layer's final step: the first token when it reads the tokens backwards
+        backwards = sum(bool(o["reversed"]) for _, o in recurrent) % 2 == 1
+        where = "the first token (it reads the tokens from the last one)" if backwards else "the last step"
         if head is not None:
             self.notes.append(f"the last recurrent layer ({last_name!r}) has return_sequences=False: Keras applies "
-                              f"the head to the last step only; SeqScope records logits at every step, and the "
-                              "last step's are Keras's output")
+                              f"the head to its final step only; SeqScope records logits at every step, and those "
+                              f"at {where} are Keras's output")
         else:
             self.notes.append(f"the last recurrent layer ({last_name!r}) has return_sequences=False; SeqScope "
-                              "records every step, the last one being Keras's output")
+                              f"records every step, the one at {where} being Keras's output")
 
     # -- the head --------------------------------------------------------------------------------
     def _head(self, rest: list[KerasLayer], tensors, cfg):
@@ -351,9 +363,9 @@ class _Assembler:
         features first, then backward, each in time order)."""
         lcfg = lcfg or {}
         mode = lcfg.get("merge_mode", "concat")
-        if mode != "concat":
-            self.fail(f"layer {lname!r} is a Bidirectional with merge_mode={mode!r}; SeqScope reads merge_mode "
-                      "'concat' only (its bidirectional layers concatenate the two directions)")
+        if mode not in MERGE_MODES:
+            self.fail(f"layer {lname!r} is a Bidirectional with merge_mode={_short(mode, 40)!r}; SeqScope reads the "
+                      f"merge modes {', '.join(MERGE_MODES)} (merge_mode=None hands on two outputs, not one sequence)")
         halves = {side: {k.split("/", 1)[1]: v for k, v in weights.items() if k.startswith(side + "/")}
                   for side in ("forward", "backward")}
         if not halves["forward"] or not halves["backward"] or len(weights) != sum(map(len, halves.values())):
@@ -372,21 +384,21 @@ class _Assembler:
             if not same or not bcfg.get("go_backwards") or back.get("class_name") != cls:
                 self.fail(f"layer {lname!r} is a Bidirectional whose backward layer differs from its forward one; "
                           "SeqScope reads mirrored pairs only")
-        if inner_cfg:
-            inner_cfg = {k: v for k, v in inner_cfg.items() if k != "go_backwards"}  # the wrapper runs it backwards
+        if inner_cfg and inner_cfg.get("go_backwards"):
+            self.fail(f"layer {lname!r} is a Bidirectional whose forward layer has go_backwards=True; SeqScope reads "
+                      "Bidirectional wrappers of forward layers")
         fwd = self._recurrent(cls, lname, inner_cfg, halves["forward"], index, tensors)
         bwd = self._recurrent(cls, lname, inner_cfg, halves["backward"], index, tensors, suffix="_reverse")
         if any(fwd[k] != bwd[k] for k in ("units", "input", "bias", "reset_after")):
             self.fail(f"layer {lname!r}'s forward and backward layers differ in size")
-        fwd["bidirectional"] = True
+        fwd["bidirectional"], fwd["merge_mode"] = True, mode
         fwd["return_sequences"] = inner_cfg.get("return_sequences") if inner_cfg is not None else None
         return fwd
 
     def _recurrent(self, cls, lname, lcfg, weights, index, tensors, suffix="") -> dict:
         lcfg = lcfg or {}
-        for flag in ("go_backwards", "time_major"):
-            if lcfg.get(flag):
-                self.fail(f"layer {lname!r} has {flag}=True, which SeqScope does not read yet")
+        if lcfg.get("time_major"):
+            self.fail(f"layer {lname!r} has time_major=True, which SeqScope does not read")
         if lcfg.get("stateful"):
             self.notes.append(f"layer {lname!r} is stateful in Keras; SeqScope starts every run from zero state")
         kernel = self._need(weights, lname, "kernel", 2)
@@ -435,5 +447,6 @@ class _Assembler:
             put("bias_hh", b_hh[order])
         cell = f"rnn_{act}" if cls == "SimpleRNN" else cls.lower()
         return dict(cell=cell, units=units, input=kernel.shape[0], bias=bool(use_bias), activation=act,
-                    bidirectional=False, recurrent_activation=rec_act, reset_after=reset_after,
+                    bidirectional=False, merge_mode="concat", reversed=bool(lcfg.get("go_backwards")),
+                    recurrent_activation=rec_act, reset_after=reset_after,
                     return_sequences=lcfg.get("return_sequences") if lcfg else None)

@@ -182,7 +182,8 @@ class _WeightsReader:
             self.notes.append("the file does not say which Keras wrote it: hard_sigmoid was read as Keras 3's "
                               "clip(x/6 + 0.5)")
         tensors, cfg = assemble(layers, name=self.name, keras3=self.keras3, notes=self.notes)
-        return _Found(name=self.name, fmt="keras", tensors=tensors, metadata={"seqscope_config": cfg},
+        return _Found(name=self.name, fmt="keras", tensors=tensors,
+                      metadata={"seqscope_config": cfg, "seqscope_exact": True},
                       notes=self.notes)
 
     # -- with the model's config: groups named as Keras names them -------------------------------
@@ -259,8 +260,9 @@ class _WeightsReader:
                               "if it does not, Keras's head reads its forward half's last step with its backward half's "
                               "first, which no step's logits are")
         self.notes.append("a Keras 3 .weights.h5 file without the model's config: the layers' kinds come from the "
-                          "file's group names, their order from their sizes, and the activations are Keras's "
-                          "defaults (tanh, sigmoid); put the model's config.json beside it if they differ")
+                          "file's group names, their order from their sizes; what weights do not show is Keras's "
+                          "default (activations tanh and sigmoid, layers reading forwards, Bidirectional layers "
+                          "concatenating): put the model's config.json beside it if the model set others")
         return ordered
 
     # -- one layer's arrays --------------------------------------------------------------------

@@ -13,7 +13,7 @@ from ..limits import check_declared_layers
 from ..models.stack import RecurrentStack, StackConfig, canonical_weight_shapes
 from ..tokenizers import CharVocab
 from .config_example import config_help
-from .classic_inference import _canonicalize, _common_prefix, _infer_config, _InferenceError
+from .classic_inference import DEEP_HEAD, _canonicalize, _common_prefix, _infer_config, _InferenceError
 from .record import _Found, _short
 from .saving import NAME_ENTRIES
 from .side_files import _hints, _make_tokenizer, _stored_configs
@@ -150,13 +150,17 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
     if unused:
         listing = ", ".join(f"{k} {list(found.tensors[k].shape)}" for k in unused[:12])
         listing += f", and {len(unused) - 12} more" if len(unused) > 12 else ""
+        deep = next((n for n in notes if n.startswith(DEEP_HEAD)), None)
+        if strict and deep:
+            raise LoadError(f"{found.name}: {deep[0].upper()}{deep[1:]}. Load with strict=False to inspect the "
+                            f"recurrent core (its states and gates, no logits); left unused: {listing}")
         if strict:
             raise LoadError(
                 f"{found.name}: {len(unused)} tensor{'s' if len(unused) > 1 else ''} in the file would be left unused: "
                 f"{listing}. They may be a layer SeqScope's model (embedding → {cfg.cell} stack → one linear head) "
                 "does not have, and skipping them would give wrong numbers. If they are not part of the forward "
                 "pass, load with strict=False; if they belong to the model under other names, "
-                + config_help(found.tensors))
+                + config_help(found.tensors, known=_known_config(cfg, expected, file_key)))
         notes.append(f"unused tensors (strict=False): {listing}")
     skipped = [k for k, v in found.tensors.items() if k not in used_file_keys and not v.is_floating_point()]
     if skipped:
@@ -191,6 +195,15 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
         raise LoadError(f"{found.name}: could not build the model: {_short(exc)}") from None
     _attach_info(model, found, cfg, notes, vocab_src)
     return model
+
+
+def _known_config(cfg: StackConfig, expected, file_key) -> dict:
+    """The config this file was read with, as ``config=`` would state it (the fields that differ
+    from their defaults, and the key_map from the file's keys)."""
+    defaults = {f.name: f.default for f in fields(StackConfig)}
+    out = {k: v for k, v in asdict(cfg).items() if k not in defaults or v != defaults[k]}
+    out["key_map"] = {file_key(cn): cn for cn in expected if not file_key(cn).startswith("(")}
+    return out
 
 
 def _one_hot_too_wide(width: int, found: _Found, notes: list[str]) -> bool:

@@ -11,6 +11,8 @@ from .record import _CELL_KEY, _RNN_KEY
 
 
 _EMBED_HINT = re.compile(r"emb|^encoder$|wte|tok|lookup|lut", re.I)
+#: how the note on a head of several layers starts (the strict refusal words it from this)
+DEEP_HEAD = "the head after the recurrent layers is more than one linear layer"
 _HEAD_HINT = re.compile(r"fc|decoder|head|out|linear|proj|classif|logit|dense|readout|final|pred", re.I)
 
 
@@ -177,6 +179,13 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
         canon["embed.weight"] = tensors[emb]
         origin["embed.weight"] = emb
     head = best(head_score, exclude={emb})
+    deeper = [k for k in free if head is not None and k not in (head, emb) and order[k] > order[head]
+              and tensors[k].shape[1] == tensors[head].shape[0]]
+    if deeper:  # a matrix reads the head's output: the head is an MLP, which one linear layer is not
+        notes.append(f"{DEEP_HEAD}: {head} {list(tensors[head].shape)} is followed by {deeper[0]} "
+                     f"{list(tensors[deeper[0]].shape)}, which reads its output; one linear layer cannot stand for "
+                     "them, so only the recurrent core can be loaded (no logits)")
+        head = None
     if head is not None:
         canon["head.weight"] = tensors[head]
         origin["head.weight"] = head

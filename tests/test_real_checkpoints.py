@@ -165,3 +165,12 @@ def test_silero_vad_torchscript_archive_is_refused_in_words_and_nothing_runs(tmp
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("TorchScript was loaded"))
     with pytest.raises(LoadError, match=r"TorchScript archive \(torch\.jit\.save\), which holds code.*state_dict"):
         engine.load(path, device="cpu")
+
+
+def test_an_onnx_export_is_named_as_such(tmp_path):
+    """silero-vad ships its model as ONNX too; such a file starts as these bytes (the first 32 of
+    silero_vad_16k_op15.onnx: ir_version 8, producer "pytorch" 2.x) and is refused by name."""
+    head = bytes.fromhex("080812077079746f7263681a05322e332e313ae9da4e0a4512126f6e6e783a3a")
+    (tmp_path / "vad.onnx").write_bytes(head + bytes(200))
+    with pytest.raises(LoadError, match=r"vad\.onnx looks like an ONNX model .* exported from"):
+        engine.load(tmp_path / "vad.onnx", device="cpu")

@@ -174,3 +174,26 @@ def test_an_onnx_export_is_named_as_such(tmp_path):
     (tmp_path / "vad.onnx").write_bytes(head + bytes(200))
     with pytest.raises(LoadError, match=r"vad\.onnx looks like an ONNX model .* exported from"):
         engine.load(tmp_path / "vad.onnx", device="cpu")
+
+
+def test_legere_crnn_loads_its_bigru_and_ctc_head_on_strict_false():
+    """legere 0.11.0 (OCR): a depthwise-separable CNN over the image → bidirectional GRU(192 → 128)
+    over the width → Linear(256 → 122) at every step (CTC classes).  The CNN is named in the
+    refusal; with strict=False the GRU reads the CNN's 192 features per column as numeric inputs,
+    and its per-step head is the model's own."""
+    path = REAL / "legere" / "model.pt"
+    with pytest.raises(LoadError, match=r"65 tensors in the file would be left unused: stem\.0\.weight"):
+        engine.load(path, device="cpu")
+    model = engine.load(path, strict=False, device="cpu")
+    assert (model.config.cell, model.config.bidirectional, model.config.input_size) == ("gru", True, 192)
+    assert model.config.output_size == 122 and model.config.vocab_size is None
+    sd = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    gru = torch.nn.GRU(192, 128, bidirectional=True)
+    gru.load_state_dict({k[len("rnn."):]: v for k, v in sd.items() if k.startswith("rnn.")})
+    x = np.random.default_rng(3).normal(size=(24, 192)).astype(np.float32)
+    trace = engine.run(model, x, probes=["layers.0.h", "logits"])
+    with torch.no_grad():
+        h, _ = gru(torch.from_numpy(x)[:, None, :])
+        logits = h[:, 0] @ sd["head.weight"].T + sd["head.bias"]
+    np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(24, 256), h[:, 0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(trace["logits"], logits.numpy(), atol=1e-5)

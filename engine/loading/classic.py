@@ -202,7 +202,9 @@ def _known_config(cfg: StackConfig, expected, file_key) -> dict:
     from their defaults, and the key_map from the file's keys)."""
     defaults = {f.name: f.default for f in fields(StackConfig)}
     out = {k: v for k, v in asdict(cfg).items() if k not in defaults or v != defaults[k]}
-    out["key_map"] = {file_key(cn): cn for cn in expected if not file_key(cn).startswith("(")}
+    renamed = {file_key(cn): cn for cn in expected if file_key(cn) != cn and not file_key(cn).startswith("(")}
+    if renamed:
+        out["key_map"] = renamed
     return out
 
 

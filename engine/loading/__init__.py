@@ -66,7 +66,8 @@ The package
 reader per format, each returning the neutral record of ``record``), ``safe_unpickle``,
 ``pickled_torch`` and ``recover`` (torch pickles read without running anything), ``side_files`` (configs and
 vocabularies kept with a model), ``classic_inference`` and ``classic`` (the classic recurrent
-stack: names and shapes → layers, then the model), ``saving`` (:func:`save_model`); the modern
+stack: names and shapes → layers, then the model), ``config_example`` (the ``config=`` a loading
+error offers, built from the file's own tensors), ``saving`` (:func:`save_model`); the modern
 families build themselves (``engine.models.<family>``).
 """
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
                 f"{listing}. They may be a layer SeqScope's model (embedding → {cfg.cell} stack → one linear head) "
                 "does not have, and skipping them would give wrong numbers. If they are not part of the forward "
                 "pass, load with strict=False; if they belong to the model under other names, "
-                + config_help(found.tensors))
+                + config_help(found.tensors, known=_known_config(cfg, expected, file_key)))
         notes.append(f"unused tensors (strict=False): {listing}")
     skipped = [k for k, v in found.tensors.items() if k not in used_file_keys and not v.is_floating_point()]
     if skipped:
@@ -205,6 +205,17 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
         raise LoadError(f"{found.name}: could not build the model: {_short(exc)}") from None
     _attach_info(model, found, cfg, notes, vocab_src)
     return model
+
+
+def _known_config(cfg: StackConfig, expected, file_key) -> dict:
+    """The config this file was read with, as ``config=`` would state it (the fields that differ
+    from their defaults, and the key_map from the file's keys)."""
+    defaults = {f.name: f.default for f in fields(StackConfig)}
+    out = {k: v for k, v in asdict(cfg).items() if k not in defaults or v != defaults[k]}
+    renamed = {file_key(cn): cn for cn in expected if file_key(cn) != cn and not file_key(cn).startswith("(")}
+    if renamed:
+        out["key_map"] = renamed
+    return out
 
 
 def _one_hot_too_wide(width: int, found: _Found, notes: list[str]) -> bool:

@@ -148,16 +148,19 @@ def python_text(value) -> str:
     return json.dumps(value)
 
 
-def config_help(tensors: dict[str, torch.Tensor], back: dict | None = None) -> str:
+def config_help(tensors: dict[str, torch.Tensor], back: dict | None = None, known: dict | None = None) -> str:
     """The sentence that ends a loading error: a config for this file, to pass from Python or the
-    command line."""
-    cfg = config_example(tensors, back)
+    command line (``known``: the config the file was read with, where its architecture was made out)."""
+    cfg = dict(known) if known else config_example(tensors, back)
     others = cfg.pop("others", [])
-    guessed = not any(k.startswith("<") for k in cfg["key_map"])
+    guessed = not any(k.startswith("<") for k in cfg.get("key_map", {}))
     text = python_text(cfg)
     json_note = " (with false/true for False/True)" if "False" in text or "True" in text else ""
     order = _GATE_ORDER.get(cfg["cell"], "")
-    if guessed:
+    if known:
+        said = (" — the config SeqScope read this file with; name the unused tensors in its key_map if they are "
+                "recurrent layers, an embedding or the head under other names")
+    elif guessed:
         said = (" — read off this file's shapes; it assumes torch's layout ([gates*hidden, input] matrices"
                 + (f", gates in the order {order}" if order else "") + ")")
     else:

@@ -94,6 +94,9 @@ def _sniff(path: Path) -> str:
         raise LoadError(f"{name} is a {_GGML_MAGICS[head[:4]]} file (the format of llama.cpp / rwkv.cpp), "
                         "which SeqScope does not read: load the PyTorch .pth / .safetensors weights it was "
                         "converted from")
+    if _looks_like_onnx(head):
+        raise LoadError(f"{name} looks like an ONNX model (a computation graph), which SeqScope does not read: load "
+                        "the PyTorch .pt / .safetensors weights it was exported from")
     if head[:6] == b"\x93NUMPY":
         raise LoadError(f"{name} is a NumPy array file, not a model checkpoint")
     if head.lstrip()[:1] in (b"{", b"["):
@@ -102,6 +105,12 @@ def _sniff(path: Path) -> str:
     raise LoadError(f"{name} is not a PyTorch checkpoint or safetensors file: its contents match no known "
                     f"format (it starts with bytes {head[:8].hex(' ')}); the file may be corrupted or of "
                     "another kind")
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto's first bytes: field 1 (ir_version, a small varint), then one of its
+    other fields (producer name or version, domain, graph, opset imports)."""
+    return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 20 and head[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42)
 
 
 def _read_folder(folder: Path, weights: Path | None = None) -> _Found:

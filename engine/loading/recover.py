@@ -1,7 +1,8 @@
 """From what :mod:`.safe_unpickle` read (plain data, tensors and stand-ins) to plain data: a
 whole pickled ``nn.Module`` becomes its state dict (named exactly as ``module.state_dict()``
 names it), an object of the author's class (a config dataclass, ``argparse.Namespace``) the
-dict of its fields, ``TorchVersion`` its text, NumPy arrays and scalars their values; anything
+dict of its fields, ``TorchVersion`` its text, NumPy arrays of floats tensors (a pickle of NumPy weights),
+other NumPy arrays and scalars their values; anything
 else the file named stays an inert :class:`StoodIn` marker.  Nothing is imported or called."""
 from __future__ import annotations
 
@@ -302,6 +303,9 @@ def _numpy_array(x: StandIn, r: _Recovery, depth: int):
     if not isinstance(data, (bytes, bytearray)) or len(data) != n * dtype.itemsize:
         return StoodIn(x.qualified)
     arr = np.frombuffer(bytes(data), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) and arr.ndim >= 1:  # weights: a tensor
+        r.tensors += 1
+        return torch.from_numpy(np.ascontiguousarray(arr).astype(dtype.newbyteorder("="), copy=True))
     return arr.tolist()
 
 

@@ -137,13 +137,6 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
     def rel(k):
         return k[len(prefix):] if k.startswith(prefix) else k
 
-    def bias_of(k, rows):
-        for b in _bias_names(k):
-            t = tensors.get(b)
-            if t is not None and t.ndim == 1 and t.shape[0] == rows:
-                return b
-        return None
-
     free = [k for k, t in tensors.items() if k not in rnn_keys and t.ndim == 2 and t.is_floating_point()]
 
     def embed_score(k):
@@ -155,7 +148,7 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
         s += 10 if _EMBED_HINT.search(mod) else 0
         s -= 10 if _HEAD_HINT.search(mod) and not _EMBED_HINT.search(mod) else 0
         s += 3 if order[k] < first_rnn else -3
-        s -= 5 if bias_of(k, t.shape[0]) else 0
+        s -= 5 if _bias_of(k, tensors) else 0
         return s
 
     def head_score(k):
@@ -167,7 +160,7 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
         s += 10 if _HEAD_HINT.search(mod) else 0
         s -= 10 if _EMBED_HINT.search(mod) and not _HEAD_HINT.search(mod) else 0
         s += 3 if order[k] > last_rnn else -3
-        s += 2 if bias_of(k, t.shape[0]) else 0
+        s += 2 if _bias_of(k, tensors) else 0
         return s
 
     def best(score, exclude=()):
@@ -180,14 +173,14 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
         canon["embed.weight"] = tensors[emb]
         origin["embed.weight"] = emb
     head = best(head_score, exclude={emb})
-    head_keys = [] if head is None else [k for k in (head, bias_of(head, tensors[head].shape[0])) if k]
-    # Whatever else follows the recurrent layers (in the order the model registered its modules)
-    # belongs to the head too: then the head is not one linear layer over h at each step (an
-    # MLP, attention pooling, a convolution …), and no part of it is taken for the whole.
-    # A tensor with a dimension as wide as the first layer's input might act before the
-    # recurrent layers instead; it stays unused (and strict loading refuses the file).
-    tail = [k for k, t in tensors.items() if order[k] > last_rnn and t.is_floating_point()
-            and k not in rnn_keys and k != emb and k not in head_keys and in_w not in t.shape]
+    head_keys = [] if head is None else [k for k in (head, _bias_of(head, tensors)) if k]
+    # Whatever follows the recurrent layers and reads their output, or what a part of the head
+    # wrote, belongs to the head too: then the head is not one linear layer over h at each step
+    # (an MLP, attention pooling, a convolution …), and no part of it is taken for the whole.
+    # Only tensors stored after the recurrent layers count (a model's registration order; in a
+    # safetensors file the order is alphabetical, and what is not chained stays unused, so strict
+    # loading refuses the file rather than guessing).
+    tail = _head_chain(tensors, order, last_rnn, out_w, head_keys, exclude=rnn_keys | {emb})
     if tail:
         parts = sorted(set(head_keys + tail), key=order.get)
         listing = ", ".join(f"{k} {list(tensors[k].shape)}" for k in parts[:10])
@@ -202,6 +195,35 @@ def _canonicalize(tensors: dict[str, torch.Tensor], notes: list[str]):
             canon["head.bias"] = tensors[head_keys[1]]
             origin["head.bias"] = head_keys[1]
     return canon, origin, []
+
+
+def _head_chain(tensors, order, last_rnn, out_w, head_keys, exclude) -> list[str]:
+    """The tensors after the recurrent layers (beyond ``head_keys``) that read the recurrent output
+    (``out_w`` wide) or the output of another such tensor, with their biases: the rest of a head
+    that is more than one linear layer."""
+    after = [k for k, t in tensors.items() if order[k] > last_rnn and t.is_floating_point()
+             and k not in exclude and k not in head_keys]
+    widths = {out_w} | {tensors[k].shape[0] for k in head_keys if tensors[k].ndim >= 2}
+    chained: list[str] = []
+    grown = True
+    while grown:
+        grown = False
+        for k in after:
+            t = tensors[k]
+            if k not in chained and t.ndim >= 2 and t.shape[1] in widths:
+                chained.append(k)
+                widths.add(t.shape[0])
+                grown = True
+    biases = {b for k in chained for b in [_bias_of(k, tensors)] if b and b in after}
+    return chained + sorted(biases - set(chained))
+
+
+def _bias_of(key: str, tensors) -> str | None:
+    for b in _bias_names(key):
+        t = tensors.get(b)
+        if t is not None and t.ndim == 1 and t.shape[0] == tensors[key].shape[0]:
+            return b
+    return None
 
 
 #: the weight word of a parameter's last name part and the bias word that pairs with it, by stem:

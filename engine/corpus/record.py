@@ -151,7 +151,7 @@ def run_batch(model, batch: list[Sequence], names: list[str], opts: RecordOption
     else:
         x = torch.zeros(T, B, model.input_size, dtype=model.dtype)
         for b, s in enumerate(batch):
-            x[: len(s), b] = torch.from_numpy(s.values).to(model.dtype)
+            x[: len(s), b] = torch.tensor(s.values, dtype=model.dtype)
     x = x.to(model.device)
     plan = model.bind((), lengths, {})
     with torch.no_grad(), _exact_cuda(model.device):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,8 @@ class CorpusFile:
         for name in self.names:
             if name in f["summary"]:
                 self.summaries[name] = Summary.read(f["summary"][name])
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.summaries), os.cpu_count() or 1)),
+                                        thread_name_prefix="corpus-summary")
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -189,12 +192,17 @@ class CorpusFile:
         if inputs is not None:
             _append(f["inputs/values"], inputs.astype(np.float32, copy=False))
         for name in self.names:
-            a = arrays[name]
-            if len(a) != n:
-                raise CorpusFileError(f"probe {name} has {len(a)} rows for a batch of {n} tokens")
-            _append(f[name] if name == "logits" else f["probes"][name], a)
-            if name in self.summaries:
-                self.summaries[name].update(a, start)
+            if len(arrays[name]) != n:
+                raise CorpusFileError(f"probe {name} has {len(arrays[name])} rows for a batch of {n} tokens")
+        # the summaries (compiled, without the GIL) are computed while HDF5 writes the arrays
+        pending = [self._pool.submit(self.summaries[name].update, arrays[name], start)
+                   for name in self.names if name in self.summaries]
+        try:
+            for name in self.names:
+                _append(f[name] if name == "logits" else f["probes"][name], arrays[name])
+        finally:
+            for job in pending:
+                job.result()
         for s in seqs:
             if s.note and len(self.notes) < 20:
                 self.notes.append(f"sequence {s.index} ({s.name}): {s.note}")
@@ -223,6 +231,7 @@ class CorpusFile:
 
     def close(self) -> None:
         """Close; whatever was not committed is dropped (the file keeps its last commit)."""
+        self._pool.shutdown()
         try:
             self.f.close()
         finally:

@@ -17,8 +17,13 @@ batches done are committed and the partial file closed, a valid trace of the seq
 uninterrupted run.  A kill that cannot be caught (SIGKILL, a power cut) loses at most the batches
 since the last commit (one every ``commit_seconds``): the journal keeps the file at that commit.
 
-Memory: one batch of arrays, the summaries (units x (4k + bins) x 8 bytes per probe) and HDF5's
-chunk caches (32 MB per dataset at most); never the corpus.
+Pipelining: a thread reads and tokenizes the corpus ahead, the main thread runs the model, a writer
+thread appends the previous batch (and the probes' summaries are computed in parallel with HDF5's
+writes), so the model rarely waits on the disk.
+
+Memory: two batches of arrays (one being computed, one being written), the summaries (units x
+(4k + bins) x 8 bytes per probe), HDF5's chunk caches (32 MB per dataset at most) and the
+sequences read ahead; never the corpus.
 """
 from __future__ import annotations
 

@@ -67,6 +67,8 @@ def rss_mb() -> float:
 
 def child(spec: dict) -> dict:
     """One contender, in this (fresh) process."""
+    import torch
+
     import engine
     from engine.corpus.record import RecordOptions, batches, open_output, record, record_sequences, resolve_probes
     from engine.corpus.sources import Corpus, sequences
@@ -81,7 +83,8 @@ def child(spec: dict) -> dict:
         t0 = time.perf_counter()
         result = record_ray(MODEL, corpus, out, opts, workers=spec["workers"])  # includes Ray's start
         return {"tokens": result.tokens, "seconds": time.perf_counter() - t0}
-    model = engine.load(MODEL)
+    model = engine.load(MODEL, device=spec.get("device"))
+    sync = torch.cuda.synchronize if torch.device(model.device).type == "cuda" else (lambda: None)
     warm = RecordOptions(probes=spec["probes"], dtype="float16", seq_len=spec["seq_len"], max_tokens=20_000)
     record(model, corpus, out.with_name("warm.h5"), warm)  # compile, load, touch the files
     base_rss = rss_mb()
@@ -105,6 +108,7 @@ def child(spec: dict) -> dict:
         t0 = time.perf_counter()
         for batch in batches(group, opts):
             run(model, [s.ids for s in batch], probes=[], max_bytes=float("inf"))
+        sync()
         t1 = time.perf_counter()
         record_sequences(fh, model, group, names, opts, check=lambda: None)
         rec += time.perf_counter() - t1
@@ -134,6 +138,7 @@ def main() -> None:
     ap.add_argument("--probes", nargs="+", default=["layers.0.h", "layers.1.h"])
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray comparison")
+    ap.add_argument("--device", default="cpu", help="where the model runs for (a) and (b): cpu, cuda")
     ap.add_argument("--keep", metavar="FOLDER", help="write the recorded corpus.h5 here and keep it")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -147,9 +152,10 @@ def main() -> None:
         chars = build_corpus(src, args.chars)
         out_dir = Path(args.keep) if args.keep else tmp
         out_dir.mkdir(parents=True, exist_ok=True)
-        base = {"corpus": str(src), "probes": args.probes, "seq_len": args.seq_len}
+        base = {"corpus": str(src), "probes": args.probes, "seq_len": args.seq_len, "device": args.device}
         print(f"corpus: {len(list(src.iterdir()))} site-packages .py files, {chars:,} bytes; probes "
-              f"{' '.join(args.probes)}, float16, --seq-len {args.seq_len}; {os.cpu_count()} CPUs", flush=True)
+              f"{' '.join(args.probes)}, float16, --seq-len {args.seq_len}; {os.cpu_count()} CPUs; model on "
+              f"{args.device}", flush=True)
         rec = run_child({**base, "kind": "record", "out": str(out_dir / "corpus.h5")})
         bare_rate, rec_rate = rec["tokens"] / rec["bare_seconds"], rec["tokens"] / rec["record_seconds"]
         size = (out_dir / "corpus.h5").stat().st_size / 2**20

@@ -206,3 +206,23 @@ def test_a_complete_journal_is_replayed_and_a_torn_one_dropped(tmp_path):
     assert recover(p) and p.read_bytes() == b"ZZZZ" + b"A" * 16
     journal_path(p).write_bytes(b"SSJOURNAL1\n\x00\x00\x00")  # torn: never applied
     assert not recover(p) and p.read_bytes() == b"ZZZZ" + b"A" * 16 and not journal_path(p).exists()
+
+
+def test_prefetched_keeps_order_passes_errors_and_stops_when_closed():
+    import threading
+
+    from engine.corpus.record import prefetched
+
+    def items():
+        yield from range(5)
+        raise ValueError("line 6 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="line 6"):
+        for x in prefetched(items(), 2):
+            got.append(x)
+    assert got == [0, 1, 2, 3, 4]
+    gen = prefetched(iter(range(10**9)), 3)
+    assert next(gen) == 0
+    gen.close()
+    assert not any(t.name == "corpus-reader" for t in threading.enumerate())

@@ -3,11 +3,12 @@
 ``record(model, Corpus(path, ...), "corpus.h5", RecordOptions(...))`` streams a corpus into one
 trace file (:mod:`engine.corpus.record`); ``read_summary(path, probe)`` gives a probe's per-unit
 statistics (:mod:`engine.corpus.summary`).  Ray scale-out lives in :mod:`engine.corpus.scale_out`,
-imported only when asked for.
+imported only when asked for; numba (the summaries' kernel) when the first block is summarised.
 """
 from __future__ import annotations
 
-from .record import RecordOptions, RecordResult, record
+from .record import RecordOptions, RecordResult
+from .record import record as record  # the function (shadows the submodule's name here)
 from .sources import Corpus, CorpusError
 from .summary import Summary, SummaryError, summarize
 

@@ -17,8 +17,13 @@ batches done are committed and the partial file closed, a valid trace of the seq
 uninterrupted run.  A kill that cannot be caught (SIGKILL, a power cut) loses at most the batches
 since the last commit (one every ``commit_seconds``): the journal keeps the file at that commit.
 
-Memory: one batch of arrays, the summaries (units x (4k + bins) x 8 bytes per probe) and HDF5's
-chunk caches (32 MB per dataset at most); never the corpus.
+Pipelining: a thread reads and tokenizes the corpus ahead, the main thread runs the model, a writer
+thread appends the previous batch (and the probes' summaries are computed in parallel with HDF5's
+writes), so the model rarely waits on the disk.
+
+Memory: two batches of arrays (one being computed, one being written), the summaries (units x
+(4k + bins) x 8 bytes per probe), HDF5's chunk caches (32 MB per dataset at most) and the
+sequences read ahead; never the corpus.
 """
 from __future__ import annotations
 
@@ -246,6 +251,50 @@ def record_sequences(out: CorpusFile, model, seqs: Iterable[Sequence], names: li
             raise
 
 
+def prefetched(items: Iterable, depth: int) -> Iterator:
+    """``items`` read ahead by a thread (at most ``depth`` waiting), so that reading and tokenizing
+    the corpus overlap the model; its exceptions come out here, in order.  Closing the generator
+    stops the thread."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((None, item)):
+                    return
+            put((None, done))
+        except BaseException as exc:  # handed to the consumer
+            put((exc, None))
+
+    thread = threading.Thread(target=produce, name="corpus-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def corpus_size_hint(corpus: Corpus) -> int | None:
     """About how many characters (or steps) the corpus holds, for the time left."""
     try:
@@ -279,11 +328,12 @@ def record(model, corpus: Corpus, output, opts: RecordOptions | None = None, *, 
     state = CorpusProgress(corpus_size_hint(corpus) if opts.max_tokens is None else opts.max_tokens)
     with held_signals() as check:
         out = open_output(partial, model, specs, opts, fingerprint, resume)
+        seqs = None
         try:
             state.tokens = state.tokens_at_start = state.consumed = out.tokens_done
             state.sequences = out.sequences_done
-            seqs = sequences(corpus, model, seq_len=opts.seq_len, max_tokens=opts.max_tokens,
-                             start=out.sequences_done)
+            seqs = prefetched(sequences(corpus, model, seq_len=opts.seq_len, max_tokens=opts.max_tokens,
+                                        start=out.sequences_done), 2 * opts.max_batch)
 
             def on_batch(batch):
                 state.sequences += len(batch)
@@ -301,6 +351,8 @@ def record(model, corpus: Corpus, output, opts: RecordOptions | None = None, *, 
             result = RecordResult(target, out.sequences_done, out.tokens_done, time.monotonic() - t0, True,
                                   json.loads(out.f.attrs["notes"]))
         finally:
+            if seqs is not None:
+                seqs.close()
             out.close()
         if empty:
             partial.unlink()

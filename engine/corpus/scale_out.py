@@ -146,8 +146,10 @@ def record_ray(model_path, corpus: Corpus, output, opts: RecordOptions | None = 
             raise RayUnavailable(f"cannot start or reach Ray: {str(exc).splitlines()[0][:200]}") from None
     t0 = time.monotonic()
     try:
-        n = workers or max(1, int(ray.cluster_resources().get("GPU" if device != "cpu" else "CPU", 1)))
-        gpus = 1 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= n else 0
+        res = ray.cluster_resources()
+        use_gpu = device != "cpu" and res.get("GPU", 0) >= 1  # one worker per GPU where there are GPUs
+        n = workers or max(1, int(res.get("GPU" if use_gpu else "CPU", 1)))
+        gpus = 1 if use_gpu and res.get("GPU", 0) >= n else 0
         actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(ShardWorker)
         actors = [actor_cls.remote(local, config, device if gpus else "cpu") for _ in range(n)]
         state = CorpusProgress(corpus_size_hint(corpus) if opts.max_tokens is None else opts.max_tokens)

@@ -72,7 +72,6 @@ import math
 import numpy as np
 
 from ..errors import LoadError, SeqScopeError
-from . import summary_kernel
 
 FORMAT = "seqscope-summary-1"
 DEFAULT_K = 64
@@ -133,6 +132,8 @@ class Summary:
         if not len(a):
             return
         x = _as_float(a.reshape(len(a), self.units))
+        from . import summary_kernel  # numba: loaded when the first block comes
+
         summary_kernel.update(x, np.int64(start), np.int64(EMIN), self.count, self.nonfinite, self.mean,
                               self.m2, self.min, self.max, self.hexp, self.hist, self.top_val, self.top_pos,
                               self._bot_key, self.bottom_pos)
@@ -288,6 +289,8 @@ def _as_float(a: np.ndarray) -> np.ndarray:
 
 
 def _folded(hist: np.ndarray, hexp: np.ndarray, target: np.ndarray) -> np.ndarray:
+    from . import summary_kernel
+
     out = hist.copy()
     for u in np.flatnonzero(target > hexp):
         summary_kernel.fold_histogram(out[u], int(target[u] - hexp[u]))

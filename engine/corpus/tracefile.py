@@ -18,12 +18,15 @@ What a corpus trace adds to a trace file
   the corpus and recording options; a resumed run must match them).
 
 Everything is written through :class:`engine.corpus.journal.JournaledFile`, so the file on disk
-always holds the state of the last :meth:`CorpusFile.commit` (taken after whole batches only).
+always holds the state of the last :meth:`CorpusFile.commit` (taken after whole batches only); a
+new file gets its name only after its first commit.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +91,8 @@ class CorpusFile:
         for name in self.names:
             if name in f["summary"]:
                 self.summaries[name] = Summary.read(f["summary"][name])
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.summaries), os.cpu_count() or 1)),
+                                        thread_name_prefix="corpus-summary")
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -97,7 +102,10 @@ class CorpusFile:
         ``text_kind``: "fixed", "vlen" or None (numeric inputs); ``features``: F for numeric."""
         import h5py
 
-        raw = JournaledFile(path, create=True)
+        path = Path(path)
+        fresh = path.with_name(path.name + ".new")  # renamed to ``path`` after its first commit
+        raw = JournaledFile(fresh, create=True)
+        f = None
         try:
             f = h5py.File(raw, "w", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=10007)
             f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "seqscope_version": _version(),
@@ -135,8 +143,13 @@ class CorpusFile:
                 "options": json.dumps(options, sort_keys=True), "nul_characters": 0})
             f.flush()
             raw.commit()
+            os.replace(fresh, path)
+            raw.path = path
         except BaseException:
+            if f is not None:
+                f.close()
             raw.close()
+            fresh.unlink(missing_ok=True)
             raise
         return cls(raw, f, options)
 
@@ -183,12 +196,17 @@ class CorpusFile:
         if inputs is not None:
             _append(f["inputs/values"], inputs.astype(np.float32, copy=False))
         for name in self.names:
-            a = arrays[name]
-            if len(a) != n:
-                raise CorpusFileError(f"probe {name} has {len(a)} rows for a batch of {n} tokens")
-            _append(f[name] if name == "logits" else f["probes"][name], a)
-            if name in self.summaries:
-                self.summaries[name].update(a, start)
+            if len(arrays[name]) != n:
+                raise CorpusFileError(f"probe {name} has {len(arrays[name])} rows for a batch of {n} tokens")
+        # the summaries (compiled, without the GIL) are computed while HDF5 writes the arrays
+        pending = [self._pool.submit(self.summaries[name].update, arrays[name], start)
+                   for name in self.names if name in self.summaries]
+        try:
+            for name in self.names:
+                _append(f[name] if name == "logits" else f["probes"][name], arrays[name])
+        finally:
+            for job in pending:
+                job.result()
         for s in seqs:
             if s.note and len(self.notes) < 20:
                 self.notes.append(f"sequence {s.index} ({s.name}): {s.note}")
@@ -217,6 +235,7 @@ class CorpusFile:
 
     def close(self) -> None:
         """Close; whatever was not committed is dropped (the file keeps its last commit)."""
+        self._pool.shutdown()
         try:
             self.f.close()
         finally:

@@ -311,3 +311,26 @@ def test_not_a_corpus(tmp_path):
         top(tmp_path / "x.h5", "layers.0.h", 0)
     with pytest.raises(CorpusError, match="no corpus trace"):
         top(tmp_path / "none.h5", "layers.0.h", 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_chunk_scan_counts_like_numpy(tmp_path, dtype):
+    """The in-place chunk reader decides "on" exactly as a float64 comparison does: at and between
+    representable values, for -0, NaN and ±inf, and in a last, partial chunk row."""
+    from engine.corpus.chunk_scan import count_on
+
+    rng = np.random.default_rng(5)
+    a = (rng.standard_normal((103, 11)) * 0.5).astype(dtype)
+    a[::9, 3] = np.array(0.3, dtype)  # exactly the float nearest 0.3
+    a[1, :] = [-0.0, 0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 65504 if dtype == np.float16 else 3e38, 0.3, 0.25, 2.0]
+    p = tmp_path / "c.h5"
+    with h5py.File(p, "w") as f:
+        ds = f.create_dataset("x", data=a, chunks=(7, 3))
+        units = np.array([0, 1, 2, 3, 4, 7, 8, 10])
+        for thr in (0.3, float(np.array(0.3, dtype)), 0.0, -0.0, 1e-9, -1e-9, 2.0, 1e300, -1e300, 0.25):
+            got = np.zeros(len(a), np.uint16)
+            assert count_on(p, ds, units, thr, got)
+            want = (a[:, units].astype(np.float64) >= thr).sum(axis=1)
+            assert got.tolist() == want.tolist(), thr
+        g = f.create_dataset("z", data=a, chunks=(7, 3), compression="gzip")
+        assert not count_on(p, g, units, 0.3, np.zeros(len(a), np.uint16))  # compressed: h5py's path

@@ -116,8 +116,14 @@ def selected_units(reader: CorpusReader, probe: str, sequence: int, a: int, b: i
 def unit_counts(reader: CorpusReader, probe: str, units: np.ndarray, threshold: float, progress=None,
                 should_stop=None) -> np.ndarray:
     """For every token, how many of ``units`` are on."""
+    from .chunk_scan import count_on
+
     dtype = np.uint16 if len(units) < 2 ** 16 else np.uint32
     counts = np.zeros(reader.n_tokens, dtype)
+    if count_on(reader.path, reader.probe(probe), units, threshold, counts):  # the file's chunks, in place
+        if progress is not None:
+            progress(reader.n_tokens, reader.n_tokens)
+        return counts
     for start, block in reader.blocks(probe, units=units):
         counts[start:start + len(block)] = _on(block, threshold).sum(axis=1, dtype=dtype)
         if progress is not None:

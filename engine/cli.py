@@ -4,6 +4,8 @@
     seqscope trace MODEL (--text TEXT | --input FILE [--input FILE ...]) [--probes GLOB ...]
                    [--intervene JSON_OR_FILE ...] [--config JSON] [--chunk N] [--max-memory SIZE]
                    -o OUT.h5
+    seqscope trace MODEL --corpus PATH -o CORPUS.h5 [--probes GLOB ...] [--dtype float16] [--seq-len L]
+                   [--max-tokens N] [--resume] [--split blank|line|fixed] [--glob '*.py'] [--workers N] ...
     seqscope export-lstmvis TRACE.h5 FOLDER [--probes GLOB ...] [--sequence N]
 
 ``seqscope [MODEL] [--input FILE] ...`` (no command) opens the desktop workbench; see
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input", metavar="FILE", action="append",
                      help="an input file: text for token models (.npy of integer ids also works), "
                      ".npy/.csv (time x features) for numeric models; repeat for more sequences")
+    from .corpus.cli_record import CORPUS_HELP, add_corpus_arguments
+    src.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
     tr.add_argument("--probes", metavar="GLOB", nargs="+", default=["*"],
                     help="probe names or globs to record, e.g. 'layers.*.c' logits (default: all)")
     tr.add_argument("--intervene", metavar="JSON_OR_FILE", action="append", default=[],
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false",
                      help="never show a progress bar (default: shown for long inputs on a terminal)")
     tr.add_argument("-o", "--output", metavar="OUT.h5", required=True, help="trace file to write")
+    add_corpus_arguments(tr)
 
     ex = sub.add_parser("export-lstmvis", help="write an LSTMVis project folder from a trace file",
                         description="Write an LSTMVis project folder (lstm.yml, states.h5, words.dict) "
@@ -365,6 +370,10 @@ def cmd_trace(args) -> int:
 
     if args.chunk is not None and args.chunk < 1:
         raise CLIError("--chunk must be a positive number of steps")
+    from .corpus.cli_record import cmd_trace_corpus, refuse_corpus_options
+    if args.corpus is not None:  # a whole corpus, streamed (engine/corpus/)
+        return cmd_trace_corpus(args, lambda a: _load_model(a.model, a.config, a.device))
+    refuse_corpus_options(args)
     out = Path(args.output)
     writable_target(out, "trace file", TraceFileError)  # -o /dev/null, a folder...: refused before running
     model = _load_model(args.model, args.config, args.device)

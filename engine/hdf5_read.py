@@ -14,7 +14,8 @@ What is checked, and why:
   written, and reading it would allocate 5 GB of fill values;
 - attributes have the types the writer gives them, and JSON in attributes is parsed with its
   nesting bounded;
-- virtual datasets and external raw storage (data in other files) are refused.
+- external raw storage (data in other files) is refused, and so are virtual datasets except a
+  stitched corpus trace's, onto its own complete shard files (:mod:`engine.corpus.vds`).
 """
 from __future__ import annotations
 
@@ -190,8 +191,15 @@ class _Reader:
 
     def check_stored(self, ds, where: str) -> None:
         """A dataset's declared size against the bytes the file holds for it."""
-        if ds.is_virtual or ds.external:
-            self.fail(f"{where} keeps its data in other files (a virtual dataset or external storage)")
+        if ds.external:
+            self.fail(f"{where} keeps its data in other files (external storage)")
+        if ds.is_virtual:  # a stitched corpus trace: only its own shard files, all present (engine/corpus/vds.py)
+            from .corpus.vds import virtual_problem
+
+            problem = virtual_problem(ds, self.path)
+            if problem:
+                self.fail(f"{where} {problem}")
+            return
         declared = math.prod(int(n) for n in ds.shape) * ds.dtype.itemsize
         if declared == 0:
             return

@@ -1,72 +1,83 @@
-"""``seqscope top | correlate | match``: JSON that equals the engine's answer, readable text,
-and one-line errors (status 2) for a wrong probe, unit, sequence, span or feature."""
-from __future__ import annotations
+"""seqscope trace --corpus: the command line records, refuses what does not apply in one sentence,
+says how to resume after Ctrl-C; numeric corpora record their inputs."""
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import json
-
+import numpy as np
 import pytest
 
+import engine
 from engine.cli import main
-from engine.corpus.correlate import correlate
-from engine.corpus.match import match
-from engine.corpus.top import top
+from engine.corpus.record import RecordOptions, record
+from engine.corpus.sources import Corpus
 
-from corpus_helpers import synthetic_trace, write_corpus
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(synthetic_trace(), tmp_path_factory.mktemp("cli") / "c.h5", summary=True)
+ROOT = Path(__file__).resolve().parents[1]
+CHAR_LSTM = str(ROOT / "assets/models/char-lstm-python")
+TIMESERIES = str(ROOT / "assets/models/lstm-timeseries")
 
 
-def run(capsys, *argv):
-    status = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return status, out.out, out.err
+@pytest.fixture
+def corpus_file(tmp_path):
+    p = tmp_path / "big.txt"
+    p.write_text("def f(x):\n    return 'a'\n\n" * 40)
+    return p
 
 
-def test_top_json_and_text(corpus, capsys):
-    status, out, _ = run(capsys, "top", corpus, "--probe", "layers.0.h", "--unit", 3, "-k", 7, "--min", "--json")
-    assert status == 0
-    assert json.loads(out) == json.loads(json.dumps(top(corpus, "layers.0.h", 3, 7, lowest=True).to_dict()))
-    status, out, _ = run(capsys, "top", corpus, "--probe", "layers.0.h", "--unit", 3, "-k", 3)
-    lines = out.splitlines()
-    assert status == 0 and "the 3 largest of 881 tokens (from the summary)" in lines[0] and len(lines) == 4
-    assert lines[1].split()[:2] == ["1", "+0.9973"]
-
-
-def test_correlate_json(corpus, capsys):
-    status, out, _ = run(capsys, "correlate", corpus, "--probe", "layers.0.h", "--regex", '"[^"\\n]*"', "-n", 4,
-                         "--json")
-    got = json.loads(out)
-    want = correlate(corpus, "layers.0.h", regex='"[^"\\n]*"')
-    assert status == 0 and [r["unit"] for r in got["by_r"]] == want.ranking("r", 4).tolist()
-    assert [r["unit"] for r in got["by_auc"]] == want.ranking("auc", 4).tolist()
-    status, out, _ = run(capsys, "correlate", corpus, "--probe", "layers.0.h", "--token-class", "digit", "-n", 2)
-    assert status == 0 and len(out.splitlines()) == 4 and "AUC" in out
-
-
-def test_match_json_and_text(corpus, capsys):
-    status, out, _ = run(capsys, "match", corpus, "--probe", "layers.0.h", "--sequence", 3, "--span", "10:14",
-                         "--threshold", 0.5, "-n", 5, "--json")
-    want = match(corpus, "layers.0.h", 3, (10, 14), 0.5, limit=5)
-    assert status == 0 and json.loads(out) == json.loads(json.dumps(want.to_dict()))
-    status, out, _ = run(capsys, "match", corpus, "--probe", "layers.0.h", "--sequence", 3, "--span", "10:14")
-    assert status == 0 and "6 unit(s) on over sequence 3 10:14: 8, 9, 11, 14, 21, 23" in out
+def test_cli_records_a_split_text_file(tmp_path, corpus_file, capsys):
+    out = tmp_path / "c.h5"
+    assert main(["trace", CHAR_LSTM, "--corpus", str(corpus_file), "--split", "line", "--probes", "layers.1.h",
+                 "--max-tokens", "300", "-o", str(out)]) == 0
+    trace = engine.load_trace(out)
+    assert trace.n_tokens == 300 and trace.text(0) == "def f(x):\n"
+    assert "wrote" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["top", "{c}", "--probe", "layers.7.h", "--unit", "0"], "the corpus has no probe 'layers.7.h'"),
-    (["top", "{c}", "--probe", "layers.0.h", "--unit", "24"], "probe layers.0.h has units 0..23; there is no unit 24"),
-    (["top", "{c}", "--probe", "layers.0.h", "--unit", "1", "-k", "0"], "-k must be a positive number"),
-    (["match", "{c}", "--probe", "layers.0.h", "--sequence", "8", "--span", "0:2"], "sequence 8 is not in this corpus"),
-    (["match", "{c}", "--probe", "layers.0.h", "--sequence", "1", "--span", "0:2"], "span 0:2 is not inside sequence 1"),
-    (["match", "{c}", "--probe", "layers.0.h", "--sequence", "3", "--span", "x"], "give A:B"),
-    (["correlate", "{c}", "--probe", "layers.0.h", "--token-class", "vowel"], "unknown token class 'vowel'"),
-    (["correlate", "{c}", "--probe", "layers.0.h", "--labels", "/nonexistent.npy"], "no labels file"),
-    (["top", "/nonexistent.h5", "--probe", "layers.0.h", "--unit", "0"], "no corpus trace at /nonexistent.h5"),
+    (["--text", "hi", "--seq-len", "3"], "--seq-len applies only to a corpus recording"),
+    (["--corpus", "CORPUS", "--intervene", '{"probe": "layers.0.c", "op": "zero"}'], "--intervene does not apply"),
+    (["--corpus", "CORPUS", "--max-memory", "1G"], "--max-memory does not apply"),
+    (["--corpus", "CORPUS", "--glob", "*.py"], "--glob applies to a folder corpus"),
+    (["--corpus", "CORPUS", "--top-k", "0"], "--top-k must be at least 1"),
 ])
-def test_errors_are_one_sentence(corpus, capsys, argv, message):
-    status, out, err = run(capsys, *[a.format(c=corpus) for a in argv])
-    assert status == 2 and out == ""
-    assert err.startswith("seqscope: error: ") and message in err and len(err.strip().splitlines()) == 1
+def test_cli_refuses_what_does_not_apply(tmp_path, corpus_file, capsys, argv, message):
+    argv = [str(corpus_file) if a == "CORPUS" else a for a in argv]
+    assert main(["trace", CHAR_LSTM, *argv, "-o", str(tmp_path / "x.h5")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(30):
+        (src / f"f{k:02d}.py").write_text("x = [1, 2, 3]\n" * 20)
+    out = tmp_path / "c.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "trace", CHAR_LSTM, "--corpus", str(src),
+                             "--probes", "layers.0.c", "--seq-len", "16", "-o", str(out)],
+                            env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not Path(str(out) + ".partial").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "are recorded in c.h5.partial, a valid trace; run the same command with --resume" in err
+    assert engine.load_trace(Path(str(out) + ".partial")).n_sequences > 0 and not out.exists()
+
+
+def test_numeric_corpus_records_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    stack = rng.standard_normal((3, 40, 3)).astype(np.float32)
+    np.save(tmp_path / "s.npy", stack)
+    model = engine.load(TIMESERIES)
+    record(model, Corpus(tmp_path / "s.npy"), tmp_path / "n.h5", RecordOptions(probes=["layers.0.h"], seq_len=25))
+    trace = engine.load_trace(tmp_path / "n.h5")
+    assert trace.token_text is None and trace.n_sequences == 6
+    np.testing.assert_array_equal(trace.inputs, stack.reshape(-1, 3))
+    alone = engine.run(model, stack[1, 25:], probes=["layers.0.h"])
+    np.testing.assert_allclose(trace.array("layers.0.h", 3), alone.arrays["layers.0.h"], atol=1e-5, rtol=0)

@@ -140,7 +140,7 @@ def test_virtual_and_external_storage_is_refused(good_file, tmp_path):
     layout = h5py.VirtualLayout(shape=(8, H), dtype="f4")
     layout[:] = h5py.VirtualSource(str(good_file), "probes/layers.0.h", shape=(8, H))
     edit(path, lambda f: f["probes"].__delitem__("layers.0.h") or f["probes"].create_virtual_dataset("layers.0.h", layout))
-    refused(path, "keeps its data in other files")
+    refused(path, "reads another file")  # only a stitched corpus's own shard files are allowed
 
 
 def test_paths_that_are_not_trace_files(tmp_path):

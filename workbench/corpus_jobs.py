@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.corpus.reader import CorpusError, CorpusReader
+from engine.corpus.reader import CorpusQueryError, CorpusReader
 
 PREVIEW_CHARS = 80
 MAX_LISTED = 5000  # sequences listed in the view
@@ -56,7 +56,7 @@ def read_sequence(path: str, sequence: int, step: int) -> SequenceInput:
             return SequenceInput(s, step, "".join(texts), None)
         values = r.inputs(a, b)
         if values is None:
-            raise CorpusError("this corpus has neither text nor numeric inputs to run the model on")
+            raise CorpusQueryError("this corpus has neither text nor numeric inputs to run the model on")
         return SequenceInput(s, step, None, np.asarray(values))
 
 
@@ -67,12 +67,12 @@ def selection_from_trace(values: np.ndarray, span, threshold: float, off_before:
     v = np.asarray(values).reshape(len(values), -1)
     a, b = span
     if not 0 <= a < b <= len(v):
-        raise CorpusError(f"the span {a}:{b} is not inside the input ({len(v)} steps)")
+        raise CorpusQueryError(f"the span {a}:{b} is not inside the input ({len(v)} steps)")
     before = v[a - 1] if off_before and a > 0 else None
     after = v[b] if off_after and b < len(v) else None
     units = units_on(v[a:b], threshold, before, after)
     if not len(units):
-        raise CorpusError(f"no unit is >= {threshold:g} at every step of {a}:{b}"
+        raise CorpusQueryError(f"no unit is >= {threshold:g} at every step of {a}:{b}"
                           f"{' and off around it' if off_before or off_after else ''}; lower the threshold or "
                           f"select a shorter span")
     return units

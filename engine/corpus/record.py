@@ -132,16 +132,41 @@ def resolve_probes(model, globs) -> list:
 
 
 def run_batch(model, batch: list[Sequence], names: list[str], opts: RecordOptions, should_stop=None):
-    """The model on one batch: {probe: [tokens, ...] in the stored dtype}, numeric inputs or None."""
-    from ..run import run
+    """The model on one batch: {probe: [tokens, ...] in the stored dtype}, numeric inputs or None.
 
+    The model's own forward pass, as :func:`engine.run` calls it (same padded batch, same call:
+    the same bits), without what a corpus does not need from ``run()``: token texts looked up
+    per id, a Trace, a separate scan for non-finite values (the summaries count them).  Each
+    sequence's rows are copied out of the padded batch and cast to the stored dtype in one step."""
+    import torch
+
+    from ..run import _exact_cuda
+
+    lengths = [len(s) for s in batch]
+    T, B = max(lengths), len(batch)
     if model.takes_tokens:
-        inputs = [s.ids for s in batch]
+        x = torch.zeros(T, B, dtype=torch.long)
+        for b, s in enumerate(batch):
+            x[: len(s), b] = torch.from_numpy(s.ids)
     else:
-        inputs = [s.values for s in batch]
-    trace = run(model, inputs, probes=names, chunk=opts.chunk, should_stop=should_stop, max_bytes=math.inf)
-    dtype = np.dtype(opts.dtype)
-    arrays = {n: np.asarray(trace.arrays[n]).astype(dtype, copy=False) for n in names}
+        x = torch.zeros(T, B, model.input_size, dtype=model.dtype)
+        for b, s in enumerate(batch):
+            x[: len(s), b] = torch.tensor(s.values, dtype=model.dtype)
+    x = x.to(model.device)
+    plan = model.bind((), lengths, {})
+    with torch.no_grad(), _exact_cuda(model.device):
+        out = model.forward(x, lengths, set(names), plan, chunk=opts.chunk, should_stop=should_stop)
+    dtype = getattr(torch, opts.dtype)
+    n = sum(lengths)
+    arrays = {}
+    for name in names:
+        t = out[name]
+        dst = torch.empty((n,) + tuple(t.shape[2:]), dtype=dtype)
+        at = 0
+        for b, L in enumerate(lengths):
+            dst[at:at + L].copy_(t[:L, b])
+            at += L
+        arrays[name] = dst.numpy()
     values = None if model.takes_tokens else np.concatenate([s.values for s in batch]).astype(np.float32)
     return arrays, values
 
@@ -172,8 +197,15 @@ def record_sequences(out: CorpusFile, model, seqs: Iterable[Sequence], names: li
                      check: Callable[[], None], commit_seconds: float = 1.0,
                      on_batch: Callable[[list[Sequence]], None] | None = None) -> None:
     """Run and append batch after batch, committing every ``commit_seconds`` and at the end.
-    ``check()`` raises for a held-back signal; then the batches done are committed first."""
+
+    A writer thread appends (casts, writes, summarises) one batch while the model runs the next
+    (torch and the summary kernel release the GIL).  ``check()`` raises for a held-back signal;
+    then the batch being written is finished and the batches done are committed first.  After a
+    failed write nothing more is committed (the file keeps its last commit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     stop_flag = []
+    last = [time.monotonic()]
 
     def should_stop() -> bool:
         try:
@@ -183,22 +215,39 @@ def record_sequences(out: CorpusFile, model, seqs: Iterable[Sequence], names: li
             return True
         return False
 
-    last = time.monotonic()
-    for batch in batches(seqs, opts):
-        try:
-            check()
-            arrays, values = run_batch(model, batch, names, opts, should_stop)
-        except (Cancelled, KeyboardInterrupt):
+    def write(batch, arrays, values):
+        out.append(batch, arrays, values)
+        if time.monotonic() - last[0] >= commit_seconds:
             out.commit()
+            last[0] = time.monotonic()
+
+    pending, written = None, None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-writer") as writer:
+        try:
+            for batch in batches(seqs, opts):
+                check()
+                arrays, values = run_batch(model, batch, names, opts, should_stop)
+                if pending is not None:
+                    pending.result()
+                    if on_batch is not None:
+                        on_batch(written)
+                pending, written = writer.submit(write, batch, arrays, values), batch
+            if pending is not None:
+                pending.result()
+                if on_batch is not None:
+                    on_batch(written)
+        except (Cancelled, KeyboardInterrupt):
+            whole = True
+            if pending is not None:
+                try:
+                    pending.result()
+                except BaseException:
+                    whole = False
+            if whole:
+                out.commit()
             if stop_flag:
                 check()
             raise
-        out.append(batch, arrays, values)
-        if on_batch is not None:
-            on_batch(batch)
-        if time.monotonic() - last >= commit_seconds:
-            out.commit()
-            last = time.monotonic()
 
 
 def corpus_size_hint(corpus: Corpus) -> int | None:

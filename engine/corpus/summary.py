@@ -132,8 +132,7 @@ class Summary:
             raise SummaryError(f"a block of shape {a.shape[1:]} per token does not fit a summary of {self.unit_shape}")
         if not len(a):
             return
-        dt = np.float64 if a.dtype == np.float64 else np.float32
-        x = np.ascontiguousarray(a.reshape(len(a), self.units).T, dtype=dt)
+        x = _as_float(a.reshape(len(a), self.units))
         summary_kernel.update(x, np.int64(start), np.int64(EMIN), self.count, self.nonfinite, self.mean,
                               self.m2, self.min, self.max, self.hexp, self.hist, self.top_val, self.top_pos,
                               self._bot_key, self.bottom_pos)
@@ -274,6 +273,18 @@ def summarize(array, *, k: int = DEFAULT_K, bins: int = DEFAULT_BINS, start: int
     s = Summary(a.shape[1:], k=k, bins=bins)
     s.update(a, start)
     return s
+
+
+def _as_float(a: np.ndarray) -> np.ndarray:
+    """float64 stays, anything else becomes float32 (float16 exactly, through torch's vectorised
+    conversion: numpy's is about ten times slower)."""
+    if a.dtype == np.float64:
+        return np.ascontiguousarray(a)
+    if a.dtype == np.float16:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).float().numpy()
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _folded(hist: np.ndarray, hexp: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The compiled loop behind :class:`engine.corpus.summary.Summary` (numba; plain Python when
 numba cannot be imported, same results, much slower).
 
-One call folds a block of tokens ``x`` (``[units, n]``, float32 or float64, one row per unit)
-into the running statistics of every unit, in one pass per unit for the moments and one for the
-histogram and the top-k heaps.  Kept at module level so that numba's on-disk cache hits.
+One call folds a block of tokens ``x`` (``[n, units]``, float32 or float64, one row per token)
+into the running statistics of every unit: one pass over the rows for the block's mean, one for
+the deviations, the histogram and the top-k heaps.  Kept at module level so that numba's on-disk cache hits.
 
 Top-k lists are kept sorted best first between calls.  A list sorted worst first is a valid
 min-heap ("worst" at the root), so a call reverses it, pushes candidates into the heap and
@@ -109,77 +109,95 @@ def fold_histogram(counts, times):  # pragma: no cover - compiled
 @njit(nogil=True, cache=True)
 def update(x, start, emin, count, nonfinite, mean, m2, vmin, vmax, hexp, hist,
            top_val, top_pos, bot_key, bot_pos):  # pragma: no cover - compiled
-    """Fold ``x[u, t]`` (token ``start + t``) into unit ``u``'s statistics, for every unit."""
-    U, n = x.shape
+    """Fold ``x[t, u]`` (token ``start + t``, unit ``u``) into every unit's statistics.  Two
+    passes over the rows (the block's mean, then deviations, bins and heaps), units innermost."""
+    n, U = x.shape
     B = hist.shape[1]
     K = top_val.shape[1]
+    cnt = np.zeros(U, np.int64)
+    s = np.zeros(U)
+    lo = np.full(U, math.inf)
+    hi = np.full(U, -math.inf)
+    for t in range(n):
+        for u in range(U):
+            v = np.float64(x[t, u])
+            if math.isfinite(v):
+                cnt[u] += 1
+                s[u] += v
+                lo[u] = min(lo[u], v)
+                hi[u] = max(hi[u], v)
+            else:
+                nonfinite[u] += 1
+    mb = np.zeros(U)
+    inv_w = np.zeros(U)
+    ts = np.zeros(U, np.int64)
+    bs = np.zeros(U, np.int64)
     for u in range(U):
-        row = x[u]
-        cnt = 0
-        s = 0.0
-        lo = math.inf
-        hi = -math.inf
-        bad = 0
-        for t in range(n):
-            v = np.float64(row[t])
-            if not math.isfinite(v):
-                bad += 1
-                continue
-            cnt += 1
-            s += v
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-        nonfinite[u] += bad
-        if cnt == 0:
+        if cnt[u] == 0:
             continue
-        mb = s / cnt
+        mb[u] = s[u] / cnt[u]
         # histogram range: the smallest power of two 2**e > max|x| (e >= emin)
-        big = max(abs(lo), abs(hi))
+        big = max(abs(lo[u]), abs(hi[u]))
         e = emin
         if big > 0.0:
             e = max(emin, math.frexp(big)[1])
         if e > hexp[u]:
             fold_histogram(hist[u], e - hexp[u])
             hexp[u] = e
-        inv_w = B / (2.0 ** (hexp[u] + 1))  # a power of two: x * inv_w is exact
-        half = B // 2
+        inv_w[u] = B / (2.0 ** (hexp[u] + 1))  # a power of two: x * inv_w is exact
         size = min(count[u], K)
-        tv, tp, bk, bp = top_val[u], top_pos[u], bot_key[u], bot_pos[u]
-        _reverse(tv, tp, size)
-        _reverse(bk, bp, size)
-        ts = size
-        bs = size
-        m2b = 0.0
-        for t in range(n):
-            v = np.float64(row[t])
+        _reverse(top_val[u], top_pos[u], size)
+        _reverse(bot_key[u], bot_pos[u], size)
+        ts[u] = size
+        bs[u] = size
+    half = B // 2
+    m2b = np.zeros(U)
+    # the worst value each full heap holds: anything below it cannot get in (a cheap first test)
+    rt = np.full(U, -math.inf)
+    rb = np.full(U, -math.inf)
+    for u in range(U):
+        if ts[u] == K:
+            rt[u] = top_val[u, 0]
+        if bs[u] == K:
+            rb[u] = bot_key[u, 0]
+    for t in range(n):
+        p = start + t
+        for u in range(U):
+            v = np.float64(x[t, u])
             if not math.isfinite(v):
                 continue
-            d = v - mb
-            m2b += d * d
-            j = int(math.floor(v * inv_w)) + half
+            d = v - mb[u]
+            m2b[u] += d * d
+            j = int(math.floor(v * inv_w[u])) + half
             if j < 0:
                 j = 0
             elif j >= B:
                 j = B - 1
             hist[u, j] += 1
-            p = start + t
-            ts = _offer(tv, tp, ts, K, v, p)
-            bs = _offer(bk, bp, bs, K, -v, p)
-        _heap_sort_best_first(tv, tp, ts)
-        _heap_sort_best_first(bk, bp, bs)
+            if v >= rt[u] and (ts[u] < K or _worse(top_val[u, 0], top_pos[u, 0], v, p)):
+                ts[u] = _offer(top_val[u], top_pos[u], ts[u], K, v, p)
+                if ts[u] == K:
+                    rt[u] = top_val[u, 0]
+            if -v >= rb[u] and (bs[u] < K or _worse(bot_key[u, 0], bot_pos[u, 0], -v, p)):
+                bs[u] = _offer(bot_key[u], bot_pos[u], bs[u], K, -v, p)
+                if bs[u] == K:
+                    rb[u] = bot_key[u, 0]
+    for u in range(U):
+        if cnt[u] == 0:
+            continue
+        _heap_sort_best_first(top_val[u], top_pos[u], ts[u])
+        _heap_sort_best_first(bot_key[u], bot_pos[u], bs[u])
         na = count[u]
         if na == 0:
-            mean[u] = mb
-            m2[u] = m2b
-            vmin[u] = lo
-            vmax[u] = hi
+            mean[u] = mb[u]
+            m2[u] = m2b[u]
+            vmin[u] = lo[u]
+            vmax[u] = hi[u]
         else:
-            tot = na + cnt
-            delta = mb - mean[u]
-            mean[u] += delta * (np.float64(cnt) / tot)
-            m2[u] += m2b + delta * delta * (np.float64(na) * cnt / tot)
-            vmin[u] = min(vmin[u], lo)
-            vmax[u] = max(vmax[u], hi)
-        count[u] = na + cnt
+            tot = na + cnt[u]
+            delta = mb[u] - mean[u]
+            mean[u] += delta * (np.float64(cnt[u]) / tot)
+            m2[u] += m2b[u] + delta * delta * (np.float64(na) * cnt[u] / tot)
+            vmin[u] = min(vmin[u], lo[u])
+            vmax[u] = max(vmax[u], hi[u])
+        count[u] = na + cnt[u]

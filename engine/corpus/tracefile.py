@@ -18,12 +18,14 @@ What a corpus trace adds to a trace file
   the corpus and recording options; a resumed run must match them).
 
 Everything is written through :class:`engine.corpus.journal.JournaledFile`, so the file on disk
-always holds the state of the last :meth:`CorpusFile.commit` (taken after whole batches only).
+always holds the state of the last :meth:`CorpusFile.commit` (taken after whole batches only); a
+new file gets its name only after its first commit.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +95,10 @@ class CorpusFile:
         ``text_kind``: "fixed", "vlen" or None (numeric inputs); ``features``: F for numeric."""
         import h5py
 
-        raw = JournaledFile(path, create=True)
+        path = Path(path)
+        fresh = path.with_name(path.name + ".new")  # renamed to ``path`` after its first commit
+        raw = JournaledFile(fresh, create=True)
+        f = None
         try:
             f = h5py.File(raw, "w", rdcc_nbytes=CACHE_BYTES, rdcc_nslots=10007)
             f.attrs.update({"format": FORMAT, "schema_version": SCHEMA_VERSION, "seqscope_version": _version(),
@@ -131,8 +136,13 @@ class CorpusFile:
                 "options": json.dumps(options, sort_keys=True), "nul_characters": 0})
             f.flush()
             raw.commit()
+            os.replace(fresh, path)
+            raw.path = path
         except BaseException:
+            if f is not None:
+                f.close()
             raw.close()
+            fresh.unlink(missing_ok=True)
             raise
         return cls(raw, f, options)
 

@@ -34,7 +34,7 @@ def check_string_unit(tmp_path, budget: int) -> None:
     out = tmp_path / "corpus.h5"
     record(engine.load(MODEL), Corpus(src), out, RecordOptions(probes=["layers.0.h"], dtype="float16"))
     result = correlate(out, "layers.0.h", regex=STRING_REGEX)
-    assert result.positives > chars * 0.05
+    assert result.positives > chars * 0.02  # double-quoted strings: 4.9 % of the 300 KB corpus
     assert STRING_UNIT in result.ranking("r", 3).tolist(), result.to_dict(5)["by_r"]
     assert STRING_UNIT in result.ranking("auc", 3).tolist(), result.to_dict(5)["by_auc"]
     assert result.r[STRING_UNIT] < 0 and result.auc[STRING_UNIT] < 0.5  # it goes negative inside strings

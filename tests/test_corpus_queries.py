@@ -19,7 +19,7 @@ import engine.corpus.reader as reader_mod
 from engine.analysis.neurons import regex_feature
 from engine.corpus.correlate import correlate, feature
 from engine.corpus.match import match
-from engine.corpus.reader import CorpusError, CorpusReader
+from engine.corpus.reader import CorpusQueryError, CorpusReader
 from engine.corpus.top import top
 
 from corpus_helpers import synthetic_trace, write_corpus, write_stitched
@@ -195,15 +195,15 @@ def test_token_classes(files):
 
 
 def test_bad_features(files, tmp_path):
-    with pytest.raises(CorpusError, match="not a valid regular expression"):
+    with pytest.raises(CorpusQueryError, match="not a valid regular expression"):
         correlate(files["f32"], "layers.0.h", regex="(")
-    with pytest.raises(CorpusError, match="unknown token class"):
+    with pytest.raises(CorpusQueryError, match="unknown token class"):
         correlate(files["f32"], "layers.0.h", token_class="vowel")
     (tmp_path / "short.txt").write_text("1 0 1")
-    with pytest.raises(CorpusError, match="3 labels for a corpus of 881 tokens"):
+    with pytest.raises(CorpusQueryError, match="3 labels for a corpus of 881 tokens"):
         correlate(files["f32"], "layers.0.h", labels=tmp_path / "short.txt")
     np.save(tmp_path / "third.npy", np.full(881, 1 / 3))
-    with pytest.raises(CorpusError, match="float32 cannot represent exactly"):
+    with pytest.raises(CorpusQueryError, match="float32 cannot represent exactly"):
         correlate(files["f32"], "layers.0.h", labels=tmp_path / "third.npy")
 
 
@@ -259,7 +259,7 @@ def test_match_equals_brute_force(files, trace, kind, off):
         except ValueError:
             continue
         if not cells:
-            with pytest.raises(CorpusError, match="no unit"):
+            with pytest.raises(CorpusQueryError, match="no unit"):
                 match(path, "layers.0.h", seq, (a, b), thr, off_before=off[0], off_after=off[1])
             continue
         r = match(path, "layers.0.h", seq, (a, b), thr, off_before=off[0], off_after=off[1], limit=None)
@@ -285,13 +285,13 @@ def test_match_spans_stay_in_sequences_and_flag_the_selection(files, trace):
 
 
 def test_match_errors(files):
-    with pytest.raises(CorpusError, match="sequence 99 is not in this corpus"):
+    with pytest.raises(CorpusQueryError, match="sequence 99 is not in this corpus"):
         match(files["f32"], "layers.0.h", 99, (0, 2))
-    with pytest.raises(CorpusError, match="span 5:400 is not inside sequence 3"):
+    with pytest.raises(CorpusQueryError, match="span 5:400 is not inside sequence 3"):
         match(files["f32"], "layers.0.h", 3, (5, 400))
-    with pytest.raises(CorpusError, match="no probe 'layers.9.h'"):
+    with pytest.raises(CorpusQueryError, match="no probe 'layers.9.h'"):
         match(files["f32"], "layers.9.h", 3, (5, 7))
-    with pytest.raises(CorpusError, match="no unit of layers.0.h is >= 5"):
+    with pytest.raises(CorpusQueryError, match="no unit of layers.0.h is >= 5"):
         match(files["f32"], "layers.0.h", 3, (5, 7), threshold=5)
 
 
@@ -301,13 +301,36 @@ def test_missing_shard_is_refused(files, tmp_path):
     d = tmp_path / "copy"
     shutil.copytree(files["stitched"].parent, d)
     (d / "corpus.h5.shards" / "0001.h5").unlink()
-    with pytest.raises(CorpusError, match="0001.h5 is missing"):
+    with pytest.raises(CorpusQueryError, match="0001.h5 is missing"):
         top(d / "corpus.h5", "layers.0.h", 0, 3)
 
 
 def test_not_a_corpus(tmp_path):
     (tmp_path / "x.h5").write_bytes(b"not hdf5")
-    with pytest.raises(CorpusError, match="not an HDF5 trace file"):
+    with pytest.raises(CorpusQueryError, match="not an HDF5 trace file"):
         top(tmp_path / "x.h5", "layers.0.h", 0)
-    with pytest.raises(CorpusError, match="no corpus trace"):
+    with pytest.raises(CorpusQueryError, match="no corpus trace"):
         top(tmp_path / "none.h5", "layers.0.h", 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_chunk_scan_counts_like_numpy(tmp_path, dtype):
+    """The in-place chunk reader decides "on" exactly as a float64 comparison does: at and between
+    representable values, for -0, NaN and ±inf, and in a last, partial chunk row."""
+    from engine.corpus.chunk_scan import count_on
+
+    rng = np.random.default_rng(5)
+    a = (rng.standard_normal((103, 11)) * 0.5).astype(dtype)
+    a[::9, 3] = np.array(0.3, dtype)  # exactly the float nearest 0.3
+    a[1, :] = [-0.0, 0.0, np.nan, np.inf, -np.inf, 1.0, -1.0, 65504 if dtype == np.float16 else 3e38, 0.3, 0.25, 2.0]
+    p = tmp_path / "c.h5"
+    with h5py.File(p, "w") as f:
+        ds = f.create_dataset("x", data=a, chunks=(7, 3))
+        units = np.array([0, 1, 2, 3, 4, 7, 8, 10])
+        for thr in (0.3, float(np.array(0.3, dtype)), 0.0, -0.0, 1e-9, -1e-9, 2.0, 1e300, -1e300, 0.25):
+            got = np.zeros(len(a), np.uint16)
+            assert count_on(p, ds, units, thr, got)
+            want = (a[:, units].astype(np.float64) >= thr).sum(axis=1)
+            assert got.tolist() == want.tolist(), thr
+        g = f.create_dataset("z", data=a, chunks=(7, 3), compression="gzip")
+        assert not count_on(p, g, units, 0.3, np.zeros(len(a), np.uint16))  # compressed: h5py's path

@@ -112,6 +112,8 @@ class MainWindow(QMainWindow):
         self.session.trace_changed.connect(self._trace_changed)
         self.session.runner.finished.connect(self._job_finished)
         self.session.project_restored.connect(self._project_restored)
+        self.session.corpus_changed.connect(self._raise_corpus)
+        self.session.corpus_match_requested.connect(self._raise_corpus)
 
     def _lay_out_docks(self):
         """Place the docks in the default three columns (see ``COLUMN_WIDTHS``)."""
@@ -162,6 +164,7 @@ class MainWindow(QMainWindow):
             self._action(examples_menu, ex.name, lambda _=False, e=ex: self.open_example(e))
         examples_menu.setEnabled(not examples_menu.isEmpty())
         self._action(file, "Open input file…", self.choose_input)
+        self._action(file, "Open corpus trace…", self.choose_corpus)
         file.addSeparator()
         self._action(file, "Open project…", self.choose_project)
         self._action(file, "Save project…", self.choose_save_project, QKeySequence.Save)
@@ -226,6 +229,16 @@ class MainWindow(QMainWindow):
                                               "All files (*)")
         if path:
             self.open_input(path)
+
+    def choose_corpus(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Open corpus trace", "", "Corpus traces (*.h5 *.hdf5);;All files (*)")
+        if path:
+            self.session.open_corpus(path)
+
+    def _raise_corpus(self):
+        if "Corpus" in self.docks:
+            self.docks["Corpus"].show()
+            self.docks["Corpus"].raise_()
 
     def choose_project(self):
         path, _ = QFileDialog.getOpenFileName(self, "Open project", "", "SeqScope project (*.seqscope.json *.json)")
@@ -394,5 +407,7 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
 
     def closeEvent(self, event):
+        for view in self.views.values():  # views with a worker thread of their own
+            getattr(view, "shutdown", lambda: None)()
         self.session.runner.shutdown()
         super().closeEvent(event)

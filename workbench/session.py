@@ -72,6 +72,9 @@ class Session(QObject):
     busy_changed = Signal(bool)
     progress = Signal(int, int)
     computing_changed = Signal()  # a run started, progressed or ended (see ``computing``)
+    corpus_changed = Signal()  # a corpus trace was opened (``corpus``)
+    span_changed = Signal()  # a span of steps was selected in the text (``span``)
+    corpus_match_requested = Signal()  # "match this span in the corpus" was asked for
 
     def __init__(self, runner: Runner | None = None, parent=None):
         super().__init__(parent)
@@ -106,6 +109,8 @@ class Session(QObject):
         self.computing = False  # a run of the model is under way
         self.run_progress = (0, 0)  # (done, total) of that run, as engine.run reports it
         self._loading = "Could not open the model"  # what the pending "load" job is, for its error
+        self.corpus: str | None = None  # the open corpus trace (File > Open corpus trace)
+        self.span: tuple[int, int] | None = None  # selected steps a:b of the input
 
     # -- model --------------------------------------------------------------------------
     def open_model(self, path, config=None):
@@ -175,10 +180,43 @@ class Session(QObject):
         spec = self.spec(name)
         return spec.width if spec is not None else 0
 
+    # -- corpus ---------------------------------------------------------------------------
+    def open_corpus(self, path):
+        """Use the corpus trace at ``path`` (checked now; a bad file changes nothing and says
+        why); its model is opened too when it was recorded from a file that exists and is not
+        the open one."""
+        from engine.corpus.reader import CorpusReader
+
+        try:
+            with CorpusReader(path) as reader:
+                source = str(reader.model_info().get("source") or "")
+        except SeqScopeError as exc:
+            self.error.emit(f"Could not open the corpus: {exc}")
+            return
+        self.corpus = str(path)
+        self.corpus_changed.emit()
+        if source and Path(source).exists() and (self.model_path is None or
+                                                  Path(source).resolve() != Path(self.model_path).resolve()):
+            self.open_model(source)
+
+    def open_sequence(self, step: int, text: str | None = None, values=None):
+        """Run a corpus sequence (its text, or numeric values) through the normal run path, with
+        the cursor at ``step`` once its trace is in."""
+        self._first_step = int(step)
+        self.set_values(values) if text is None else self.set_text(text)
+
+    def set_span(self, span):
+        """Select steps ``a:b`` of the input (None: no span)."""
+        span = None if span is None else (int(span[0]), int(span[1]))
+        if span != self.span:
+            self.span = span
+            self.span_changed.emit()
+
     # -- input ----------------------------------------------------------------------------
     def set_text(self, text: str):
         self.text = text
         self.values = None
+        self.set_span(None)
         self.input_changed.emit()
         self.request_run()
 
@@ -187,6 +225,7 @@ class Session(QObject):
         # token ids stay integers (a model without a vocabulary reads them); the rest is float32
         self.values = values if np.issubdtype(values.dtype, np.integer) else values.astype(np.float32)
         self.text = None
+        self.set_span(None)
         self.input_changed.emit()
         self.request_run()
 

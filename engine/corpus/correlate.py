@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import Cancelled
 from .exact_sums import ExactSums
-from .reader import CorpusError, CorpusReader, opened
+from .reader import CorpusQueryError, CorpusReader, opened
 
 TOKEN_CLASSES = ("letter", "digit", "space", "punctuation", "newline", "upper", "lower")
 AUC_BUDGET = 256 << 20  # bytes for AUC's counts or sorted columns at once
@@ -72,7 +72,7 @@ def _sequence_groups(reader: CorpusReader):
 
 def _need_text(reader: CorpusReader, what: str) -> None:
     if not reader.has_text:
-        raise CorpusError(f"this corpus has no text (a numeric corpus), so {what} cannot be computed; "
+        raise CorpusQueryError(f"this corpus has no text (a numeric corpus), so {what} cannot be computed; "
                           f"give --labels FILE instead")
 
 
@@ -83,7 +83,7 @@ def regex_values(reader: CorpusReader, pattern: str, should_stop=None) -> np.nda
     try:
         rx = re.compile(pattern)
     except re.error as exc:
-        raise CorpusError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        raise CorpusQueryError(f"{pattern!r} is not a valid regular expression: {exc}") from None
     out = np.zeros(reader.n_tokens, np.float32)
     off = reader.offsets
     for s, e in _sequence_groups(reader):
@@ -108,7 +108,7 @@ def _class_of(text: str, cls: str) -> bool:
 def class_values(reader: CorpusReader, cls: str, should_stop=None) -> np.ndarray:
     _need_text(reader, "a token-class feature")
     if cls not in TOKEN_CLASSES:
-        raise CorpusError(f"unknown token class {cls!r}; the classes are {', '.join(TOKEN_CLASSES)}")
+        raise CorpusQueryError(f"unknown token class {cls!r}; the classes are {', '.join(TOKEN_CLASSES)}")
     out = np.zeros(reader.n_tokens, np.float32)
     memo: dict[str, bool] = {}
     for a in range(0, reader.n_tokens, TEXT_TOKENS):
@@ -128,33 +128,33 @@ def label_values(path, n_tokens: int) -> np.ndarray:
 
     p = Path(path)
     if not is_regular_file(p):
-        raise CorpusError(f"no labels file {path}" if not p.exists() else f"{path} is not a regular file")
+        raise CorpusQueryError(f"no labels file {path}" if not p.exists() else f"{path} is not a regular file")
     if p.suffix.lower() == ".npy":
         try:
             arr = np.load(p, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise CorpusError(f"cannot read labels from {path}: {str(exc)[:160]}") from None
+            raise CorpusQueryError(f"cannot read labels from {path}: {str(exc)[:160]}") from None
         if arr.dtype.kind not in "biuf":
-            raise CorpusError(f"{path} holds {arr.dtype} values; labels must be numbers")
+            raise CorpusQueryError(f"{path} holds {arr.dtype} values; labels must be numbers")
         arr = np.asarray(arr).reshape(-1) if arr.ndim == 2 and 1 in arr.shape else arr
         if arr.ndim != 1:
-            raise CorpusError(f"{path} has shape {arr.shape}; labels are one number per token (a 1-D array)")
+            raise CorpusQueryError(f"{path} has shape {arr.shape}; labels are one number per token (a 1-D array)")
     else:
         limit = max(1 << 20, n_tokens * 40)
         if p.stat().st_size > limit:
-            raise CorpusError(f"{path} is {p.stat().st_size:,} bytes, too large for {n_tokens:,} labels as text")
+            raise CorpusQueryError(f"{path} is {p.stat().st_size:,} bytes, too large for {n_tokens:,} labels as text")
         try:
             arr = np.array(p.read_text(encoding="utf-8").split(), dtype=np.float64)
         except (UnicodeDecodeError, ValueError) as exc:
-            raise CorpusError(f"{path} is not a text file of numbers ({str(exc)[:100]})") from None
+            raise CorpusQueryError(f"{path} is not a text file of numbers ({str(exc)[:100]})") from None
     if len(arr) != n_tokens:
-        raise CorpusError(f"{path} has {len(arr):,} labels for a corpus of {n_tokens:,} tokens (one per token)")
+        raise CorpusQueryError(f"{path} has {len(arr):,} labels for a corpus of {n_tokens:,} tokens (one per token)")
     f64 = np.asarray(arr, dtype=np.float64)
     if not np.all(np.isfinite(f64)):
-        raise CorpusError(f"{path} holds NaN or infinite labels")
+        raise CorpusQueryError(f"{path} holds NaN or infinite labels")
     f32 = f64.astype(np.float32)
     if not np.array_equal(f32.astype(np.float64), f64):
-        raise CorpusError(f"{path} holds labels float32 cannot represent exactly (e.g. "
+        raise CorpusQueryError(f"{path} holds labels float32 cannot represent exactly (e.g. "
                           f"{f64[np.flatnonzero(f32.astype(np.float64) != f64)[0]]!r}); round them to 7 digits")
     return f32
 
@@ -164,7 +164,7 @@ def feature(reader: CorpusReader, *, regex: str | None = None, token_class: str 
     """The feature named by exactly one of ``regex``, ``token_class``, ``labels``."""
     given = [x is not None for x in (regex, token_class, labels)]
     if sum(given) != 1:
-        raise CorpusError("give exactly one feature: a regex, a token class or a labels file")
+        raise CorpusQueryError("give exactly one feature: a regex, a token class or a labels file")
     if regex is not None:
         return Feature(regex_values(reader, regex, should_stop), f"regex {regex!r}", True)
     if token_class is not None:
@@ -174,7 +174,7 @@ def feature(reader: CorpusReader, *, regex: str | None = None, token_class: str 
     else:
         values, what = np.asarray(labels, dtype=np.float32), "labels"
         if values.shape != (reader.n_tokens,):
-            raise CorpusError(f"labels have shape {values.shape} for {reader.n_tokens:,} tokens")
+            raise CorpusQueryError(f"labels have shape {values.shape} for {reader.n_tokens:,} tokens")
     return Feature(values, what, bool(np.all((values == 0) | (values == 1))))
 
 
@@ -326,7 +326,7 @@ def correlate(corpus, probe: str, *, regex: str | None = None, token_class: str 
                     if should_stop is not None and should_stop():
                         raise Cancelled("the query was cancelled")
             else:
-                raise CorpusError(f"an exact AUC over {N:,} tokens of a {ds.dtype} probe needs more than "
+                raise CorpusQueryError(f"an exact AUC over {N:,} tokens of a {ds.dtype} probe needs more than "
                                   f"{AUC_BUDGET >> 20} MB per unit; record the corpus with --dtype float16")
         return CorrelateResult(probe, feat.description, N, int(positive.sum()) if feat.binary else None, r, auc)
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import Cancelled
-from .reader import CorpusError, CorpusReader, opened
+from .reader import CorpusQueryError, CorpusReader, opened
 
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_LIMIT = 50
@@ -116,8 +116,14 @@ def selected_units(reader: CorpusReader, probe: str, sequence: int, a: int, b: i
 def unit_counts(reader: CorpusReader, probe: str, units: np.ndarray, threshold: float, progress=None,
                 should_stop=None) -> np.ndarray:
     """For every token, how many of ``units`` are on."""
+    from .chunk_scan import count_on
+
     dtype = np.uint16 if len(units) < 2 ** 16 else np.uint32
     counts = np.zeros(reader.n_tokens, dtype)
+    if count_on(reader.path, reader.probe(probe), units, threshold, counts):  # the file's chunks, in place
+        if progress is not None:
+            progress(reader.n_tokens, reader.n_tokens)
+        return counts
     for start, block in reader.blocks(probe, units=units):
         counts[start:start + len(block)] = _on(block, threshold).sum(axis=1, dtype=dtype)
         if progress is not None:
@@ -202,10 +208,10 @@ def _span_text(reader: CorpusReader, start: int, end: int, seq_start: int, seq_e
 
 def _check_args(limit, threshold) -> float:
     if limit is not None and (isinstance(limit, bool) or limit < 1):
-        raise CorpusError(f"the number of results must be positive, got {limit!r}")
+        raise CorpusQueryError(f"the number of results must be positive, got {limit!r}")
     threshold = float(threshold)
     if not np.isfinite(threshold):
-        raise CorpusError(f"the threshold must be a finite number, got {threshold}")
+        raise CorpusQueryError(f"the threshold must be a finite number, got {threshold}")
     return threshold
 
 
@@ -221,12 +227,12 @@ def match(corpus, probe: str, sequence: int, span, threshold: float = DEFAULT_TH
         a, b = (int(x) for x in span)
         length = int(reader.offsets[sequence + 1] - reader.offsets[sequence])
         if not 0 <= a < b <= length:
-            raise CorpusError(f"span {a}:{b} is not inside sequence {sequence}, which has steps 0..{length - 1} "
+            raise CorpusQueryError(f"span {a}:{b} is not inside sequence {sequence}, which has steps 0..{length - 1} "
                               f"(give A:B with 0 <= A < B <= {length})")
         units = selected_units(reader, probe, sequence, a, b, threshold, off_before, off_after)
         if not len(units):
             around = " and off around it" if off_before or off_after else ""
-            raise CorpusError(f"no unit of {probe} is >= {threshold:g} at every step of sequence {sequence} "
+            raise CorpusQueryError(f"no unit of {probe} is >= {threshold:g} at every step of sequence {sequence} "
                               f"{a}:{b}{around}; lower the threshold or select a shorter span")
         g0 = int(reader.offsets[sequence])
         found = match_units(reader, probe, units, threshold, off_before=off_before, off_after=off_after, limit=limit,
@@ -246,7 +252,7 @@ def match_units(corpus, probe: str, units, threshold: float = DEFAULT_THRESHOLD,
         n_units = reader.n_units(probe)
         units = np.unique(np.asarray(units, dtype=np.int64))
         if not len(units) or units[0] < 0 or units[-1] >= n_units:
-            raise CorpusError(f"select units of {probe} (0..{n_units - 1}) to match; got {units.tolist()[:10]}")
+            raise CorpusQueryError(f"select units of {probe} (0..{n_units - 1}) to match; got {units.tolist()[:10]}")
         counts = unit_counts(reader, probe, units, threshold, progress, should_stop)
         seen = np.zeros(0, np.int64)
         found_s, found_e, found_i, found_u = [], [], [], []

@@ -7,7 +7,7 @@ reads a whole probe: the queries ask it for blocks of tokens (all units, or a fe
 the text, ids and inputs of a window.  What it keeps in memory is the sequence offsets
 (8 bytes per sequence).
 
-Checked when opened or first used, each refused in one sentence (:class:`CorpusError`):
+Checked when opened or first used, each refused in one sentence (:class:`CorpusQueryError`):
 the file is a SeqScope trace of a schema this version reads; the tokens, offsets and the probe
 asked for have the layout of §3 (lengths, dtypes, offsets cutting the tokens into sequences);
 every shard file a virtual dataset names exists (HDF5 would read missing shards as zeros);
@@ -33,7 +33,7 @@ from ..errors import SeqScopeError
 BLOCK_BYTES = 32 << 20  # about this many bytes of probe values per block read
 
 
-class CorpusError(SeqScopeError):
+class CorpusQueryError(SeqScopeError):
     """A corpus trace or a query on it that cannot be answered, with the reason."""
 
 
@@ -55,19 +55,19 @@ class CorpusReader:
         try:
             st = os.stat(self.path)
         except OSError as exc:
-            raise CorpusError(f"no corpus trace at {self.path}" if isinstance(exc, FileNotFoundError)
+            raise CorpusQueryError(f"no corpus trace at {self.path}" if isinstance(exc, FileNotFoundError)
                               else f"cannot read {self.path}: {exc.strerror or exc}") from None
         if not stat.S_ISREG(st.st_mode):
-            raise CorpusError(f"{self.path} is not a regular file; corpus traces are HDF5 files")
+            raise CorpusQueryError(f"{self.path} is not a regular file; corpus traces are HDF5 files")
         try:
             self.f = h5py.File(self.path, "r")
         except (OSError, ValueError, RuntimeError) as exc:
-            raise CorpusError(f"{self.path} is not an HDF5 trace file (or it is damaged): {str(exc)[:120]}") from None
+            raise CorpusQueryError(f"{self.path} is not an HDF5 trace file (or it is damaged): {str(exc)[:120]}") from None
         try:
             try:
                 check_trace_file(self.f, self.path)
             except SeqScopeError as exc:
-                raise CorpusError(str(exc)) from None
+                raise CorpusQueryError(str(exc)) from None
             self._read_layout()
         except BaseException:
             self.f.close()
@@ -76,7 +76,7 @@ class CorpusReader:
 
     # -- layout ------------------------------------------------------------------------------
     def _fail(self, what: str):
-        raise CorpusError(f"{self.path} is not a readable corpus trace: {what}")
+        raise CorpusQueryError(f"{self.path} is not a readable corpus trace: {what}")
 
     def _dataset(self, where: str, optional: bool = False):
         import h5py
@@ -168,7 +168,7 @@ class CorpusReader:
 
     def check_sequence(self, s) -> int:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < self.n_sequences:
-            raise CorpusError(f"sequence {s!r} is not in this corpus (it has sequences 0..{self.n_sequences - 1})")
+            raise CorpusQueryError(f"sequence {s!r} is not in this corpus (it has sequences 0..{self.n_sequences - 1})")
         return int(s)
 
     def locate(self, positions) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +184,7 @@ class CorpusReader:
             return self._checked[name]
         if name not in self.probes:
             shown = ", ".join(self.probes[:12]) + (" …" if len(self.probes) > 12 else "")
-            raise CorpusError(f"the corpus has no probe {name!r}; it has: {shown or 'none'}")
+            raise CorpusQueryError(f"the corpus has no probe {name!r}; it has: {shown or 'none'}")
         ds = self._dataset(name if name == "logits" else f"probes/{name}")
         if ds.dtype.kind != "f" or ds.ndim < 2 or ds.shape[0] != self.n_tokens:
             self._fail(f"probe {name} is {ds.dtype} {tuple(ds.shape)}, expected floats [{self.n_tokens}, units...]")
@@ -200,7 +200,7 @@ class CorpusReader:
     def check_unit(self, name: str, unit) -> int:
         n = self.n_units(name)
         if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < n:
-            raise CorpusError(f"probe {name} has units 0..{n - 1}; there is no unit {unit!r}")
+            raise CorpusQueryError(f"probe {name} has units 0..{n - 1}; there is no unit {unit!r}")
         return int(unit)
 
     def stored_dtype(self, name: str) -> np.dtype:
@@ -306,4 +306,4 @@ def opened(path_or_reader):
         reader.close()
 
 
-__all__ = ["CorpusReader", "CorpusError", "opened"]
+__all__ = ["CorpusReader", "CorpusQueryError", "opened"]

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .reader import CorpusError, CorpusReader, opened
+from .reader import CorpusQueryError, CorpusReader, opened
 
 DEFAULT_K = 20
 LEFT, RIGHT = 30, 10  # context tokens before / after a hit
@@ -123,7 +123,7 @@ def top(corpus, probe: str, unit: int, k: int = DEFAULT_K, *, lowest: bool = Fal
     """The unit's ``k`` strongest tokens across the corpus (see the module doc).  ``corpus``: a
     path or an open :class:`CorpusReader`."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise CorpusError(f"-k must be a positive number of positions, got {k!r}")
+        raise CorpusQueryError(f"-k must be a positive number of positions, got {k!r}")
     with opened(corpus) as reader:
         unit = reader.check_unit(probe, unit)
         found = summary_top(reader, probe, unit, int(k), lowest) if use_summary else None

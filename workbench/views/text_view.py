@@ -1,5 +1,7 @@
 """Text highlighter: the input text with every token coloured by the selected unit's activation
-(as in Karpathy et al.'s figures), the cursor token boxed; click a token to move the cursor.
+(as in Karpathy et al.'s figures), the cursor token boxed; click a token to move the cursor, drag
+across tokens to select a span of steps (underlined; the session's ``span``), right-click for
+"Match in corpus" (the corpus view answers it).
 
 Drawn by hand on a monospace grid: the layout is computed once per text and width, and a
 repaint after an edit only recolours the tokens on screen, so long inputs stay responsive."""
@@ -8,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QRect, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
-from PySide6.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QMenu, QScrollArea, QVBoxLayout, QWidget
 
 from ._common import LazyRefresh, computing_message
 from .colors import color_scale, light_text, rgb_scaled
@@ -36,6 +38,8 @@ class _TextCanvas(QWidget):
         self.colors = np.zeros((0, 3), dtype=np.uint8)
         self.light = np.zeros(0, dtype=bool)  # white text on this token's (dark) background
         self.cursor = -1
+        self.span: tuple[int, int] | None = None  # steps a:b underlined
+        self._anchor: int | None = None  # where a drag started
         self._layout_key = None
         self.setMouseTracking(False)
 
@@ -90,6 +94,11 @@ class _TextCanvas(QWidget):
             for x, y, text, white in zip(xs, ys, shown, light):
                 if white:
                     painter.drawText(x, y + ascent, text)
+        if self.span is not None:
+            painter.setPen(QPen(QColor(20, 90, 200), 3))
+            for i in range(max(lo, self.span[0]), min(hi, self.span[1])):
+                k = i - lo
+                painter.drawLine(xs[k], ys[k] + ch - 2, xs[k] + ws[k], ys[k] + ch - 2)
         if lo <= self.cursor < hi:
             k = self.cursor - lo
             painter.setPen(QPen(Qt.white if light[k] else Qt.black, 2))
@@ -105,9 +114,30 @@ class _TextCanvas(QWidget):
         return None
 
     def mousePressEvent(self, event):
+        if event.button() != Qt.LeftButton:
+            return
         i = self.token_at(int(event.position().x()), int(event.position().y()))
+        self._anchor = i
         if i is not None:
+            self.view.session.set_span(None)
             self.view.session.set_step(i)
+
+    def mouseMoveEvent(self, event):
+        j = self.token_at(int(event.position().x()), int(event.position().y()))
+        if self._anchor is not None and j is not None and j != self._anchor:
+            a, b = sorted((self._anchor, j))
+            self.view.session.set_span((a, b + 1))
+
+    def contextMenuEvent(self, event):
+        s = self.view.session
+        menu = QMenu(self)
+        span = f" {s.span[0]}:{s.span[1]}" if s.span else ""
+        action = menu.addAction(f"Match span{span} in corpus")
+        action.setEnabled(s.span is not None and s.corpus is not None)
+        if s.corpus is None:
+            action.setToolTip("open a corpus trace first (File > Open corpus trace)")
+        action.triggered.connect(s.corpus_match_requested.emit)
+        menu.exec(event.globalPos())
 
     def cursor_rect(self) -> QRect:
         if not 0 <= self.cursor < len(self.rows):
@@ -134,6 +164,7 @@ class TextView(QWidget):
         layout.addWidget(self.scroll, 1)
         session.trace_changed.connect(self._lazy.request)
         session.selection_changed.connect(self._lazy.request)
+        session.span_changed.connect(self._span_changed)
         session.computing_changed.connect(lambda: session.trace is None and self._lazy.request())
 
     def unit_values(self, trace=None) -> np.ndarray | None:
@@ -143,6 +174,10 @@ class TextView(QWidget):
             return None
         a = trace[s.probe]
         return a.reshape(a.shape[0], -1)[:, s.units[0]]
+
+    def _span_changed(self):
+        self.canvas.span = self.session.span
+        self.canvas.update()
 
     def shown_text(self) -> str:
         """The text as laid out (newlines as ↵), for tests and copy."""

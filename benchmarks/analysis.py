@@ -79,7 +79,7 @@ def bench_timescales(repeats: int):
     ratios(f"lstm-timeseries, {trace.n_tokens} steps, 32 units", med, "forward pass (every probe)")
 
 
-def attribution_hook():
+def attribution_hook(quick: bool = False):
     """Run ``bench_attribution()`` of ``benchmarks/analysis_attribution.py`` when it exists."""
     path = ROOT / "benchmarks" / "analysis_attribution.py"
     if not path.is_file():
@@ -93,7 +93,9 @@ def attribution_hook():
         print("\n(attribution: analysis_attribution.py has no bench_attribution())")
         return
     print("\nattribution (benchmarks/analysis_attribution.py):")
-    lines = fn()
+    import inspect
+
+    lines = fn(quick=quick) if "quick" in inspect.signature(fn).parameters else fn()
     for line in lines or ():  # it may print its own lines and return None
         print(f"  {line}")
 
@@ -104,7 +106,7 @@ def main(argv=None):
     np.set_printoptions(precision=3)
     bench_fixed_points(args.repeats, args.quick)
     bench_timescales(args.repeats)
-    attribution_hook()
+    attribution_hook(args.quick)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def compute(model, trace, inputs, layer: int, constant: str, should_stop=None, p
     step = SS.state_step(model, layer)
     if not set(step.needed()) <= set(trace.arrays):
         trace = engine.run(model, inputs, probes=step.needed(), should_stop=should_stop)
-    per_seq = max(8, budget(step.state_size, MAX_STEPS, 4e9) // trace.n_sequences)
+    afford = MAX_STEPS if step.diagonal else budget(step.state_size, MAX_STEPS, 4e9)  # diagonal: no eig
+    per_seq = max(8, afford // trace.n_sequences)
     steps, radius = [], []
     for s in range(trace.n_sequences):
         if trace.offsets[s + 1] == trace.offsets[s]:

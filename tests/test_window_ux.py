@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
-from PySide6.QtCore import QRectF, QSettings  # noqa: E402
+from PySide6.QtCore import QRectF, QSettings, Qt  # noqa: E402
 from PySide6.QtGui import QColor  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
@@ -164,6 +164,23 @@ def test_gates_and_attention_are_readable_at_the_default_size(qtbot, default_win
     assert gates.sat_plot.vb.sceneBoundingRect().height() >= 200
     assert w.views["Gates"].grab().save(str(tmp_path / "gates.png"))
     assert s.trace is not None
+
+
+def test_every_tab_title_is_shown_whole_at_the_default_size(qtbot, default_window):
+    """Eleven views once shared one tab bar and read "At…", "S…": no title is cut, and no tab bar
+    needs its scroll buttons at 1500×950."""
+    from PySide6.QtWidgets import QTabBar
+
+    w = default_window
+    _open_example(qtbot, w, "char-lstm-python")
+    QApplication.processEvents()
+    bars = [b for b in w.findChildren(QTabBar) if b.isVisible() and b.count() > 1]
+    titles = sorted(b.tabText(i) for b in bars for i in range(b.count()))
+    assert set(titles) >= {"Attention", "Linear probe", "Neuron search", "Compare", "Outputs"}, titles
+    for bar in bars:
+        need = sum(bar.tabSizeHint(i).width() for i in range(bar.count()))
+        assert need <= bar.width(), f"{[bar.tabText(i) for i in range(bar.count())]} need {need} px of {bar.width()}"
+        assert bar.elideMode() == Qt.ElideNone
 
 
 # -- colours, legends, names --------------------------------------------------------------------------

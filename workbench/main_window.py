@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox, QProgressBar,
-                               QPushButton)
+                               QPushButton, QTabBar)
 
 import engine
 from engine.errors import SeqScopeError
@@ -43,17 +43,17 @@ VIEWS = [
     ("Compare", "compare", "CompareView"),
 ]
 # The default layout, three columns: the inputs on the left; the heatmap, text and unit traces in
-# the middle; on the right the analysis views as tabs in a column of their own (each gets the
-# window's full height less the outputs table below them, so an attention map of 128 steps or
-# the saturation plot is readable at the default size).
+# the middle; on the right two groups of tabs, each title shown in full at the default size: above,
+# the views that draw plots and need the height (an attention map of 128 steps, the saturation
+# plot); below, the outputs table and the views built around tables and text.
 DEFAULT_SIZE = (1500, 950)
 LEFT_COLUMN = ("Probes", "Input", "Interventions")
 MIDDLE_COLUMN = ("Neuron heatmap", "Text", "Unit traces")
-ANALYSIS_TABS = ("Attention", "Gates", "Trajectory", "Neuron search", "Corpus", "Statistics", "Timescales",
-                 "Dynamics", "Linear probe", "Attribution", "Compare")  # the first is raised
+UPPER_TABS = ("Attention", "Gates", "Trajectory", "Dynamics", "Timescales", "Statistics")  # the first is raised
+LOWER_TABS = ("Outputs", "Neuron search", "Corpus", "Linear probe", "Attribution", "Compare")
 COLUMN_WIDTHS = (330, 610, 560)
 MIDDLE_HEIGHTS = (290, 260, 260)
-RIGHT_HEIGHTS = (600, 250)  # the analysis tabs, the outputs table
+RIGHT_HEIGHTS = (560, 290)  # the upper tabs, the lower tabs
 MAX_RECENT = 8
 BUSY_DELAY_MS = 300  # show the progress bar for work that has lasted this long
 
@@ -120,30 +120,39 @@ class MainWindow(QMainWindow):
         def present(titles):
             return [self.docks[t] for t in titles if t in self.docks]
 
-        left, middle, tabs = present(LEFT_COLUMN), present(MIDDLE_COLUMN), present(ANALYSIS_TABS)
-        outputs = present(("Outputs",))
+        left, middle = present(LEFT_COLUMN), present(MIDDLE_COLUMN)
+        upper, lower = present(UPPER_TABS), present(LOWER_TABS)
         for dock in left:
             self.addDockWidget(Qt.LeftDockWidgetArea, dock, Qt.Vertical)
-        right_column = tabs + outputs
+        right_column = [group[0] for group in (upper, lower) if group]
         first = (middle or right_column)[:1]
         for dock in first:
             self.addDockWidget(Qt.RightDockWidgetArea, dock)
-        if middle and right_column:  # the right area split into the middle and the analysis column
+        if middle and right_column:  # the right area split into the middle and the right column
             self.splitDockWidget(middle[0], right_column[0], Qt.Horizontal)
         for above, below in zip(middle, middle[1:]):
             self.splitDockWidget(above, below, Qt.Vertical)
-        if tabs and outputs:
-            self.splitDockWidget(tabs[0], outputs[0], Qt.Vertical)
-        for a, b in zip(tabs, tabs[1:]):
-            self.tabifyDockWidget(a, b)
-        if tabs:
-            tabs[0].raise_()
+        if upper and lower:
+            self.splitDockWidget(upper[0], lower[0], Qt.Vertical)
+        for group in (upper, lower):
+            for a, b in zip(group, group[1:]):
+                self.tabifyDockWidget(a, b)
+            if group:
+                group[0].raise_()
         self.setCentralWidget(None)
         columns = [(c[0], w) for c, w in zip((left, middle, right_column), COLUMN_WIDTHS) if c]
         self.resizeDocks([d for d, _ in columns], [w for _, w in columns], Qt.Horizontal)
         self.resizeDocks(middle, list(MIDDLE_HEIGHTS[: len(middle)]), Qt.Vertical)
-        if tabs and outputs:
-            self.resizeDocks([tabs[0], outputs[0]], list(RIGHT_HEIGHTS), Qt.Vertical)
+        if upper and lower:
+            self.resizeDocks([upper[0], lower[0]], list(RIGHT_HEIGHTS), Qt.Vertical)
+        self._whole_tab_titles()
+
+    def _whole_tab_titles(self):
+        """Tab titles are never cut short: where a narrowed column has no room for them all, the
+        tab bar scrolls instead (Qt elides by default)."""
+        for bar in self.findChildren(QTabBar):
+            bar.setElideMode(Qt.ElideNone)
+            bar.setUsesScrollButtons(True)
 
     # -- menus ------------------------------------------------------------------------------
     def _action(self, menu, text, slot, shortcut=None):
@@ -256,6 +265,7 @@ class MainWindow(QMainWindow):
         if data.get("layout") and not self.restoreState(QByteArray(base64.b64decode(data["layout"]))):
             self.statusBar().showMessage("the project's window layout does not fit this window; kept the current one",
                                          10000)
+        self._whole_tab_titles()
 
     def choose_save_project(self):
         path, _ = QFileDialog.getSaveFileName(self, "Save project", "project.seqscope.json", "SeqScope project (*.json)")

@@ -149,3 +149,35 @@ def test_cancel_and_bad_files(opened, qtbot, tmp_path, monkeypatch):
     before = window.session.corpus
     window.session.open_corpus(str(tmp_path / "bad.h5"))
     assert window.session.corpus == before and "Could not open the corpus" in window.last_error
+
+
+def test_the_command_line_opens_a_corpus_with_its_model_on_its_first_sequence(qtbot, corpus, tmp_path):
+    """``seqscope-workbench --corpus FILE``: the model the corpus was recorded from is opened
+    (its source file), and with no input yet the window shows the corpus's first sequence."""
+    from PySide6.QtCore import QSettings
+
+    from workbench import app
+    from workbench.corpus_jobs import read_sequence
+
+    args = app.parse_args(["--corpus", str(corpus)])
+    w = app.build_window(args, settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    s = w.session
+    qtbot.waitUntil(lambda: s.trace is not None, timeout=60000)
+    assert s.corpus == str(corpus) and Path(s.model_path).resolve() == MODEL.resolve()
+    first = read_sequence(str(corpus), 0, 0).text
+    assert s.text == first and s.trace.n_tokens == len(first)
+
+
+def test_a_model_given_beside_the_corpus_is_kept(qtbot, corpus, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from workbench import app
+
+    other = Path(__file__).resolve().parents[1] / "assets" / "models" / "gru-dyck"
+    args = app.parse_args([str(other), "--corpus", str(corpus)])
+    w = app.build_window(args, settings=QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat))
+    qtbot.addWidget(w)
+    s = w.session
+    qtbot.waitUntil(lambda: s.corpus is not None and s.trace is not None, timeout=60000)
+    assert Path(s.model_path).resolve() == other.resolve()  # not replaced by the corpus's model

@@ -177,6 +177,7 @@ def test_every_tab_title_is_shown_whole_at_the_default_size(qtbot, default_windo
     bars = [b for b in w.findChildren(QTabBar) if b.isVisible() and b.count() > 1]
     titles = sorted(b.tabText(i) for b in bars for i in range(b.count()))
     assert set(titles) >= {"Attention", "Linear probe", "Neuron search", "Compare", "Outputs"}, titles
+    assert len(titles) == len(set(titles)), f"a tab shown in two bars (a bar Qt left behind): {titles}"
     for bar in bars:
         need = sum(bar.tabSizeHint(i).width() for i in range(bar.count()))
         assert need <= bar.width(), f"{[bar.tabText(i) for i in range(bar.count())]} need {need} px of {bar.width()}"

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "is one (default: the bundled char-LSTM on its sample)")
     ap.add_argument("--input", metavar="FILE", help="a text or numeric (.npy/.csv) input file to open")
     ap.add_argument("--project", metavar="FILE", help="a saved SeqScope project to restore")
+    ap.add_argument("--corpus", metavar="FILE",
+                    help="a corpus trace (seqscope trace --corpus) to open in the Corpus view, with the model it "
+                    "was recorded from unless MODEL is given")
     ap.add_argument("--probe", metavar="P", help="the probe to show first, e.g. layers.1.c")
     ap.add_argument("--unit", metavar="U", type=int, help="the unit to select first")
     ap.add_argument("--step", metavar="T", type=int, help="the step to put the cursor on")
@@ -53,7 +56,8 @@ def startup_problem(args, environ=None) -> str | None:
     """Why the window cannot start, in one line, or None.  Checked before Qt starts; with
     ``--offscreen`` the Qt platform is set to ``offscreen`` here."""
     environ = os.environ if environ is None else environ
-    for flag, value in (("", args.model), ("--input ", args.input), ("--project ", args.project)):
+    for flag, value in (("", args.model), ("--input ", args.input), ("--project ", args.project),
+                        ("--corpus ", args.corpus)):
         if value is not None and not Path(value).exists():
             return f"{flag}{value}: no such file or folder"
     if args.offscreen:
@@ -101,6 +105,15 @@ def build_window(args, settings=None):
     if args.project:
         window.open_project(args.project)
         return window
+    if args.corpus and not args.model:
+        s.open_corpus(args.corpus)  # and the model it was recorded from
+        return window
+    if args.corpus:  # the model given, once it is open
+        def corpus_once():
+            s.model_changed.disconnect(corpus_once)
+            s.open_corpus(args.corpus, with_model=False)
+
+        s.model_changed.connect(corpus_once)
     if args.model:
         model = Path(args.model).absolute()  # File ▸ Open recent works from any folder
         ex = example_for(model)

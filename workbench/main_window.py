@@ -44,13 +44,13 @@ VIEWS = [
 ]
 # The default layout, three columns: the inputs on the left; the heatmap, text and unit traces in
 # the middle; on the right two groups of tabs, each title shown in full at the default size: above,
-# the views that draw plots and need the height (an attention map of 128 steps, the saturation
-# plot); below, the outputs table and the views built around tables and text.
+# the views that need the height (an attention map of 128 steps, the saturation plot, the
+# corpus's lists); below, the outputs table and the views built around a table or a short plot.
 DEFAULT_SIZE = (1500, 950)
 LEFT_COLUMN = ("Probes", "Input", "Interventions")
 MIDDLE_COLUMN = ("Neuron heatmap", "Text", "Unit traces")
-UPPER_TABS = ("Attention", "Gates", "Trajectory", "Dynamics", "Timescales", "Statistics")  # the first is raised
-LOWER_TABS = ("Outputs", "Neuron search", "Corpus", "Linear probe", "Attribution", "Compare")
+UPPER_TABS = ("Attention", "Gates", "Trajectory", "Dynamics", "Timescales", "Corpus")  # the first is raised
+LOWER_TABS = ("Outputs", "Neuron search", "Statistics", "Linear probe", "Attribution", "Compare")
 COLUMN_WIDTHS = (330, 610, 560)
 MIDDLE_HEIGHTS = (290, 260, 260)
 RIGHT_HEIGHTS = (560, 290)  # the upper tabs, the lower tabs
@@ -149,10 +149,16 @@ class MainWindow(QMainWindow):
 
     def _whole_tab_titles(self):
         """Tab titles are never cut short: where a narrowed column has no room for them all, the
-        tab bar scrolls instead (Qt elides by default)."""
-        for bar in self.findChildren(QTabBar):
+        tab bar scrolls instead (Qt elides by default).  Qt leaves behind a bar holding the first
+        two tabs of the second tab group it builds, drawn over the status bar and never laid out
+        again; it is hidden (a bar whose tabs are all in another bar)."""
+        bars = [b for b in self.findChildren(QTabBar) if b.parent() is self]
+        tabs = [{b.tabText(i) for i in range(b.count())} for b in bars]
+        for bar, mine in zip(bars, tabs):
             bar.setElideMode(Qt.ElideNone)
             bar.setUsesScrollButtons(True)
+            if any(mine < other for other in tabs):
+                bar.hide()
 
     # -- menus ------------------------------------------------------------------------------
     def _action(self, menu, text, slot, shortcut=None):

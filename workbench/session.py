@@ -181,10 +181,10 @@ class Session(QObject):
         return spec.width if spec is not None else 0
 
     # -- corpus ---------------------------------------------------------------------------
-    def open_corpus(self, path):
+    def open_corpus(self, path, with_model: bool = True):
         """Use the corpus trace at ``path`` (checked now; a bad file changes nothing and says
-        why); its model is opened too when it was recorded from a file that exists and is not
-        the open one."""
+        why); with ``with_model``, its model is opened too when it was recorded from a file that
+        exists and is not the open one."""
         from engine.corpus.reader import CorpusReader
 
         try:
@@ -195,7 +195,7 @@ class Session(QObject):
             return
         self.corpus = str(path)
         self.corpus_changed.emit()
-        if source and Path(source).exists() and (self.model_path is None or
+        if with_model and source and Path(source).exists() and (self.model_path is None or
                                                   Path(source).resolve() != Path(self.model_path).resolve()):
             self.open_model(source)
 

@@ -404,6 +404,8 @@ class CorpusView(QWidget):
             self._top_key = None
         if kind == "describe":
             self.title.setText(f"Could not read the corpus: {message}")
+        if kind == "match":
+            self.match_title.setText("No match: see below.")
 
     def _done(self, _id, kind, result):
         getattr(self, f"_show_{kind}")(result)
@@ -417,6 +419,8 @@ class CorpusView(QWidget):
                            f"probes {', '.join(info.probes[:6])}{' …' if len(info.probes) > 6 else ''}{more}")
         _fill(self.sequences, [(s, name, n, _head(preview, 80)) for s, name, n, preview in info.rows])
         self._lazy.request()
+        if self.session.text is None and self.session.values is None and info.n_sequences:
+            self._open_row(0, 0)  # nothing in the window yet: show the corpus's first sequence
 
     def _show_open(self, inp: J.SequenceInput):
         self.opened = (self.session.corpus, inp.sequence, inp.text)

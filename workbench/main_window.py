@@ -45,12 +45,13 @@ VIEWS = [
 # The default layout, three columns: the inputs on the left; the heatmap, text and unit traces in
 # the middle; on the right two groups of tabs, each title shown in full at the default size: above,
 # the views that need the height (an attention map of 128 steps, the saturation plot, the
-# corpus's lists); below, the outputs table and the views built around a table or a short plot.
+# statistics' three plots, the attribution strip over the text, the corpus's lists); below, the
+# outputs table and the views built around a table or one short plot.
 DEFAULT_SIZE = (1500, 950)
 LEFT_COLUMN = ("Probes", "Input", "Interventions")
 MIDDLE_COLUMN = ("Neuron heatmap", "Text", "Unit traces")
-UPPER_TABS = ("Attention", "Gates", "Trajectory", "Dynamics", "Timescales", "Corpus")  # the first is raised
-LOWER_TABS = ("Outputs", "Neuron search", "Statistics", "Linear probe", "Attribution", "Compare")
+UPPER_TABS = ("Attention", "Gates", "Trajectory", "Dynamics", "Statistics", "Attribution", "Corpus")  # the first is raised
+LOWER_TABS = ("Outputs", "Neuron search", "Timescales", "Linear probe", "Compare")
 COLUMN_WIDTHS = (330, 610, 560)
 MIDDLE_HEIGHTS = (290, 260, 260)
 RIGHT_HEIGHTS = (560, 290)  # the upper tabs, the lower tabs

@@ -184,6 +184,31 @@ def test_every_tab_title_is_shown_whole_at_the_default_size(qtbot, default_windo
         assert bar.elideMode() == Qt.ElideNone
 
 
+def test_reset_layout_brings_every_dock_back_to_its_place(qtbot, default_window):
+    from workbench.main_window import LOWER_TABS, UPPER_TABS
+
+    w = default_window
+    _open_example(qtbot, w, "char-lstm-python")
+    w.docks["Compare"].setFloating(True)
+    w.docks["Attention"].close()
+    w.splitDockWidget(w.docks["Text"], w.docks["Gates"], Qt.Horizontal)  # Gates out of its tab group
+    QApplication.processEvents()
+    assert set(map(id, w.tabifiedDockWidgets(w.docks["Attention"]))) != set(
+        id(w.docks[t]) for t in UPPER_TABS if t != "Attention")
+    w.reset_layout()
+    qtbot.wait(200)
+    for group in (UPPER_TABS, LOWER_TABS):
+        first = w.docks[group[0]]
+        assert {d.windowTitle() for d in w.tabifiedDockWidgets(first)} == set(group[1:])
+    assert all(d.isVisible() or w.tabifiedDockWidgets(d) for d in w.docks.values())
+    assert not w.docks["Compare"].isFloating() and not w.docks["Attention"].isHidden()
+    from PySide6.QtWidgets import QTabBar
+
+    shown = [b.tabText(i) for b in w.findChildren(QTabBar) if b.parent() is w and b.isVisible() and b.count() > 1
+             for i in range(b.count())]
+    assert sorted(shown) == sorted(UPPER_TABS + LOWER_TABS)  # no bar left behind by the old layout
+
+
 # -- colours, legends, names --------------------------------------------------------------------------
 
 

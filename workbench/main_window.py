@@ -148,6 +148,16 @@ class MainWindow(QMainWindow):
             self.resizeDocks([upper[0], lower[0]], list(RIGHT_HEIGHTS), Qt.Vertical)
         self._whole_tab_titles()
 
+    def reset_layout(self):
+        """Every dock back in its default place and shown (the text view stays hidden while a
+        numeric model is open)."""
+        for dock in self.docks.values():
+            dock.setFloating(False)
+            self.removeDockWidget(dock)
+        self._lay_out_docks()
+        for title, dock in self.docks.items():
+            dock.setVisible(title != "Text" or self._shows_text)
+
     def _whole_tab_titles(self):
         """Tab titles are never cut short: where a narrowed column has no room for them all, the
         tab bar scrolls instead (Qt elides by default).  Qt leaves behind a bar holding the first
@@ -199,6 +209,8 @@ class MainWindow(QMainWindow):
         view_menu = bar.addMenu("&View")
         for dock in self.docks.values():
             view_menu.addAction(dock.toggleViewAction())
+        view_menu.addSeparator()
+        self._action(view_menu, "Reset layout", self.reset_layout)
         run = bar.addMenu("&Run")
         self._action(run, "Cancel", lambda: self.session.runner.cancel(), "Esc")
         self._refresh_recent()

@@ -127,6 +127,30 @@ def test_rwkv_runs_through_the_differentiable_forward():
     assert attribute(model, ids, "logit:10:3", "grad").states  # states of every layer
 
 
+def test_ig_on_a_norm_first_model_spaces_its_nodes_where_f_changes():
+    """RWKV applies a LayerNorm to the embedding: f(a x) = f(x) but within ~sqrt(eps)/|x| of the
+    zero baseline.  Evenly spaced nodes miss that sliver (the gap grows with the steps); the
+    automatic rule sees f(x/4) = f(x) and spaces the nodes geometrically: completeness within 2 %
+    and scores that no longer move with the steps (1e-2)."""
+    transformers = pytest.importorskip("transformers")
+    from engine.models.rwkv import from_transformers as rwkv_from
+
+    torch.manual_seed(0)
+    hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=17, hidden_size=8, num_hidden_layers=2,
+                                                              attention_hidden_size=8, intermediate_size=16))
+    model = rwkv_from(hf)
+    ids, target = np.arange(11) % 17, Target("logit", "logits", 3, 10)
+    even = integrated_gradients(model, ids, target, steps=64, rule="midpoint")
+    assert even.completeness_gap > 0.2  # the failure the automatic rule avoids
+    ig64 = integrated_gradients(model, ids, target, steps=64)
+    ig128 = integrated_gradients(model, ids, target, steps=128)
+    assert ig64.completeness_gap < 0.02 and ig128.completeness_gap < 0.02
+    assert "geometrically" in " ".join(ig64.notes)
+    np.testing.assert_allclose(ig64.scores, ig128.scores, atol=1e-2)
+    lstm = integrated_gradients(torch_stack(nn.LSTM, seed=1)[-1], ids % 11, Target("logit", "logits", 2, 10), steps=8)
+    assert not lstm.notes  # not scale-invariant: the midpoint rule
+
+
 def test_char_lstm_string_unit_is_attributed_to_the_opening_quote():
     """The card's string unit (layers.0.h unit 121): inside the sample's first string literal,
     4, 7, 10 and 13 characters after its opening quote, gradient x input puts the largest |score|

@@ -11,9 +11,12 @@ attribution to each earlier position, through the engine's own differentiable fo
 - :func:`integrated_gradients`: ``x . integral_0^1 grad f(a x) da`` with the zero vector as the
   baseline (Sundararajan et al. 2017), the integral by the midpoint rule (or Gauss-Legendre)
   with ``steps`` nodes.  Completeness: the scores sum to ``f(x) - f(0)`` as the steps grow; the
-  result reports both and the gap.  A model whose first operation is a norm (Mamba's RMSNorm,
-  RWKV's LayerNorm) is scale-invariant except right at the zero baseline, where the integrand
-  jumps: there completeness needs many more steps.
+  result reports both and the gap.  A model whose first operation is a norm (RWKV's LayerNorm
+  after the embedding) is scale-invariant, f(a x) = f(x), except within about sqrt(eps)/|x| of
+  the zero baseline, where all of f(x) - f(0) happens: evenly spaced nodes miss that sliver (on
+  a small RWKV the gap grew from 44 % at 8 steps to 630 % at 512).  ``rule="auto"`` (the
+  default) sees this from f(x/4) ~ f(x/2) ~ f(x) and then spaces the nodes geometrically from 1e-7 to 1
+  (the ``geometric`` rule: 64 steps brought that gap to 0.8 %).
 
 Causal attribution, where gradients mislead (a saturated gate has no gradient and still
 matters), is :func:`engine.analysis.patching.patching_attribution`;
@@ -181,7 +184,9 @@ def gradient_x_input(model, inputs, target: Target, *, states: bool = True, shou
                        states=state_scores)
 
 
-RULES = ("midpoint", "gauss-legendre")
+RULES = ("auto", "midpoint", "gauss-legendre", "geometric")
+#: the geometric rule's nodes lie between this and 1 (what f does below it is left in the gap)
+GEOMETRIC_FROM = 1e-7
 
 
 def quadrature(steps: int, rule: str = "midpoint") -> tuple[np.ndarray, np.ndarray]:
@@ -193,20 +198,36 @@ def quadrature(steps: int, rule: str = "midpoint") -> tuple[np.ndarray, np.ndarr
     if rule == "gauss-legendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return (nodes + 1) / 2, weights / 2
+    if rule == "geometric":  # the midpoint rule in log a, for an integrand crowded near a = 0
+        edges = np.exp(np.linspace(np.log(GEOMETRIC_FROM), 0.0, steps + 1))
+        return np.sqrt(edges[:-1] * edges[1:]), np.diff(edges)
     raise AttributionError(f"unknown quadrature rule {rule!r}; use one of {', '.join(RULES)}")
 
 
 def integrated_gradients(model, inputs, target: Target, *, steps: int = 32, batch: int = 32,
-                         rule: str = "midpoint", should_stop=None, progress=None) -> Attribution:
+                         rule: str = "auto", should_stop=None, progress=None) -> Attribution:
     """Integrated gradients from the zero input vector with ``steps`` quadrature nodes (see
-    :func:`quadrature`), ``batch`` nodes at a time as one batched forward and backward pass.
-    ``completeness_gap`` of the result says how far the scores' sum is from f(x) - f(0): more
-    steps bring it down."""
+    :func:`quadrature`; ``auto``: geometric where f(x/4) = f(x), the midpoint rule elsewhere),
+    ``batch`` nodes at a time as one batched forward and backward pass. ``completeness_gap`` of
+    the result says how far the scores' sum is from f(x) - f(0): more steps bring it down."""
     if not 1 <= int(steps) <= 4096:
         raise AttributionError(f"integrated gradients takes 1..4096 steps, not {steps}")
     fwd = DifferentiableForward(model)
     data, tokens = one_sequence(model, inputs, target)
     x = fwd.input_vectors(data)  # [T, F]
+    with torch.no_grad():  # f(0), f(x/4), f(x/2) and f(x) in one batch
+        ends = torch.stack([torch.zeros_like(x), x / 4, x / 2, x], dim=1)
+        f0, f4, f2, f1 = (float(v) for v in _pick(fwd(ends, {target.probe}), target))
+    notes = ()
+    if rule == "auto":
+        # the change crowds near 0 when f is flat over [x/4, x]: f(x/4) and f(x/2) within a
+        # quarter of f(x) - f(0) of f(x) (a straight path makes three quarters of it there)
+        change = abs(f1 - f0)
+        crowded = change > 1e-9 and max(abs(f1 - f4), abs(f1 - f2)) <= 0.25 * change
+        rule = "geometric" if crowded else "midpoint"
+        if crowded:
+            notes = ("f changes most near the zero baseline (a norm first?): the nodes are spaced "
+                     "geometrically from 1e-7 to 1, to follow it",)
     alphas, weights = quadrature(int(steps), rule)
     total = torch.zeros_like(x, dtype=torch.float64)
     for a in range(0, len(alphas), batch):
@@ -220,9 +241,6 @@ def integrated_gradients(model, inputs, target: Target, *, steps: int = 32, batc
         total += (g.double() * w[None, :, None]).sum(dim=1)
         if progress is not None:
             progress(min(a + batch, len(alphas)), len(alphas))
-    with torch.no_grad():
-        ends = torch.stack([torch.zeros_like(x), x], dim=1)  # f(0) and f(x) in one batch
-        f0, f1 = (float(v) for v in _pick(fwd(ends, {target.probe}), target))
     per_feature = (total * x.double()).cpu().numpy()
     return Attribution("ig", target, per_feature.sum(axis=1), f1, tokens, per_feature=per_feature,
-                       baseline=f0, steps=int(steps))
+                       baseline=f0, steps=int(steps), notes=notes)

@@ -11,7 +11,7 @@ import torch
 
 import engine
 from engine import LoadError
-from engine.models import gla_loading, mamba, mingru, rwkv
+from engine.models import gla_loading, mamba, mingru, rwkv_loading
 from engine.models.gla import LinearAttentionModel
 from gla_reference import fla_config, float64_weights, random_checkpoint, reference_lm, save_fla_folder
 
@@ -115,5 +115,5 @@ def test_other_families_are_not_claimed_and_ours_are_not_theirs(tmp_path):
     for family in ("gla", "retnet"):
         c = fla_config(family)
         sd = random_checkpoint(c, 46)
-        for other in (mamba, mingru, rwkv):
+        for other in (mamba, mingru, rwkv_loading):
             assert not other.looks_like(sd, [("config.json", c)]), (family, other.__name__)

@@ -169,7 +169,7 @@ def _mamba2():
 def _rwkv():
     from test_rwkv_golden import hf_model
 
-    from engine.models.rwkv import from_transformers
+    from engine.models.rwkv_loading import from_transformers
 
     hf = hf_model(seed=2)
     model = from_transformers(hf)

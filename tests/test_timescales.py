@@ -180,7 +180,7 @@ def _rwkv():
 def _rwkv7():
     from rwkv7_reference import random_state_dict
 
-    from engine.models.rwkv7 import load_rwkv7
+    from engine.models.rwkv7_loading import load_rwkv7
 
     model = load_rwkv7(random_state_dict(0, vocab=37, C=16, heads=2, layers=2, ffn=None), [], name="t", fmt="pth",
                        device="cpu")

@@ -90,7 +90,7 @@ from ..models import mamba2 as _mamba2
 from ..models import mingru as _mingru
 from ..models import recurrent_gemma as _recurrent_gemma
 from ..models import rwkv_loading as _rwkv
-from ..models import rwkv7 as _rwkv7
+from ..models import rwkv7_loading as _rwkv7
 from ..models import xlstm as _xlstm
 from ..models.stack import RecurrentStack
 from .classic import _build

@@ -1,7 +1,7 @@
 """Reading RWKV-4 checkpoints: ``transformers`` ``RwkvForCausalLM`` folders (and in-memory models,
 :func:`from_transformers`) and BlinkDL's original RWKV-4 ``.pth`` files, whose names are renamed as
 ``transformers``' conversion script does.  :func:`looks_like_rwkv` recognises the files (refusing
-RWKV-5/6 in words, leaving RWKV-7 to :mod:`engine.models.rwkv7`), ``_config_from_files``
+RWKV-5/6 in words, leaving RWKV-7 to :mod:`engine.models.rwkv7_loading`), ``_config_from_files``
 reads the config, ``_infer_config`` what the weights say, and :func:`load_rwkv` builds the
 :class:`~engine.models.rwkv.RwkvModel` (``looks_like`` and ``load`` are the names
 :mod:`engine.loading` asks a family module for).
@@ -54,7 +54,7 @@ def looks_like_rwkv(tensors: dict, configs: list) -> bool:
     ``blocks.{i}.att.time_first`` (BlinkDL RWKV-4) tensors, an RWKV-5/6 file's tensors
     (refused in words), or a config with ``model_type`` "rwkv" or a later version.  RWKV-7
     ``.pth`` files are not claimed: ``engine.models.rwkv7`` reads them."""
-    from .rwkv7 import looks_like_rwkv7
+    from .rwkv7_loading import looks_like_rwkv7
 
     if looks_like_rwkv7(tensors, []):
         return False

@@ -86,7 +86,7 @@ from ..models import gla_loading as _gla
 from ..models import hgrn as _hgrn
 from ..models import lru as _lru
 from ..models import mamba as _mamba
-from ..models import mamba2 as _mamba2
+from ..models import mamba2_loading as _mamba2
 from ..models import mingru as _mingru
 from ..models import recurrent_gemma as _recurrent_gemma
 from ..models import rwkv_loading as _rwkv

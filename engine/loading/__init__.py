@@ -81,7 +81,7 @@ import torch
 
 from ..errors import LoadError
 from ..limits import display_name
-from ..models import deltanet as _deltanet
+from ..models import deltanet_loading as _deltanet
 from ..models import gla_loading as _gla
 from ..models import hgrn as _hgrn
 from ..models import lru as _lru

@@ -191,7 +191,7 @@ def _rwkv7():
 def _recurrent_gemma():
     from test_recurrent_gemma_golden import hf_model
 
-    from engine.models.recurrent_gemma import from_transformers
+    from engine.models.recurrent_gemma_loading import from_transformers
 
     hf = hf_model()
     model = from_transformers(hf)

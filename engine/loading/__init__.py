@@ -88,7 +88,7 @@ from ..models import lru as _lru
 from ..models import mamba as _mamba
 from ..models import mamba2_loading as _mamba2
 from ..models import mingru as _mingru
-from ..models import recurrent_gemma as _recurrent_gemma
+from ..models import recurrent_gemma_loading as _recurrent_gemma
 from ..models import rwkv_loading as _rwkv
 from ..models import rwkv7_loading as _rwkv7
 from ..models import xlstm as _xlstm

@@ -68,7 +68,8 @@ reader per format, each returning the neutral record of ``record``), ``safe_unpi
 vocabularies kept with a model), ``classic_inference`` and ``classic`` (the classic recurrent
 stack: names and shapes → layers, then the model), ``config_example`` (the ``config=`` a loading
 error offers, built from the file's own tensors), ``saving`` (:func:`save_model`); the modern
-families build themselves (``engine.models.<family>``).
+families build themselves (``engine.models.<family>``, or ``<family>_loading`` where a family's
+reading has a module of its own).
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
 from engine import Intervention, Span  # noqa: E402
-from engine.models.mamba2 import from_transformers  # noqa: E402
+from engine.models.mamba2_loading import from_transformers  # noqa: E402
 from timing import print_times, speed_arguments, sweep, use_threads  # noqa: E402
 
 PER_TOKEN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "z", "x", "B", "C", "dt", "y", "gated", "out")]

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import engine  # noqa: E402
 from engine import Intervention, Span  # noqa: E402
 from engine.models.mamba import numba_available  # noqa: E402
-from engine.models.recurrent_gemma import from_transformers  # noqa: E402
+from engine.models.recurrent_gemma_loading import from_transformers  # noqa: E402
 from timing import print_times, speed_arguments, sweep, use_threads  # noqa: E402
 
 ALL_BUT_ATTN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("in", "y_branch", "x_branch", "conv", "gate_r", "gate_i",

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
 from engine import Intervention, PrefixCache, Span  # noqa: E402
-from engine.models.rwkv import from_transformers, numba_available  # noqa: E402
+from engine.models.rwkv import numba_available  # noqa: E402
+from engine.models.rwkv_loading import from_transformers  # noqa: E402
 from timing import capture_contenders, median_times, print_times, speed_arguments, use_threads  # noqa: E402
 
 PER_TOKEN = ["embed", "logits"] + [f"layers.*.{s}" for s in ("att_in", "r", "k", "v", "w", "u", "wkv", "att",

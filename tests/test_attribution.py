@@ -115,7 +115,7 @@ def test_patching_equals_brute_force_reruns(cls):
 
 def test_rwkv_runs_through_the_differentiable_forward():
     transformers = pytest.importorskip("transformers")
-    from engine.models.rwkv import from_transformers as rwkv_from
+    from engine.models.rwkv_loading import from_transformers as rwkv_from
 
     torch.manual_seed(0)
     hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=17, hidden_size=8, num_hidden_layers=2,

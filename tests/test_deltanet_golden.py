@@ -23,7 +23,8 @@ import torch
 from deltanet_reference import (float64_weights, fla_config, fla_gated_config, fla_state_dict, reference_attention,
                                 reference_deltanet, write_fla_folder)
 import engine
-from engine.models.deltanet import DeltaNetModel, delta_rule_attention, delta_rule_chunk
+from engine.models.deltanet import DeltaNetModel
+from engine.models.deltanet_scan import delta_rule_attention, delta_rule_chunk
 
 
 def build(tmp_path, seed=0, dtype=torch.float64, conv_bias=False, gated=False, **cfg):

@@ -15,7 +15,8 @@ import engine
 from deltanet_reference import (float64_weights, fla_config, fla_gated_config, fla_state_dict, intermediate_size,
                                 reference_deltanet, write_fla_folder)
 from engine import LoadError
-from engine.models.deltanet import DeltaNetModel, looks_like_deltanet
+from engine.models.deltanet import DeltaNetModel
+from engine.models.deltanet_loading import looks_like_deltanet
 
 SMALL = {"hidden_size": 16, "num_heads": 2, "num_hidden_layers": 2, "vocab_size": 31, "intermediate_size": 24}
 

@@ -27,7 +27,7 @@ def builders():
     import test_rwkv7_golden as r7
     import test_rwkv_golden as r4
     import test_xlstm_golden as xl
-    from engine.models.recurrent_gemma import from_transformers as rg_from
+    from engine.models.recurrent_gemma_loading import from_transformers as rg_from
 
     return {
         "mamba": lambda: m1.ours(m1.hf_model(), scan="numba", dtype=F64),

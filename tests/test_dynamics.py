@@ -68,7 +68,7 @@ def _diagonal_models(tmp_path):
     from test_mingru import make as mingru
     from test_recurrent_gemma_golden import hf_model as rg
 
-    from engine.models.recurrent_gemma import from_transformers
+    from engine.models.recurrent_gemma_loading import from_transformers
 
     return {"mamba": ours(hf_model(seed=1), dtype=torch.float64), "hgrn": hgrn(dtype=torch.float64)[0],
             "mingru": mingru(dtype=torch.float64)[0], "minlstm": mingru("minlstm", dtype=torch.float64)[0],

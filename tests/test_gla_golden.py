@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import engine
-from engine.models.gla import SUB, LinearAttentionModel, attention_from_trace, linear_attention
+from engine.models.gla import LinearAttentionModel, attention_from_trace
+from engine.models.gla_scan import SUB, linear_attention
 from gla_reference import fla_config, float64_weights, load_fla_naive, random_checkpoint, reference_lm, save_fla_folder
 
 CASES = [

@@ -11,7 +11,7 @@ import torch
 
 import engine
 from engine import LoadError
-from engine.models import gla, mamba, mingru, rwkv
+from engine.models import gla_loading, mamba, mingru, rwkv_loading
 from engine.models.gla import LinearAttentionModel
 from gla_reference import fla_config, float64_weights, random_checkpoint, reference_lm, save_fla_folder
 
@@ -104,16 +104,16 @@ def test_a_bare_gla_state_dict_is_recognised_and_asks_for_the_head_count(tmp_pat
 
 def test_other_families_are_not_claimed_and_ours_are_not_theirs(tmp_path):
     lstm = torch.nn.LSTM(8, 16, 2).state_dict()
-    assert not gla.looks_like(lstm, [])
+    assert not gla_loading.looks_like(lstm, [])
     transformers = pytest.importorskip("transformers")
     cfg = transformers.MambaConfig(vocab_size=30, hidden_size=16, state_size=4, num_hidden_layers=2)
     hf = transformers.MambaForCausalLM(cfg)
     hf.save_pretrained(tmp_path / "mamba")
     configs = [("config.json", json.loads((tmp_path / "mamba" / "config.json").read_text()))]
-    assert not gla.looks_like(dict(hf.state_dict()), configs)
+    assert not gla_loading.looks_like(dict(hf.state_dict()), configs)
     assert isinstance(engine.load(tmp_path / "mamba", device="cpu"), mamba.MambaModel)
     for family in ("gla", "retnet"):
         c = fla_config(family)
         sd = random_checkpoint(c, 46)
-        for other in (mamba, mingru, rwkv):
+        for other in (mamba, mingru, rwkv_loading):
             assert not other.looks_like(sd, [("config.json", c)]), (family, other.__name__)

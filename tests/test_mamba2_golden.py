@@ -15,7 +15,9 @@ import torch
 
 import engine
 from engine.models import mamba2 as m2
-from engine.models.mamba2 import Mamba2Config, Mamba2Model, canonical_weight_shapes, ssd_attention
+from engine.models.mamba2 import Mamba2Config, Mamba2Model, canonical_weight_shapes
+from engine.models.mamba2_loading import from_transformers
+from engine.models.mamba2_scan import ssd_attention, ssd_block
 from family_checks import (assert_only_the_window_is_computed, assert_outputs_match_transformers,
                            assert_probes_match_reference, assert_progress_and_cancel)
 from mamba2_reference import float64_weights, reference_mamba2
@@ -44,7 +46,7 @@ def hf_model(seed=0, vocab=37, d=16, N=4, layers=2, heads=8, head_dim=4, groups=
 
 
 def ours(hf, dtype=torch.float32, **kw):
-    return m2.from_transformers(hf, dtype=dtype, **kw)
+    return from_transformers(hf, dtype=dtype, **kw)
 
 
 def reference(hf, ids, **kw):
@@ -146,7 +148,7 @@ def test_the_ssd_block_equals_its_own_sequential_form():
     dt = torch.rand(L, nb, H, generator=g, dtype=torch.float64) * 2
     A = -torch.rand(H, generator=g, dtype=torch.float64) * 3
     S0 = torch.randn(nb, H, P, N, generator=g, dtype=torch.float64)
-    y, S_end, states = m2.ssd_block(A, x, dt, Bm, Cm, S0, want_states=True)
+    y, S_end, states = ssd_block(A, x, dt, Bm, Cm, S0, want_states=True)
     S = S0.clone()
     heads = torch.arange(H) // (H // G)
     for t in range(L):

@@ -10,7 +10,7 @@ import torch
 
 import engine
 from engine import LoadError
-from engine.models import mamba2 as m2
+from engine.models import mamba2_loading
 from engine.models.mamba2 import Mamba2Model
 from family_checks import assert_bad_keys_are_named
 
@@ -93,15 +93,15 @@ def test_other_families_are_not_claimed(tmp_path):
 
     mamba1 = mamba1_model(45, vocab=20, d=8, N=2, layers=1)
     mamba1.save_pretrained(tmp_path / "m1")
-    assert not m2.looks_like(dict(mamba1.state_dict()), [("config.json", mamba1.config.to_dict())])
-    assert not m2.looks_like(dict(mamba1.state_dict()), [("config.json", {"model_type": "mamba2"})])
+    assert not mamba2_loading.looks_like(dict(mamba1.state_dict()), [("config.json", mamba1.config.to_dict())])
+    assert not mamba2_loading.looks_like(dict(mamba1.state_dict()), [("config.json", {"model_type": "mamba2"})])
     assert type(engine.load(tmp_path / "m1", device="cpu")).__name__ == "MambaModel"
     lstm = torch.nn.LSTM(8, 16, 2)
-    assert not m2.looks_like({f"rnn.{k}": v for k, v in lstm.state_dict().items()}, [])
+    assert not mamba2_loading.looks_like({f"rnn.{k}": v for k, v in lstm.state_dict().items()}, [])
     # a hybrid with Mamba2 mixers, by its config, is left to the Mamba loader's message
     hf = hf_model(46, vocab=20, d=8, N=2, layers=1, heads=4, head_dim=4)
-    assert m2.looks_like(dict(hf.state_dict()), [])
-    assert not m2.looks_like(dict(hf.state_dict()), [("config.json", {"model_type": "bamba"})])
+    assert mamba2_loading.looks_like(dict(hf.state_dict()), [])
+    assert not mamba2_loading.looks_like(dict(hf.state_dict()), [("config.json", {"model_type": "bamba"})])
 
 
 def test_tokenizer_json_beside_the_weights_is_used(tmp_path):

@@ -86,7 +86,7 @@ def build(family, tmp_path, layers=3):
         from test_mingru import make
         return make(layers=layers, seed=1)[0] if family == "mingru" else make("minlstm", conv=3, layers=layers, seed=1)[0]
     if family == "recurrent_gemma":
-        from engine.models.recurrent_gemma import from_transformers
+        from engine.models.recurrent_gemma_loading import from_transformers
         from test_recurrent_gemma_golden import hf_model
         return from_transformers(hf_model("mqa-w8", seed=1))  # recurrent, recurrent, attention
     raise AssertionError(family)

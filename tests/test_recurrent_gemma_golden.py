@@ -16,7 +16,8 @@ import torch
 
 import engine
 from engine.models.mamba import numba_available
-from engine.models.recurrent_gemma import RecurrentGemmaConfig, from_transformers
+from engine.models.recurrent_gemma import RecurrentGemmaConfig
+from engine.models.recurrent_gemma_loading import from_transformers
 from recurrent_gemma_reference import reference
 
 transformers = pytest.importorskip("transformers")

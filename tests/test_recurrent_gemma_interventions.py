@@ -9,7 +9,9 @@ import torch
 import engine
 from engine import Intervention, Span
 from engine.models.mingru import gated_attention
-from engine.models.recurrent_gemma import from_transformers, input_scale, local_attention
+from engine.models.recurrent_gemma import input_scale
+from engine.models.recurrent_gemma_loading import from_transformers
+from engine.models.recurrent_gemma_scan import local_attention
 from recurrent_gemma_reference import reference
 
 pytest.importorskip("transformers")

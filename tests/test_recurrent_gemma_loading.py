@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import engine
 from engine import LoadError
-from engine.models import recurrent_gemma
+from engine.models import recurrent_gemma_loading
 from engine.models.recurrent_gemma import RecurrentGemmaModel
 
 transformers = pytest.importorskip("transformers")
@@ -31,7 +31,7 @@ def test_save_pretrained_folder_loads_unchanged(tmp_path, case):
     assert isinstance(model, RecurrentGemmaModel)
     info = model.info()
     assert info["architecture"] == "recurrent_gemma" and info["layout"] == "transformers RecurrentGemmaForCausalLM"
-    assert model.config == recurrent_gemma.from_transformers(hf).config
+    assert model.config == recurrent_gemma_loading.from_transformers(hf).config
     ids = np.random.default_rng(0).integers(0, 37, 100)
     np.testing.assert_allclose(engine.run(model, ids, probes="logits")["logits"], hf_logits(hf, ids), atol=2e-5, rtol=2e-5)
     assert isinstance(engine.load(tmp_path / "config.json", device="cpu"), RecurrentGemmaModel)
@@ -109,9 +109,9 @@ def test_other_families_are_not_claimed(tmp_path):
     transformers.MambaForCausalLM(mc).save_pretrained(tmp_path / "mamba")
     sd = load_file(tmp_path / "mamba" / "model.safetensors")
     cfg = [("config.json", json.loads((tmp_path / "mamba" / "config.json").read_text()))]
-    assert not recurrent_gemma.looks_like(sd, cfg)
+    assert not recurrent_gemma_loading.looks_like(sd, cfg)
     assert engine.load(tmp_path / "mamba", device="cpu").architecture == "mamba"
     lstm = torch.nn.LSTM(8, 16, num_layers=2)
-    assert not recurrent_gemma.looks_like(dict(lstm.state_dict()), [])
+    assert not recurrent_gemma_loading.looks_like(dict(lstm.state_dict()), [])
     torch.save(lstm.state_dict(), tmp_path / "lstm.pt")
     assert engine.load(tmp_path / "lstm.pt", device="cpu").architecture != "recurrent_gemma"

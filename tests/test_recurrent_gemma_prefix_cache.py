@@ -6,7 +6,7 @@ import pytest
 
 import engine
 from engine import Intervention, PrefixCache
-from engine.models.recurrent_gemma import from_transformers
+from engine.models.recurrent_gemma_loading import from_transformers
 from family_checks import assert_traces_equal, assert_typing_reuses_the_prefix, assert_typing_sessions_match_full_runs
 
 pytest.importorskip("transformers")

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 import engine
-from engine.models.rwkv7 import (SUB, Rwkv7Model, _piece_bounds, attention_from_trace, load_rwkv7,
-                                 wkv7_pieces)
+from engine.models.rwkv7 import Rwkv7Model
+from engine.models.rwkv7_loading import load_rwkv7
+from engine.models.rwkv7_scan import SUB, _piece_bounds, attention_from_trace, wkv7_pieces
 from family_checks import assert_only_the_window_is_computed, assert_probes_match_reference
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7
 
@@ -240,7 +241,7 @@ def test_attn_probe_is_the_mean_over_heads_of_abs_alpha_in_the_window():
 
 def test_a_long_input_never_costs_t_squared(monkeypatch):
     """Only the window's columns are carried, from its first column to its last row."""
-    import engine.models.rwkv7 as mod
+    import engine.models.rwkv7_scan as mod
 
     model = model_for(random_state_dict(15, layers=1))
     steps = []

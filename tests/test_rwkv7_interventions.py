@@ -9,7 +9,8 @@ import torch
 
 import engine
 from engine import Intervention, InterventionError, Span
-from engine.models.rwkv7 import SITES, load_rwkv7
+from engine.models.rwkv7 import SITES
+from engine.models.rwkv7_loading import load_rwkv7
 from family_checks import batched_edit_matches_each_alone, token_ids as ids
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7
 

@@ -9,7 +9,7 @@ import torch
 
 import engine
 from engine import LoadError
-from engine.models import rwkv, rwkv7
+from engine.models import rwkv7_loading, rwkv_loading
 from engine.models.rwkv7 import Rwkv7Model
 from rwkv7_reference import float64_weights, random_state_dict, reference_rwkv7
 
@@ -83,8 +83,8 @@ def lstm_tensors():
 
 def test_other_families_are_not_claimed_and_rwkv4_does_not_claim_rwkv7(tmp_path):
     v7 = random_state_dict(45, layers=2)
-    assert rwkv7.looks_like(v7, []) and not rwkv.looks_like(v7, [])
-    assert not rwkv7.looks_like(lstm_tensors(), [])
+    assert rwkv7_loading.looks_like(v7, []) and not rwkv_loading.looks_like(v7, [])
+    assert not rwkv7_loading.looks_like(lstm_tensors(), [])
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     mamba = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=20, hidden_size=8, state_size=4,
@@ -94,8 +94,8 @@ def test_other_families_are_not_claimed_and_rwkv4_does_not_claim_rwkv7(tmp_path)
     blink4 = {k.removeprefix("rwkv.").replace(".attention.", ".att.").replace(".feed_forward.", ".ffn.")
               .replace("embeddings.", "emb.").replace("blocks.0.pre_ln", "blocks.0.ln0"): v for k, v in rwkv4.items()}
     for tensors in (mamba, rwkv4, blink4):
-        assert not rwkv7.looks_like(tensors, [])
-    assert rwkv.looks_like(blink4, []) and rwkv.looks_like(rwkv4, [])
+        assert not rwkv7_loading.looks_like(tensors, [])
+    assert rwkv_loading.looks_like(blink4, []) and rwkv_loading.looks_like(rwkv4, [])
     assert type(engine.load(save(blink4, tmp_path / "rwkv4.pth"), device="cpu")).__name__ == "RwkvModel"
     assert type(engine.load(save(v7, tmp_path / "rwkv7.pth"), device="cpu")).__name__ == "Rwkv7Model"
 

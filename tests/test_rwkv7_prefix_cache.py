@@ -5,7 +5,7 @@ import pytest
 
 import engine
 from engine import Intervention, PrefixCache, Span
-from engine.models.rwkv7 import load_rwkv7
+from engine.models.rwkv7_loading import load_rwkv7
 from family_checks import (assert_batched_edit_reruns_from_the_chunk_before, assert_edit_reruns_from_the_chunk_before,
                            assert_edit_sessions_match_full_runs, assert_traces_equal, assert_typing_reuses_the_prefix,
                            assert_window_change_runs_from_the_start, run_counting_chunks, token_ids as ids)

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import engine
-from engine.models.rwkv import (RwkvConfig, RwkvModel, canonical_weight_shapes, from_transformers, numba_available,
-                                wkv_attention, wkv_log_normaliser)
+from engine.models.rwkv import RwkvConfig, RwkvModel, canonical_weight_shapes, numba_available
+from engine.models.rwkv_loading import from_transformers
+from engine.models.rwkv_scan import wkv_attention, wkv_log_normaliser
 from family_checks import (assert_only_the_window_is_computed, assert_outputs_match_transformers,
                            assert_probes_match_reference, assert_progress_and_cancel)
 from rwkv_reference import float64_weights, reference_rwkv
@@ -261,7 +262,7 @@ def test_progress_cancel_and_half_precision():
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed")
 def test_serial_and_parallel_compiled_loops_give_the_same_bits():
-    from engine.models.rwkv import BLK, _numba_kernels
+    from engine.models.rwkv_scan import BLK, _numba_kernels
 
     serial, parallel = _numba_kernels()
     rng = np.random.default_rng(9)

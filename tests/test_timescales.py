@@ -169,7 +169,7 @@ def _mamba2():
 def _rwkv():
     from test_rwkv_golden import hf_model
 
-    from engine.models.rwkv import from_transformers
+    from engine.models.rwkv_loading import from_transformers
 
     hf = hf_model(seed=2)
     model = from_transformers(hf)
@@ -180,7 +180,7 @@ def _rwkv():
 def _rwkv7():
     from rwkv7_reference import random_state_dict
 
-    from engine.models.rwkv7 import load_rwkv7
+    from engine.models.rwkv7_loading import load_rwkv7
 
     model = load_rwkv7(random_state_dict(0, vocab=37, C=16, heads=2, layers=2, ffn=None), [], name="t", fmt="pth",
                        device="cpu")
@@ -191,7 +191,7 @@ def _rwkv7():
 def _recurrent_gemma():
     from test_recurrent_gemma_golden import hf_model
 
-    from engine.models.recurrent_gemma import from_transformers
+    from engine.models.recurrent_gemma_loading import from_transformers
 
     hf = hf_model()
     model = from_transformers(hf)

@@ -24,7 +24,7 @@ def mamba2(tmp_path):
 
 
 def recurrent_gemma(tmp_path):
-    from engine.models.recurrent_gemma import from_transformers
+    from engine.models.recurrent_gemma_loading import from_transformers
     from test_recurrent_gemma_golden import hf_model
 
     return from_transformers(hf_model())

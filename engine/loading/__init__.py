@@ -68,7 +68,8 @@ reader per format, each returning the neutral record of ``record``), ``safe_unpi
 vocabularies kept with a model), ``classic_inference`` and ``classic`` (the classic recurrent
 stack: names and shapes → layers, then the model), ``config_example`` (the ``config=`` a loading
 error offers, built from the file's own tensors), ``saving`` (:func:`save_model`); the modern
-families build themselves (``engine.models.<family>``).
+families build themselves (``engine.models.<family>``, or ``<family>_loading`` where a family's
+reading has a module of its own).
 """
 from __future__ import annotations
 
@@ -81,16 +82,16 @@ import torch
 
 from ..errors import LoadError
 from ..limits import display_name
-from ..models import deltanet as _deltanet
-from ..models import gla as _gla
+from ..models import deltanet_loading as _deltanet
+from ..models import gla_loading as _gla
 from ..models import hgrn as _hgrn
 from ..models import lru as _lru
 from ..models import mamba as _mamba
-from ..models import mamba2 as _mamba2
+from ..models import mamba2_loading as _mamba2
 from ..models import mingru as _mingru
-from ..models import recurrent_gemma as _recurrent_gemma
-from ..models import rwkv as _rwkv
-from ..models import rwkv7 as _rwkv7
+from ..models import recurrent_gemma_loading as _recurrent_gemma
+from ..models import rwkv_loading as _rwkv
+from ..models import rwkv7_loading as _rwkv7
 from ..models import xlstm as _xlstm
 from ..models.stack import RecurrentStack
 from .classic import _build

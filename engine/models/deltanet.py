@@ -69,20 +69,16 @@ prefix cache keeps S and the three convolution buffers (the last conv_size - 1 p
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
-                     names_under, probe_table, unused_note)
+from .deltanet_scan import SUB, delta_rule_attention, delta_rule_chunk, log_decay, state_after, states_after_each_step
+from .family import FamilyConfig, FamilyModel, probe_table
 
-#: steps of one triangular solve of the delta rule
-SUB = 64
 #: the epsilon fla's l2norm kernel adds under the root
 L2_EPS = 1e-6
 
@@ -179,91 +175,6 @@ def canonical_weight_shapes(cfg: DeltaNetConfig) -> dict[str, tuple[int, ...]]:
     if not cfg.tie_embeddings:
         shapes["lm_head.weight"] = (cfg.vocab_size, d)
     return shapes
-
-
-# ======================================================================================
-# the delta rule, chunked
-# ======================================================================================
-
-
-def delta_rule_chunk(q, k, v, beta, S, g=None):
-    """Steps of the delta rule at once.  ``q``, ``k`` [B, H, n, d_k] (q already scaled), ``v``
-    [B, H, n, d_v], ``beta`` [B, H, n], ``S`` [B, H, d_k, d_v] the state before the first step,
-    ``g`` [B, H, n] the log decays of the gated delta rule (None: DeltaNet, no decay).
-    Returns ``(o [B, H, n, d_v], U [B, H, n, d_v], S after the last step)``, U the pseudo-values
-    u_t = beta_t (v_t - S'_t^T k_t) with S'_t = exp(g_t) S_(t-1), so that
-    S_t = G_t S + sum_(j<=t) (G_t / G_j) k_j u_j^T, G_t = exp(g_0 + ... + g_t)."""
-    b = beta[..., None]
-    kk, qk, kS, qS = k @ k.transpose(-1, -2), q @ k.transpose(-1, -2), k @ S, q @ S
-    if g is None:
-        kk, qk = torch.tril(kk, -1), torch.tril(qk)
-    else:
-        D, G = decay_ratios(g, k.dtype)
-        kk, qk = torch.tril(kk * D, -1), qk * D
-        kS, qS = kS * G[..., None], qS * G[..., None]
-    U = torch.linalg.solve_triangular(kk * b, b * (v - kS), upper=False, unitriangular=True)
-    return qS + qk @ U, U, state_after(k, U, S, g, k.shape[-2])
-
-
-def decay_ratios(g, dtype):
-    """``(D, G)`` for log decays ``g`` [..., n]: D[t, j] = G_t / G_j for j <= t (0 above the
-    diagonal) and G_t = exp(g_0 + ... + g_t), from a cumulative sum in float64."""
-    c = torch.cumsum(g.double(), -1)
-    n = g.shape[-1]
-    above = torch.ones(n, n, dtype=torch.bool, device=g.device).triu(1)
-    D = torch.exp((c[..., :, None] - c[..., None, :]).masked_fill(above, float("-inf")))
-    return D.to(dtype), torch.exp(c).to(dtype)
-
-
-def log_decay(decay):
-    """log(decay) in float64 for :func:`decay_ratios`; a decay of 0 (an edit) forgets all."""
-    return torch.log(decay.double()).clamp_min(-1e4)
-
-
-def state_after(k, U, S, g, m):
-    """The state after the first ``m`` steps of a :func:`delta_rule_chunk` call."""
-    k, U = k[..., :m, :], U[..., :m, :]
-    if g is None:
-        return S + k.transpose(-1, -2) @ U
-    c = torch.cumsum(g[..., :m].double(), -1)
-    to_end = torch.exp(c[..., -1:] - c).to(k.dtype)
-    return torch.exp(c[..., -1]).to(k.dtype)[..., None, None] * S + (k * to_end[..., None]).transpose(-1, -2) @ U
-
-
-def states_after_each_step(k, U, S, g=None):
-    """S_t for every step of a :func:`delta_rule_chunk` call: [B, H, n, d_k, d_v]."""
-    if g is None:
-        return S[:, :, None] + torch.cumsum(k[..., :, None] * U[..., None, :], dim=2)
-    D, G = decay_ratios(g, k.dtype)
-    return G[..., None, None] * S[:, :, None] + torch.einsum("bhtj,bhjk,bhjv->bhtkv", D, k, U)
-
-
-def delta_rule_attention(q, k, beta, rows, cols, g=None) -> torch.Tensor:
-    """Implicit attention of the (gated) delta rule from a zero state, for one sequence: ``q``,
-    ``k`` [T, H, d_k] (q scaled), ``beta`` and the log decays ``g`` [T, H].  Returns alpha
-    [rows, cols, H] for the half-open ranges ``rows`` and ``cols`` (0 for j > i and outside T),
-    with o_i = sum_j alpha_ij v_j.  Runs the delta rule with one-hot values at the window's
-    columns over steps c0..r1-1 only."""
-    T, H, _ = q.shape
-    (r0, r1), (c0, c1) = rows, cols
-    out = q.new_zeros(r1 - r0, c1 - c0, H)
-    r1c, c1c = min(r1, T), min(c1, T)
-    if r1c <= r0 or c1c <= c0 or r1c <= c0:
-        return out
-    width = c1c - c0
-    S = q.new_zeros(1, H, q.shape[-1], width)
-    for a in range(c0, r1c, SUB):  # sub-chunks on a grid from c0
-        b = min(a + SUB, r1c)
-        onehot = q.new_zeros(b - a, width)
-        j = torch.arange(a, min(b, c1c))
-        onehot[j - a, j - c0] = 1
-        qa, ka = (x[a:b].permute(1, 0, 2)[None] for x in (q, k))
-        ga = None if g is None else g[a:b].T[None]
-        o, _, S = delta_rule_chunk(qa, ka, onehot.expand(1, H, b - a, width), beta[a:b].T[None], S, ga)
-        lo, hi = max(a, r0), b
-        if lo < hi:
-            out[lo - r0:hi - r0, :width] = o[0, :, lo - a:hi - a].permute(1, 2, 0)
-    return out
 
 
 # ======================================================================================
@@ -540,155 +451,3 @@ class DeltaNetModel(FamilyModel):
                                              (c0, c1), g)
                 res[r0:hi, b] = alpha.abs().mean(-1).to(self.dtype)
         return res
-
-
-# ======================================================================================
-# loading: fla DeltaNetForCausalLM folders
-# ======================================================================================
-
-_Q_PROJ = re.compile(r"^(.*?)layers\.(\d+)\.attn\.q_proj\.weight$")
-#: tensors of other fla families with the same q/k/v names (GLA, HGRN, ...)
-_OTHER_FLA = ("attn.gk_proj", "attn.g_norm_swish_gate", "attn.f_proj", "attn.i_proj")
-_GATED = ("attn.A_log", "attn.a_proj.weight", "attn.dt_bias")
-MODEL_TYPES = {"delta_net": False, "gated_deltanet": True}  # -> gated
-
-
-def looks_like_deltanet(tensors: dict, configs: list) -> bool:
-    """An fla (gated) DeltaNet checkpoint: ``config.json`` with ``model_type`` "delta_net" or
-    "gated_deltanet", or (with no model_type stated) ``…layers.{i}.attn.q_proj.weight`` next to
-    ``attn.o_norm.weight`` and convolutions, ``b_proj`` or the gated rule's ``A_log``,
-    ``a_proj`` and ``dt_bias``, and none of the tensors of fla's other families."""
-    for _, d in configs:
-        if "model_type" in d:
-            return str(d["model_type"]).lower() in MODEL_TYPES
-        if str(d.get("family", "")).lower() in ("deltanet", "gated_deltanet"):
-            return True
-    if not any(_Q_PROJ.match(k) for k in tensors):
-        return False
-    keys = list(tensors)
-    if any(marker in key for key in keys for marker in _OTHER_FLA):
-        return False
-    has = lambda suffix: any(key.endswith(suffix) for key in keys)  # noqa: E731
-    gated = [has(marker) for marker in _GATED]
-    if any(gated) and not all(gated):
-        return False
-    return has("attn.o_norm.weight") and (has("attn.k_conv1d.weight") or has("attn.b_proj.weight"))
-
-
-def _stated_config(configs: list, name: str) -> dict:
-    """DeltaNetConfig fields stated by fla's config.json (or SeqScope metadata)."""
-    for src, d in configs:
-        if str(d.get("family", "")).lower() in ("deltanet", "gated_deltanet"):
-            return {k: v for k, v in d.items() if k in DeltaNetConfig.__dataclass_fields__}
-        model_type = str(d.get("model_type", "")).lower()
-        if model_type not in MODEL_TYPES:
-            continue
-        gated = MODEL_TYPES[model_type]
-        if d.get("attn"):
-            layers = d["attn"].get("layers") if isinstance(d["attn"], dict) else d["attn"]
-            raise LoadError(f"{src}: 'attn' puts softmax attention in layers {layers} (a hybrid "
-                            "model); SeqScope reads pure (gated) DeltaNet models only")
-        act = str(d.get("hidden_act", "swish"))
-        if act not in ("swish", "silu"):
-            raise LoadError(f"{src} gives hidden_act {act!r}; SeqScope's DeltaNet supports the swish (swiglu) MLP only")
-        c = StatedConfig(d, src)
-        out = {"gated": gated}
-        out.update(c.sizes((("d_model", "hidden_size"), ("n_layer", "num_hidden_layers"), ("vocab_size", "vocab_size"),
-                            ("num_heads", "num_heads"), ("conv_size", "conv_size"))))
-        for ours, theirs in (("num_v_heads", "num_v_heads"), ("intermediate_size", "intermediate_size")):
-            if d.get(theirs) is not None:  # null: derived from the other sizes
-                out[ours] = c.whole(theirs)
-        for ours, theirs in (("use_beta", "use_beta"), ("use_gate", "use_gate"), ("use_short_conv", "use_short_conv"),
-                             ("tie_embeddings", "tie_word_embeddings")):
-            if theirs in d:
-                out[ours] = c.flag(theirs)
-        if gated:  # DeltaNetConfig in fla does not pass allow_neg_eigval to its layers; GatedDeltaNetConfig does
-            out.update(use_beta=True, allow_neg_eigval=c.flag("allow_neg_eigval", False))
-            out.setdefault("use_gate", True)
-        for key in ("qk_activation", "qk_norm"):
-            if key in d and not gated:
-                out[key] = str(d[key])
-        if "norm_eps" in d:
-            out["norm_eps"] = c.number("norm_eps")
-        hid = out.get("d_model")
-        if gated and d.get("head_dim") is not None and "num_heads" in out:
-            out["key_dim"] = out["num_heads"] * c.whole("head_dim")
-            head_v = c.scaled("expand_v", c.whole("head_dim"), 2.0)
-            out["value_dim"] = out.get("num_v_heads", out["num_heads"]) * head_v
-        elif hid and not gated:
-            out["key_dim"] = c.scaled("expand_k", hid, 1.0)
-            out["value_dim"] = c.scaled("expand_v", hid, 1.0)
-        if hid and "intermediate_size" not in out:  # fla's GatedMLP: 2/3 * hidden_ratio * hidden, to a multiple of 256
-            inter = c.scaled("hidden_ratio", hid * 2, 4) // 3
-            out["intermediate_size"] = 256 * ((inter + 255) // 256)
-        return out
-    return {}
-
-
-def _canonical_names(tensors: dict, name: str) -> tuple[dict, dict]:
-    """File keys -> fla names whatever the prefix (``model.``, none, ``module.model.``)."""
-    prefixes = {m.group(1) for k in tensors if (m := _Q_PROJ.match(k))}
-    if len(prefixes) != 1:
-        raise LoadError(f"{name}: expected DeltaNet layer weights named …layers.{{i}}.attn.q_proj.weight under one "
-                        f"prefix (found prefixes: {', '.join(sorted(prefixes)) or 'none'})")
-    return names_under(tensors, prefixes.pop(), "model.", "lm_head.")
-
-
-def _inferred_config(canon: dict, stated: dict) -> dict:
-    """DeltaNetConfig fields from the weights, where the config left them out."""
-    out = dict(stated)
-    n = 0
-    while f"model.layers.{n}.attn.q_proj.weight" in canon:
-        n += 1
-    out.setdefault("n_layer", n)
-    a = "model.layers.0.attn."
-    shape = lambda key, i: int(canon[key].shape[i]) if key in canon and canon[key].ndim > i else None  # noqa: E731
-    for field, key, i in (("d_model", a + "q_proj.weight", 1), ("key_dim", a + "q_proj.weight", 0),
-                          ("value_dim", a + "v_proj.weight", 0), ("vocab_size", "model.embeddings.weight", 0),
-                          ("intermediate_size", "model.layers.0.mlp.gate_proj.weight", 0),
-                          ("conv_size", a + "q_conv1d.weight", 2)):
-        if shape(key, i) is not None:
-            out.setdefault(field, shape(key, i))
-    out.setdefault("gated", a + "A_log" in canon)
-    heads = shape(a + "b_proj.weight", 0) or shape(a + "A_log", 0)  # value heads
-    if not heads and shape(a + "o_norm.weight", 0) and out.get("value_dim"):
-        heads = out["value_dim"] // shape(a + "o_norm.weight", 0)
-    if heads:
-        out.setdefault("num_heads", heads)  # without a config: no grouped value heads
-    out.setdefault("use_beta", a + "b_proj.weight" in canon)
-    out.setdefault("use_gate", a + "g_proj.weight" in canon)
-    out.setdefault("use_short_conv", a + "q_conv1d.weight" in canon)
-    out["conv_bias"] = a + "q_conv1d.bias" in canon  # fla's config does not state it
-    out.setdefault("tie_embeddings", "lm_head.weight" not in canon)
-    return out
-
-
-def load_deltanet(tensors: dict, configs: list, *, name: str, fmt: str, strict: bool = True,
-                  **kwargs) -> DeltaNetModel:
-    """A :class:`DeltaNetModel` from a checkpoint's tensors and the configs stored with it
-    (``[(where, dict)]``); every problem is a LoadError naming the keys involved."""
-    stated = _stated_config(configs, name)
-    canon, origin = _canonical_names(tensors, name)
-    cfg = config_from_fields(DeltaNetConfig, _inferred_config(canon, stated), name=name, label="(gated) DeltaNet",
-                             tensors=tensors)
-    expected = canonical_weight_shapes(cfg)
-    what = (f"a {cfg.family} model (fla layout: d_model={cfg.d_model}, n_layer={cfg.n_layer}, "
-            f"num_heads={cfg.num_heads}, key_dim={cfg.key_dim}, value_dim={cfg.value_dim})")
-    tied_head = ["lm_head.weight"] if cfg.tie_embeddings else []
-    unused = check_loaded_weights(name, what, expected, canon, origin, strict, ignored=tied_head)
-    model = build_model(DeltaNetModel, cfg, {cn: canon[cn] for cn in expected}, name=name, label="DeltaNet",
-                        **kwargs)
-    model.load_info.update({"format": fmt, "layout": "fla " + ("GatedDeltaNetForCausalLM" if cfg.gated
-                                                              else "DeltaNetForCausalLM")})
-    notes = [unused_note(unused)] if unused else []
-    if "num_heads" not in stated:
-        notes.append(f"no config states num_heads: {cfg.num_heads} taken from the weights (one per beta), so "
-                     f"d_k = {cfg.head_k}; give config.json if the model groups value heads (num_v_heads)")
-    if notes:
-        model.load_info["notes"] = "\n".join(notes)
-    return model
-
-
-#: the names engine.loading looks for in a family module
-looks_like = looks_like_deltanet
-load = load_deltanet

@@ -119,7 +119,7 @@ def linear_recurrence(coef, inp, h, hs):  # pragma: no cover - compiled
                 hs[t, b, c] = v
 
 
-# -- RWKV-4: the WKV recurrence (engine/models/rwkv.py) ----------------------------------------
+# -- RWKV-4: the WKV recurrence (engine/models/rwkv_scan.py) -----------------------------------
 
 
 @njit(cache=True)

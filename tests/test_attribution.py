@@ -133,7 +133,7 @@ def test_ig_on_a_norm_first_model_spaces_its_nodes_where_f_changes():
     automatic rule sees f(x/4) = f(x) and spaces the nodes geometrically: completeness within 2 %
     and scores that no longer move with the steps (1e-2)."""
     transformers = pytest.importorskip("transformers")
-    from engine.models.rwkv import from_transformers as rwkv_from
+    from engine.models.rwkv_loading import from_transformers as rwkv_from
 
     torch.manual_seed(0)
     hf = transformers.RwkvForCausalLM(transformers.RwkvConfig(vocab_size=17, hidden_size=8, num_hidden_layers=2,

@@ -36,6 +36,8 @@ from .trace import Trace
 
 MAX_COMPRESSION = 1100  # gzip cannot shrink data more than about 1032:1 (deflate's limit)
 MAX_ATTR_CHARS = 64 * 2**20  # a JSON attribute
+_DAMAGE = (KeyError, OSError, ValueError, TypeError, RuntimeError, IndexError, OverflowError, RecursionError,
+           AttributeError, InterventionError)  # how h5py refuses a damaged structure
 
 
 class TraceLoadError(TraceFileError, LoadError):
@@ -99,9 +101,26 @@ def load_trace(path) -> Trace:
             return _Reader(f, path, size).trace()
     except TraceLoadError:
         raise
-    except (KeyError, OSError, ValueError, TypeError, RuntimeError, IndexError, OverflowError, RecursionError,
-            AttributeError, InterventionError) as exc:  # h5py's own refusals of damaged structures
+    except _DAMAGE as exc:  # h5py's own refusals of damaged structures
         raise TraceLoadError(f"{path} is a SeqScope trace but could not be read (damaged?): "
+                             f"{_first_line(exc)}") from None
+
+
+def load_state(path, which: str = "final_state") -> dict[str, np.ndarray] | None:
+    """Only ``/final_state`` (or ``/initial_state``) of a trace file, ``{name: [sequences,
+    width]}``, or None when the file has none; checked like :func:`load_trace`, without reading
+    the probes."""
+    path = Path(path)
+    f, size = _open(path)
+    try:
+        with f:
+            check_trace_file(f, path)
+            reader = _Reader(f, path, size)
+            return reader.state(which, len(reader.array("sequences/offsets", "iu", (1,))) - 1)
+    except TraceLoadError:
+        raise
+    except _DAMAGE as exc:
+        raise TraceLoadError(f"{path} is a SeqScope trace but its /{which} could not be read (damaged?): "
                              f"{_first_line(exc)}") from None
 
 

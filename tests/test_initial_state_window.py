@@ -1,0 +1,91 @@
+"""The window's Run ▸ Start from a trace's final state… / Continue from this run's final state /
+Start from zeros, offscreen: each trace the window shows against ``engine.run`` with the same
+initial state (exact: the same model object, input and arrays); refusals keep everything."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pytestqt")
+from PySide6.QtWidgets import QFileDialog  # noqa: E402
+
+import engine  # noqa: E402
+from test_workbench import open_with_text  # noqa: E402  (tests/ is on the path, as for corpus_helpers)
+
+CHARS = "abcdefgh \n.()"
+TEXT = "abc(de)fg.h\nab"
+WAIT = 20000
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def char_model_file(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.ModuleDict({"embedding": torch.nn.Embedding(len(CHARS), 5), "lstm": torch.nn.LSTM(5, 12, 2),
+                               "fc": torch.nn.Linear(12, len(CHARS))})
+    path = tmp_path / "char_lstm.pt"
+    torch.save({"state_dict": net.state_dict(), "vocab": CHARS}, path)
+    return path
+
+
+def assert_shows(s, want):
+    assert s.trace.text(0) == want.text(0)
+    for name in want.probes:
+        np.testing.assert_array_equal(s.trace[name], want[name], err_msg=name)
+
+
+def trigger(qtbot, s, action):
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        action.trigger()
+
+
+def test_continue_from_this_run_then_start_from_zeros(qtbot, window, char_model_file):
+    s = open_with_text(qtbot, window, char_model_file, TEXT)
+    continue_action = window.start_actions[1]
+    assert continue_action.isEnabled() and not window.zeros_action.isEnabled()
+    first = s.trace
+    trigger(qtbot, s, continue_action)
+    assert_shows(s, engine.run(s.model, TEXT, initial_state=engine.final_state(first)))
+    assert window.model_label.text().endswith(" · from the final state of the previous run (14 tokens)")
+    assert window.zeros_action.isEnabled()
+    second = s.trace  # continuing again chains: from the end of the run that itself continued
+    trigger(qtbot, s, continue_action)
+    assert_shows(s, engine.run(s.model, TEXT, initial_state=second))
+    state = engine.final_state(second)
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):  # later runs (another text) start there too
+        window.views["Input"].editor.setPlainText("hg.ba")
+    assert_shows(s, engine.run(s.model, "hg.ba", initial_state=state))
+    assert s.trace.initial_state["layers.1.c"].any()
+    trigger(qtbot, s, window.zeros_action)
+    assert_shows(s, engine.run(s.model, "hg.ba"))
+    assert not s.trace.initial_state and " · from " not in window.model_label.text()
+    assert not window.zeros_action.isEnabled()
+
+
+def test_start_from_a_trace_file_and_refuse_one_that_does_not_fit(qtbot, window, char_model_file, tmp_path,
+                                                                  monkeypatch):
+    s = open_with_text(qtbot, window, char_model_file, TEXT)
+    model = s.model
+    engine.save_trace(engine.run(model, "fedcba"), tmp_path / "enc.h5")
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(tmp_path / "enc.h5"), ""))
+    trigger(qtbot, s, window.start_actions[0])
+    assert_shows(s, engine.run(model, TEXT, initial_state=engine.run(model, "fedcba")))
+    assert window.model_label.text().endswith(" · from the final state of enc.h5")
+    shown = s.trace
+    # a state of another width: the usual error dialog, one sentence; the model and its state stay
+    np.savez(tmp_path / "wide.npz", **{"layers.0.h": np.zeros(7), "layers.0.c": np.zeros(7)})
+    window.start_from_file(tmp_path / "wide.npz")
+    assert window.last_error.startswith("Could not start from that state: ")
+    assert "wide.npz does not fit this model: " in window.last_error
+    assert "it should be [12]" in window.last_error and "\n" not in window.last_error
+    assert window.error_dialog.isVisible()
+    assert s.model is model and s.trace is shown and s.initial_state_source == "the final state of enc.h5"
+
+
+def test_families_without_an_initial_state_disable_the_actions(qtbot, window):
+    s = open_with_text(qtbot, window, ROOT / "assets" / "models" / "selective-ssm-recall", text="ab")
+    for action in window.start_actions:
+        assert not action.isEnabled()
+        assert "always starts from its zero state: initial states are for the classic LSTM/GRU/RNN" in action.toolTip()
+    assert s.initial_state is None

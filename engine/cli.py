@@ -2,7 +2,7 @@
 
     seqscope info MODEL [--config JSON]
     seqscope trace MODEL (--text TEXT | --input FILE [--input FILE ...]) [--probes GLOB ...]
-                   [--intervene JSON_OR_FILE ...] [--initial-state FILE] [--config JSON] [--chunk N]
+                   [--intervene JSON_OR_FILE ...] [--initial-state FILE[:STEP]] [--config JSON] [--chunk N]
                    [--max-memory SIZE] -o OUT.h5
     seqscope trace MODEL --corpus PATH -o CORPUS.h5 [--probes GLOB ...] [--dtype float16] [--seq-len L]
                    [--max-tokens N] [--resume] [--split blank|line|fixed] [--glob '*.py'] [--workers N] ...
@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--intervene", metavar="JSON_OR_FILE", action="append", default=[],
                     help="an intervention (JSON object or list) or a JSON file of them; repeatable. "
                     "E.g. '{\"probe\": \"layers.0.c\", \"op\": \"zero\", \"units\": [3]}'")
-    tr.add_argument("--initial-state", metavar="FILE", default=None,
+    tr.add_argument("--initial-state", metavar="FILE[:STEP]", default=None,
                     help="start from this recurrent state instead of zeros: a trace file's final state (e.g. "
-                    "an encoder's trace), or an .npz/.safetensors of arrays named layers.0.h, layers.0.c, …")
+                    "an encoder's trace; FILE:STEP: the state after step STEP of each of its sequences), or an "
+                    ".npz/.safetensors of arrays named layers.0.h, layers.0.c, …")
     tr.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
     tr.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     tr.add_argument("--chunk", metavar="N", type=int, default=None,
@@ -398,8 +399,9 @@ def cmd_trace(args) -> int:
     interventions = _read_interventions(args.intervene)
     start = None
     if args.initial_state is not None:  # engine/initial_state_files.py
-        from .initial_state_files import initial_state_for
-        start = initial_state_for(model, args.initial_state, len(inputs))
+        from .initial_state_files import initial_state_for, split_step
+        state_file, step = split_step(args.initial_state)
+        start = initial_state_for(model, state_file, len(inputs), step)
     max_bytes = parse_size(args.max_memory) if args.max_memory is not None else None
 
     longest = max((len(x) for x in inputs), default=0)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,34 +94,25 @@ def check_trace_file(f, path) -> None:
 def load_trace(path) -> Trace:
     """Read a trace file written by :func:`engine.hdf5.save_trace`; anything wrong with it is a
     :class:`TraceLoadError` that says what, in one sentence."""
+    with trace_reader(path) as reader:
+        return reader.trace()
+
+
+@contextmanager
+def trace_reader(path):
+    """A checked reader of the trace file at ``path`` (open while the ``with`` lasts), for reading
+    parts of it (:mod:`engine.initial_state_files` reads only its states); damage is a
+    :class:`TraceLoadError` as in :func:`load_trace`."""
     path = Path(path)
     f, size = _open(path)
     try:
         with f:
             check_trace_file(f, path)
-            return _Reader(f, path, size).trace()
+            yield _Reader(f, path, size)
     except TraceLoadError:
         raise
     except _DAMAGE as exc:  # h5py's own refusals of damaged structures
         raise TraceLoadError(f"{path} is a SeqScope trace but could not be read (damaged?): "
-                             f"{_first_line(exc)}") from None
-
-
-def load_state(path, which: str = "final_state") -> dict[str, np.ndarray] | None:
-    """Only ``/final_state`` (or ``/initial_state``) of a trace file, ``{name: [sequences,
-    width]}``, or None when the file has none; checked like :func:`load_trace`, without reading
-    the probes."""
-    path = Path(path)
-    f, size = _open(path)
-    try:
-        with f:
-            check_trace_file(f, path)
-            reader = _Reader(f, path, size)
-            return reader.state(which, len(reader.array("sequences/offsets", "iu", (1,))) - 1)
-    except TraceLoadError:
-        raise
-    except _DAMAGE as exc:
-        raise TraceLoadError(f"{path} is a SeqScope trace but its /{which} could not be read (damaged?): "
                              f"{_first_line(exc)}") from None
 
 

@@ -55,21 +55,26 @@ def file_kind(path) -> str:
     raise InitialStateError(f"{display_name(path)} is not an initial-state file: give {KINDS}")
 
 
-def read_initial_state(path) -> dict[str, np.ndarray]:
-    """The state arrays ``path`` holds, ``{name: array}`` (a trace file's ``/final_state``:
-    ``[sequences, width]`` each).  A damaged, hostile or foreign file is a SeqScopeError in one
-    sentence; nothing in it is ever executed."""
+def split_step(spec: str) -> tuple[str, int | None]:
+    """``"enc.h5:12"`` as ``("enc.h5", 12)``, ``"enc.h5"`` as ``("enc.h5", None)``; a file
+    whose own name ends in ``:12`` is that file."""
+    path, sep, tail = str(spec).rpartition(":")
+    if sep and path and tail.isascii() and tail.isdigit() and not os.path.lexists(spec):
+        return path, int(tail)
+    return str(spec), None
+
+
+def read_initial_state(path, step: int | None = None) -> dict[str, np.ndarray]:
+    """The state arrays ``path`` holds, ``{name: array}``: a trace file's ``/final_state``
+    (``[sequences, width]`` each), or with ``step`` the state each of its sequences was in after
+    that step (0 is the first), read from the state probes it recorded.  A damaged, hostile or
+    foreign file is a SeqScopeError in one sentence; nothing in it is ever executed."""
     kind = file_kind(path)
     if kind == "trace":
-        from .hdf5_read import load_state
-
-        state = load_state(path, "final_state")
-        if not state:
-            raise InitialStateError(
-                f"{display_name(path)} holds no final state: it was written before SeqScope kept one, or its run "
-                "recorded no state probes; trace it again with the default --probes '*' (or with layers.*.h and "
-                "layers.*.c among them)")
-        return state
+        return _trace_state(path, step)
+    if step is not None:
+        raise InitialStateError(f"{display_name(path)}:{step}: a step can be named only for a trace file, whose "
+                                f"state probes hold the state after each step; this is a .{kind} file")
     size = os.stat(path).st_size
     if size > MAX_STATE_FILE_BYTES:
         raise InitialStateError(f"{display_name(path)} is {size:,} bytes, more than the {MAX_STATE_FILE_BYTES:,} a "
@@ -97,17 +102,63 @@ def _arrays(path, kind: str) -> dict[str, np.ndarray]:
     return out
 
 
-def initial_state_for(model, path, n_sequences: int) -> dict[str, np.ndarray]:
-    """The state in ``path`` checked against ``model`` for a run of ``n_sequences``: the arrays
-    to pass as ``engine.run(..., initial_state=...)``, or an :class:`InitialStateError` that says
-    what the file holds and what the model needs."""
-    name = display_name(path)
+def _trace_state(path, step: int | None) -> dict[str, np.ndarray]:
+    from .hdf5_read import trace_reader
+
+    with trace_reader(path) as reader:
+        offsets = reader.array("sequences/offsets", "iu", (1,)).astype(np.int64)
+        final = reader.state("final_state", len(offsets) - 1)
+        if not final:
+            raise InitialStateError(
+                f"{display_name(path)} holds no final state: it was written before SeqScope kept one, or its run "
+                "recorded no state probes; trace it again with the default --probes '*' (or with layers.*.h and "
+                "layers.*.c among them)")
+        return final if step is None else _after_step(reader, display_name(path), offsets, final, step)
+
+
+def _after_step(reader, name: str, offsets: np.ndarray, final: dict, step: int) -> dict[str, np.ndarray]:
+    """The rows of the state probes at ``step`` of each sequence (the probes the final state was
+    read from, so a layer's h and c are the very arrays the run carried on with)."""
+    lengths = np.diff(offsets)
+    if lengths.size and step >= lengths.min():
+        k = int(np.argmin(lengths))
+        raise InitialStateError(f"{name}:{step}: its sequence {k} has {int(lengths[k])} steps (0..{int(lengths[k]) - 1})"
+                                f"; name a step every sequence reached")
+    rows = (offsets[:-1] + step).tolist()
+    out = {}
+    for probe, last in final.items():
+        ds = reader.obj(f"probes/{probe}", "dataset", optional=True)
+        if ds is None:
+            raise InitialStateError(f"{name} did not record the probe {probe} at each step, only its final state: "
+                                    "trace it with the state probes (the default --probes '*') to start after a step")
+        if ds.dtype.kind != "f" or ds.ndim != 2 or ds.shape != (int(offsets[-1]), last.shape[1]):
+            reader.fail(f"probes/{probe} ({ds.dtype}, {tuple(ds.shape)}) does not fit its final state")
+        if ds.dtype.itemsize < last.dtype.itemsize:
+            raise InitialStateError(f"{name} stores {probe} as {ds.dtype}, rounded from the run's {last.dtype}: a "
+                                    "state after a step would not be the run's; trace it without --dtype")
+        if reader.attr(ds, "directions", int, 1) != 1:
+            raise InitialStateError(f"{name}:{step}: {probe} is bidirectional, and a backward direction's state "
+                                    "after a step is no place to continue from; start from its final state instead")
+        reader.check_stored(ds, f"probes/{probe}")
+        out[probe] = np.asarray(ds[rows, :], dtype=last.dtype) if rows else last[:0]
+    return out
+
+
+def initial_state_for(model, path, n_sequences: int, step: int | None = None) -> dict[str, np.ndarray]:
+    """The state in ``path`` (after ``step`` of a trace file; by default its final state)
+    checked against ``model`` for a run of ``n_sequences``: the arrays to pass as
+    ``engine.run(..., initial_state=...)``, or an :class:`InitialStateError` that says what the
+    file holds and what the model needs."""
+    name = display_name(path) + (f":{step}" if step is not None else "")
     widths = model.state_widths() if hasattr(model, "state_widths") else None
     if widths is None:
         raise InitialStateError(f"this {getattr(model, 'architecture', '')} model always starts from its zero state: "
                                 "initial states are for the classic LSTM/GRU/RNN stacks")
+    if step is not None and any(any(dirs) for dirs in getattr(model, "backward", ())):
+        raise InitialStateError(f"{name}: this model has a layer that reads its input last to first, so the "
+                                "state after a step is no place to continue from; start from the final state")
     kind = file_kind(path)
-    state = read_initial_state(path)
+    state = read_initial_state(path, step)
     expected = ", ".join(f"{n} [{w}]" for n, w in widths.items())
     if kind == "trace":
         missing = [n for n in widths if n not in state]
@@ -141,4 +192,4 @@ def check_fits(model, state: dict, n_sequences: int, name: str) -> None:
         raise InitialStateError(f"{name} does not fit this model: {exc}") from None
 
 
-__all__ = ["InitialStateError", "read_initial_state", "initial_state_for", "check_fits", "file_kind"]
+__all__ = ["InitialStateError", "read_initial_state", "initial_state_for", "check_fits", "file_kind", "split_step"]

@@ -138,6 +138,69 @@ def test_a_trace_of_several_sequences_seeds_as_many(capsys, char_model, tmp_path
     assert status == 2 and "holds the final states of 2 sequences and this run has 1" in err
 
 
+# -- FILE:STEP: the state after a step ------------------------------------------------------------
+
+
+def test_the_state_after_a_step_of_a_trace_file(capsys, char_model, tmp_path):
+    path, model = char_model
+    for name, text in (("a", "abc(de)f"), ("b", "gh.ab")):
+        (tmp_path / f"{name}.txt").write_text(text, encoding="utf-8")
+    trace_cli(capsys, path, "--input", tmp_path / "a.txt", "--input", tmp_path / "b.txt", "-o", tmp_path / "w.h5")
+    whole = engine.load_trace(tmp_path / "w.h5")
+    trace_cli(capsys, path, "--input", tmp_path / "b.txt", "--input", tmp_path / "a.txt",
+              "--initial-state", f"{tmp_path / 'w.h5'}:3", "-o", tmp_path / "c.h5")
+    cont = engine.load_trace(tmp_path / "c.h5")
+    for name in whole.final_state:  # each sequence starts from its own row at step 3, bit for bit
+        for k in range(2):
+            np.testing.assert_array_equal(cont.initial_state[name][k], whole.array(name, k)[3], err_msg=name)
+    # continuing sequence 0 from its step 3 over what followed step 3 equals the whole run's steps 4..
+    rest = engine.run(model, "de)f", initial_state={n: a[0] for n, a in cont.initial_state.items()})
+    np.testing.assert_allclose(rest["logits"], whole.array("logits", 0)[4:], atol=TOL_CONTINUED, rtol=0)
+    # the last step of a one-sequence trace is its final state
+    trace_cli(capsys, path, "--text", "abc(de)f", "-o", tmp_path / "one.h5")
+    trace_cli(capsys, path, "--text", "gh", "--initial-state", f"{tmp_path / 'one.h5'}:7", "-o", tmp_path / "s.h5")
+    trace_cli(capsys, path, "--text", "gh", "--initial-state", tmp_path / "one.h5", "-o", tmp_path / "f.h5")
+    assert_same_trace(engine.load_trace(tmp_path / "s.h5"), engine.load_trace(tmp_path / "f.h5"))
+
+
+def test_a_file_whose_name_ends_in_a_colon_and_digits_is_that_file(tmp_path):
+    from engine.initial_state_files import split_step
+
+    assert split_step("runs/enc.h5:12") == ("runs/enc.h5", 12)
+    assert split_step("enc.h5") == ("enc.h5", None) and split_step("enc.h5:x") == ("enc.h5:x", None)
+    (tmp_path / "odd.h5:3").write_bytes(b"")
+    assert split_step(str(tmp_path / "odd.h5:3")) == (str(tmp_path / "odd.h5:3"), None)
+
+
+def test_steps_that_cannot_be_continued_from_are_refused(capsys, char_model, tmp_path):
+    path, model = char_model
+    engine.save_trace(engine.run(model, ["abcd", "ef"]), tmp_path / "w.h5")
+    engine.save_trace(engine.run(model, "abcd"), tmp_path / "half.h5", dtype="float16")
+    np.savez(tmp_path / "s.npz", **state_arrays())
+    bidir = tmp_path / "bi.pt"
+    torch.manual_seed(3)
+    torch.save({f"lstm.{k}": v for k, v in torch.nn.LSTM(2, 3, bidirectional=True).state_dict().items()}, bidir)
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    engine.save_trace(engine.run(engine.load(bidir), np.zeros((4, 2), np.float32)), tmp_path / "bi.h5")
+    cases = [
+        (path, "w.h5:2", "w.h5:2: its sequence 1 has 2 steps (0..1); name a step every sequence reached"),
+        (path, "s.npz:1", "s.npz:1: a step can be named only for a trace file"),
+        (path, "half.h5:1", "half.h5 stores layers.0.h as float16, rounded from the run's float32"),
+        (bidir, "bi.h5:1", "this model has a layer that reads its input last to first"),
+    ]
+    for model_path, spec, words in cases:
+        status, _, err = run_cli(capsys, "trace", model_path, "--input" if model_path == bidir else "--text",
+                                 tmp_path / "x.npy" if model_path == bidir else "ab",
+                                 "--initial-state", f"{tmp_path}/{spec}", "-o", tmp_path / "o.h5")
+        assert status == 2 and words in err and err.count("\n") == 1, err
+    with pytest.raises(InitialStateError, match="is bidirectional, and a backward direction's state"):
+        read_initial_state(tmp_path / "bi.h5", step=1)  # from Python, without a model to ask
+    with h5py.File(tmp_path / "w.h5", "a") as f:
+        del f["probes/layers.1.c"]
+    with pytest.raises(InitialStateError, match="did not record the probe layers.1.c at each step"):
+        read_initial_state(tmp_path / "w.h5", step=0)
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 

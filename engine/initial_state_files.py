@@ -39,8 +39,8 @@ class InitialStateError(SeqScopeError):
 
 
 def file_kind(path) -> str:
-    """``"trace"``, ``"npz"`` or ``"safetensors"``, from the file's first bytes (a LoadError
-    for anything else: a folder, a pipe, another format)."""
+    """``"trace"``, ``"npz"`` or ``"safetensors"``, from the file's first bytes; a folder or a
+    pipe is a LoadError, another format an InitialStateError."""
     with open_regular(path, "initial-state file") as f:
         head = f.read(16)
         size = os.fstat(f.fileno()).st_size
@@ -119,6 +119,8 @@ def _trace_state(path, step: int | None) -> dict[str, np.ndarray]:
 def _after_step(reader, name: str, offsets: np.ndarray, final: dict, step: int) -> dict[str, np.ndarray]:
     """The rows of the state probes at ``step`` of each sequence (the probes the final state was
     read from, so a layer's h and c are the very arrays the run carried on with)."""
+    if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+        raise InitialStateError(f"{name}: the step must be a whole number, 0 for the first step, not {step!r}")
     lengths = np.diff(offsets)
     if lengths.size and step >= lengths.min():
         k = int(np.argmin(lengths))

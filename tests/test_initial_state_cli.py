@@ -195,6 +195,8 @@ def test_steps_that_cannot_be_continued_from_are_refused(capsys, char_model, tmp
         assert status == 2 and words in err and err.count("\n") == 1, err
     with pytest.raises(InitialStateError, match="is bidirectional, and a backward direction's state"):
         read_initial_state(tmp_path / "bi.h5", step=1)  # from Python, without a model to ask
+    with pytest.raises(InitialStateError, match="the step must be a whole number, 0 for the first step, not -1"):
+        read_initial_state(tmp_path / "w.h5", step=-1)
     with h5py.File(tmp_path / "w.h5", "a") as f:
         del f["probes/layers.1.c"]
     with pytest.raises(InitialStateError, match="did not record the probe layers.1.c at each step"):

@@ -89,3 +89,23 @@ def test_families_without_an_initial_state_disable_the_actions(qtbot, window):
         assert not action.isEnabled()
         assert "always starts from its zero state: initial states are for the classic LSTM/GRU/RNN" in action.toolTip()
     assert s.initial_state is None
+
+
+def test_views_that_run_the_model_again_start_where_the_shown_run_started(char_model_file):
+    """A long input's trace records only some probes; the timescales and dynamics views then run
+    the model again for theirs, and must start from the shown run's initial state, not zeros."""
+    from workbench.views import dynamics, timescales
+
+    model = engine.load(char_model_file, device="cpu")
+    state = {name: np.full(width, 0.4, np.float32) for name, width in model.state_widths().items()}
+    shown = engine.run(model, TEXT, probes="logits", initial_state=state)
+    full = engine.run(model, TEXT, initial_state=state)
+    zeros = engine.run(model, TEXT)
+    got, want = (timescales.compute(model, t, TEXT, "autocorrelation") for t in (shown, full))
+    assert [r.source for r in got] == [r.source for r in want]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.tau, b.tau)
+    got, want, other = (dynamics.compute(model, t, TEXT, 1, "mean") for t in (shown, full, zeros))
+    np.testing.assert_array_equal(got.coords, want.coords)
+    np.testing.assert_array_equal(got.radius, want.radius)
+    assert not np.array_equal(got.radius, other.radius)  # the start matters

@@ -1,6 +1,7 @@
 """The window's Run ▸ Start from a trace's final state… / Continue from this run's final state /
 Start from zeros, offscreen: each trace the window shows against ``engine.run`` with the same
 initial state (exact: the same model object, input and arrays); refusals keep everything."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,30 @@ def test_views_that_run_the_model_again_start_where_the_shown_run_started(char_m
     np.testing.assert_array_equal(got.coords, want.coords)
     np.testing.assert_array_equal(got.radius, want.radius)
     assert not np.array_equal(got.radius, other.radius)  # the start matters
+
+
+def test_a_project_keeps_the_state_its_runs_start_from(qtbot, window, char_model_file, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from workbench.main_window import MainWindow
+
+    s = open_with_text(qtbot, window, char_model_file, TEXT)
+    trigger(qtbot, s, window.start_actions[1])
+    window.save_project(tmp_path / "p.seqscope.json")
+    other = MainWindow(settings=QSettings(str(tmp_path / "s2.ini"), QSettings.IniFormat))
+    qtbot.addWidget(other)
+    other.open_project(tmp_path / "p.seqscope.json")
+    o = other.session
+    qtbot.waitUntil(lambda: o.trace is not None and bool(o.trace.initial_state), timeout=WAIT)
+    assert_shows(o, s.trace)  # float32 states through JSON's decimal floats come back bit for bit
+    assert other.model_label.text().endswith(" · from the final state of the previous run (14 tokens)")
+    assert other.zeros_action.isEnabled()
+    # a project whose state does not fit its model is refused whole
+    data = json.loads((tmp_path / "p.seqscope.json").read_text(encoding="utf-8"))
+    data["initial_state"]["layers.0.h"] = [0.0] * 5
+    (tmp_path / "bad.seqscope.json").write_text(json.dumps(data), encoding="utf-8")
+    with qtbot.waitSignal(o.error, timeout=WAIT) as caught:
+        other.open_project(tmp_path / "bad.seqscope.json")
+    assert "the project's initial state does not fit this model: initial_state['layers.0.h'] has shape [5]" \
+        in caught.args[0]
+    other.close()

@@ -191,6 +191,7 @@ class MainWindow(QMainWindow):
                               self._action(run, "Continue from this run's final state", self.continue_from_run)]
         self.zeros_action = self._action(run, "Start from zeros", self.start_from_zeros)
         self.session.model_changed.connect(self._update_start_actions)
+        self.session.project_restored.connect(lambda _data: self._update_start_actions())
         self._update_start_actions()
         self._refresh_recent()
 

@@ -436,6 +436,9 @@ class Session(QObject):
             "interventions": [iv.to_dict() for iv in self.interventions],
             "probe": self.probe, "units": self.units, "step": self.step,
             "pinned": [list(p) for p in self.pinned],
+            **({} if self.initial_state is None else {  # one sequence: each state is [width] (or [1, width])
+                "initial_state": {k: np.asarray(v).reshape(-1).tolist() for k, v in self.initial_state.items()},
+                "initial_state_source": self.initial_state_source}),
         }
 
     def save_project(self, path, layout: str | None = None):
@@ -488,6 +491,8 @@ class Session(QObject):
             self.set_model(model, project.model)
         elif self.model is not None:
             self.set_model(self.model, self.model_path)
+        if project.initial_state is not None and self.model is not None:  # checked by project.check_fits
+            self.set_initial_state(project.initial_state, project.initial_state_source or "the project's state")
 
 
 def _default_probe(model) -> str:

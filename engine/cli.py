@@ -2,8 +2,8 @@
 
     seqscope info MODEL [--config JSON]
     seqscope trace MODEL (--text TEXT | --input FILE [--input FILE ...]) [--probes GLOB ...]
-                   [--intervene JSON_OR_FILE ...] [--config JSON] [--chunk N] [--max-memory SIZE]
-                   -o OUT.h5
+                   [--intervene JSON_OR_FILE ...] [--initial-state FILE[:STEP]] [--config JSON] [--chunk N]
+                   [--max-memory SIZE] -o OUT.h5
     seqscope trace MODEL --corpus PATH -o CORPUS.h5 [--probes GLOB ...] [--dtype float16] [--seq-len L]
                    [--max-tokens N] [--resume] [--split blank|line|fixed] [--glob '*.py'] [--workers N] ...
     seqscope export-lstmvis TRACE.h5 FOLDER [--probes GLOB ...] [--sequence N]
@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--intervene", metavar="JSON_OR_FILE", action="append", default=[],
                     help="an intervention (JSON object or list) or a JSON file of them; repeatable. "
                     "E.g. '{\"probe\": \"layers.0.c\", \"op\": \"zero\", \"units\": [3]}'")
+    tr.add_argument("--initial-state", metavar="FILE[:STEP]", default=None,
+                    help="start from this recurrent state instead of zeros: a trace file's final state (e.g. "
+                    "an encoder's trace; FILE:STEP: the state after step STEP of each of its sequences), or an "
+                    ".npz/.safetensors of arrays named layers.0.h, layers.0.c, …")
     tr.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
     tr.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     tr.add_argument("--chunk", metavar="N", type=int, default=None,
@@ -378,6 +382,9 @@ def cmd_trace(args) -> int:
     if args.chunk is not None and args.chunk < 1:
         raise CLIError("--chunk must be a positive number of steps")
     from .corpus.cli_record import cmd_trace_corpus, refuse_corpus_options
+    if args.corpus is not None and args.initial_state is not None:
+        raise CLIError("--initial-state applies to --text and --input runs; a --corpus run starts each sequence "
+                       "from zeros")
     if args.corpus is not None:  # a whole corpus, streamed (engine/corpus/)
         return cmd_trace_corpus(args, lambda a: _load_model(a.model, a.config, a.device))
     refuse_corpus_options(args)
@@ -390,6 +397,11 @@ def cmd_trace(args) -> int:
     except KeyError as exc:
         raise CLIError(str(exc.args[0])) from None
     interventions = _read_interventions(args.intervene)
+    start = None
+    if args.initial_state is not None:  # engine/initial_state_files.py
+        from .initial_state_files import initial_state_for, split_step
+        state_file, step = split_step(args.initial_state)
+        start = initial_state_for(model, state_file, len(inputs), step)
     max_bytes = parse_size(args.max_memory) if args.max_memory is not None else None
 
     longest = max((len(x) for x in inputs), default=0)
@@ -398,7 +410,7 @@ def cmd_trace(args) -> int:
     t0 = time.monotonic()
     try:
         trace = run(model, inputs, probes=args.probes, interventions=interventions,
-                    chunk=args.chunk or DEFAULT_CHUNK, progress=bar, max_bytes=max_bytes)
+                    chunk=args.chunk or DEFAULT_CHUNK, progress=bar, max_bytes=max_bytes, initial_state=start)
     except RunTooLarge as exc:
         raise CLIError(exc.explain("--max-memory {size}")) from None
     finally:
@@ -410,7 +422,8 @@ def cmd_trace(args) -> int:
     print(f"wrote {_shown(out)}: {trace.n_sequences} sequence{'s' if trace.n_sequences != 1 else ''}, "
           f"{_fmt_int(trace.n_tokens)} tokens, {len(trace.probes)} probe{'s' if len(trace.probes) != 1 else ''}"
           f"{f', {n_iv} intervention' + ('s' if n_iv != 1 else '') if n_iv else ''}, "
-          f"{_fmt_bytes(out.stat().st_size)} in {seconds:.1f} s")
+          f"{_fmt_bytes(out.stat().st_size)} in {seconds:.1f} s"
+          f"{f', starting from the state in {_shown(args.initial_state)}' if start is not None else ''}")
     for note in trace.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     return 0

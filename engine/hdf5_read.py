@@ -23,6 +23,7 @@ import json
 import math
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,8 @@ from .trace import Trace
 
 MAX_COMPRESSION = 1100  # gzip cannot shrink data more than about 1032:1 (deflate's limit)
 MAX_ATTR_CHARS = 64 * 2**20  # a JSON attribute
+_DAMAGE = (KeyError, OSError, ValueError, TypeError, RuntimeError, IndexError, OverflowError, RecursionError,
+           AttributeError, InterventionError)  # how h5py refuses a damaged structure
 
 
 class TraceLoadError(TraceFileError, LoadError):
@@ -91,16 +94,24 @@ def check_trace_file(f, path) -> None:
 def load_trace(path) -> Trace:
     """Read a trace file written by :func:`engine.hdf5.save_trace`; anything wrong with it is a
     :class:`TraceLoadError` that says what, in one sentence."""
+    with trace_reader(path) as reader:
+        return reader.trace()
+
+
+@contextmanager
+def trace_reader(path):
+    """A checked reader of the trace file at ``path`` (open while the ``with`` lasts), for reading
+    parts of it (:mod:`engine.initial_state_files` reads only its states); damage is a
+    :class:`TraceLoadError` as in :func:`load_trace`."""
     path = Path(path)
     f, size = _open(path)
     try:
         with f:
             check_trace_file(f, path)
-            return _Reader(f, path, size).trace()
+            yield _Reader(f, path, size)
     except TraceLoadError:
         raise
-    except (KeyError, OSError, ValueError, TypeError, RuntimeError, IndexError, OverflowError, RecursionError,
-            AttributeError, InterventionError) as exc:  # h5py's own refusals of damaged structures
+    except _DAMAGE as exc:  # h5py's own refusals of damaged structures
         raise TraceLoadError(f"{path} is a SeqScope trace but could not be read (damaged?): "
                              f"{_first_line(exc)}") from None
 

@@ -213,6 +213,14 @@ class MainWindow(QMainWindow):
         self._action(view_menu, "Reset layout", self.reset_layout)
         run = bar.addMenu("&Run")
         self._action(run, "Cancel", lambda: self.session.runner.cancel(), "Esc")
+        run.addSeparator()  # where runs start: a state other than zeros (engine/initial_state_files.py)
+        run.setToolTipsVisible(True)
+        self.start_actions = [self._action(run, "Start from a trace's final state…", self.choose_initial_state),
+                              self._action(run, "Continue from this run's final state", self.continue_from_run)]
+        self.zeros_action = self._action(run, "Start from zeros", self.start_from_zeros)
+        self.session.model_changed.connect(self._update_start_actions)
+        self.session.project_restored.connect(lambda _data: self._update_start_actions())
+        self._update_start_actions()
         self._refresh_recent()
 
     # -- opening things -------------------------------------------------------------------------
@@ -334,6 +342,56 @@ class MainWindow(QMainWindow):
                 export_units_csv(self.session, path)
             except ExportError as exc:
                 self.session.error.emit(str(exc))
+
+    # -- where runs start (Run menu) ---------------------------------------------------------
+    def choose_initial_state(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Start from a trace's final state", "",
+                                              "Traces and state files (*.h5 *.hdf5 *.npz *.safetensors);;All files (*)")
+        if path:
+            self.start_from_file(path)
+
+    @reports_errors("Could not start from that state")
+    def start_from_file(self, path):
+        """Run from the final state of a trace file (or the arrays of an .npz/.safetensors) from now
+        on; a file that does not fit keeps everything as it was and says why."""
+        from engine.initial_state_files import file_kind, initial_state_for
+        from engine.limits import display_name
+
+        state = initial_state_for(self.session.model, path, 1)
+        what = "the final state of" if file_kind(path) == "trace" else "the state in"
+        self._start_from(state, f"{what} {display_name(Path(path).name)}")
+
+    @reports_errors("Could not continue from this run")
+    def continue_from_run(self):
+        trace = self.session.trace
+        if trace is None:
+            raise engine.InputError("nothing has run yet")
+        self._start_from(engine.final_state(trace), f"the final state of the previous run ({trace.n_tokens:,} tokens)")
+
+    @reports_errors("Could not start from zeros")
+    def start_from_zeros(self):
+        self._start_from(None, None)
+
+    def _start_from(self, state, source):
+        self.session.set_initial_state(state, source)
+        self._update_start_actions()
+        self.statusBar().showMessage(f"runs start from {source or 'zeros'}", 5000)
+
+    def _update_start_actions(self):
+        """The actions are for models that take an initial state; the model label says where runs start."""
+        model = self.session.model
+        widths = model.state_widths() if model is not None else None
+        why = ("open a model first" if model is None else None if widths is not None else
+               f"this {model.architecture} model always starts from its zero state: initial states are for the "
+               "classic LSTM/GRU/RNN stacks")
+        for action in self.start_actions:
+            action.setEnabled(why is None)
+            action.setToolTip(why or action.text())
+        self.zeros_action.setEnabled(self.session.initial_state is not None)
+        mark = " · from "  # the model label ends with it while runs start from a state other than zeros
+        base = self.model_label.text().split(mark)[0]
+        source = self.session.initial_state_source
+        self.model_label.setText(base + (f"{mark}{source}" if source else ""))
 
     # -- feedback ------------------------------------------------------------------------------
     def show_error(self, message: str):

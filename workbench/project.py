@@ -25,7 +25,7 @@ from engine.limits import read_text_capped
 PROJECT_FORMAT = "seqscope-project"
 PROJECT_VERSION = 1
 KEYS = ("format", "version", "model", "text", "values", "interventions", "probe", "units", "step", "pinned",
-        "layout")
+        "layout", "initial_state", "initial_state_source")
 MAX_PROJECT_BYTES = 256 * 2**20
 MAX_INDEX = 2**40
 
@@ -45,6 +45,8 @@ class Project:
     step: int = 0
     pinned: tuple[tuple[str, int], ...] = ()
     layout: bytes | None = None
+    initial_state: dict | None = None  # {probe name: [width]} every run starts from (None: zeros)
+    initial_state_source: str | None = None
     data: dict = field(default_factory=dict)  # the file's JSON, as read
 
     def check_fits(self, model) -> None:
@@ -61,6 +63,13 @@ class Project:
                 check_against_width(iv, int(np.prod(spec.shape)))  # units index the flattened probe
             except InterventionError as exc:
                 raise ProjectError(f"the project's intervention {k + 1} does not fit its model: {exc}") from None
+        if self.initial_state is not None:
+            from engine.initial_state_files import check_fits
+
+            try:
+                check_fits(model, self.initial_state, 1, "the project's initial state")
+            except SeqScopeError as exc:
+                raise ProjectError(str(exc)) from None
 
 
 def read_project(path) -> Project:
@@ -111,8 +120,11 @@ def parse_project(data) -> Project:
             isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _is_index(p[1]) for p in pinned):
         raise ProjectError(f"its pinned units should be [probe, unit] pairs, found {describe(pinned)}")
     layout = _layout(data.get("layout"))
+    initial_state = _initial_state(data.get("initial_state"))
+    source = _optional(data, "initial_state_source", str, "text")
     return Project(model=model, text=text, values=values, interventions=interventions, probe=probe,
-                   units=tuple(units), step=step, pinned=tuple((p, u) for p, u in pinned), layout=layout, data=data)
+                   units=tuple(units), step=step, pinned=tuple((p, u) for p, u in pinned), layout=layout,
+                   initial_state=initial_state, initial_state_source=source, data=data)
 
 
 def _is_index(x) -> bool:
@@ -162,6 +174,18 @@ def _interventions(items) -> tuple[Intervention, ...]:
         except InterventionError as exc:
             raise ProjectError(f"intervention {k + 1}: {exc}") from None
     return tuple(out)
+
+
+def _initial_state(state) -> dict | None:
+    """``{probe name: [numbers]}``, the state the project's runs start from (checked against the
+    model by :meth:`Project.check_fits`)."""
+    if state is None:
+        return None
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for v in state.values()):
+        raise ProjectError(f"its initial_state should map probe names to lists of numbers, found {describe(state)}")
+    return {str(k): np.asarray(v, dtype=np.float64) for k, v in state.items()}
 
 
 def _layout(layout) -> bytes | None:

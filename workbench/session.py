@@ -111,6 +111,9 @@ class Session(QObject):
         self._loading = "Could not open the model"  # what the pending "load" job is, for its error
         self.corpus: str | None = None  # the open corpus trace (File > Open corpus trace)
         self.span: tuple[int, int] | None = None  # selected steps a:b of the input
+        #: the recurrent state every run starts from (None: zeros), and what it is in words
+        self.initial_state: dict | None = None
+        self.initial_state_source: str | None = None
 
     # -- model --------------------------------------------------------------------------
     def open_model(self, path, config=None):
@@ -137,6 +140,7 @@ class Session(QObject):
         self._steered_cache = engine.PrefixCache()
         self.trace = self.clean_trace = None
         self._clean_input = None
+        self.initial_state = self.initial_state_source = None  # the last model's state
         self.interventions = [iv for iv in self.interventions if iv.probe in self.probe_names()]
         self._select_first_view(model, path, requested)
         if not model.takes_tokens:
@@ -334,7 +338,7 @@ class Session(QObject):
         if isinstance(inp, InputError):
             self.error.emit(str(inp))
             return
-        ivs = tuple(self.interventions)
+        ivs, start = tuple(self.interventions), self.initial_state
         n_tokens = len(inp) if isinstance(inp, str) else inp.shape[0]  # characters: an upper bound on tokens
         probes = self.capture_probes(n_tokens)
         clean_cache, steered_cache = self._clean_cache, self._steered_cache
@@ -351,17 +355,29 @@ class Session(QObject):
                 clean = previous_clean
                 if clean is None:
                     clean = engine.run(model, inp, probes, cache=clean_cache, progress=progress,
-                                       should_stop=should_stop)
+                                       should_stop=should_stop, initial_state=start)
                 steered = clean
                 if ivs:
                     steered = engine.run(model, inp, probes, interventions=ivs, cache=steered_cache,
-                                         progress=progress, should_stop=should_stop)
+                                         progress=progress, should_stop=should_stop, initial_state=start)
             except RunTooLarge as exc:  # the window has no budget to raise: say what fits
                 raise InputError(exc.explain("")) from None
             return RunResult(clean, steered, request)
 
         self.runner.submit("run", job)
         self._set_computing(True)
+
+    def set_initial_state(self, state: dict | None, source: str | None = None):
+        """Start this and every later run from ``state`` ({probe name: array}, checked against
+        the model now: a refusal raises and changes nothing; ``source`` says what it is), or
+        from zeros (None).  A new model starts from zeros again."""
+        if state is not None:
+            from engine.initial_state_files import check_fits
+
+            check_fits(self.model, state, 1, source or "the state")
+        self.initial_state, self.initial_state_source = state, source if state is not None else None
+        self._clean_input = None  # the clean trace ran from the other state
+        self.request_run()
 
     def _set_computing(self, computing: bool, progress=(0, 0)):
         if computing != self.computing or progress != self.run_progress:
@@ -420,6 +436,9 @@ class Session(QObject):
             "interventions": [iv.to_dict() for iv in self.interventions],
             "probe": self.probe, "units": self.units, "step": self.step,
             "pinned": [list(p) for p in self.pinned],
+            **({} if self.initial_state is None else {  # one sequence: each state is [width] (or [1, width])
+                "initial_state": {k: np.asarray(v).reshape(-1).tolist() for k, v in self.initial_state.items()},
+                "initial_state_source": self.initial_state_source}),
         }
 
     def save_project(self, path, layout: str | None = None):
@@ -472,6 +491,8 @@ class Session(QObject):
             self.set_model(model, project.model)
         elif self.model is not None:
             self.set_model(self.model, self.model_path)
+        if project.initial_state is not None and self.model is not None:  # checked by project.check_fits
+            self.set_initial_state(project.initial_state, project.initial_state_source or "the project's state")
 
 
 def _default_probe(model) -> str:

@@ -61,7 +61,8 @@ def compute(model, trace, inputs, layer: int, constant: str, should_stop=None, p
     """Everything the view shows (runs in the worker thread)."""
     step = SS.state_step(model, layer)
     if not set(step.needed()) <= set(trace.arrays):
-        trace = engine.run(model, inputs, probes=step.needed(), should_stop=should_stop)
+        trace = engine.run(model, inputs, probes=step.needed(), should_stop=should_stop,
+                           initial_state=trace.initial_state or None)  # from where the shown run started
     afford = MAX_STEPS if step.diagonal else budget(step.state_size, MAX_STEPS, 4e9)  # diagonal: no eig
     per_seq = max(8, afford // trace.n_sequences)
     steps, radius = [], []

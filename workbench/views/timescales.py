@@ -53,7 +53,8 @@ def compute(model, trace, inputs, mode: str, should_stop=None, progress=None) ->
     """The timescales of every layer (runs in the worker thread)."""
     needed = DS.needed_probes(model) if mode == MODES[0] else _state_probes(model)
     if not set(needed) <= set(trace.arrays):
-        trace = engine.run(model, inputs, probes=needed or None, should_stop=should_stop, progress=progress)
+        trace = engine.run(model, inputs, probes=needed or None, should_stop=should_stop, progress=progress,
+                           initial_state=trace.initial_state or None)  # from where the shown run started
     if mode == MODES[0]:
         return [LayerTimescales(s.layer, s.tau, s.source, s.entries) for s in DS.decay_spectrum(model, trace)]
     out = []

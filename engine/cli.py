@@ -61,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-USAGE = f"""{PROG} [MODEL] [--input FILE] [--project FILE] [--probe P --unit U --step T] [--offscreen]
+USAGE = f"""{PROG} [MODEL] [--input FILE] [--project FILE] [--corpus FILE] [--probe P --unit U --step T] [--offscreen]
        {PROG} COMMAND ...   (COMMAND: {', '.join(COMMANDS)}; '{PROG} COMMAND --help' for each)"""
 DESCRIPTION = """\
 Inspect trained recurrent sequence models: record every internal state of a run, intervene
@@ -492,7 +492,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.command is None:
                 parser.print_help()
                 return 0
-            return HANDLERS[args.command](args)
+            status = HANDLERS[args.command](args)
+            sys.stdout.flush()  # a reader that stopped early (| head) is met here, not at exit
+            return status
+    except BrokenPipeError:  # the reader closed the pipe: nothing more to say, and no traceback
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141  # as when SIGPIPE ends a command
     except SeqScopeError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -261,3 +261,20 @@ def test_subprocess(char_model, tmp_path):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2
     assert r.stderr.startswith("seqscope: error: ") and "Traceback" not in r.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """``seqscope info MODEL | head -1``: the pipe closes before the output ends. The command
+    ends quietly (status 141, as after SIGPIPE), without 'Exception ignored … BrokenPipeError'."""
+    code = ("import sys\nfrom engine.cli import main\n"
+            "class Closed:\n"
+            "    def write(self, s): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "    def flush(self): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "    def fileno(self): return sys.__stdout__.fileno()\n"
+            "sys.stdout = Closed()\n"
+            "status = main(['info', 'assets/models/gru-dyck'])\n"
+            "sys.stdout = sys.__stdout__\n"
+            "sys.exit(status)\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 141 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -1,0 +1,170 @@
+"""TorchScript archives (``torch.jit.save``, ``torch.jit.script(model).save(...)``,
+``torch.jit.trace(...).save(...)``): their tensors only.  The code the archive holds (``code/``,
+the model's forward in TorchScript) is never read, compiled or run, and ``torch.jit.load`` is
+never called: ``data.pkl``, the pickle of the module tree, is read by :mod:`.safe_unpickle`
+(every ``__torch__.…`` class an inert stand-in; storages from the archive's ``data/`` entries),
+and the tree is walked to the flat ``{dotted.name: tensor}`` dict ``module.state_dict()`` would
+give: each module's tensor attributes in the order stored (parameters, then buffers, as
+registered), then its submodules under ``name.``.  That record is then loaded like any state
+dict: the architecture is recognised from the names and shapes, and SeqScope computes its
+forward itself, as the notes say."""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections import OrderedDict
+
+from ..errors import LoadError
+from ..limits import check_tensor_storage, check_zip_entries, display_name, open_regular, read_zip_entry
+from .pickled_torch import _Storages, read_torch_safely
+from .record import _Found, zip_errors
+from .recover import MAX_DEPTH, MAX_RECOVERED_NODES, _fields
+from .safe_unpickle import _BoundedReader, PendingTensor, StandIn, UnsafePickle, Walker
+
+#: TorchScript's own helpers that wrap typed lists and dicts (``restore_type_tag(value, "Dict[str, int]")``,
+#: ``build_intlist([...])``): their first argument is the value
+_TYPED_VALUES = ("torch.jit._pickle.restore_type_tag", "torch.jit._pickle.build_intlist",
+                 "torch.jit._pickle.build_doublelist", "torch.jit._pickle.build_boollist")
+NOTE = ("a TorchScript archive (torch.jit.save): its tensors were read without importing or running anything "
+        "from it; its code (the forward) was not read, so SeqScope computes the forward of the architecture it "
+        "recognised from the tensors' names and shapes")
+
+
+def is_torchscript_names(names) -> bool:
+    """Whether a zip's entry names are those of a TorchScript archive (``constants.pkl``, ``code/``)."""
+    return any(n.endswith("constants.pkl") or "/code/" in n or n.startswith("code/") for n in names)
+
+
+def is_torchscript(path) -> bool:
+    try:
+        with open_regular(path) as f, zipfile.ZipFile(f) as z:
+            return is_torchscript_names(z.namelist())
+    except Exception:  # not a readable zip: the torch reader says what is wrong
+        return False
+
+
+def read_torchscript(path) -> _Found:
+    """The tensors of a TorchScript archive as a state dict, with a note saying what was read."""
+    name = display_name(path.name)
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        with zip_errors(name):
+            with zipfile.ZipFile(f) as z:
+                infos = z.infolist()
+                check_zip_entries(infos, size, name, advice="which no torch.jit.save writes")
+                has_data = any(i.filename.endswith("data.pkl") and i.filename.count("/") <= 1 for i in infos)
+                if not has_data:
+                    raise LoadError(f"{name} is a TorchScript archive without its data.pkl (the module and its "
+                                    "weights): the file is truncated or corrupted")
+                constants = _constant_tensors(z, infos, name)
+        obj, walker = read_torch_safely(f, "zip", name)
+    tensors, extras, kinds = _module_tensors(obj, name)
+    if not tensors:
+        if constants:
+            raise LoadError(f"{name} is a TorchScript archive whose weights were folded into its code as "
+                            f"{constants} constant tensor(s) (torch.jit.freeze or optimize_for_inference), which "
+                            "SeqScope does not read: save the weights of the model before freezing, with "
+                            "torch.save(model.state_dict(), 'model.pt')")
+        raise LoadError(f"{name} is a TorchScript archive whose module holds no tensors SeqScope can read (its "
+                        "modules keep their state in a form of their own); save the weights with "
+                        "torch.save(model.state_dict(), 'model.pt')")
+    for key, t in tensors.items():
+        check_tensor_storage(key, t, name)
+    shown = ", ".join(kinds[:8]) + (f" and {len(kinds) - 8} more" if len(kinds) > 8 else "")
+    notes = [NOTE + (f"; its modules: {shown}" if shown else "")]
+    if constants:
+        notes.append(f"its code also holds {constants} constant tensor(s) of more than one element (constants.pkl), "
+                     "which SeqScope does not read: if the forward uses them as weights, this model is not that one")
+    return _Found(name=name, fmt="torchscript", tensors=tensors, extras=extras, notes=notes)
+
+
+def _module_tensors(top, name: str):
+    """``state_dict()`` of a TorchScript module tree read with stand-ins: its tensors by dotted
+    name, the top module's plain attributes (a vocabulary, a config) and the classes met."""
+    if not _is_script_object(top):
+        raise LoadError(f"{name} is a TorchScript archive whose data.pkl does not hold a module; it is corrupted "
+                        "or of a kind SeqScope does not read")
+    out: OrderedDict = OrderedDict()
+    kinds: list[str] = []
+    seen = [0]
+
+    def walk(obj: StandIn, prefix: str, depth: int, path: set) -> None:
+        if depth > MAX_DEPTH or id(obj) in path:
+            return
+        kinds.append(_class_name(obj.qualified))
+        path = path | {id(obj)}
+        for key, value in (_fields(obj) or {}).items():
+            seen[0] += 1
+            if seen[0] > MAX_RECOVERED_NODES:
+                raise LoadError(f"{name} holds more than {MAX_RECOVERED_NODES:,} module attributes; it is not a "
+                                "checkpoint SeqScope can read")
+            if not isinstance(key, str):
+                continue
+            if isinstance(value, PendingTensor) and value.tensor is not None:
+                out[prefix + key] = value.tensor
+            elif _is_script_object(value):
+                walk(value, f"{prefix}{key}.", depth + 1, path)
+
+    walk(top, "", 0, set())
+    extras = {}
+    for key, value in (_fields(top) or {}).items():
+        plain = _plain(value)
+        if isinstance(key, str) and not key.startswith("_") and key != "training" and plain is not None:
+            extras[key] = plain
+    return out, extras, list(dict.fromkeys(kinds))
+
+
+def _is_script_object(v) -> bool:
+    return isinstance(v, StandIn) and v.qualified.startswith("__torch__.") and isinstance(_fields(v), dict)
+
+
+def _class_name(qualified: str) -> str:
+    """``__torch__.torch.nn.modules.rnn.___torch_mangle_9.LSTMCell`` → ``torch.nn.modules.rnn.LSTMCell``."""
+    parts = [p for p in qualified.split(".")[1:] if not p.startswith("___torch_mangle_")]
+    return ".".join(parts) or qualified
+
+
+def _plain(v, depth: int = 0):
+    """A value made of text, numbers, lists and dicts (TorchScript's typed wrappers unwrapped), or
+    None when it holds anything else."""
+    if depth > 16:
+        return None
+    if isinstance(v, StandIn) and v.qualified in _TYPED_VALUES and v.args:
+        return _plain(v.args[0], depth + 1)
+    if isinstance(v, bool) or isinstance(v, (int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        items = [_plain(x, depth + 1) for x in v]
+        return None if any(x is None for x in items) else items
+    if isinstance(v, dict):
+        items = {k: _plain(x, depth + 1) for k, x in v.items()}
+        ok = all(isinstance(k, (str, int)) and x is not None for k, x in items.items())
+        return items if ok else None
+    return None
+
+
+def _constant_tensors(z: zipfile.ZipFile, infos, name: str) -> int:
+    """How many tensors of more than one element ``constants.pkl`` names (the weights of a frozen
+    module live there, folded into the code); read with stand-ins, the storages never loaded."""
+    entry = next((i for i in infos if i.filename.endswith("constants.pkl") and i.filename.count("/") <= 1), None)
+    if entry is None:
+        return 0
+    data = read_zip_entry(z, entry, name)
+    walker = Walker(_Storages())
+    try:
+        walker.load(_BoundedReader(io.BytesIO(data), len(data)))
+    except LoadError:
+        raise
+    except (UnsafePickle, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            UnicodeError, EOFError, RecursionError) as exc:
+        raise LoadError(f"{name} is a TorchScript archive whose constants.pkl cannot be read ({str(exc)[:200]}); "
+                        "nothing in it was imported or run") from None
+    return sum(1 for t in walker.pending if t.size is not None and _numel(t.size) > 1)
+
+
+def _numel(size) -> int:
+    n = 1
+    for s in size:
+        n *= s
+    return n

@@ -19,13 +19,18 @@ from ..errors import LoadError
 from ..limits import check_tensor_storage, check_zip_entries, display_name, open_regular, read_zip_entry
 from .pickled_torch import _Storages, read_torch_safely
 from .record import _Found, zip_errors
-from .recover import MAX_DEPTH, MAX_RECOVERED_NODES, _fields
+from .recover import MAX_DEPTH, _fields, _is_factory_name
 from .safe_unpickle import _BoundedReader, PendingTensor, StandIn, UnsafePickle, Walker
 
 #: TorchScript's own helpers that wrap typed lists and dicts (``restore_type_tag(value, "Dict[str, int]")``,
 #: ``build_intlist([...])``): their first argument is the value
 _TYPED_VALUES = ("torch.jit._pickle.restore_type_tag", "torch.jit._pickle.build_intlist",
                  "torch.jit._pickle.build_doublelist", "torch.jit._pickle.build_boollist")
+#: the most modules and attributes one archive's tree may hold, counted at each use (a module shared
+#: by two parents is walked under both names, as ``state_dict()`` lists it; sharing cannot make it 2**40)
+MAX_TREE_ENTRIES = 200_000
+#: the most values one plain attribute (a vocabulary, a config) may hold, counted at each use
+MAX_PLAIN_VALUES = 1_000_000
 NOTE = ("a TorchScript archive (torch.jit.save): its tensors were read without importing or running anything "
         "from it; its code (the forward) was not read, so SeqScope computes the forward of the architecture it "
         "recognised from the tensors' names and shapes")
@@ -73,6 +78,11 @@ def read_torchscript(path) -> _Found:
         check_tensor_storage(key, t, name)
     shown = ", ".join(kinds[:8]) + (f" and {len(kinds) - 8} more" if len(kinds) > 8 else "")
     notes = [NOTE + (f"; its modules: {shown}" if shown else "")]
+    foreign = [q for q in walker.named if not q.startswith(("__torch__.", "torch.jit._pickle."))
+               and not _is_factory_name(q) and not q.endswith(".(result)")]
+    if foreign:
+        notes.append("its data.pkl also names " + ", ".join(foreign[:12]) + (" and more" if len(foreign) > 12 else "")
+                     + ", which TorchScript itself does not write; stood in for, never imported or run")
     if constants:
         notes.append(f"its code also holds {constants} constant tensor(s) of more than one element (constants.pkl), "
                      "which SeqScope does not read: if the forward uses them as weights, this model is not that one")
@@ -86,25 +96,27 @@ def _module_tensors(top, name: str):
         raise LoadError(f"{name} is a TorchScript archive whose data.pkl does not hold a module; it is corrupted "
                         "or of a kind SeqScope does not read")
     out: OrderedDict = OrderedDict()
-    kinds: list[str] = []
-    seen = [0]
+    kinds: dict[str, None] = {}
+    visits = [0]
 
     def walk(obj: StandIn, prefix: str, depth: int, path: set) -> None:
         if depth > MAX_DEPTH or id(obj) in path:
             return
-        kinds.append(_class_name(obj.qualified))
-        path = path | {id(obj)}
-        for key, value in (_fields(obj) or {}).items():
-            seen[0] += 1
-            if seen[0] > MAX_RECOVERED_NODES:
-                raise LoadError(f"{name} holds more than {MAX_RECOVERED_NODES:,} module attributes; it is not a "
-                                "checkpoint SeqScope can read")
+        fields = _fields(obj) or {}
+        visits[0] += 1 + len(fields)
+        if visits[0] > MAX_TREE_ENTRIES:
+            raise LoadError(f"{name} holds more than {MAX_TREE_ENTRIES:,} modules and attributes (counting shared ones "
+                            "at each use); it is not a checkpoint SeqScope can read")
+        kinds[obj.qualified] = None
+        path.add(id(obj))
+        for key, value in fields.items():
             if not isinstance(key, str):
                 continue
             if isinstance(value, PendingTensor) and value.tensor is not None:
                 out[prefix + key] = value.tensor
             elif _is_script_object(value):
                 walk(value, f"{prefix}{key}.", depth + 1, path)
+        path.discard(id(obj))
 
     walk(top, "", 0, set())
     extras = {}
@@ -112,7 +124,7 @@ def _module_tensors(top, name: str):
         plain = _plain(value)
         if isinstance(key, str) and not key.startswith("_") and key != "training" and plain is not None:
             extras[key] = plain
-    return out, extras, list(dict.fromkeys(kinds))
+    return out, extras, list(dict.fromkeys(_class_name(q) for q in kinds))
 
 
 def _is_script_object(v) -> bool:
@@ -125,20 +137,23 @@ def _class_name(qualified: str) -> str:
     return ".".join(parts) or qualified
 
 
-def _plain(v, depth: int = 0):
+def _plain(v, budget: list[int] | None = None, depth: int = 0):
     """A value made of text, numbers, lists and dicts (TorchScript's typed wrappers unwrapped), or
-    None when it holds anything else."""
-    if depth > 16:
+    None when it holds anything else, or more than MAX_PLAIN_VALUES values counted at each use (a
+    list that holds one list many times over is cheap to pickle and huge to walk)."""
+    budget = [MAX_PLAIN_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if depth > 16 or budget[0] < 0:
         return None
     if isinstance(v, StandIn) and v.qualified in _TYPED_VALUES and v.args:
-        return _plain(v.args[0], depth + 1)
-    if isinstance(v, bool) or isinstance(v, (int, float, str)):
+        return _plain(v.args[0], budget, depth + 1)
+    if isinstance(v, (bool, int, float, str)):
         return v
     if isinstance(v, (list, tuple)):
-        items = [_plain(x, depth + 1) for x in v]
+        items = [_plain(x, budget, depth + 1) for x in v]
         return None if any(x is None for x in items) else items
     if isinstance(v, dict):
-        items = {k: _plain(x, depth + 1) for k, x in v.items()}
+        items = {k: _plain(x, budget, depth + 1) for k, x in v.items()}
         ok = all(isinstance(k, (str, int)) and x is not None for k, x in items.items())
         return items if ok else None
     return None

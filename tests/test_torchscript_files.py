@@ -1,0 +1,255 @@
+"""TorchScript archives (engine/loading/torchscript_files.py): the tensors of a torch.jit.script /
+torch.jit.trace archive are read without torch.jit.load and without running or importing anything
+the archive names, and load like a state dict.  Each model is compared with the torch module it
+was saved from (float32 on both sides, atol 1e-5); tampered archives create no marker file."""
+from __future__ import annotations
+
+import pickletools
+import zipfile
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import engine
+from engine.errors import LoadError
+from test_safe_unpickle import extensions, really_runs, routes  # noqa: F401  (extensions: a fixture)
+
+ATOL = 1e-5
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, buffer: bool = False):
+        super().__init__()
+        self.chars: List[str] = list("abcdefg ")
+        self.emb = nn.Embedding(8, 5)
+        self.rnn = nn.LSTM(5, 6, num_layers=2)
+        self.head = nn.Linear(6, 8)
+        if buffer:
+            self.register_buffer("scale", torch.ones(3))
+
+    def forward(self, ids):
+        y, _ = self.rnn(self.emb(ids)[:, None])
+        return self.head(y[:, 0]), y[:, 0]
+
+
+class BiGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(3, 4, bidirectional=True, batch_first=True)
+
+    def forward(self, x):
+        return self.gru(x[None])[0][0]
+
+
+class CellStack(nn.Module):
+    """Two LSTMCells in a ModuleList and a head, stepped by hand as many real models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells = nn.ModuleList([nn.LSTMCell(3, 6), nn.LSTMCell(6, 6)])
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = [torch.zeros(1, 6), torch.zeros(1, 6)]
+        c = [torch.zeros(1, 6), torch.zeros(1, 6)]
+        ys, hs = [], []
+        for t in range(x.shape[0]):
+            inp = x[t:t + 1]
+            i = 0
+            for cell in self.cells:
+                h[i], c[i] = cell(inp, (h[i], c[i]))
+                inp = h[i]
+                i += 1
+            ys.append(self.out(inp))
+            hs.append(inp)
+        return torch.cat(ys), torch.cat(hs)
+
+
+def _made(module: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    for p in module.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    return module.eval()
+
+
+def _save_script(module, path: Path) -> Path:
+    torch.jit.script(module).save(str(path))
+    return path
+
+
+@pytest.fixture
+def no_torchscript_runtime(monkeypatch):
+    """Any route into TorchScript's loader (or torch.load, which hands TorchScript zips to it) fails."""
+    def refuse(*a, **k):
+        pytest.fail("the TorchScript runtime was asked to load the archive")
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch._C, "import_ir_module", refuse)
+    monkeypatch.setattr(torch._C, "import_ir_module_from_buffer", refuse)
+
+
+def _check_char_lstm(model, module, ids):
+    trace = engine.run(model, ids, probes=["layers.1.h", "logits"])
+    with torch.no_grad():
+        logits, y = module(torch.as_tensor(ids))
+    np.testing.assert_allclose(np.asarray(trace["layers.1.h"]).reshape(len(ids), 6), y.numpy(), atol=ATOL)
+    np.testing.assert_allclose(trace["logits"], logits.numpy(), atol=ATOL)
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_embedding_lstm_head_loads_exactly_with_its_vocabulary(tmp_path, how, no_torchscript_runtime):
+    module = _made(CharLSTM(), 0)
+    ids = np.array([0, 3, 7, 1, 1, 5, 2, 6, 4])
+    path = tmp_path / f"{how}.pt"
+    if how == "script":
+        torch.jit.script(module).save(str(path))
+    else:
+        torch.jit.trace(module, torch.as_tensor(ids)).save(str(path))
+    model = engine.load(path, device="cpu")  # strict: every tensor in the archive is used
+    assert (model.config.cell, model.config.num_layers, model.config.vocab_size) == ("lstm", 2, 8)
+    assert model.config.output_size == 8
+    notes = model.load_info["notes"]
+    assert "TorchScript archive" in notes and "its code (the forward) was not read" in notes
+    assert "torch.nn.modules.rnn.LSTM" in notes
+    assert model.load_info["format"] == "torchscript"
+    _check_char_lstm(model, module, ids)
+    if how == "script":  # the module's own chars attribute is the vocabulary (traced modules drop it)
+        assert model.tokenizer is not None
+        trace = engine.run(model, "fed cab", probes=["logits"])
+        with torch.no_grad():
+            logits, _ = module(torch.as_tensor(["abcdefg ".index(ch) for ch in "fed cab"]))
+        np.testing.assert_allclose(trace["logits"], logits.numpy(), atol=ATOL)
+
+
+def test_bidirectional_gru_with_numeric_inputs(tmp_path, no_torchscript_runtime):
+    module = _made(BiGRU(), 1)
+    model = engine.load(_save_script(module, tmp_path / "bi.pt"), device="cpu")
+    assert (model.config.cell, model.config.bidirectional, model.config.input_size) == ("gru", True, 3)
+    x = np.random.default_rng(0).normal(size=(11, 3)).astype(np.float32)
+    trace = engine.run(model, x, probes=["layers.0.h"])
+    with torch.no_grad():
+        h = module(torch.from_numpy(x))
+    np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(11, 8), h.numpy(), atol=ATOL)
+
+
+def test_lstm_cell_stack_in_a_module_list(tmp_path, no_torchscript_runtime):
+    module = _made(CellStack(), 2)
+    model = engine.load(_save_script(module, tmp_path / "cells.pt"), device="cpu")
+    assert (model.config.cell, model.config.num_layers, model.config.output_size) == ("lstm", 2, 2)
+    x = np.random.default_rng(1).normal(size=(13, 3)).astype(np.float32)
+    trace = engine.run(model, x, probes=["layers.1.h", "logits"])
+    with torch.no_grad():
+        out, h = module(torch.from_numpy(x))
+    np.testing.assert_allclose(np.asarray(trace["layers.1.h"]).reshape(13, 6), h.numpy(), atol=ATOL)
+    np.testing.assert_allclose(trace["logits"], out.numpy(), atol=ATOL)
+
+
+def test_a_tensor_the_model_does_not_use_is_refused_under_strict(tmp_path):
+    module = _made(CharLSTM(buffer=True), 3)
+    path = _save_script(module, tmp_path / "extra.pt")
+    with pytest.raises(LoadError, match=r"1 tensor in the file would be left unused: scale \[3\]"):
+        engine.load(path, device="cpu")
+    model = engine.load(path, device="cpu", strict=False)
+    assert "unused tensors (strict=False): scale [3]" in model.load_info["notes"]
+    _check_char_lstm(model, module, np.array([1, 2, 3, 4]))
+
+
+def test_a_frozen_module_whose_weights_are_constants_is_refused_in_words(tmp_path, no_torchscript_runtime):
+    path = tmp_path / "frozen.pt"
+    torch.jit.freeze(torch.jit.script(_made(CellStack(), 4))).save(str(path))
+    with pytest.raises(LoadError, match=r"frozen\.pt is a TorchScript archive whose weights were folded into its "
+                                        r"code as \d+ constant tensor\(s\) \(torch\.jit\.freeze"):
+        engine.load(path, device="cpu")
+
+
+def _rewritten(path: Path, out: Path, change) -> Path:
+    """A copy of the archive at ``path`` with each entry's bytes passed through ``change(name, data)``."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, change(info.filename, src.read(info.filename)))
+    return out
+
+
+def _with_attribute(data: bytes, ops: bytes) -> bytes:
+    """data.pkl with an attribute ``evil`` holding ``ops``, set first on the top module (before any
+    tensor is rebuilt, so a real unpickler would reach it)."""
+    first_mark = next(pos for op, _arg, pos in pickletools.genops(data) if op.name == "MARK")
+    key = "evil".encode()
+    return data[:first_mark + 1] + b"X" + len(key).to_bytes(4, "little") + key + ops + data[first_mark + 1:]
+
+
+def test_tampered_archives_run_nothing(tmp_path, no_torchscript_runtime, extensions):  # noqa: F811
+    """data.pkl given every opcode route to code (os.system, builtins.exec, posix.system …) and
+    code/ rewritten to call os.system: no marker file, and each archive loads exactly or is
+    refused in one sentence."""
+    module = _made(CharLSTM(), 5)
+    clean = _save_script(module, tmp_path / "clean.pt")
+    marker = tmp_path / "PWNED"
+    evil_code = f"import os\nos.system('touch {marker}')\n".encode()
+    posix = b"cposix\nsystem\n(X" + len(f"touch {marker}").to_bytes(4, "little") + f"touch {marker}".encode() + b"tR"
+    all_routes = dict(routes(marker), **{"GLOBAL+REDUCE posix.system": posix})
+    for route, ops in all_routes.items():
+        assert really_runs(b"\x80\x02" + ops + b".", marker), f"{route}: the control does not run"
+
+        def change(name, data, ops=ops):
+            if name.endswith("/data.pkl"):
+                return _with_attribute(data, ops)
+            return evil_code if "/code/" in name and name.endswith(".py") else data
+
+        path = _rewritten(clean, tmp_path / f"evil-{len(list(tmp_path.iterdir()))}.pt", change)
+        try:
+            model = engine.load(path, device="cpu")
+        except LoadError as exc:
+            assert "nothing in it was imported or run" in str(exc), (route, exc)
+            assert "\n" not in str(exc)
+        else:
+            assert "which TorchScript itself does not write; stood in for, never imported or run" in \
+                model.load_info["notes"], route
+            _check_char_lstm(model, module, np.array([6, 5, 4, 0]))
+        assert not marker.exists(), route
+
+
+def test_an_archive_of_no_module_or_no_tensors_is_refused(tmp_path):
+    clean = _save_script(_made(BiGRU(), 6), tmp_path / "clean.pt")
+    not_a_module = _rewritten(clean, tmp_path / "list.pt",
+                              lambda n, d: b"\x80\x02]q\x00." if n.endswith("/data.pkl") else d)
+    with pytest.raises(LoadError, match=r"list\.pt is a TorchScript archive whose data\.pkl does not hold a module"):
+        engine.load(not_a_module, device="cpu")
+    torch.jit.script(nn.ReLU()).save(str(tmp_path / "relu.pt"))
+    with pytest.raises(LoadError, match=r"relu\.pt is a TorchScript archive whose module holds no tensors"):
+        engine.load(tmp_path / "relu.pt", device="cpu")
+
+
+def _script_object_pickle(levels: int, per_level: int, attribute: str) -> bytes:
+    """data.pkl of ``__torch__`` objects each holding the one below ``per_level`` times: cheap to
+    pickle (the memo shares them), per_level**levels paths to walk."""
+    def text(t: str) -> bytes:
+        return b"X" + len(t.encode()).to_bytes(4, "little") + t.encode()
+
+    out = b"\x80\x02" + b"c__torch__\nM\n)\x81}b" + b"q\x00"  # level 0: an object of nothing
+    for k in range(1, levels + 1):
+        refs = b"".join(text(f"{attribute}{j}") + b"h" + bytes([k - 1]) for j in range(per_level))
+        out += b"0c__torch__\nM\n)\x81}(" + refs + b"ub" + b"q" + bytes([k])  # POP the level below, then this
+    return out + b"."
+
+
+@pytest.mark.parametrize("shape", ["modules", "lists"])
+def test_shared_objects_are_not_walked_exponentially(tmp_path, shape):
+    """40 levels of objects sharing the level below, twice (2**40 paths): refused in one sentence,
+    in bounded time, whether they are modules (walked for tensors) or lists (a plain attribute)."""
+    clean = _save_script(_made(BiGRU(), 7), tmp_path / "clean.pt")
+    if shape == "modules":
+        data = _script_object_pickle(40, 2, "m")
+    else:  # the top module's attribute: a list holding one list twice, 40 deep
+        nested = b"]q\x00" + b"".join(b"0(h" + bytes([k - 1]) + b"h" + bytes([k - 1]) + b"lq" + bytes([k])
+                                      for k in range(1, 41))
+        data = b"\x80\x02c__torch__\nM\n)\x81}(X\x05\x00\x00\x00vocab" + nested + b"ub."
+    path = _rewritten(clean, tmp_path / f"{shape}.pt", lambda n, d: data if n.endswith("/data.pkl") else d)
+    expected = {"modules": r"modules\.pt holds more than 200,000 modules and attributes \(counting shared ones at each use\)",
+                "lists": r"lists\.pt is a TorchScript archive whose module holds no tensors"}[shape]
+    with pytest.raises(LoadError, match=expected):
+        engine.load(path, device="cpu")

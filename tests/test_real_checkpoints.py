@@ -84,17 +84,22 @@ def test_silero_vad_safetensors_loads_its_lstm_cell_core_on_strict_false():
     w = load_file(path)
     cell = torch.nn.LSTMCell(128, 128)
     cell.load_state_dict({k[len("lstm_cell."):]: v for k, v in w.items() if k.startswith("lstm_cell.")})
-    x = np.random.default_rng(1).normal(size=(20, 128)).astype(np.float32)
+    _check_lstm_cell(model, cell, np.random.default_rng(1).normal(size=(20, 128)).astype(np.float32))
+
+
+def _check_lstm_cell(model, cell: torch.nn.LSTMCell, x: np.ndarray) -> None:
+    """The model's layer 0 against ``cell`` stepped by hand over the rows of ``x`` (atol 1e-5)."""
     trace = engine.run(model, x, probes=["layers.0.h", "layers.0.c"])
-    h = c = torch.zeros(1, 128)
+    h = c = torch.zeros(1, cell.hidden_size)
     hs, cs = [], []
     with torch.no_grad():
-        for t in range(20):
+        for t in range(len(x)):
             h, c = cell(torch.from_numpy(x[t:t + 1]), (h, c))
             hs.append(h[0])
             cs.append(c[0])
-    np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(20, 128), torch.stack(hs).numpy(), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(trace["layers.0.c"]).reshape(20, 128), torch.stack(cs).numpy(), atol=1e-5)
+    shape = (len(x), cell.hidden_size)
+    np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(shape), torch.stack(hs).numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(trace["layers.0.c"]).reshape(shape), torch.stack(cs).numpy(), atol=1e-5)
 
 
 def test_attacut_convolutional_tokenizer_is_refused_as_having_no_recurrent_layer():
@@ -228,18 +233,7 @@ def test_silero_vad_torchscript_archive_loads_each_lstm_cell_from_the_offered_co
         rnn = getattr(top, network).decoder.rnn
         cell = torch.nn.LSTMCell(128, 128)
         cell.load_state_dict({k: getattr(rnn, k) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
-        trace = engine.run(model, x, probes=["layers.0.h", "layers.0.c"])
-        h = c = torch.zeros(1, 128)
-        hs, cs = [], []
-        with torch.no_grad():
-            for t in range(20):
-                h, c = cell(torch.from_numpy(x[t:t + 1]), (h, c))
-                hs.append(h[0])
-                cs.append(c[0])
-        np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(20, 128), torch.stack(hs).numpy(),
-                                   atol=1e-5)
-        np.testing.assert_allclose(np.asarray(trace["layers.0.c"]).reshape(20, 128), torch.stack(cs).numpy(),
-                                   atol=1e-5)
+        _check_lstm_cell(model, cell, x)
 
 
 def test_an_onnx_export_is_named_as_such(tmp_path):

@@ -25,6 +25,11 @@ _CONFIG_KEYS = ("config", "model_config", "hparams", "hyper_parameters", "hyperp
                 "args", "model_args", "cfg", "opt", "params", "settings")
 
 
+def is_torchscript_names(names) -> bool:
+    """Whether a zip's entry names are those of a TorchScript archive (``constants.pkl``, ``code/``)."""
+    return any(n.endswith("constants.pkl") or "/code/" in n or n.startswith("code/") for n in names)
+
+
 @dataclass
 class _Found:
     """What one file or folder holds, before any architecture is inferred."""

@@ -17,10 +17,9 @@ from .. import safe_json
 from ..errors import LoadError
 from ..limits import (MAX_PICKLE_BYTES, check_tensor_storage, check_zip_entries, display_name, open_regular,
                       read_capped, read_zip_entry)
-from .record import _CELL_KEY, _Found, _RNN_KEY, _short, zip_errors
+from .record import _CELL_KEY, _Found, _RNN_KEY, _short, is_torchscript_names, zip_errors
 from .recover import recover
 from .pickled_torch import read_torch_safely
-from .torchscript_files import is_torchscript_names
 
 
 _NOT_MODEL = re.compile(r"optim|sched|scaler|grad|loss|metric|callback|histor|lr_", re.I)

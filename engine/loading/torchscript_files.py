@@ -18,9 +18,10 @@ from collections import OrderedDict
 from ..errors import LoadError
 from ..limits import check_tensor_storage, check_zip_entries, display_name, open_regular, read_zip_entry
 from .pickled_torch import _Storages, read_torch_safely
-from .record import _Found, zip_errors
+from .record import _Found, is_torchscript_names, zip_errors
 from .recover import MAX_DEPTH, _fields, _is_factory_name
 from .safe_unpickle import _BoundedReader, PendingTensor, StandIn, UnsafePickle, Walker
+from .torch_files import _pickle_globals
 
 #: TorchScript's own helpers that wrap typed lists and dicts (``restore_type_tag(value, "Dict[str, int]")``,
 #: ``build_intlist([...])``): their first argument is the value
@@ -34,11 +35,6 @@ MAX_PLAIN_VALUES = 1_000_000
 NOTE = ("a TorchScript archive (torch.jit.save): its tensors were read without importing or running anything "
         "from it; its code (the forward) was not read, so SeqScope computes the forward of the architecture it "
         "recognised from the tensors' names and shapes")
-
-
-def is_torchscript_names(names) -> bool:
-    """Whether a zip's entry names are those of a TorchScript archive (``constants.pkl``, ``code/``)."""
-    return any(n.endswith("constants.pkl") or "/code/" in n or n.startswith("code/") for n in names)
 
 
 def is_torchscript(path) -> bool:
@@ -63,6 +59,7 @@ def read_torchscript(path) -> _Found:
                     raise LoadError(f"{name} is a TorchScript archive without its data.pkl (the module and its "
                                     "weights): the file is truncated or corrupted")
                 constants = _constant_tensors(z, infos, name)
+                _refuse_quantized(z, infos, name)
         obj, walker = read_torch_safely(f, "zip", name)
     tensors, extras, kinds = _module_tensors(obj, name)
     if not tensors:
@@ -98,33 +95,71 @@ def _module_tensors(top, name: str):
     out: OrderedDict = OrderedDict()
     kinds: dict[str, None] = {}
     visits = [0]
+    held: list = []  # (name, value) of attributes that are not tensors or modules: lists, dicts, other state
+
+    def count(n: int) -> None:
+        visits[0] += n
+        if visits[0] > MAX_TREE_ENTRIES:
+            raise LoadError(f"{name} holds more than {MAX_TREE_ENTRIES:,} modules and attributes (counting shared ones "
+                            "at each use); it is not a checkpoint SeqScope can read")
 
     def walk(obj: StandIn, prefix: str, depth: int, path: set) -> None:
         if depth > MAX_DEPTH or id(obj) in path:
             return
         fields = _fields(obj) or {}
-        visits[0] += 1 + len(fields)
-        if visits[0] > MAX_TREE_ENTRIES:
-            raise LoadError(f"{name} holds more than {MAX_TREE_ENTRIES:,} modules and attributes (counting shared ones "
-                            "at each use); it is not a checkpoint SeqScope can read")
+        count(1 + len(fields))
         kinds[obj.qualified] = None
         path.add(id(obj))
         for key, value in fields.items():
             if not isinstance(key, str):
                 continue
             if isinstance(value, PendingTensor) and value.tensor is not None:
-                out[prefix + key] = value.tensor
+                out[prefix + key] = value
             elif _is_script_object(value):
                 walk(value, f"{prefix}{key}.", depth + 1, path)
+            elif isinstance(value, (list, tuple, dict, StandIn)):
+                held.append((prefix + key, value))
         path.discard(id(obj))
 
     walk(top, "", 0, set())
+    # tensors inside lists, dicts and objects of a state of their own, after the modules' own: a
+    # list of the module's own parameters (an RNN's _flat_weights) adds nothing; any other tensor
+    # is named (``cells.0``, ``table.key``) so that a model that does not use it says so
+    named = {id(t) for t in out.values()}
+    for key, value in held:
+        for suffix, t in _held_tensors(value, count):
+            if id(t) not in named:
+                named.add(id(t))
+                out[key + suffix] = t
+    out = OrderedDict((k, t.tensor) for k, t in out.items())
     extras = {}
     for key, value in (_fields(top) or {}).items():
         plain = _plain(value)
         if isinstance(key, str) and not key.startswith("_") and key != "training" and plain is not None:
             extras[key] = plain
     return out, extras, list(dict.fromkeys(_class_name(q) for q in kinds))
+
+
+def _held_tensors(value, count, suffix: str = "", depth: int = 0):
+    """``(suffix, PendingTensor)`` for each tensor in a list, tuple or dict (keys text or
+    numbers), TorchScript's typed wrappers around them and objects whose state is not a dict."""
+    count(1)
+    if depth > 16:
+        return
+    if isinstance(value, PendingTensor):
+        if value.tensor is not None:
+            yield suffix, value
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _held_tensors(item, count, f"{suffix}.{i}", depth + 1)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            if isinstance(k, (str, int)) and not isinstance(k, bool):
+                yield from _held_tensors(item, count, f"{suffix}.{k}", depth + 1)
+    elif isinstance(value, StandIn) and value.qualified.startswith("torch.jit._pickle.") and value.args:
+        yield from _held_tensors(value.args[0], count, suffix, depth + 1)
+    elif isinstance(value, StandIn) and value.qualified.startswith("__torch__."):
+        yield from _held_tensors(value.state, count, suffix, depth + 1)
 
 
 def _is_script_object(v) -> bool:
@@ -157,6 +192,18 @@ def _plain(v, budget: list[int] | None = None, depth: int = 0):
         ok = all(isinstance(k, (str, int)) and x is not None for k, x in items.items())
         return items if ok else None
     return None
+
+
+def _refuse_quantized(z: zipfile.ZipFile, infos, name: str) -> None:
+    """A quantized model's tensors (``torch.QInt8Storage``, ``_rebuild_qtensor``), named before
+    the pickle is walked, so that the refusal says what they are."""
+    entry = next(i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") <= 1)
+    quantized = [g for g in _pickle_globals(read_zip_entry(z, entry, name))
+                 if g.startswith("torch.Q") or g.startswith("torch._utils._rebuild_qtensor")]
+    if quantized:
+        raise LoadError(f"{name} is a TorchScript archive of a quantized model (it holds "
+                        f"{', '.join(dict.fromkeys(quantized))}), which SeqScope does not read: load the weights of "
+                        "the model before quantization, saved with torch.save(model.state_dict(), 'model.pt')")
 
 
 def _constant_tensors(z: zipfile.ZipFile, infos, name: str) -> int:

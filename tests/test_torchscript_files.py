@@ -222,7 +222,7 @@ def test_an_archive_of_no_module_or_no_tensors_is_refused(tmp_path):
     with pytest.raises(LoadError, match=r"list\.pt is a TorchScript archive whose data\.pkl does not hold a module"):
         engine.load(not_a_module, device="cpu")
     torch.jit.script(nn.ReLU()).save(str(tmp_path / "relu.pt"))
-    with pytest.raises(LoadError, match=r"relu\.pt is a TorchScript archive whose module holds no tensors"):
+    with pytest.raises(LoadError, match=r"relu\.pt is a TorchScript archive whose modules hold no tensors"):
         engine.load(tmp_path / "relu.pt", device="cpu")
 
 

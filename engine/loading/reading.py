@@ -49,11 +49,8 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
     elif kind == "keras":
         found = read_keras_archive(path)
         found.side = side or path.parent
-    elif kind == "torchscript":  # its tensors only: its code is never read or run
-        found = read_torchscript(path)
-        found.side = side or path.parent
-    elif kind in ("zip", "pickle"):
-        found = _read_torch(path, kind)
+    elif kind in ("zip", "pickle", "torchscript"):  # a TorchScript archive: its tensors only, its code never run
+        found = read_torchscript(path) if kind == "torchscript" else _read_torch(path, kind)
         # files beside a .pt are used only when the checkpoint itself carries no vocab/config
         own = any(k in found.extras for k in _VOCAB_KEYS + _CONFIG_KEYS)
         found.side = side or (None if own else path.parent)

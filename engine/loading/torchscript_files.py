@@ -5,12 +5,13 @@ never called: ``data.pkl``, the pickle of the module tree, is read by :mod:`.saf
 (every ``__torch__.…`` class an inert stand-in; storages from the archive's ``data/`` entries),
 and the tree is walked to the flat ``{dotted.name: tensor}`` dict ``module.state_dict()`` would
 give: each module's tensor attributes in the order stored (parameters, then buffers, as
-registered), then its submodules under ``name.``.  That record is then loaded like any state
-dict: the architecture is recognised from the names and shapes, and SeqScope computes its
+registered), then its submodules under ``name.``; tensors kept in lists and dicts after them, so
+that a model which does not use them says so.  That record is then loaded like any state dict: the architecture is recognised from the names and shapes, and SeqScope computes its
 forward itself, as the notes say."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import zipfile
 from collections import OrderedDict
@@ -68,8 +69,8 @@ def read_torchscript(path) -> _Found:
                             f"{constants} constant tensor(s) (torch.jit.freeze or optimize_for_inference), which "
                             "SeqScope does not read: save the weights of the model before freezing, with "
                             "torch.save(model.state_dict(), 'model.pt')")
-        raise LoadError(f"{name} is a TorchScript archive whose module holds no tensors SeqScope can read (its "
-                        "modules keep their state in a form of their own); save the weights with "
+        raise LoadError(f"{name} is a TorchScript archive whose modules hold no tensors (a model without weights, or "
+                        "one that keeps them in a form SeqScope does not read); save the weights with "
                         "torch.save(model.state_dict(), 'model.pt')")
     for key, t in tensors.items():
         check_tensor_storage(key, t, name)
@@ -222,11 +223,4 @@ def _constant_tensors(z: zipfile.ZipFile, infos, name: str) -> int:
             UnicodeError, EOFError, RecursionError) as exc:
         raise LoadError(f"{name} is a TorchScript archive whose constants.pkl cannot be read ({str(exc)[:200]}); "
                         "nothing in it was imported or run") from None
-    return sum(1 for t in walker.pending if t.size is not None and _numel(t.size) > 1)
-
-
-def _numel(size) -> int:
-    n = 1
-    for s in size:
-        n *= s
-    return n
+    return sum(1 for t in walker.pending if t.size is not None and math.prod(t.size) > 1)

@@ -102,13 +102,16 @@ def _check_char_lstm(model, module, ids):
     np.testing.assert_allclose(trace["logits"], logits.numpy(), atol=ATOL)
 
 
-@pytest.mark.parametrize("how", ["script", "trace"])
+@pytest.mark.parametrize("how", ["script", "trace", "lite"])
 def test_embedding_lstm_head_loads_exactly_with_its_vocabulary(tmp_path, how, no_torchscript_runtime):
+    """Scripted, traced, and scripted for PyTorch Mobile's lite interpreter (a .ptl with bytecode.pkl)."""
     module = _made(CharLSTM(), 0)
     ids = np.array([0, 3, 7, 1, 1, 5, 2, 6, 4])
     path = tmp_path / f"{how}.pt"
     if how == "script":
         torch.jit.script(module).save(str(path))
+    elif how == "lite":
+        torch.jit.script(module)._save_for_lite_interpreter(str(path))
     else:
         torch.jit.trace(module, torch.as_tensor(ids)).save(str(path))
     model = engine.load(path, device="cpu")  # strict: every tensor in the archive is used
@@ -119,7 +122,7 @@ def test_embedding_lstm_head_loads_exactly_with_its_vocabulary(tmp_path, how, no
     assert "torch.nn.modules.rnn.LSTM" in notes
     assert model.load_info["format"] == "torchscript"
     _check_char_lstm(model, module, ids)
-    if how == "script":  # the module's own chars attribute is the vocabulary (traced modules drop it)
+    if how != "trace":  # the module's own chars attribute is the vocabulary (traced modules drop it)
         assert model.tokenizer is not None
         trace = engine.run(model, "fed cab", probes=["logits"])
         with torch.no_grad():
@@ -217,12 +220,18 @@ def test_tampered_archives_run_nothing(tmp_path, no_torchscript_runtime, extensi
         assert not marker.exists(), route
 
 
-def test_an_archive_of_no_module_or_no_tensors_is_refused(tmp_path):
+def test_an_archive_of_no_module_or_no_tensors_or_of_pytorch_1_0_is_refused(tmp_path):
     clean = _save_script(_made(BiGRU(), 6), tmp_path / "clean.pt")
     not_a_module = _rewritten(clean, tmp_path / "list.pt",
                               lambda n, d: b"\x80\x02]q\x00." if n.endswith("/data.pkl") else d)
     with pytest.raises(LoadError, match=r"list\.pt is a TorchScript archive whose data\.pkl does not hold a module"):
         engine.load(not_a_module, device="cpu")
+    old = tmp_path / "old.pt"
+    with zipfile.ZipFile(old, "w") as z:  # PyTorch 1.0's layout: model.json, code/, tensors/
+        for entry in ("old/model.json", "old/code/old.py", "old/tensors/0"):
+            z.writestr(entry, b"{}")
+    with pytest.raises(LoadError, match=r"old\.pt is a TorchScript archive in the format of PyTorch 1\.0 to 1\.2"):
+        engine.load(old, device="cpu")
     torch.jit.script(nn.ReLU()).save(str(tmp_path / "relu.pt"))
     with pytest.raises(LoadError, match=r"relu\.pt is a TorchScript archive whose modules hold no tensors"):
         engine.load(tmp_path / "relu.pt", device="cpu")

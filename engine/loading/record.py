@@ -14,7 +14,8 @@ import torch
 from ..errors import LoadError
 
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".jit")  # .jit: a TorchScript archive (silero-vad's)
+#: .jit and .ptl: TorchScript archives (silero-vad names its so; .ptl: PyTorch Mobile's)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".jit", ".ptl")
 _RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d{1,6})(_reverse)?$")
 _CELL_KEY = re.compile(r"^(weight|bias)_(ih|hh)$")
 _VOCAB_KEYS = ("vocab", "chars", "stoi", "itos", "char2idx", "idx2char", "char_to_idx", "idx_to_char",

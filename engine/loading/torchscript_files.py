@@ -56,6 +56,10 @@ def read_torchscript(path) -> _Found:
                 infos = z.infolist()
                 check_zip_entries(infos, size, name, advice="which no torch.jit.save writes")
                 has_data = any(i.filename.endswith("data.pkl") and i.filename.count("/") <= 1 for i in infos)
+                if not has_data and any(i.filename.endswith("model.json") for i in infos):
+                    raise LoadError(f"{name} is a TorchScript archive in the format of PyTorch 1.0 to 1.2 (model.json), "
+                                    "which SeqScope does not read: re-save its weights with a newer PyTorch, with "
+                                    "torch.save(model.state_dict(), 'model.pt')")
                 if not has_data:
                     raise LoadError(f"{name} is a TorchScript archive without its data.pkl (the module and its "
                                     "weights): the file is truncated or corrupted")

@@ -294,3 +294,13 @@ def test_a_quantized_archive_is_refused_in_words(tmp_path):
     with pytest.raises(LoadError, match=r"quantized\.pt is a TorchScript archive of a quantized model \(it holds "
                                         r"torch\._utils\._rebuild_qtensor, torch\.QInt8Storage\)"):
         engine.load(path, device="cpu")
+
+
+@pytest.mark.parametrize("stem", ["code", "constants", "data"])
+def test_a_torch_save_checkpoint_named_like_an_archive_entry_is_no_torchscript(tmp_path, stem):
+    """torch.save names the zip's folder after the file: code.pt holds code/data.pkl, not code."""
+    module = _made(CharLSTM(), 10)
+    torch.save(module.state_dict(), tmp_path / f"{stem}.pt")
+    model = engine.load(tmp_path / f"{stem}.pt", device="cpu")
+    assert model.load_info["format"] == "pytorch" and "TorchScript" not in model.load_info.get("notes", "")
+    _check_char_lstm(model, module, np.array([2, 4, 6]))

@@ -27,8 +27,13 @@ _CONFIG_KEYS = ("config", "model_config", "hparams", "hyper_parameters", "hyperp
 
 
 def is_torchscript_names(names) -> bool:
-    """Whether a zip's entry names are those of a TorchScript archive (``constants.pkl``, ``code/``)."""
-    return any(n.endswith("constants.pkl") or "/code/" in n or n.startswith("code/") for n in names)
+    """Whether a zip's entry names are those of a TorchScript archive (``<archive>/constants.pkl``,
+    ``<archive>/code/…``); ``torch.save`` writes neither, whatever the archive's name."""
+    for n in names:
+        parts = n.split("/")
+        if len(parts) >= 2 and (parts[1] == "constants.pkl" or (parts[1] == "code" and len(parts) > 2)):
+            return True
+    return False
 
 
 @dataclass

@@ -304,3 +304,72 @@ def test_a_torch_save_checkpoint_named_like_an_archive_entry_is_no_torchscript(t
     model = engine.load(tmp_path / f"{stem}.pt", device="cpu")
     assert model.load_info["format"] == "pytorch" and "TorchScript" not in model.load_info.get("notes", "")
     _check_char_lstm(model, module, np.array([2, 4, 6]))
+
+
+class ReluRNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(3, 5, 2, nonlinearity="relu")
+
+    def forward(self, x):
+        return self.rnn(x[:, None])[0][:, 0]
+
+
+class CellLoop(nn.Module):
+    """Two GRUCells or two relu RNNCells, stepped by hand."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        make = (lambda i: nn.GRUCell(i, 4)) if kind == "gru" else (lambda i: nn.RNNCell(i, 4, nonlinearity="relu"))
+        self.cells = nn.ModuleList([make(3), make(4)])
+
+    def forward(self, x):
+        h = [torch.zeros(1, 4), torch.zeros(1, 4)]
+        hs = []
+        for t in range(x.shape[0]):
+            inp = x[t:t + 1]
+            i = 0
+            for cell in self.cells:
+                h[i] = cell(inp, h[i])
+                inp = h[i]
+                i += 1
+            hs.append(inp)
+        return torch.cat(hs)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru_cells", "relu_cells"])
+def test_elman_relu_and_gru_cell_stacks(tmp_path, kind, no_torchscript_runtime):
+    """An nn.RNN's relu, which its weights cannot show, is read from the archive's module; an
+    nn.RNNCell's is compiled into the code, which is not read: assumed tanh, said, and given."""
+    module = _made({"rnn": ReluRNN, "gru_cells": lambda: CellLoop("gru"),
+                    "relu_cells": lambda: CellLoop("relu")}[kind](), 11)
+    path = _save_script(module, tmp_path / f"{kind}.pt")
+    model = engine.load(path, device="cpu")
+    if kind == "relu_cells":
+        assert model.config.cell == "rnn_tanh" and "nonlinearity tanh (assumed" in model.load_info["notes"]
+        model = engine.load(path, device="cpu", config={"nonlinearity": "relu"})
+    cell = {"rnn": "rnn_relu", "gru_cells": "gru", "relu_cells": "rnn_relu"}[kind]
+    assert (model.config.cell, model.config.num_layers) == (cell, 2)
+    if kind == "rnn":
+        assert "Elman RNN nonlinearity relu (from the TorchScript archive's RNN modules)" in model.load_info["notes"]
+    x = np.random.default_rng(2).normal(size=(9, 3)).astype(np.float32)
+    trace = engine.run(model, x, probes=["layers.1.h"])
+    with torch.no_grad():
+        h = module(torch.from_numpy(x))
+    width = h.shape[1]
+    np.testing.assert_allclose(np.asarray(trace["layers.1.h"]).reshape(9, width), h.numpy(), atol=ATOL)
+
+
+def test_elman_modules_of_different_nonlinearities_are_named_in_the_notes(tmp_path):
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnns = nn.ModuleList([nn.RNN(3, 4), nn.RNN(4, 4, nonlinearity="relu")])
+
+        def forward(self, x):
+            for rnn in self.rnns:
+                x = rnn(x)[0]
+            return x
+
+    model = engine.load(_save_script(_made(Two(), 12), tmp_path / "two.pt"), device="cpu")
+    assert "Elman RNN modules use different nonlinearities (rnns.0 tanh, rnns.1 relu)" in model.load_info["notes"]

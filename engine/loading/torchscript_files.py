@@ -33,6 +33,9 @@ _TYPED_VALUES = ("torch.jit._pickle.restore_type_tag", "torch.jit._pickle.build_
 MAX_TREE_ENTRIES = 200_000
 #: the most values one plain attribute (a vocabulary, a config) may hold, counted at each use
 MAX_PLAIN_VALUES = 1_000_000
+#: where the record keeps what the archive's torch.nn modules say of themselves (read by side_files)
+MODULE_CONFIG = "torchscript_module_config"
+_ELMAN_CLASSES = ("torch.nn.modules.rnn.RNN", "torch.nn.modules.rnn.RNNCell")
 NOTE = ("a TorchScript archive (torch.jit.save): its tensors were read without importing or running anything "
         "from it; its code (the forward) was not read, so SeqScope computes the forward of the architecture it "
         "recognised from the tensors' names and shapes")
@@ -66,7 +69,7 @@ def read_torchscript(path) -> _Found:
                 constants = _constant_tensors(z, infos, name)
                 _refuse_quantized(z, infos, name)
         obj, walker = read_torch_safely(f, "zip", name)
-    tensors, extras, kinds = _module_tensors(obj, name)
+    tensors, extras, kinds, nonlinearities = _module_tensors(obj, name)
     if not tensors:
         if constants:
             raise LoadError(f"{name} is a TorchScript archive whose weights were folded into its code as "
@@ -88,7 +91,14 @@ def read_torchscript(path) -> _Found:
     if constants:
         notes.append(f"its code also holds {constants} constant tensor(s) of more than one element (constants.pkl), "
                      "which SeqScope does not read: if the forward uses them as weights, this model is not that one")
-    return _Found(name=name, fmt="torchscript", tensors=tensors, extras=extras, notes=notes)
+    metadata = {}
+    if len(set(nonlinearities.values())) == 1:  # the Elman layers' own nonlinearity, which shapes cannot tell
+        metadata[MODULE_CONFIG] = {"nonlinearity": next(iter(nonlinearities.values()))}
+    elif nonlinearities:
+        said = ", ".join(f"{k or 'the top module'} {v}" for k, v in nonlinearities.items())
+        notes.append(f"its Elman RNN modules use different nonlinearities ({said}): pass config= with one entry per "
+                     "layer in \"layers\" (cell rnn_tanh or rnn_relu)")
+    return _Found(name=name, fmt="torchscript", tensors=tensors, extras=extras, metadata=metadata, notes=notes)
 
 
 def _module_tensors(top, name: str):
@@ -101,6 +111,7 @@ def _module_tensors(top, name: str):
     kinds: dict[str, None] = {}
     visits = [0]
     held: list = []  # (name, value) of attributes that are not tensors or modules: lists, dicts, other state
+    nonlinearities: dict[str, str] = {}  # the nn.RNN / nn.RNNCell modules' nonlinearity, by module name
 
     def count(n: int) -> None:
         visits[0] += n
@@ -114,6 +125,8 @@ def _module_tensors(top, name: str):
         fields = _fields(obj) or {}
         count(1 + len(fields))
         kinds[obj.qualified] = None
+        if _class_name(obj.qualified) in _ELMAN_CLASSES and fields.get("nonlinearity") in ("tanh", "relu"):
+            nonlinearities[prefix.rstrip(".")] = fields["nonlinearity"]
         path.add(id(obj))
         for key, value in fields.items():
             if not isinstance(key, str):
@@ -142,7 +155,7 @@ def _module_tensors(top, name: str):
         plain = _plain(value)
         if isinstance(key, str) and not key.startswith("_") and key != "training" and plain is not None:
             extras[key] = plain
-    return out, extras, list(dict.fromkeys(_class_name(q) for q in kinds))
+    return out, extras, list(dict.fromkeys(_class_name(q) for q in kinds)), nonlinearities
 
 
 def _held_tensors(value, count, suffix: str = "", depth: int = 0):

@@ -373,3 +373,22 @@ def test_elman_modules_of_different_nonlinearities_are_named_in_the_notes(tmp_pa
 
     model = engine.load(_save_script(_made(Two(), 12), tmp_path / "two.pt"), device="cpu")
     assert "Elman RNN modules use different nonlinearities (rnns.0 tanh, rnns.1 relu)" in model.load_info["notes"]
+
+
+def test_a_vocabulary_saved_as_an_extra_file_is_attached(tmp_path):
+    """torch.jit.save(..., _extra_files={"vocab.json": ...}): traced modules keep no attributes,
+    so that is where a vocabulary goes; a config.json that is not JSON is noted, not fatal."""
+    import json
+
+    module = _made(CharLSTM(), 13)
+    path = tmp_path / "traced.pt"
+    torch.jit.trace(module, torch.tensor([0, 1, 2])).save(
+        str(path), _extra_files={"vocab.json": json.dumps(list("abcdefg ")), "config.json": "{not json"})
+    model = engine.load(path, device="cpu")
+    notes = model.load_info["notes"]
+    assert "its extra file vocab.json read as its vocab" in notes
+    assert "its extra file config.json was not read (traced.pt's extra file config.json is not valid JSON" in notes
+    trace = engine.run(model, "bad egg", probes=["logits"])
+    with torch.no_grad():
+        logits, _ = module(torch.as_tensor(["abcdefg ".index(ch) for ch in "bad egg"]))
+    np.testing.assert_allclose(trace["logits"], logits.numpy(), atol=ATOL)

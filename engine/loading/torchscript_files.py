@@ -16,10 +16,12 @@ import os
 import zipfile
 from collections import OrderedDict
 
+from .. import safe_json
 from ..errors import LoadError
-from ..limits import check_tensor_storage, check_zip_entries, display_name, open_regular, read_zip_entry
+from ..limits import (MAX_SIDE_FILE_BYTES, check_tensor_storage, check_zip_entries, display_name, open_regular,
+                      read_zip_entry)
 from .pickled_torch import _Storages, read_torch_safely
-from .record import _Found, is_torchscript_names, zip_errors
+from .record import _CONFIG_KEYS, _Found, _short, _VOCAB_KEYS, is_torchscript_names, zip_errors
 from .recover import MAX_DEPTH, _fields, _is_factory_name
 from .safe_unpickle import _BoundedReader, PendingTensor, StandIn, UnsafePickle, Walker
 from .torch_files import _pickle_globals
@@ -68,6 +70,7 @@ def read_torchscript(path) -> _Found:
                                     "weights): the file is truncated or corrupted")
                 constants = _constant_tensors(z, infos, name)
                 _refuse_quantized(z, infos, name)
+                extra_files, extra_notes = _extra_json(z, infos, name)
         obj, walker = read_torch_safely(f, "zip", name)
     tensors, extras, kinds, nonlinearities = _module_tensors(obj, name)
     if not tensors:
@@ -81,6 +84,8 @@ def read_torchscript(path) -> _Found:
                         "torch.save(model.state_dict(), 'model.pt')")
     for key, t in tensors.items():
         check_tensor_storage(key, t, name)
+    for key, value in extra_files.items():
+        extras.setdefault(key, value)
     shown = ", ".join(kinds[:8]) + (f" and {len(kinds) - 8} more" if len(kinds) > 8 else "")
     notes = [NOTE + (f"; its modules: {shown}" if shown else "")]
     foreign = [q for q in walker.named if not q.startswith(("__torch__.", "torch.jit._pickle."))
@@ -88,6 +93,7 @@ def read_torchscript(path) -> _Found:
     if foreign:
         notes.append("its data.pkl also names " + ", ".join(foreign[:12]) + (" and more" if len(foreign) > 12 else "")
                      + ", which TorchScript itself does not write; stood in for, never imported or run")
+    notes += extra_notes
     if constants:
         notes.append(f"its code also holds {constants} constant tensor(s) of more than one element (constants.pkl), "
                      "which SeqScope does not read: if the forward uses them as weights, this model is not that one")
@@ -210,6 +216,27 @@ def _plain(v, budget: list[int] | None = None, depth: int = 0):
         ok = all(isinstance(k, (str, int)) and x is not None for k, x in items.items())
         return items if ok else None
     return None
+
+
+def _extra_json(z: zipfile.ZipFile, infos, name: str) -> tuple[dict, list[str]]:
+    """The archive's extra files (``torch.jit.save(..., _extra_files={"vocab.json": ...})``) that
+    are JSON named like a vocabulary or a config (``vocab.json``, ``config.json``), by stem."""
+    out: dict = {}
+    notes: list[str] = []
+    for info in infos:
+        parts = info.filename.split("/")
+        stem = parts[-1][: -len(".json")].lower() if parts[-1].lower().endswith(".json") else ""
+        if len(parts) != 3 or parts[1] != "extra" or stem not in _VOCAB_KEYS + _CONFIG_KEYS or stem in out:
+            continue
+        shown = display_name(parts[-1])
+        try:
+            text = read_zip_entry(z, info, name, limit=MAX_SIDE_FILE_BYTES).decode("utf-8-sig")
+            out[stem] = safe_json.loads(text, f"{name}'s extra file {shown}")
+        except (LoadError, UnicodeDecodeError) as exc:
+            notes.append(f"its extra file {shown} was not read ({_short(exc)})")
+            continue
+        notes.append(f"its extra file {shown} read as its {stem}")
+    return out, notes
 
 
 def _refuse_quantized(z: zipfile.ZipFile, infos, name: str) -> None:

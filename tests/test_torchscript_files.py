@@ -296,13 +296,20 @@ def test_a_quantized_archive_is_refused_in_words(tmp_path):
         engine.load(path, device="cpu")
 
 
-@pytest.mark.parametrize("stem", ["code", "constants", "data"])
-def test_a_torch_save_checkpoint_named_like_an_archive_entry_is_no_torchscript(tmp_path, stem):
-    """torch.save names the zip's folder after the file: code.pt holds code/data.pkl, not code."""
+@pytest.mark.parametrize("stem", ["code", "constants", "data", "npz"])
+def test_a_checkpoint_named_like_an_archive_entry_is_no_torchscript(tmp_path, stem):
+    """torch.save names the zip's folder after the file: code.pt holds code/data.pkl, not code; an
+    .npz may hold arrays under a folder named code."""
     module = _made(CharLSTM(), 10)
-    torch.save(module.state_dict(), tmp_path / f"{stem}.pt")
-    model = engine.load(tmp_path / f"{stem}.pt", device="cpu")
-    assert model.load_info["format"] == "pytorch" and "TorchScript" not in model.load_info.get("notes", "")
+    if stem == "npz":
+        path = tmp_path / "weights.npz"
+        np.savez(path, **{f"m/code/{k}": v.numpy() for k, v in module.state_dict().items()})
+    else:
+        path = tmp_path / f"{stem}.pt"
+        torch.save(module.state_dict(), path)
+    model = engine.load(path, device="cpu")
+    assert model.load_info["format"] == ("npz" if stem == "npz" else "pytorch")
+    assert "TorchScript" not in model.load_info.get("notes", "")
     _check_char_lstm(model, module, np.array([2, 4, 6]))
 
 

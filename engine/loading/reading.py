@@ -78,9 +78,9 @@ def _sniff(path: Path) -> str:
     if size == 0:
         raise LoadError(f"{name} is empty (0 bytes): the save or the download did not complete")
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        if is_torchscript(path):
-            return "torchscript"
-        return "npz" if is_npz(path) else "keras" if is_keras_archive(path) else "zip"
+        if is_npz(path):  # every entry an .npy: whatever the entries' folders are called
+            return "npz"
+        return "torchscript" if is_torchscript(path) else "keras" if is_keras_archive(path) else "zip"
     # safetensors before the pickle byte: a header length whose low byte is 0x80 starts with it too
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")

@@ -24,8 +24,8 @@ from bad_inputs.known_failures import KNOWN_FAILURES
 from bad_inputs.pickles import CODE_ROUTES
 from bad_inputs.selftest import SELFTEST, write_selftest_manifest
 
-KINDS = {"pt-zip", "pt-legacy", "safetensors", "hf-folder", "config", "rwkv-vocab", "unknown", "numeric", "text",
-         "interventions", "trace", "project", "output", "cli"}
+KINDS = {"pt-zip", "pt-legacy", "torchscript", "safetensors", "hf-folder", "config", "rwkv-vocab", "unknown", "numeric",
+         "text", "interventions", "trace", "project", "output", "cli"}
 CLASSES = {"truncation", "bit-flip", "zip-name", "zip-bomb", "code", "lying-shape", "lying-length", "lying-offsets",
            "huge-size", "wrong-dtype", "wrong-type", "nesting", "devzero", "hostile-path", "vocab", "shard-index",
            "unknown-kind", "output-path", "valid"}

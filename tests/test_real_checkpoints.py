@@ -3,7 +3,9 @@ says which, with licences and sha256): each either loads faithfully, checked aga
 computation rebuilt in torch from the same arrays (read independently of SeqScope; float32 on both
 sides, atol 1e-5), or is refused with the reason and the way out.  Files over 2 MB are fetched by
 packaging/fetch_real_checkpoints.sh; their tests skip when the file is absent."""
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,17 +84,22 @@ def test_silero_vad_safetensors_loads_its_lstm_cell_core_on_strict_false():
     w = load_file(path)
     cell = torch.nn.LSTMCell(128, 128)
     cell.load_state_dict({k[len("lstm_cell."):]: v for k, v in w.items() if k.startswith("lstm_cell.")})
-    x = np.random.default_rng(1).normal(size=(20, 128)).astype(np.float32)
+    _check_lstm_cell(model, cell, np.random.default_rng(1).normal(size=(20, 128)).astype(np.float32))
+
+
+def _check_lstm_cell(model, cell: torch.nn.LSTMCell, x: np.ndarray) -> None:
+    """The model's layer 0 against ``cell`` stepped by hand over the rows of ``x`` (atol 1e-5)."""
     trace = engine.run(model, x, probes=["layers.0.h", "layers.0.c"])
-    h = c = torch.zeros(1, 128)
+    h = c = torch.zeros(1, cell.hidden_size)
     hs, cs = [], []
     with torch.no_grad():
-        for t in range(20):
+        for t in range(len(x)):
             h, c = cell(torch.from_numpy(x[t:t + 1]), (h, c))
             hs.append(h[0])
             cs.append(c[0])
-    np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(20, 128), torch.stack(hs).numpy(), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(trace["layers.0.c"]).reshape(20, 128), torch.stack(cs).numpy(), atol=1e-5)
+    shape = (len(x), cell.hidden_size)
+    np.testing.assert_allclose(np.asarray(trace["layers.0.h"]).reshape(shape), torch.stack(hs).numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(trace["layers.0.c"]).reshape(shape), torch.stack(cs).numpy(), atol=1e-5)
 
 
 def test_attacut_convolutional_tokenizer_is_refused_as_having_no_recurrent_layer():
@@ -159,11 +166,74 @@ def test_g2p_en_encoder_and_decoder_load_as_two_models_from_the_configs_the_mess
             np.testing.assert_allclose(trace["logits"], expected, atol=1e-4)
 
 
-def test_silero_vad_torchscript_archive_is_refused_in_words_and_nothing_runs(tmp_path, monkeypatch):
+class _TorchScriptTensors(pickle.Unpickler):
+    """The reference reader of a TorchScript archive's data.pkl: torch's tensor rebuild and the
+    archive's storages; every ``__torch__`` class an empty object holding its attributes.  No
+    TorchScript code is compiled or run (``torch.jit.load`` would)."""
+
+    class Obj:
+        def __setstate__(self, state):
+            self.__dict__.update(state)
+
+    def __init__(self, z: "zipfile.ZipFile", prefix: str):
+        super().__init__(io.BytesIO(z.read(prefix + "data.pkl")))
+        self.z, self.prefix = z, prefix
+
+    def find_class(self, module, name):
+        if (module, name) in {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
+                              ("torch", "FloatStorage")}:
+            return super().find_class(module, name)
+        if module.startswith("__torch__"):
+            return self.Obj
+        if module == "torch.jit._pickle":  # typed lists and dicts: the value itself
+            return lambda value, *_: value
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a TorchScript module tree")
+
+    def persistent_load(self, pid):
+        _, stype, key, _location, numel = pid
+        data = self.z.read(f"{self.prefix}data/{key}")
+        raw = torch.frombuffer(bytearray(data), dtype=torch.float32) if data else torch.empty(0)
+        assert stype is torch.FloatStorage and raw.numel() == numel
+        return torch.storage.TypedStorage(wrap_storage=raw.untyped_storage(), dtype=torch.float32, _internal=True)
+
+
+def test_silero_vad_torchscript_archive_loads_each_lstm_cell_from_the_offered_config(monkeypatch):
+    """silero-vad 6.2.3's silero_vad.jit: a TorchScript archive of two networks (16 kHz under
+    _model, 8 kHz under _model_8k), each STFT → convolutions → LSTMCell(128) → Conv1d head.  Its
+    tensors are read without running its code; the refusal names the second network as not
+    stacked on the first and offers a config for the first; each cell loads with strict=False and
+    matches torch.nn.LSTMCell holding the archive's tensors (read by a reference unpickler)."""
     path = _fetched("silero_vad.jit")
-    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("TorchScript was loaded"))
-    with pytest.raises(LoadError, match=r"TorchScript archive \(torch\.jit\.save\), which holds code.*state_dict"):
+    for route in ("load", "_get_trace_graph"):
+        monkeypatch.setattr(torch.jit, route, lambda *a, **k: pytest.fail("TorchScript was loaded"))
+    monkeypatch.setattr(torch._C, "import_ir_module", lambda *a, **k: pytest.fail("TorchScript was loaded"))
+    with pytest.raises(LoadError, match="another recurrent network too") as info:
         engine.load(path, device="cpu")
+    message = str(info.value)
+    assert "_model_8k.decoder.rnn.weight_ih" in message.split("another recurrent network too")[1]
+    import ast
+
+    start = message.index("config=") + len("config=")
+    offered = ast.literal_eval(message[start:message.index("}}", start) + 2])
+    assert offered["num_layers"] == 1 and set(offered["key_map"]) == {
+        f"_model.decoder.rnn.{k}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    with zipfile.ZipFile(path) as z:
+        prefix = next(n for n in z.namelist() if n.endswith("/data.pkl"))[: -len("data.pkl")]
+        top = _TorchScriptTensors(z, prefix).load()
+    x = np.random.default_rng(4).normal(size=(20, 128)).astype(np.float32)
+    for network in ("_model", "_model_8k"):
+        cfg = dict(offered, key_map={k.replace("_model.", f"{network}.", 1): v for k, v in offered["key_map"].items()})
+        model = engine.load(path, config=cfg, strict=False, device="cpu")
+        assert (model.config.cell, model.config.input_size, model.config.hidden_size) == ("lstm", 128, 128)
+        assert model.config.vocab_size is None and model.config.output_size is None
+        notes = model.load_info["notes"]
+        assert "TorchScript archive" in notes and "its code (the forward) was not read" in notes
+        assert "unused tensors (strict=False): _state [0], _context [0], _model.stft.forward_basis_buffer" in notes
+        assert network == "_model_8k" or "_model.decoder.decoder.2.weight" in notes  # the conv head: not logits
+        rnn = getattr(top, network).decoder.rnn
+        cell = torch.nn.LSTMCell(128, 128)
+        cell.load_state_dict({k: getattr(rnn, k) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
+        _check_lstm_cell(model, cell, x)
 
 
 def test_an_onnx_export_is_named_as_such(tmp_path):

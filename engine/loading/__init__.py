@@ -11,6 +11,12 @@ Supported inputs
   ``vocab``/``chars``/``stoi``/``itos``/``char2idx``/``idx2char``, ``config``/``hparams``/``args``,
   ``epoch`` and ``optimizer`` (ignored).  Any key prefix (``module.``, ``_orig_mod.``,
   ``model.encoder.``, …).
+* **TorchScript archives** (``torch.jit.script(model).save``, ``torch.jit.trace(...).save``):
+  their tensors only (:mod:`.torchscript_files`): ``data.pkl`` read by :mod:`.safe_unpickle`, the
+  module tree walked to the state dict ``module.state_dict()`` would give; the archive's code is
+  never read or run (``torch.jit.load`` is never called), so the forward is SeqScope's own for the
+  architecture recognised, as the notes say.  Frozen archives (weights folded into constants)
+  are refused.
 * **safetensors** files, with the config and vocabulary in the file's metadata (JSON strings)
   or in ``config.json`` / ``vocab.json`` / ``tokenizer.json`` beside the file.
 * **Folders** in the Hugging Face layout: ``config.json`` + ``model.safetensors`` (or a sharded
@@ -47,7 +53,7 @@ it, and its ``key_map`` names file keys explicitly.
 Not supported: layers other than embedding → recurrent stack → one linear head (extra
 tensors are reported, not skipped, under ``strict=True``), layers of different sizes,
 other Keras layers and layouts than those above,
-TensorFlow/JAX files and TorchScript archives.  Every failure is a :class:`LoadError`
+TensorFlow/JAX files and frozen TorchScript archives.  Every failure is a :class:`LoadError`
 with a message meant for the user.
 
 Bounds
@@ -61,7 +67,8 @@ counts against the tensors present and config values against their types
 
 The package
 -----------
-``reading`` (a file or a folder: which reader), ``torch_files``, ``safetensors_files``, ``npz_files`` and
+``reading`` (a file or a folder: which reader), ``torch_files``, ``torchscript_files``, ``safetensors_files``,
+``npz_files`` and
 ``keras_h5``/``keras_v3`` (one
 reader per format, each returning the neutral record of ``record``), ``safe_unpickle``,
 ``pickled_torch`` and ``recover`` (torch pickles read without running anything), ``side_files`` (configs and

@@ -32,8 +32,12 @@ def config_example(tensors: dict[str, torch.Tensor], back: dict | None = None) -
     pos = {k: i for i, k in enumerate(order)}
     used: set[str] = set()
     networks = []
+    # a convolution (a tensor of 3 or more dimensions) between two recurrent layers in file order
+    # means the second does not read the first: silero-vad's 16 kHz and 8 kHz networks
+    walls = [i for i, t in enumerate(tensors.values()) if t.ndim >= 3]
+    at = {k: i for i, k in enumerate(tensors)}
     while True:
-        layers = _network(order, shape, pos, used)
+        layers = _network(order, shape, pos, used, walls, at)
         if not layers:
             break
         networks.append(layers)
@@ -73,11 +77,12 @@ def config_example(tensors: dict[str, torch.Tensor], back: dict | None = None) -
     return cfg
 
 
-def _network(order, shape, pos, used) -> list[dict]:
+def _network(order, shape, pos, used, walls=(), at=None) -> list[dict]:
     """The next recurrent network among the tensors not yet ``used``: its layers in file order,
     each ``{"size": (gates, hidden, input), "keys": {"weight_ih": key, ...}}``.  A layer joins the
     one before only when it reads that layer's output and no other matrix (a second embedding)
-    lies between them in the file."""
+    nor a convolution (``walls``: file positions ``at`` of tensors of 3+ dimensions) lies between
+    them in the file."""
     layers: list[dict] = []
     for hh in order:
         if hh in used or len(shape[hh]) != 2:
@@ -96,6 +101,9 @@ def _network(order, shape, pos, used) -> list[dict]:
         if layers:
             end = max(pos[k] for k in layers[-1]["keys"].values())
             between = [k for k in order if end < pos[k] < min(pos[ih], pos[hh]) and len(shape[k]) == 2]
+            if at is not None:
+                last_at, next_at = max(at[k] for k in layers[-1]["keys"].values()), min(at[ih], at[hh])
+                between += [i for i in walls if last_at < i < next_at]
             if min(pos[ih], pos[hh]) < end or between:
                 break  # not the next layer of this network
         keys = {"weight_ih": ih, "weight_hh": hh}

@@ -16,6 +16,7 @@ from .keras_v3 import is_keras_archive, keras_config_beside, read_keras3_weights
 from .npz_files import _read_npz, is_npz
 from .safetensors_files import _read_safetensors
 from .torch_files import _read_torch
+from .torchscript_files import is_torchscript, read_torchscript
 
 
 def _read(path: Path) -> _Found:
@@ -48,8 +49,8 @@ def _read_file(path: Path, side: Path | None = None) -> _Found:
     elif kind == "keras":
         found = read_keras_archive(path)
         found.side = side or path.parent
-    elif kind in ("zip", "pickle"):
-        found = _read_torch(path, kind)
+    elif kind in ("zip", "pickle", "torchscript"):  # a TorchScript archive: its tensors only, its code never run
+        found = read_torchscript(path) if kind == "torchscript" else _read_torch(path, kind)
         # files beside a .pt are used only when the checkpoint itself carries no vocab/config
         own = any(k in found.extras for k in _VOCAB_KEYS + _CONFIG_KEYS)
         found.side = side or (None if own else path.parent)
@@ -77,7 +78,9 @@ def _sniff(path: Path) -> str:
     if size == 0:
         raise LoadError(f"{name} is empty (0 bytes): the save or the download did not complete")
     if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":
-        return "npz" if is_npz(path) else "keras" if is_keras_archive(path) else "zip"
+        if is_npz(path):  # every entry an .npy: whatever the entries' folders are called
+            return "npz"
+        return "torchscript" if is_torchscript(path) else "keras" if is_keras_archive(path) else "zip"
     # safetensors before the pickle byte: a header length whose low byte is 0x80 starts with it too
     if len(head) >= 9 and head[8:9] == b"{":
         n = int.from_bytes(head[:8], "little")

@@ -14,7 +14,8 @@ import torch
 from ..errors import LoadError
 
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: .jit and .ptl: TorchScript archives (silero-vad names its so; .ptl: PyTorch Mobile's)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".jit", ".ptl")
 _RNN_KEY = re.compile(r"^(weight|bias)_(ih|hh|hr)_l(\d{1,6})(_reverse)?$")
 _CELL_KEY = re.compile(r"^(weight|bias)_(ih|hh)$")
 _VOCAB_KEYS = ("vocab", "chars", "stoi", "itos", "char2idx", "idx2char", "char_to_idx", "idx_to_char",
@@ -23,6 +24,16 @@ _VOCAB_KEYS = ("vocab", "chars", "stoi", "itos", "char2idx", "idx2char", "char_t
                "word_index", "token_to_id")
 _CONFIG_KEYS = ("config", "model_config", "hparams", "hyper_parameters", "hyperparameters", "hyperparams",
                 "args", "model_args", "cfg", "opt", "params", "settings")
+
+
+def is_torchscript_names(names) -> bool:
+    """Whether a zip's entry names are those of a TorchScript archive (``<archive>/constants.pkl``,
+    ``<archive>/code/…``); ``torch.save`` writes neither, whatever the archive's name."""
+    for n in names:
+        parts = n.split("/")
+        if len(parts) >= 2 and (parts[1] == "constants.pkl" or (parts[1] == "code" and len(parts) > 2)):
+            return True
+    return False
 
 
 @dataclass

@@ -80,6 +80,8 @@ def _stored_configs(found: _Found) -> list[tuple[str, dict]]:
             v = src.get(k)
             if isinstance(v, Mapping):
                 out.append((f"{where} entry {k!r}", dict(v)))
+    if isinstance(found.metadata.get("torchscript_module_config"), Mapping):  # a TorchScript nn.RNN's own
+        out.append(("the TorchScript archive's RNN modules", dict(found.metadata["torchscript_module_config"])))
     if found.side is not None:
         p = found.side / "config.json"
         if os.path.lexists(p):

@@ -17,7 +17,7 @@ from .. import safe_json
 from ..errors import LoadError
 from ..limits import (MAX_PICKLE_BYTES, check_tensor_storage, check_zip_entries, display_name, open_regular,
                       read_capped, read_zip_entry)
-from .record import _CELL_KEY, _Found, _RNN_KEY, _short, zip_errors
+from .record import _CELL_KEY, _Found, _RNN_KEY, _short, is_torchscript_names, zip_errors
 from .recover import recover
 from .pickled_torch import read_torch_safely
 
@@ -112,10 +112,9 @@ def _check_torch_zip(f, name: str) -> bytes:
         with zipfile.ZipFile(f) as z:
             infos = z.infolist()
             names = [i.filename for i in infos]
-            if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-                raise LoadError(f"{name} is a TorchScript archive (torch.jit.save), which holds code. SeqScope "
-                                "reads weights only: re-save with torch.save(model.state_dict(), 'model.pt') "
-                                "or safetensors.torch.save_file(model.state_dict(), 'model.safetensors')")
+            if is_torchscript_names(names):  # never handed to torch.load, which would run its code
+                raise LoadError(f"{name} is a TorchScript archive (torch.jit.save), which holds code; SeqScope "
+                                "reads its tensors through its TorchScript reader only, never through torch.load")
             check_zip_entries(infos, size, name)
             pkl = [i for i in infos if i.filename.endswith("data.pkl")]
             if not pkl:

@@ -27,6 +27,7 @@ from .gen_checkpoints import build_pytorch, build_safetensors  # noqa: E402
 from .gen_folders import build_folders  # noqa: E402
 from .gen_inputs import (build_cli, build_interventions, build_numeric, build_outputs, build_projects,  # noqa: E402
                          build_text)
+from .gen_torchscript import build_torchscript  # noqa: E402
 from .gen_traces import build_traces  # noqa: E402
 
 SEED = 20261203
@@ -37,6 +38,7 @@ def generate(folder, seed: int = SEED) -> list[dict]:
     rng = random.Random(seed)
     c = Corpus(Path(folder))
     build_pytorch(c, rng)
+    build_torchscript(c, rng)
     build_safetensors(c, rng)
     build_folders(c, rng)
     build_numeric(c, rng)

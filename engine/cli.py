@@ -73,6 +73,8 @@ the window ({PROG} without a COMMAND):
                         it has one (default: the bundled char-LSTM on its sample)
   --input FILE          a text or numeric (.npy/.csv) input file to open
   --project FILE        a saved SeqScope project to restore
+  --corpus FILE         a corpus trace (seqscope trace --corpus) for the Corpus view, with the
+                        model it was recorded from unless MODEL is given
   --probe P --unit U --step T
                         the probe, unit and step to show first
   --offscreen           run without a display, showing nothing (for scripts); otherwise a

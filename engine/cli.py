@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default="cpu", help="where to load the model (default: cpu)")
     info.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file, for "
                       "checkpoints that do not carry one")
+    add_no_strict(info)
 
     tr = sub.add_parser("trace", help="run a model on inputs and write a trace file",
                         description="Run MODEL on text or input files, record the chosen probes and write "
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "an encoder's trace; FILE:STEP: the state after step STEP of each of its sequences), or an "
                     ".npz/.safetensors of arrays named layers.0.h, layers.0.c, …")
     tr.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
+    add_no_strict(tr)
     tr.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when there is one)")
     tr.add_argument("--chunk", metavar="N", type=int, default=None,
                     help="steps per chunk (prefix-cache granularity and progress unit)")
@@ -183,10 +185,18 @@ def _read_json_arg(value: str, what: str):
         raise CLIError(str(exc)) from None
 
 
-def _load_model(path: str, config: str | None, device: str | None = None):
+NO_STRICT_HELP = ("load what can be loaded faithfully and leave the rest out, as engine.load(..., strict=False): "
+                  "tensors the model does not use, a vocabulary that does not fit (the notes say what was left)")
+
+
+def add_no_strict(parser) -> None:
+    parser.add_argument("--no-strict", action="store_true", help=NO_STRICT_HELP)
+
+
+def _load_model(path: str, config: str | None, device: str | None = None, strict: bool = True):
     from . import load
 
-    kwargs = {"device": device}
+    kwargs = {"device": device, "strict": strict}
     if config is not None:
         cfg = _read_json_arg(config, "--config")
         if not isinstance(cfg, dict):
@@ -289,7 +299,7 @@ def describe_model(model) -> str:
 
 
 def cmd_info(args) -> int:
-    model = _load_model(args.model, args.config, args.device)
+    model = _load_model(args.model, args.config, args.device, not args.no_strict)
     print(describe_model(model))
     return 0
 
@@ -388,11 +398,11 @@ def cmd_trace(args) -> int:
         raise CLIError("--initial-state applies to --text and --input runs; a --corpus run starts each sequence "
                        "from zeros")
     if args.corpus is not None:  # a whole corpus, streamed (engine/corpus/)
-        return cmd_trace_corpus(args, lambda a: _load_model(a.model, a.config, a.device))
+        return cmd_trace_corpus(args, lambda a: _load_model(a.model, a.config, a.device, not a.no_strict))
     refuse_corpus_options(args)
     out = Path(args.output)
     writable_target(out, "trace file", TraceFileError)  # -o /dev/null, a folder...: refused before running
-    model = _load_model(args.model, args.config, args.device)
+    model = _load_model(args.model, args.config, args.device, not args.no_strict)
     inputs = [args.text] if args.text is not None else _read_inputs(model, args.input)
     try:
         match_probes(args.probes, [s.name for s in model.probe_specs()])

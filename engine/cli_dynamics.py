@@ -37,6 +37,9 @@ def _model_and_input(p, *, trace_too: bool = False):
     if trace_too:
         src.add_argument("--trace", metavar="TRACE.h5", help="a trace file of this model holding the probes needed")
     p.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
+    from .cli import add_no_strict
+
+    add_no_strict(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -44,7 +47,7 @@ def _run(args, probes):
     from . import cli
     from .run import run
 
-    model = cli._load_model(args.model, args.config, "cpu")
+    model = cli._load_model(args.model, args.config, "cpu", not getattr(args, "no_strict", False))
     if getattr(args, "trace", None):
         from .hdf5 import load_trace
 
@@ -168,7 +171,7 @@ def cmd_timescales(args) -> int:
     if not auto:
         from . import cli
 
-        model = cli._load_model(args.model, args.config, "cpu")
+        model = cli._load_model(args.model, args.config, "cpu", not getattr(args, "no_strict", False))
         try:
             DS.needed_probes(model)
         except DS.NoDecay as exc:

@@ -278,3 +278,24 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 141 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_no_strict_takes_the_way_out_the_refusal_names(tmp_path, capsys):
+    """A file with a tensor the model does not use is refused, and the refusal names --no-strict;
+    with it, info and trace load the model and say what was left out."""
+    torch.manual_seed(0)
+    rnn, emb, head = torch.nn.GRU(4, 6), torch.nn.Embedding(9, 4), torch.nn.Linear(6, 9)
+    sd = {**{f"rnn.{k}": v for k, v in rnn.state_dict().items()}, "embed.weight": emb.weight.data,
+          "head.weight": head.weight.data, "head.bias": head.bias.data, "extra.scale": torch.ones(5, 3)}
+    path = tmp_path / "m.pt"
+    torch.save(sd, path)
+    rc, out, err = run_cli(capsys, "info", path)
+    assert rc == 2 and "--no-strict" in err and "extra.scale" in err
+    rc, out, err = run_cli(capsys, "info", path, "--no-strict")
+    assert rc == 0 and "extra.scale" in out
+    np.save(tmp_path / "ids.npy", np.array([1, 2, 3]))
+    rc, out, err = run_cli(capsys, "trace", path, "--no-strict", "--input", tmp_path / "ids.npy", "-o", tmp_path / "t.h5")
+    assert rc == 0 and (tmp_path / "t.h5").exists()
+    with torch.no_grad():
+        want = head(rnn(emb(torch.tensor([1, 2, 3]))[:, None])[0][:, 0]).numpy()
+    np.testing.assert_allclose(engine.load_trace(tmp_path / "t.h5")["logits"].reshape(3, 9), want, atol=1e-5)

@@ -356,3 +356,26 @@ def test_open_example_menu_opens_each_bundled_model_on_its_sample(qtbot, window)
             assert s.trace.text(0) == ex.sample.read_text()
         else:
             assert not s.model.takes_tokens
+
+
+def test_open_model_leaving_out_unused_tensors(qtbot, window, tmp_path, monkeypatch):
+    """A file with a tensor the model does not use is refused by File ▸ Open model and loads by
+    File ▸ Open model, leaving out unused tensors (engine.load strict=False), with the note."""
+    from PySide6.QtWidgets import QFileDialog
+
+    torch.manual_seed(0)
+    rnn, emb, head = torch.nn.GRU(4, 6), torch.nn.Embedding(9, 4), torch.nn.Linear(6, 9)
+    sd = {**{f"rnn.{k}": v for k, v in rnn.state_dict().items()}, "embed.weight": emb.weight.data,
+          "head.weight": head.weight.data, "head.bias": head.bias.data, "extra.scale": torch.ones(5, 3)}
+    path = tmp_path / "extra.pt"
+    torch.save(sd, path)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(path), "")))
+    actions = {a.text(): a for a in window.menuBar().actions()[0].menu().actions()}
+    s = window.session
+    with qtbot.waitSignal(s.error, timeout=WAIT):
+        actions["Open model…"].trigger()
+    assert "--no-strict" in window.last_error and s.model is None
+    window.error_dialog.accept()
+    with qtbot.waitSignal(s.model_changed, timeout=WAIT):
+        actions["Open model, leaving out unused tensors…"].trigger()
+    assert "extra.scale" in s.model.load_info["notes"]

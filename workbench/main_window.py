@@ -183,7 +183,9 @@ class MainWindow(QMainWindow):
     def _build_menus(self):
         bar = self.menuBar()
         file = bar.addMenu("&File")
-        self._action(file, "Open model…", self.choose_model, QKeySequence.Open)
+        self._action(file, "Open model…", lambda: self.choose_model(), QKeySequence.Open)
+        # engine.load(..., strict=False): what a refusal offers for tensors the model does not use
+        self._action(file, "Open model, leaving out unused tensors…", lambda: self.choose_model(strict=False))
         self.recent_menu = file.addMenu("Open recent")
         examples_menu = file.addMenu("Open example")
         for ex in examples():
@@ -225,9 +227,9 @@ class MainWindow(QMainWindow):
 
     # -- opening things -------------------------------------------------------------------------
     @reports_errors("Could not open the model")
-    def open_model(self, path):
+    def open_model(self, path, strict: bool = True):
         self.statusBar().showMessage(f"loading {path}…")
-        self.session.open_model(path)
+        self.session.open_model(path, strict=strict)
 
     @reports_errors("Could not open the example")
     def open_example(self, ex: Example):
@@ -236,13 +238,15 @@ class MainWindow(QMainWindow):
         if ex.sample is not None:
             self.open_input(ex.sample, numeric=ex.sample.suffix in (".npy", ".csv"))
 
-    def choose_model(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Open model", "", "Checkpoints (*.pt *.pth *.bin *.ckpt "
-                                              "*.safetensors config.json);;All files (*)")
+    def choose_model(self, strict: bool = True):
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open model" if strict else "Open model, leaving out what it does not use", "",
+            "Checkpoints (*.pt *.pth *.bin *.ckpt *.safetensors *.jit *.ptl *.h5 *.hdf5 *.keras *.npz *.pkl "
+            "config.json);;All files (*)")
         if path:
             if Path(path).name == "config.json":
                 path = str(Path(path).parent)
-            self.open_model(path)
+            self.open_model(path, strict=strict)
 
     @reports_errors("Could not open the input")
     def open_input(self, path, numeric: bool | None = None):

@@ -116,12 +116,13 @@ class Session(QObject):
         self.initial_state_source: str | None = None
 
     # -- model --------------------------------------------------------------------------
-    def open_model(self, path, config=None):
-        """Load a checkpoint off the GUI thread; on failure the current model stays."""
+    def open_model(self, path, config=None, strict: bool = True):
+        """Load a checkpoint off the GUI thread; on failure the current model stays. ``strict``:
+        as :func:`engine.load` (False leaves out tensors the model does not use, and says so)."""
         path = str(path)
 
         def job(should_stop, progress):
-            return path, engine.load(path, config=config, device="cpu")
+            return path, engine.load(path, config=config, device="cpu", strict=strict)
 
         self._loading = "Could not open the model"
         self.runner.submit("load", job)

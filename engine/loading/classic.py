@@ -169,7 +169,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
                 f"{found.name}: {len(unused)} tensor{'s' if len(unused) > 1 else ''} in the file would be left unused: "
                 f"{listing}. They may be a layer SeqScope's model (embedding → {cfg.cell} stack → one linear head) "
                 "does not have, and skipping them would give wrong numbers. If they are not part of the forward "
-                "pass, load with strict=False; if they belong to the model under other names, "
+                "pass, load with strict=False (seqscope: --no-strict); if they belong to the model under other names, "
                 + config_help(found.tensors, known=_known_config(cfg, expected, file_key)))
         notes.append(f"unused tensors (strict=False): {listing}")
     skipped = [k for k, v in found.tensors.items() if k not in used_file_keys and not v.is_floating_point()]
@@ -182,7 +182,7 @@ def _build(found: _Found, explicit: dict | None, *, device, dtype, strict: bool,
             msg = (f"the vocabulary from {vocab_src} has {n} entries but the embedding has only {cfg.vocab_size} "
                    "rows, so some token ids would fall outside it; the vocabulary probably belongs to another model")
             if strict:
-                raise LoadError(msg + " (load with strict=False to drop the vocabulary and use token ids)")
+                raise LoadError(msg + " (load with strict=False, seqscope --no-strict, to drop the vocabulary and use token ids)")
             notes.append(msg + "; the vocabulary was dropped")
             tokenizer = None
         elif n < cfg.vocab_size:

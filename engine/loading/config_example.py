@@ -177,7 +177,7 @@ def config_help(tensors: dict[str, torch.Tensor], back: dict | None = None, know
     if others:
         said += ("; the file holds another recurrent network too (" + "; ".join(", ".join(keys) for keys in others)
                  + "), not stacked on this one (an encoder–decoder's decoder?): load each with a config of its own and "
-                 "strict=False")
+                 "strict=False (--no-strict)")
     return (f"pass the architecture explicitly: engine.load(path, config={text}){said}, or on the command "
             f"line --config config.json holding the same{json_note} (for layers that differ, a list with one entry per "
             'layer: "layers": [{"cell": "lstm", "input_size": 64, "hidden_size": 128, "bidirectional": true}, ...])')

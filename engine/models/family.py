@@ -228,7 +228,7 @@ def check_loaded_weights(name: str, what: str, expected: dict, canon: dict, orig
     if bad:
         parts.append("wrong shapes: " + _listed(bad, 8, "; "))
     if unused and strict:
-        parts.append("unexpected " + _listed(unused, 12) + " (load with strict=False to ignore them)")
+        parts.append("unexpected " + _listed(unused, 12) + " (load with strict=False, seqscope --no-strict, to ignore them)")
     if parts:
         raise LoadError(f"{name} does not hold the weights of {what}: " + ". ".join(parts))
     return unused

@@ -283,12 +283,10 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
 def test_no_strict_takes_the_way_out_the_refusal_names(tmp_path, capsys):
     """A file with a tensor the model does not use is refused, and the refusal names --no-strict;
     with it, info and trace load the model and say what was left out."""
-    torch.manual_seed(0)
-    rnn, emb, head = torch.nn.GRU(4, 6), torch.nn.Embedding(9, 4), torch.nn.Linear(6, 9)
-    sd = {**{f"rnn.{k}": v for k, v in rnn.state_dict().items()}, "embed.weight": emb.weight.data,
-          "head.weight": head.weight.data, "head.bias": head.bias.data, "extra.scale": torch.ones(5, 3)}
+    from model_files import gru_with_an_unused_tensor
+
     path = tmp_path / "m.pt"
-    torch.save(sd, path)
+    rnn, emb, head = gru_with_an_unused_tensor(path)
     rc, out, err = run_cli(capsys, "info", path)
     assert rc == 2 and "--no-strict" in err and "extra.scale" in err
     rc, out, err = run_cli(capsys, "info", path, "--no-strict")

@@ -363,12 +363,10 @@ def test_open_model_leaving_out_unused_tensors(qtbot, window, tmp_path, monkeypa
     File ▸ Open model, leaving out unused tensors (engine.load strict=False), with the note."""
     from PySide6.QtWidgets import QFileDialog
 
-    torch.manual_seed(0)
-    rnn, emb, head = torch.nn.GRU(4, 6), torch.nn.Embedding(9, 4), torch.nn.Linear(6, 9)
-    sd = {**{f"rnn.{k}": v for k, v in rnn.state_dict().items()}, "embed.weight": emb.weight.data,
-          "head.weight": head.weight.data, "head.bias": head.bias.data, "extra.scale": torch.ones(5, 3)}
+    from model_files import gru_with_an_unused_tensor
+
     path = tmp_path / "extra.pt"
-    torch.save(sd, path)
+    rnn, emb, head = gru_with_an_unused_tensor(path)
     monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(path), "")))
     actions = {a.text(): a for a in window.menuBar().actions()[0].menu().actions()}
     s = window.session

@@ -15,7 +15,8 @@ Layout of a trace file (DESIGN.md §3, ``schema_version`` 1)::
                                            shape, layer, site, directions
     /logits               float   [N, V]   optional; same attrs as a probe
     /initial_state/<name> float   [S, W]   optional: the recurrent state the run started from
-                                           (``layers.0.h``, ``layers.0.c`` …; engine.initial_state)
+                                           (``layers.0.h``, ``layers.0.c`` …; engine.initial_state;
+                                           [S, *shape] for a part such as Mamba's ``layers.0.ssm``)
     /final_state/<name>   float   [S, W]   optional: the state each sequence ended in
 
 Arrays keep the dtype they have in the trace (float32 normally; a float64 trace stays

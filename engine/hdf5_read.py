@@ -370,7 +370,7 @@ class _Reader:
                      **states)
 
     def state(self, which: str, n_sequences: int):
-        """``/initial_state`` or ``/final_state``: ``{name: [sequences, width]}``, or None."""
+        """``/initial_state`` or ``/final_state``: ``{name: [sequences, *shape]}``, or None."""
         group = self.obj(which, "group", optional=True)
         if group is None:
             return None
@@ -378,7 +378,7 @@ class _Reader:
         for name in group:
             if "/" in name or not name:
                 self.fail(f"/{which} holds an entry with a bad name")
-            arr = self.array(f"{which}/{name}", "f", (2,))
+            arr = self.array(f"{which}/{name}", "f", (2, 3, 4, 5))
             if arr.shape[0] != n_sequences:
                 self.fail(f"/{which}/{name} has {arr.shape[0]} rows for {n_sequences} sequences")
             out[name] = arr

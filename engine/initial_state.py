@@ -37,17 +37,31 @@ def final_state(trace: Trace) -> dict[str, np.ndarray]:
     return state
 
 
+#: the families besides the classic LSTM/GRU/RNN stacks that take an initial state
+STATE_FAMILIES = "HGRN, LRU, minGRU/minLSTM and Mamba"
+
+
+def no_state_reason(model) -> str:
+    """Why ``model`` takes no initial state, in one sentence."""
+    return (f"this {getattr(model, 'architecture', '')} model always starts from its zero state: initial states "
+            f"are for the classic LSTM/GRU/RNN stacks and the {STATE_FAMILIES} models")
+
+
+def state_shapes(model) -> dict[str, tuple[int, ...]] | None:
+    """``{name: shape of one sequence's part}`` of ``model``'s state, or None where it takes none."""
+    return model.state_shapes() if hasattr(model, "state_shapes") else None
+
+
 def prepare(model, initial_state, n_sequences: int):
     """``initial_state`` (a dict of arrays or a Trace) checked against ``model`` for a batch of
-    ``n_sequences``: returns ``(for_forward, record)``, the per ``(layer, direction)`` tensors
-    :meth:`forward` starts from and ``{name: [sequences, width]}`` arrays for the trace."""
-    widths = model.state_widths() if hasattr(model, "state_widths") else None
-    if widths is None:
-        raise InputError(f"initial_state is supported for the classic LSTM/GRU/RNN stacks; this "
-                         f"{getattr(model, 'architecture', 'model')} model always starts from its zero state")
+    ``n_sequences``: returns ``(for_forward, record)``, the per ``(layer, direction)`` states
+    :meth:`forward` starts from and ``{name: [sequences, *shape]}`` arrays for the trace."""
+    shapes = state_shapes(model)
+    if shapes is None:
+        raise InputError(f"initial_state is not supported here: {no_state_reason(model)}")
     if isinstance(initial_state, Trace):
         arrays = final_state(initial_state)
-        missing = [n for n in widths if n not in arrays]
+        missing = [n for n in shapes if n not in arrays]
         if missing:
             raise InputError(f"the trace given as initial_state holds no final state for {', '.join(missing)}: "
                              "record those probes in its run")
@@ -58,21 +72,22 @@ def prepare(model, initial_state, n_sequences: int):
     else:
         raise InputError(f"initial_state must be a dict {{probe name: array}} or a Trace, not a "
                          f"{type(initial_state).__name__}")
-    unknown = [str(n) for n in arrays if n not in widths]
+    unknown = [str(n) for n in arrays if n not in shapes]
     if unknown:
         raise InputError(f"{source} names {', '.join(unknown[:5])}, which this model's state does not have; "
-                         f"its state is {', '.join(f'{n} [{w}]' for n, w in widths.items())}")
-    record, given = {}, {}
-    for name, width in widths.items():
-        if name not in arrays:
-            record[name] = np.zeros((n_sequences, width), dtype=np.float64)
-            continue
-        given[name] = record[name] = _rows(arrays[name], name, width, n_sequences, source)
-    for name in widths:  # an LSTM layer's h without its c (or c without h) is half a state
-        if name.endswith(".c") or name.endswith(".h"):
-            other = name[:-1] + ("c" if name.endswith(".h") else "h")
-            if other in widths and (name in given) != (other in given):
-                raise InputError(f"{source} gives {name} but not {other}: an LSTM layer's state is both")
+                         f"its state is {describe_shapes(shapes)}")
+    given = {name: _rows(arrays[name], name, shape, n_sequences, source)
+             for name, shape in shapes.items() if name in arrays}
+    for name in shapes:  # a layer's state is all its parts (an LSTM's h and c) or none of them
+        layer = name.rsplit(".", 1)[0] + "."
+        others = [n for n in shapes if n.startswith(layer) and n != name]
+        lacking = [n for n in others if n not in given]
+        if name in given and lacking:
+            what = "an LSTM layer's state is both" if not hasattr(model, "named_state") \
+                else f"a layer's state is all of {', '.join([name] + others)}"
+            raise InputError(f"{source} gives {name} but not {', '.join(lacking)}: {what}")
+    zeros = _own_start(model, n_sequences)
+    record = {n: given[n] if n in given else zeros.get(n, np.zeros((n_sequences,) + s)) for n, s in shapes.items()}
     dtype, device = model.dtype, model.device
     tensors = {n: torch.as_tensor(a, dtype=dtype, device=device) for n, a in given.items()}
     out_dtype = np.float64 if dtype == torch.float64 else np.float32
@@ -80,8 +95,26 @@ def prepare(model, initial_state, n_sequences: int):
     return model.split_initial_state(tensors), record
 
 
-def _rows(value, name: str, width: int, n: int, source: str) -> np.ndarray:
-    """``value`` as ``[n, width]`` float64, or an InputError saying what is wrong with it."""
+def describe_shapes(shapes: dict) -> str:
+    """``layers.0.h [4], layers.0.ssm [8, 4]`` …"""
+    return ", ".join(f"{n} [{', '.join(str(d) for d in s)}]" for n, s in shapes.items())
+
+
+def _own_start(model, n: int) -> dict[str, np.ndarray]:
+    """The state a chunked family starts from by itself, by name (zeros, or RWKV's own values)."""
+    if not hasattr(model, "named_state"):
+        return {}
+    out = {}
+    for k in range(model.num_layers):
+        out.update({name: t.detach().cpu().double().numpy() for name, t in
+                    model.named_state(k, model.initial_state(n)).items()})
+    return out
+
+
+def _rows(value, name: str, shape: tuple, n: int, source: str) -> np.ndarray:
+    """``value`` as ``[n, *shape]`` float64, or an InputError saying what is wrong with it.  Taken:
+    ``shape`` (the same state for every sequence), ``[n, *shape]``, and (a state of several
+    dimensions) its values flattened, as a project file keeps them."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     try:
@@ -90,11 +123,15 @@ def _rows(value, name: str, width: int, n: int, source: str) -> np.ndarray:
         raise InputError(f"{source}[{name!r}] is not an array of numbers") from None
     if a.dtype.kind not in "fiu" or a.dtype == np.bool_:
         raise InputError(f"{source}[{name!r}] should hold numbers, not {a.dtype}")
-    if a.ndim == 1:
+    shape = tuple(shape)
+    if len(shape) > 1 and a.ndim == 1 and a.size == int(np.prod(shape)):
+        a = a.reshape(shape)
+    if a.ndim == len(shape):
         a = a[None]
-    if a.ndim != 2 or a.shape[1] != width or a.shape[0] not in (1, n):
-        raise InputError(f"{source}[{name!r}] has shape {list(np.shape(value))}; it should be [{width}] (the same "
-                         f"state for every sequence) or [{n}, {width}] (one row for each of the {n} sequence"
+    if a.shape[1:] != shape or a.shape[0] not in (1, n):
+        dims = ", ".join(str(d) for d in shape)
+        raise InputError(f"{source}[{name!r}] has shape {list(np.shape(value))}; it should be [{dims}] (the same "
+                         f"state for every sequence) or [{n}, {dims}] (one row for each of the {n} sequence"
                          f"{'s' if n != 1 else ''})")
     a = a.astype(np.float64)
     if not np.isfinite(a).all():

@@ -151,19 +151,24 @@ def initial_state_for(model, path, n_sequences: int, step: int | None = None) ->
     checked against ``model`` for a run of ``n_sequences``: the arrays to pass as
     ``engine.run(..., initial_state=...)``, or an :class:`InitialStateError` that says what the
     file holds and what the model needs."""
+    from .initial_state import describe_shapes, no_state_reason, state_shapes
+
     name = display_name(path) + (f":{step}" if step is not None else "")
-    widths = model.state_widths() if hasattr(model, "state_widths") else None
-    if widths is None:
-        raise InitialStateError(f"this {getattr(model, 'architecture', '')} model always starts from its zero state: "
-                                "initial states are for the classic LSTM/GRU/RNN stacks")
+    shapes = state_shapes(model)
+    if shapes is None:
+        raise InitialStateError(no_state_reason(model))
     if step is not None and any(any(dirs) for dirs in getattr(model, "backward", ())):
         raise InitialStateError(f"{name}: this model has a layer that reads its input last to first, so the "
                                 "state after a step is no place to continue from; start from the final state")
+    if step is not None and hasattr(model, "named_state"):  # a convolution window is no probe
+        raise InitialStateError(f"{name}: a step can be named only for the classic LSTM/GRU/RNN stacks, whose state "
+                                f"probes hold the whole state; for this {model.architecture} model trace the first "
+                                f"{step + 1} steps and start from that trace's final state")
     kind = file_kind(path)
     state = read_initial_state(path, step)
-    expected = ", ".join(f"{n} [{w}]" for n, w in widths.items())
+    expected = describe_shapes(shapes)
     if kind == "trace":
-        missing = [n for n in widths if n not in state]
+        missing = [n for n in shapes if n not in state]
         if missing:
             raise InitialStateError(
                 f"{name} holds no final state for {', '.join(missing[:4])}, which this model's state has "
@@ -175,7 +180,7 @@ def initial_state_for(model, path, n_sequences: int, step: int | None = None) ->
                 f"{name} holds the final states of {count} sequences and this run has {n_sequences}: give one "
                 f"input per sequence of that trace, in the same order (or a trace of one sequence, whose state "
                 f"every sequence starts from)")
-    unknown = [n for n in state if n not in widths]
+    unknown = [n for n in state if n not in shapes]
     if unknown:
         raise InitialStateError(f"{name} holds {', '.join(unknown[:4])}, which this model's state does not have; "
                                 f"its state is {expected}")

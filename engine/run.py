@@ -123,6 +123,7 @@ class _LastRun:
     states: dict[tuple[int, int], dict[int, object]]  # (layer, direction) -> {chunk boundary: state}
     key: object = None  # model.cache_key() of that run
     initial: dict | None = None  # the initial state it started from (None: zeros)
+    finals: dict | None = None  # each sequence's final state, chunked families: {name: [B, ...]}
 
 
 class PrefixCache:
@@ -172,6 +173,11 @@ class PrefixCache:
         changed = _changed_interventions(last.interventions, tuple(interventions))
         if changed is None:
             return None
+        if _keeps_finals(model):  # a sequence's final state is kept only at the length it had
+            if last.finals is None:
+                return None
+            d_tokens = min([d_tokens] + [len(new) - 1 for old, new in zip(last.sequences, seqs)
+                                          if len(old) != len(new)])
         first_change = [d_tokens] * n_layers
         logits_from = d_tokens
         for iv in changed:
@@ -199,11 +205,19 @@ class PrefixCache:
                 return None
             starts.append(d)
             states[(k, 0)] = state
-        return Resume(starts=starts, states=states, old=last.padded, logits_from=min(logits_from, T))
+        return Resume(starts=starts, states=states, old=last.padded, logits_from=min(logits_from, T),
+                      finals=last.finals)
 
-    def store(self, model, seqs, interventions, chunk, padded, states, initial=None):
+    def store(self, model, seqs, interventions, chunk, padded, states, initial=None, finals=None):
         self._last = _LastRun(weakref.ref(model), model.dtype, chunk, [s.data() for s in seqs],
-                              tuple(interventions), padded, states, model.cache_key(), initial)
+                              tuple(interventions), padded, states, model.cache_key(), initial,
+                              finals=finals)
+
+
+def _keeps_finals(model) -> bool:
+    """Whether ``model``'s forward fills in each sequence's final state (the chunked families
+    that take an initial state; the classic stacks read it from their state probes)."""
+    return hasattr(model, "named_state") and model.state_shapes() is not None
 
 
 def _first_changed_token(old: np.ndarray, new: np.ndarray) -> int:
@@ -337,20 +351,23 @@ def run(model, inputs, probes="*", interventions: Sequence[Intervention] = (), *
     def keep_state(key, step, state):
         states.setdefault(key, {})[step] = state
 
+    finals = {} if _keeps_finals(model) else None
     with torch.no_grad(), _exact_cuda(device):
         out = model.forward(x, lengths, want, plan, chunk=chunk, resume=resume,
                             keep_state=keep_state if cache is not None else None,
                             progress=progress, should_stop=should_stop,
-                            **({"initial_state": start} if start else {}))
+                            **({"initial_state": start} if start else {}),
+                            **({"final_state": finals} if finals is not None else {}))
     known_finite = {}  # probe -> rows copied from a previous run that held only finite values
     if cache is not None and resume is not None and B == 1:
         kept = (min(resume.starts + [resume.logits_from]) // chunk) * chunk
         known_finite = {name: kept for name in names if name in cache.finite}
-    final = {n: v.cpu().numpy() for n, v in model.final_state(out, lengths).items()} \
-        if hasattr(model, "final_state") else None
+    ended = finals if finals is not None else model.final_state(out, lengths) if hasattr(model, "final_state") else None
+    final = {n: (v if v.dtype in (torch.float32, torch.float64) else v.float()).cpu().numpy()
+             for n, v in ended.items()} if ended is not None else None
     trace = _make_trace(model, seqs, names, spec_table, out, interventions, known_finite, initial, final or None)
     if cache is not None:
-        cache.store(model, seqs, interventions, chunk, out, states, initial)
+        cache.store(model, seqs, interventions, chunk, out, states, initial, finals)
         cache.last_starts = list(resume.starts) if resume is not None else []
         cache.finite = frozenset() if any(n.startswith(NONFINITE_NOTE) for n in trace.notes) else frozenset(names)
     return trace

@@ -75,8 +75,8 @@ class Trace:
             state = getattr(self, which)
             if state is not None:
                 state = {k: _frozen(v) for k, v in state.items()}
-                if any(v.ndim != 2 or v.shape[0] != self.n_sequences for v in state.values()):
-                    raise ValueError(f"{which} must hold one row per sequence ([sequences, width] arrays)")
+                if any(v.ndim < 2 or v.shape[0] != self.n_sequences for v in state.values()):
+                    raise ValueError(f"{which} must hold one row per sequence ([sequences, *shape] arrays)")
                 object.__setattr__(self, which, state)
 
     # -- shape ---------------------------------------------------------------------

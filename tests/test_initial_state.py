@@ -245,11 +245,8 @@ def test_a_trace_without_the_state_probes_is_refused(lstm2):
 
 
 def test_families_without_an_initial_state_refuse_it():
-    from engine.models.mingru import MinRNNConfig, MinRNNModel, canonical_weight_shapes
+    from stateless_model import stateless_model  # the families that take one: tests/test_family_initial_state.py
 
-    cfg = MinRNNConfig(cell="mingru", d_model=4, n_layer=1, vocab_size=5, d_inner=4, ff_inner=8, proj_out=False,
-                       conv_kernel=0)
-    w = {k: torch.randn(s) * 0.1 for k, s in canonical_weight_shapes(cfg).items()}
-    model = MinRNNModel(cfg, w)
-    with pytest.raises(InputError, match="supported for the classic LSTM/GRU/RNN stacks; this mingru model"):
-        engine.run(model, [1, 2, 3], initial_state={"layers.0.h": np.zeros(4)})
+    with pytest.raises(InputError, match="this recurrent_gemma model always starts from its zero state: initial "
+                                         "states are for the classic LSTM/GRU/RNN stacks and the HGRN"):
+        engine.run(stateless_model(), [1, 2, 3], initial_state={"layers.0.h": np.zeros(4)})

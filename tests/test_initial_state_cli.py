@@ -311,12 +311,13 @@ def test_a_keras_hdf5_file_is_not_a_trace(capsys, char_model, tmp_path):
     assert status == 2 and "is an HDF5 file but not a SeqScope trace" in err
 
 
-def test_a_family_without_initial_states_and_a_corpus_run_refuse_it(capsys, char_model, tmp_path):
+def test_another_familys_state_names_and_a_corpus_run_refuse_it(capsys, char_model, tmp_path):
     np.savez(tmp_path / "s.npz", **{"layers.0.h": np.zeros(64, np.float32)})
     mamba = ROOT / "assets" / "models" / "selective-ssm-recall"
     status, _, err = run_cli(capsys, "trace", mamba, "--text", "ab", "--initial-state", tmp_path / "s.npz",
                              "-o", tmp_path / "o.h5")
-    assert status == 2 and "model always starts from its zero state: initial states are for the classic" in err
+    assert status == 2 and "holds layers.0.h, which this model's state does not have; its state is layers.0.state " \
+        "[128, 16], layers.0.conv_window [3, 128]" in err
     (tmp_path / "corpus.txt").write_text("abc\n\nde\n", encoding="utf-8")
     status, _, err = run_cli(capsys, "trace", char_model[0], "--corpus", tmp_path / "corpus.txt",
                              "--initial-state", tmp_path / "s.npz", "-o", tmp_path / "c.h5")

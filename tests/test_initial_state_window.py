@@ -85,11 +85,24 @@ def test_start_from_a_trace_file_and_refuse_one_that_does_not_fit(qtbot, window,
 
 
 def test_families_without_an_initial_state_disable_the_actions(qtbot, window):
-    s = open_with_text(qtbot, window, ROOT / "assets" / "models" / "selective-ssm-recall", text="ab")
+    from stateless_model import stateless_model
+
+    s = window.session
+    s.set_model(stateless_model())
     for action in window.start_actions:
         assert not action.isEnabled()
         assert "always starts from its zero state: initial states are for the classic LSTM/GRU/RNN" in action.toolTip()
     assert s.initial_state is None
+
+
+def test_a_mamba_run_continues_from_its_final_state(qtbot, window):
+    s = open_with_text(qtbot, window, ROOT / "assets" / "models" / "selective-ssm-recall", text="abcab")
+    continue_action = window.start_actions[1]
+    assert continue_action.isEnabled()
+    first = s.trace
+    trigger(qtbot, s, continue_action)
+    assert_shows(s, engine.run(s.model, "abcab", initial_state=engine.final_state(first)))
+    assert s.trace.initial_state["layers.0.state"].shape == (1, 128, 16)
 
 
 def test_views_that_run_the_model_again_start_where_the_shown_run_started(char_model_file):

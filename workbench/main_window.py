@@ -384,10 +384,10 @@ class MainWindow(QMainWindow):
     def _update_start_actions(self):
         """The actions are for models that take an initial state; the model label says where runs start."""
         model = self.session.model
-        widths = model.state_widths() if model is not None else None
-        why = ("open a model first" if model is None else None if widths is not None else
-               f"this {model.architecture} model always starts from its zero state: initial states are for the "
-               "classic LSTM/GRU/RNN stacks")
+        from engine.initial_state import no_state_reason, state_shapes
+
+        why = ("open a model first" if model is None else None if state_shapes(model) is not None else
+               no_state_reason(model))
         for action in self.start_actions:
             action.setEnabled(why is None)
             action.setToolTip(why or action.text())

@@ -159,6 +159,12 @@ class SequenceModel:
         family does not take an initial state (``engine.run`` refuses one in words)."""
         return None
 
+    def state_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """``{probe name: shape of one sequence's part}`` of the state ``initial_state`` sets
+        (``(width,)`` for the classic stacks); None where there is none."""
+        widths = self.state_widths()
+        return None if widths is None else {n: (w,) for n, w in widths.items()}
+
     def cache_key(self):
         """Settings of the model, besides its weights, that change what a run computes (e.g. a
         window of implicit attention, which scan runs): a re-run reuses the prefix cache only
@@ -174,6 +180,7 @@ class Resume:
     states: dict  # (layer, direction) -> state entering that layer's start
     old: dict  # the previous run's padded arrays
     logits_from: int  # first step whose logits may change
+    finals: dict | None = None  # the previous run's final states {name: [B, ...]} (chunked families)
 
 
 class EditPlan:

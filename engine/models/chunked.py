@@ -40,9 +40,10 @@ import torch
 from ..errors import Cancelled
 from ..probes import layer_probe
 from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
+from .layer_state import LayerStates, ends_within
 
 
-class ChunkedLayerModel(SequenceModel):
+class ChunkedLayerModel(LayerStates, SequenceModel):
     SITES: tuple[str, ...] = ()
     #: sites recorded as well whenever ``attn`` is asked for (it is computed from them)
     ATTENTION_NEEDS: frozenset = frozenset()
@@ -123,10 +124,13 @@ class ChunkedLayerModel(SequenceModel):
 
     def forward(self, x: torch.Tensor, lengths: list[int], want: set[str], plan: EditPlan | None = None, *,
                 chunk: int = 256, resume: Resume | None = None, keep_state: Callable | None = None,
-                progress: Callable | None = None, should_stop: Callable | None = None) -> dict[str, torch.Tensor]:
+                progress: Callable | None = None, should_stop: Callable | None = None,
+                initial_state: dict | None = None, final_state: dict | None = None) -> dict[str, torch.Tensor]:
         """``x`` [T, B] token ids; returns ``{probe: [T, B, ...]}`` for the probes in ``want``
         (see ``RecurrentStack.forward`` for ``resume`` and ``keep_state``; a layer's state is
-        whatever :meth:`initial_state` returns)."""
+        whatever :meth:`initial_state` returns).  ``initial_state``: ``{(layer, 0): state}``
+        to start from instead (:meth:`split_initial_state`); ``final_state``: a dict filled
+        with each sequence's state after its own last step, ``{name: [B, *shape]}``."""
         plan = plan or EditPlan()
         T, B = x.shape[0], x.shape[1]
         L = self.num_layers
@@ -163,11 +167,17 @@ class ChunkedLayerModel(SequenceModel):
                 for site in record | want_sites:
                     out[layer_probe(k, site)] = old[layer_probe(k, site)][:T]
                 below, below_from, below_name = old[name_out][:T], 0, name_out
+                if final_state is not None:
+                    final_state.update(self.layer_final_state(k, lengths, T, {}, resume.finals))
                 continue
             xin = below[s - below_from:] if s >= below_from else torch.cat([old[below_name][s:below_from], below])
-            state = resume.states[(k, 0)] if s else self.initial_state(B)
+            state = resume.states[(k, 0)] if s else (initial_state or {}).get((k, 0))
+            state = self.initial_state(B) if state is None else state
             keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
-            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick)
+            reached = {L: None for L in lengths if L > s} if final_state is not None else None
+            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick, reached)
+            if final_state is not None:
+                final_state.update(self.layer_final_state(k, lengths, s, reached, resume.finals if resume else None))
             below, below_from, below_name = recs["out"], s, name_out
             for site in record:
                 out[layer_probe(k, site)] = stitch(old, layer_probe(k, site), recs[site], s, T)
@@ -188,9 +198,12 @@ class ChunkedLayerModel(SequenceModel):
                 out["logits"] = old["logits"][:T]
         return out
 
-    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick) -> dict:
+    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick, reached=None) -> dict:
         """Layer ``k`` over steps ``start..`` (``xin`` holds its input for those steps), one
-        chunk of the fixed grid (multiples of ``chunk``) at a time."""
+        chunk of the fixed grid (multiples of ``chunk``) at a time.  ``reached``: lengths whose
+        state (after that many steps) to fill in; a length ending inside a chunk runs that
+        chunk's first part once more on its own, so the grid and every recorded value stay as
+        in a run without it."""
         T = start + xin.shape[0]
         B = xin.shape[1]
         shapes = self._site_shapes()
@@ -200,10 +213,15 @@ class ChunkedLayerModel(SequenceModel):
             b = min((a // chunk + 1) * chunk, T)
             h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
             i = a - start
+            for L in ends_within(reached or (), a, b - 1):  # a sequence ends inside the chunk
+                reached[L] = self._layer_chunk_into(k, xin[i:L - start].clone(), a, tuple(t.clone() for t in state),
+                                                    edits, set(), {})
             state = self._layer_chunk_into(k, h, a, state, edits, record,
                                            {site: rows[i:i + b - a] for site, rows in recs.items()})
             if keep is not None:
                 keep(b, tuple(t.clone() for t in state))
+            if reached is not None and b in reached:
+                reached[b] = tuple(t.clone() for t in state)
             tick()
             a = b
         return recs

@@ -38,6 +38,11 @@ Runs chunk by chunk (``engine.models.chunked``): every per-token quantity of a c
 interventions applied to the whole chunk, then the recurrence by :mod:`.diagonal`'s parallel
 prefix scan (log2(chunk) elementwise passes, no loop over steps), cut where the state is
 edited.  The prefix cache keeps ``h`` and the two conv buffers.
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{k}.state`` [d_inner] (h) and, with a short convolution, ``layers.{k}.conv_window_i`` and
+``layers.{k}.conv_window_f`` [conv_size - 1, d_inner]: the last inputs of ``conv_i`` and
+``conv_f`` (``i_proj u`` and ``f_proj u``), oldest first.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, edits_in_chunk, scan_split_at_edits
+from .layer_state import StatePart
 from .family import (FamilyConfig, StatedConfig, build_model, check_loaded_weights, config_from_fields, probe_table,
                      unused_note)
 from .mingru import gated_attention
@@ -171,6 +177,12 @@ class HGRNModel(DiagonalRecurrenceModel):
         h = torch.zeros(batch, cfg.d_inner, dtype=self.dtype, device=self.device)
         buf = torch.zeros(max(cfg.conv_size - 1, 0), batch, cfg.d_inner, dtype=self.dtype, device=self.device)
         return h, buf, buf.clone()
+
+    def state_parts(self, layer: int):
+        cfg = self.config
+        window = (cfg.conv_size - 1, cfg.d_inner)
+        convs = (StatePart(1, "conv_window_i", window, batch_axis=1), StatePart(2, "conv_window_f", window, batch_axis=1))
+        return (StatePart(0, "state", (cfg.d_inner,)),) + (convs if cfg.conv_size > 1 else ())
 
     def _norm(self, x, w):
         return F.rms_norm(x, (x.shape[-1],), w, self.config.norm_eps)

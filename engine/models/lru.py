@@ -37,6 +37,9 @@ index them flattened: unit = 2 * channel + part, part 0 real, 1 imaginary; see
 Runs chunk by chunk (``engine.models.chunked``): every per-token quantity of a chunk at once,
 then the recurrence by :mod:`.diagonal`'s parallel prefix scan (its factors powers of lambda,
 each computed directly), cut where the state is edited.  The prefix cache keeps ``s``.
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{k}.state`` [d_state, 2], s as the ``state`` probe shows it (real, imaginary part).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .diagonal import DiagonalRecurrenceModel, Powers, edits_in_chunk, scan_split_at_edits
+from .layer_state import StatePart
 from .family import FamilyConfig, build_model, check_loaded_weights, config_from_fields, probe_table, unused_note
 
 SITES = ("in", "Bu", "state", "y", "mixer", "out", "attn")
@@ -179,6 +183,9 @@ class LRUModel(DiagonalRecurrenceModel):
     def initial_state(self, batch: int):
         cdtype = torch.complex128 if self.dtype == torch.float64 else torch.complex64
         return (torch.zeros(batch, self.config.d_state, dtype=cdtype, device=self.device),)
+
+    def state_parts(self, layer: int):
+        return (StatePart(0, "state", (self.config.d_state, 2), complex=True),)
 
     def _norm(self, x, w):
         return F.rms_norm(x, (x.shape[-1],), w, self.config.norm_eps)

@@ -33,6 +33,12 @@ A step's value never depends on anything at or after it, and the chunk grid is t
 every run, so a re-run from a state kept at a chunk boundary (the SSM state and the conv
 buffer: the last ``d_conv - 1`` values of ``in``) equals a full re-run bit for bit.
 
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{k}.state`` [d_inner, d_state], the SSM state as the ``state`` probe shows it, and
+``layers.{k}.conv_window`` [d_conv - 1, d_inner], the last inputs of the convolution (the
+``in`` probe's values), oldest first (``transformers``' ``conv_states`` [d_inner, d_conv] end
+with the same values, transposed).
+
 Implicit attention (probe ``attn``) is computed for a window of rows and columns only
 (:attr:`MambaModel.attention_window`), from the layer's ``dt``, ``B``, ``C`` and ``A``
 (see :mod:`engine.analysis.implicit_attention`).
@@ -49,6 +55,7 @@ import torch.nn.functional as F
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
 from .family import untied_if_the_file_says_so
+from .layer_state import StatePart
 from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,
                      config_from_fields, probe_table, unused_note)
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
@@ -232,6 +239,11 @@ class MambaModel(ScannedFamilyModel):
         ssm = torch.zeros(batch, cfg.d_inner, cfg.d_state, dtype=self.dtype, device=self.device)
         conv = torch.zeros(cfg.d_conv - 1, batch, cfg.d_inner, dtype=self.dtype, device=self.device)
         return ssm, conv
+
+    def state_parts(self, layer: int):
+        cfg = self.config
+        window = (StatePart(1, "conv_window", (cfg.d_conv - 1, cfg.d_inner), batch_axis=1),)
+        return (StatePart(0, "state", (cfg.d_inner, cfg.d_state)),) + (window if cfg.d_conv > 1 else ())
 
     def _norm(self, h, w, b):
         if self.config.norm == "layer":

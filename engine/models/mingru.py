@@ -32,6 +32,10 @@ Runs like Mamba (``engine.models.mamba``): per chunk, every per-token quantity a
 (interventions on ``h_tilde`` and the gates applied to the whole chunk), then the elementwise
 recurrence (a compiled numba loop on the CPU, else a torch loop), split at the
 steps where ``h`` is edited.  The prefix cache keeps ``h`` and the conv buffer.
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{i}.h`` [d_inner] and, with convolutions, ``layers.{i}.conv_window`` [conv_kernel - 1,
+d_model]: the last inputs of the depthwise convolution (the stream x), oldest first.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
+from .layer_state import StatePart
 from .family import (FamilyConfig, ScannedFamilyModel, build_model, check_loaded_weights, config_from_fields,
                      probe_table, unused_note)
 
@@ -163,6 +168,11 @@ class MinRNNModel(ScannedFamilyModel):
         h = torch.zeros(batch, cfg.d_inner, dtype=self.dtype, device=self.device)
         conv = torch.zeros(max(cfg.conv_kernel - 1, 0), batch, cfg.d_model, dtype=self.dtype, device=self.device)
         return h, conv
+
+    def state_parts(self, layer: int):
+        cfg = self.config
+        window = (StatePart(1, "conv_window", (cfg.conv_kernel - 1, cfg.d_model), batch_axis=1),)
+        return (StatePart(0, "h", (cfg.d_inner,)),) + (window if cfg.conv_kernel > 1 else ())
 
     @staticmethod
     def _norm(x, w):

@@ -1,0 +1,111 @@
+"""Named initial and final states of the chunked families (:mod:`engine.models.chunked`).
+
+A chunked layer's state is a tuple of tensors (``initial_state(B)``).  A family that takes an
+initial state names each part of it with a :class:`StatePart`: the probe-like name
+``layers.{k}.{site}``, one sequence's shape, and how the tensor in the tuple is laid out
+(the batch on axis 0, or on axis 1 for a convolution window ``[K-1, B, width]``; a complex
+state shown as ``[..., 2]``, real and imaginary part).  This module turns user arrays
+``{name: [B, *shape]}`` into the tuples the forward starts from, and the tuples a layer
+reached into the same arrays, and picks each sequence's final state at its own last step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..probes import layer_probe
+
+
+@dataclass(frozen=True)
+class StatePart:
+    """One part of a layer's state: element ``index`` of the state tuple, named
+    ``layers.{k}.{site}``, ``shape`` for one sequence."""
+
+    index: int
+    site: str
+    shape: tuple
+    batch_axis: int = 0  # 1 for a convolution window [K-1, B, width] (oldest step first)
+    complex: bool = False  # a complex tensor [B, ...] shown as [..., 2] (re, im)
+
+
+class LayerStates:
+    """Initial and final states by name, for :class:`~engine.models.chunked.ChunkedLayerModel`.
+    A family lists its parts in :meth:`state_parts`; without parts it always starts from zeros."""
+
+    def state_parts(self, layer: int) -> tuple[StatePart, ...]:
+        """The named parts of layer ``layer``'s state (none: the family takes no initial state)."""
+        return ()
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """``{name: shape of one sequence's part}`` for every layer, or None without parts."""
+        shapes = {layer_probe(k, p.site): tuple(p.shape) for k in range(self.num_layers) for p in self.state_parts(k)}
+        return shapes or None
+
+    def state_widths(self) -> dict[str, int] | None:
+        """:meth:`state_shapes` with each part's number of values (its width when it is a vector)."""
+        shapes = self.state_shapes()
+        return None if shapes is None else {n: math.prod(s) for n, s in shapes.items()}
+
+    def split_initial_state(self, arrays: dict[str, torch.Tensor]) -> dict:
+        """``{name: [B, *shape]}`` (checked by :func:`engine.initial_state.prepare`) as the
+        per ``(layer, 0)`` state tuples the forward starts from; parts not given are the
+        family's own starting values."""
+        out = {}
+        for k in range(self.num_layers):
+            given = {p: arrays[layer_probe(k, p.site)] for p in self.state_parts(k) if layer_probe(k, p.site) in arrays}
+            if not given:
+                continue
+            state = list(self.initial_state(next(iter(given.values())).shape[0]))
+            for p, t in given.items():
+                state[p.index] = _into_layout(p, t, state[p.index])
+            out[(k, 0)] = tuple(state)
+        return out
+
+    def named_state(self, layer: int, state: tuple) -> dict[str, torch.Tensor]:
+        """A layer's state tuple as ``{name: [B, *shape]}``."""
+        out = {}
+        for p in self.state_parts(layer):
+            t = state[p.index]
+            if p.batch_axis:
+                t = t.movedim(p.batch_axis, 0)
+            if p.complex:
+                t = torch.view_as_real(t)
+            out[layer_probe(layer, p.site)] = t
+        return out
+
+    def layer_final_state(self, layer: int, lengths, start: int, reached: dict, old: dict | None) -> dict:
+        """Each sequence's final state in layer ``layer``, ``{name: [B, *shape]}``: the state
+        after its own last step, from ``reached`` (length -> the state tuple after that many
+        steps) for sequences longer than ``start`` (where this run began the layer), else from
+        ``old`` (the previous run's final states, which the prefix cache keeps)."""
+        named = {L: self.named_state(layer, st) for L, st in reached.items()}
+        out = {}
+        for p in self.state_parts(layer):
+            name = layer_probe(layer, p.site)
+            rows = []
+            for b, L in enumerate(lengths):
+                if L > start:
+                    rows.append(named[L][name][b])
+                elif old is not None and name in old:
+                    rows.append(old[name][b])
+                else:  # the prefix cache keeps a run from starting past an end it has no state for
+                    raise RuntimeError(f"no final state of {name} for sequence {b}")
+            out[name] = torch.stack(rows).clone()
+        return out
+
+
+def _into_layout(p: StatePart, t: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """A user array [B, *shape] as the tuple element ``template`` is laid out."""
+    if p.complex:
+        real = torch.float64 if template.dtype == torch.complex128 else torch.float32
+        t = torch.view_as_complex(t.to(real).contiguous())
+    if p.batch_axis:
+        t = t.movedim(0, p.batch_axis)
+    return t.to(dtype=template.dtype, device=template.device).contiguous()
+
+
+def ends_within(lengths, a: int, b: int) -> list[int]:
+    """The sequence lengths ``L`` with ``a < L <= b``: sequences whose last step lies in ``a..b-1``."""
+    return sorted({L for L in lengths if a < L <= b})

@@ -441,6 +441,18 @@ class BoundIntervention:
             out.value = torch.gather(self.value, 0, idx)
         return out
 
+    def columns(self, cols: list[int]) -> "BoundIntervention":
+        """The same edit for the sequences ``cols`` of the batch alone."""
+        out = object.__new__(BoundIntervention)
+        out.__dict__.update(self.__dict__)
+        out.mask = self.mask[:, cols]
+        out.steps = np.flatnonzero(out.mask.any(dim=1).cpu().numpy())
+        out._active = set(out.steps.tolist())
+        out._every_row = set(np.flatnonzero(out.mask.all(dim=1).cpu().numpy()).tolist())
+        if self.iv.op == "patch":
+            out.value = self.value[:, cols]
+        return out
+
     def _edit(self, x: torch.Tensor, value) -> torch.Tensor:
         op = self.iv.op
         if op == "zero":

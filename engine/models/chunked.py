@@ -40,7 +40,7 @@ import torch
 from ..errors import Cancelled
 from ..probes import layer_probe
 from .base import EditPlan, Resume, SequenceModel, bind_layerwise, stitch
-from .layer_state import LayerStates, ends_within
+from .layer_state import LayerStates, columns_of, ending_inside
 
 
 class ChunkedLayerModel(LayerStates, SequenceModel):
@@ -174,8 +174,10 @@ class ChunkedLayerModel(LayerStates, SequenceModel):
             state = resume.states[(k, 0)] if s else (initial_state or {}).get((k, 0))
             state = self.initial_state(B) if state is None else state
             keep = (lambda step, st, key=(k, 0): keep_state(key, step, st)) if keep_state else None
-            reached = {L: None for L in lengths if L > s} if final_state is not None else None
-            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick, reached)
+            ends = {b: L for b, L in enumerate(lengths) if L > s} if final_state is not None else None
+            reached: dict = {}
+            recs = self._run_layer(k, xin, s, state, chunk, record, plan.layer.get((k, 0), {}), keep, tick, ends,
+                                   reached)
             if final_state is not None:
                 final_state.update(self.layer_final_state(k, lengths, s, reached, resume.finals if resume else None))
             below, below_from, below_name = recs["out"], s, name_out
@@ -198,12 +200,13 @@ class ChunkedLayerModel(LayerStates, SequenceModel):
                 out["logits"] = old["logits"][:T]
         return out
 
-    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick, reached=None) -> dict:
+    def _run_layer(self, k, xin, start, state, chunk, record, edits, keep, tick, ends=None, reached=None) -> dict:
         """Layer ``k`` over steps ``start..`` (``xin`` holds its input for those steps), one
-        chunk of the fixed grid (multiples of ``chunk``) at a time.  ``reached``: lengths whose
-        state (after that many steps) to fill in; a length ending inside a chunk runs that
-        chunk's first part once more on its own, so the grid and every recorded value stay as
-        in a run without it."""
+        chunk of the fixed grid (multiples of ``chunk``) at a time.  ``ends``: ``{sequence: length}``
+        of the sequences whose final state to find, filled into ``reached``: a sequence that ends
+        inside a chunk runs that chunk's first part once more, alone (so the grid and every
+        recorded value stay as in a run without it); ``reached[sequence]`` becomes its state (a
+        batch of one)."""
         T = start + xin.shape[0]
         B = xin.shape[1]
         shapes = self._site_shapes()
@@ -213,15 +216,16 @@ class ChunkedLayerModel(LayerStates, SequenceModel):
             b = min((a // chunk + 1) * chunk, T)
             h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
             i = a - start
-            for L in ends_within(reached or (), a, b - 1):  # a sequence ends inside the chunk
-                reached[L] = self._layer_chunk_into(k, xin[i:L - start].clone(), a, tuple(t.clone() for t in state),
-                                                    edits, set(), {})
+            for col in ending_inside(ends or {}, a, b):
+                reached[col] = self._layer_chunk_into(k, xin[i:ends[col] - start, [col]].clone(), a,
+                                                      self.state_columns(state, [col]), columns_of(edits, [col]),
+                                                      set(), {})
             state = self._layer_chunk_into(k, h, a, state, edits, record,
                                            {site: rows[i:i + b - a] for site, rows in recs.items()})
             if keep is not None:
                 keep(b, tuple(t.clone() for t in state))
-            if reached is not None and b in reached:
-                reached[b] = tuple(t.clone() for t in state)
+            for col in [c for c, L in (ends or {}).items() if L == b]:  # sequences ending with the chunk
+                reached[col] = self.state_columns(state, [col])
             tick()
             a = b
         return recs

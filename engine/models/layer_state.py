@@ -77,23 +77,30 @@ class LayerStates:
 
     def layer_final_state(self, layer: int, lengths, start: int, reached: dict, old: dict | None) -> dict:
         """Each sequence's final state in layer ``layer``, ``{name: [B, *shape]}``: the state
-        after its own last step, from ``reached`` (length -> the state tuple after that many
-        steps) for sequences longer than ``start`` (where this run began the layer), else from
-        ``old`` (the previous run's final states, which the prefix cache keeps)."""
-        named = {L: self.named_state(layer, st) for L, st in reached.items()}
+        after its own last step, from ``reached`` (:meth:`_run_layer`'s) for sequences longer
+        than ``start`` (where this run began the layer), else from ``old`` (the previous run's
+        final states, which the prefix cache keeps)."""
+        named = {key: self.named_state(layer, st) for key, st in reached.items()}
         out = {}
         for p in self.state_parts(layer):
             name = layer_probe(layer, p.site)
             rows = []
             for b, L in enumerate(lengths):
-                if L > start:
-                    rows.append(named[L][name][b])
-                elif old is not None and name in old:
+                if L <= start:
+                    if old is None or name not in old:  # the prefix cache never starts past such an end
+                        raise RuntimeError(f"no final state of {name} for sequence {b}")
                     rows.append(old[name][b])
-                else:  # the prefix cache keeps a run from starting past an end it has no state for
-                    raise RuntimeError(f"no final state of {name} for sequence {b}")
+                else:
+                    rows.append(named[b][name][0])
             out[name] = torch.stack(rows).clone()
         return out
+
+    def state_columns(self, state: tuple, cols: list[int]) -> tuple:
+        """A layer's state for the sequences ``cols`` of the batch alone."""
+        one, two = self.initial_state(1), self.initial_state(2)  # the batch is the axis whose size differs
+        axes = [next((i for i, (m, n) in enumerate(zip(x.shape, y.shape)) if m != n), None) for x, y in zip(one, two)]
+        return tuple(t if axis is None else t.index_select(axis, torch.tensor(cols, device=t.device))
+                     for t, axis in zip(state, axes))
 
 
 def _into_layout(p: StatePart, t: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
@@ -106,6 +113,12 @@ def _into_layout(p: StatePart, t: torch.Tensor, template: torch.Tensor) -> torch
     return t.to(dtype=template.dtype, device=template.device).contiguous()
 
 
-def ends_within(lengths, a: int, b: int) -> list[int]:
-    """The sequence lengths ``L`` with ``a < L <= b``: sequences whose last step lies in ``a..b-1``."""
-    return sorted({L for L in lengths if a < L <= b})
+def ending_inside(ends: dict, a: int, b: int) -> list[int]:
+    """The sequences of ``ends`` (``{sequence: length}``) whose last step lies in ``a..b-2``:
+    they end inside the chunk ``a..b-1``, before its last step."""
+    return [col for col, L in ends.items() if a < L < b]
+
+
+def columns_of(edits: dict, cols: list[int]) -> dict:
+    """A layer's bound interventions (``{site: [BoundIntervention]}``) for the sequences ``cols`` alone."""
+    return {site: [e.columns(cols) for e in bound] for site, bound in edits.items()}

@@ -1,8 +1,11 @@
-"""Initial and final states of the chunked families (HGRN, LRU, minGRU/minLSTM, Mamba): a run
+"""Initial and final states of the chunked families (HGRN, LRU, minGRU/minLSTM, Mamba, Mamba2,
+DeltaNet and Gated DeltaNet, RWKV-7): a run
 continues from the final state of its prefix, a run from a given state matches each family's
 float64 reference loop started from it, every sequence of a batch ends in its own state, bad
 states are refused in one sentence, trace files keep states of several dimensions, and the
 prefix cache reuses a run only from the same state and then equals a fresh run bit for bit."""
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -10,23 +13,41 @@ import torch
 import engine
 from engine import InputError, Intervention, PrefixCache, Span
 from engine.initial_state_files import InitialStateError, initial_state_for, read_initial_state
+from deltanet_reference import reference_deltanet
+from engine.models.rwkv7_loading import load_rwkv7
 from family_checks import assert_traces_equal, token_ids as ids
+from test_deltanet_golden import build as build_deltanet
 from hgrn_reference import reference as hgrn_reference
 from lru_reference import reference as lru_reference
 from mamba_reference import float64_weights, reference_mamba
+from rwkv7_reference import random_state_dict, reference_rwkv7
 from test_hgrn import make as make_hgrn
 from test_lru import make as make_lru
 from test_mingru import make as make_mingru, reference as mingru_reference
 
 transformers = pytest.importorskip("transformers")
 from test_mamba_golden import hf_model, ours  # noqa: E402
+from test_mamba2_golden import hf_model as mamba2_hf, ours as mamba2_ours, reference as mamba2_reference  # noqa: E402
 
-FAMILIES = ["lru", "hgrn-conv", "mingru-conv", "minlstm", "mamba"]
+FAMILIES = ["lru", "hgrn-conv", "mingru-conv", "minlstm", "mamba", "mamba2", "deltanet", "gated-deltanet", "rwkv7"]
 TOL64 = 1e-10  # float64 throughout: only the order of additions differs
 
 
 def build(family, dtype=torch.float64, scan="torch"):
     """(model, vocabulary size, reference(ids, state of one sequence) -> {probe: [T, ...]})."""
+    if family == "rwkv7":
+        sd = random_state_dict(2, vocab=37, C=24, heads=3, layers=2, ffn=40, dtype=torch.float64)
+        w = float64_weights(sd)
+        return load_rwkv7(sd, [], name="test", fmt="pth", dtype=dtype, device="cpu"), 37, lambda x, s: reference_rwkv7(
+            w, x, state0={k: tuple(s[f"layers.{k}.{p}"] for p in ("state", "last_in", "last_ffn_in")) for k in range(2)})
+    if family.endswith("deltanet"):
+        gated = family == "gated-deltanet"
+        cfg = {"num_v_heads": 4, "expand_v": 1.0} if gated else {"use_gate": True, "conv_size": 3}
+        with tempfile.TemporaryDirectory() as folder:  # the model is read into memory
+            model, config, w = build_deltanet(folder, 3, dtype, True, gated=gated, **cfg)
+        parts = ("state", "conv_window_q", "conv_window_k", "conv_window_v")
+        return model, 29, lambda x, s: reference_deltanet(w, config, x, conv_bias=True, state0={
+            k: (s[f"layers.{k}.state"], tuple(s[f"layers.{k}.{p}"] for p in parts[1:])) for k in range(2)})
     if family == "lru":
         model, w, cfg = make_lru(dtype=dtype)
         return model, 23, lambda x, s: lru_reference(w, x, cfg, state0={
@@ -42,6 +63,10 @@ def build(family, dtype=torch.float64, scan="torch"):
         empty = np.zeros((0, cfg.d_model))
         return model, 23, lambda x, s: mingru_reference(w, x, cfg, state0={
             k: (s[f"layers.{k}.h"], s.get(f"layers.{k}.conv_window", empty)) for k in range(cfg.n_layer)})
+    if family == "mamba2":
+        hf = mamba2_hf(2, d=16, N=4, layers=2, heads=8, head_dim=4, groups=2, chunk_size=5)
+        return mamba2_ours(hf, dtype), 37, lambda x, s: mamba2_reference(hf, x, state0={
+            k: (s[f"layers.{k}.state"].reshape(8, 4, 4), s[f"layers.{k}.conv_window"]) for k in range(2)})
     hf = hf_model(6, d=16, N=4, layers=2, use_bias=True)
     w = float64_weights(hf.state_dict())
     return ours(hf, scan, dtype), 37, lambda x, s: reference_mamba(w, x, 2, state0={
@@ -121,6 +146,8 @@ def test_a_run_from_a_given_state_matches_the_float64_reference(family):
             np.testing.assert_allclose(last[0], expected[name][-1], atol=TOL64, rtol=1e-9, err_msg=name)
         elif family == "mamba":
             np.testing.assert_allclose(last[0], expected[name.replace("conv_window", "in")][-3:], atol=TOL64)
+    if family == "mamba2":  # a state of heads x head_dim x d_state, shown as [d_inner, d_state]
+        assert model.state_shapes()["layers.0.state"] == (32, 4)
 
 
 # -- (c) sequences of different lengths ---------------------------------------------------------------
@@ -175,8 +202,9 @@ def test_families_without_an_initial_state_name_those_with_one():
 
     with pytest.raises(InputError) as info:
         engine.run(stateless_model(), [1, 2, 3], initial_state={"layers.0.state": np.zeros(4)})
-    assert str(info.value).endswith("model always starts from its zero state: initial states are for the classic "
-                                    "LSTM/GRU/RNN stacks and the HGRN, LRU, minGRU/minLSTM and Mamba models")
+    assert str(info.value).endswith("this recurrent_gemma model always starts from its zero state: initial states are "
+                                    "for the classic LSTM/GRU/RNN stacks and the HGRN, LRU, minGRU/minLSTM, Mamba, "
+                                    "Mamba2, (gated) DeltaNet and RWKV-7 models")
 
 
 # -- (e) files --------------------------------------------------------------------------------------

@@ -217,9 +217,10 @@ class ChunkedLayerModel(LayerStates, SequenceModel):
             h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
             i = a - start
             for col in ending_inside(ends or {}, a, b):
-                reached[col] = self._layer_chunk_into(k, xin[i:ends[col] - start, [col]].clone(), a,
-                                                      self.state_columns(state, [col]), columns_of(edits, [col]),
-                                                      set(), {})
+                with self.sequences_alone([col]):
+                    reached[col] = self._layer_chunk_into(k, xin[i:ends[col] - start, [col]].clone(), a,
+                                                          self.state_columns(state, [col]), columns_of(edits, [col]),
+                                                          set(), {})
             state = self._layer_chunk_into(k, h, a, state, edits, record,
                                            {site: rows[i:i + b - a] for site, rows in recs.items()})
             if keep is not None:

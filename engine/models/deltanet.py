@@ -65,6 +65,12 @@ intervention on ``state`` at step t splits the sub-chunk there: the state after 
 edited, o_t is read again from it, and the rest of the sub-chunk runs again from it (the steps
 up to t come from the same call as in a run without the edit, so they are bit-identical).  The
 prefix cache keeps S and the three convolution buffers (the last conv_size - 1 projections).
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{i}.state`` [v_heads, head_k, head_v], S as the ``state`` probe shows it, and with the
+short convolutions ``layers.{i}.conv_window_q``, ``conv_window_k`` [conv_size - 1, key_dim] and
+``conv_window_v`` [conv_size - 1, value_dim]: the last q, k and v projections entering them,
+oldest first.
 """
 from __future__ import annotations
 
@@ -78,6 +84,7 @@ import torch.nn.functional as F
 from ..probes import ProbeSpec, layer_probe
 from .deltanet_scan import SUB, delta_rule_attention, delta_rule_chunk, log_decay, state_after, states_after_each_step
 from .family import FamilyConfig, FamilyModel, probe_table
+from .layer_state import StatePart
 
 #: the epsilon fla's l2norm kernel adds under the root
 L2_EPS = 1e-6
@@ -287,6 +294,15 @@ class DeltaNetModel(FamilyModel):
                            logits=(cfg.vocab_size, "next-token scores lm_head(rmsnorm(x)) (before softmax)"), dims=dims)
 
     # -- forward --------------------------------------------------------------------------
+    def state_parts(self, layer: int):
+        cfg = self.config
+        K = cfg.conv_size - 1
+        windows = (StatePart(1, "conv_window_q", (K, cfg.key_dim), batch_axis=1),
+                   StatePart(2, "conv_window_k", (K, cfg.key_dim), batch_axis=1),
+                   StatePart(3, "conv_window_v", (K, cfg.value_dim), batch_axis=1))
+        state = StatePart(0, "state", (cfg.num_v_heads, cfg.head_k, cfg.head_v))
+        return (state,) + (windows if cfg.use_short_conv and K > 0 else ())
+
     def initial_state(self, batch: int):
         cfg = self.config
         z = dict(dtype=self.dtype, device=self.device)

@@ -11,6 +11,7 @@ reached into the same arrays, and picks each sequence's final state at its own l
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ class StatePart:
 
     index: int
     site: str
-    shape: tuple
+    shape: tuple  # the element's values for one sequence, in this shape (e.g. heads and head_dim as one axis)
     batch_axis: int = 0  # 1 for a convolution window [K-1, B, width] (oldest step first)
     complex: bool = False  # a complex tensor [B, ...] shown as [..., 2] (re, im)
 
@@ -72,7 +73,7 @@ class LayerStates:
                 t = t.movedim(p.batch_axis, 0)
             if p.complex:
                 t = torch.view_as_real(t)
-            out[layer_probe(layer, p.site)] = t
+            out[layer_probe(layer, p.site)] = t.reshape(t.shape[0], *p.shape)
         return out
 
     def layer_final_state(self, layer: int, lengths, start: int, reached: dict, old: dict | None) -> dict:
@@ -95,6 +96,12 @@ class LayerStates:
             out[name] = torch.stack(rows).clone()
         return out
 
+    @contextmanager
+    def sequences_alone(self, cols: list[int]):
+        """While a chunk runs for the sequences ``cols`` of the batch alone: a family that keeps
+        values of the whole batch beside the layer state (RWKV-7's ``v_first``) narrows them."""
+        yield
+
     def state_columns(self, state: tuple, cols: list[int]) -> tuple:
         """A layer's state for the sequences ``cols`` of the batch alone."""
         one, two = self.initial_state(1), self.initial_state(2)  # the batch is the axis whose size differs
@@ -105,9 +112,12 @@ class LayerStates:
 
 def _into_layout(p: StatePart, t: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
     """A user array [B, *shape] as the tuple element ``template`` is laid out."""
+    layout = tuple(template.movedim(p.batch_axis, 0).shape[1:])  # e.g. [heads, head_dim, d_state] for [d_inner, d_state]
     if p.complex:
         real = torch.float64 if template.dtype == torch.complex128 else torch.float32
-        t = torch.view_as_complex(t.to(real).contiguous())
+        t = torch.view_as_complex(t.to(real).reshape(t.shape[0], *layout, 2).contiguous())
+    else:
+        t = t.reshape(t.shape[0], *layout)
     if p.batch_axis:
         t = t.movedim(0, p.batch_axis)
     return t.to(dtype=template.dtype, device=template.device).contiguous()

@@ -52,6 +52,11 @@ on ``state`` at step t: the block holding t runs as usual (its steps up to t are
 unedited run), the state after t is formed, edited, ``y_t`` is recomputed from it, and the
 next block starts at t + 1.  The state a re-run needs at a chunk boundary is (S [B, H, P, N],
 the last K - 1 rows of xBC).
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{i}.state`` [d_inner, N], S as the ``state`` probe shows it, and
+``layers.{i}.conv_window`` [d_conv - 1, conv_dim]: the last inputs of the convolution (the
+in-projection's x, B and C parts before it, conv_dim = d_inner + 2 G N), oldest first.
 """
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ import torch.nn.functional as F
 
 from ..probes import ProbeSpec, layer_probe
 from .family import FamilyConfig, FamilyModel, probe_table
+from .layer_state import StatePart
 from .mamba import MambaModel
 from .mamba2_scan import TILE, _per_head, ssd_attention, ssd_block
 
@@ -225,6 +231,11 @@ class Mamba2Model(FamilyModel):
         S = torch.zeros(batch, cfg.n_heads, cfg.head_dim, cfg.d_state, dtype=self.scan_dtype, device=self.device)
         conv = torch.zeros(cfg.d_conv - 1, batch, cfg.conv_dim, dtype=self.dtype, device=self.device)
         return S, conv
+
+    def state_parts(self, layer: int):
+        cfg = self.config
+        window = (StatePart(1, "conv_window", (cfg.d_conv - 1, cfg.conv_dim), batch_axis=1),)
+        return (StatePart(0, "state", (cfg.d_inner, cfg.d_state)),) + (window if cfg.d_conv > 1 else ())
 
     def _rms(self, h, w):
         return w * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.config.norm_eps))

@@ -61,10 +61,16 @@ Implicit attention (probe ``attn``): the recurrence is linear in the values, so 
 - kk_t^T (kk_t * a_t)).  :func:`delta_rule_attention` runs the same chunked recurrence with one
 one-hot value per key column of the window (from the window's first column to its last row
 only, so a long input never costs T^2); the probe holds the mean over heads of |alpha_ij|.
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{i}.state`` [H, N, N], S as the ``state`` probe shows it, and the token shifts'
+inputs ``layers.{i}.last_in`` and ``layers.{i}.last_ffn_in`` [C]: the ``in`` and ``ffn_in``
+values of the last step (the x_(t-1) and f_(t-1) of the next one).
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +78,7 @@ import torch.nn.functional as F
 
 from ..probes import ProbeSpec, layer_probe
 from .family import FamilyConfig, FamilyModel, probe_table
+from .layer_state import StatePart
 from .rwkv7_scan import delta_rule_attention, wkv7_pieces
 
 SITES = ("in", "r", "w", "k", "kk", "a", "v", "g", "state", "o", "att", "mixer", "mid", "ffn_in", "ffn_k", "ffn",
@@ -264,6 +271,19 @@ class Rwkv7Model(FamilyModel):
             return super().forward(x, lengths, set(want) | {v0}, plan, resume=resume, **kwargs)
         finally:
             self._v_first = None
+
+    @contextmanager
+    def sequences_alone(self, cols):
+        whole = self._v_first
+        self._v_first = whole[:, cols].clone()  # written by layer 0, read by the layers above
+        try:
+            yield
+        finally:
+            self._v_first = whole
+
+    def state_parts(self, layer: int):
+        C, H, N = self.config.d_model, self.config.n_head, self.config.head_size
+        return StatePart(0, "state", (H, N, N)), StatePart(1, "last_in", (C,)), StatePart(2, "last_ffn_in", (C,))
 
     def initial_state(self, batch: int):
         C, H, N = self.config.d_model, self.config.n_head, self.config.head_size

@@ -1,6 +1,5 @@
 """Initial and final states of the chunked families (HGRN, LRU, minGRU/minLSTM, Mamba, Mamba2,
-DeltaNet and Gated DeltaNet, RWKV-7): a run
-continues from the final state of its prefix, a run from a given state matches each family's
+DeltaNet and Gated DeltaNet, RWKV-4, RWKV-7, xLSTM): a run continues from the final state of its prefix, a run from a given state matches each family's
 float64 reference loop started from it, every sequence of a batch ends in its own state, bad
 states are refused in one sentence, trace files keep states of several dimensions, and the
 prefix cache reuses a run only from the same state and then equals a fresh run bit for bit."""
@@ -27,14 +26,29 @@ from test_mingru import make as make_mingru, reference as mingru_reference
 
 transformers = pytest.importorskip("transformers")
 from test_mamba_golden import hf_model, ours  # noqa: E402
+from test_xlstm_golden import hf_model as xlstm_hf, ours as xlstm_ours, ref_kwargs as xlstm_kwargs  # noqa: E402
+from xlstm_reference import reference_xlstm  # noqa: E402
+from rwkv_reference import reference_rwkv  # noqa: E402
+from test_rwkv_golden import hf_model as rwkv_hf, ours as rwkv_ours  # noqa: E402
 from test_mamba2_golden import hf_model as mamba2_hf, ours as mamba2_ours, reference as mamba2_reference  # noqa: E402
 
-FAMILIES = ["lru", "hgrn-conv", "mingru-conv", "minlstm", "mamba", "mamba2", "deltanet", "gated-deltanet", "rwkv7"]
+FAMILIES = ["lru", "hgrn-conv", "mingru-conv", "minlstm", "mamba", "mamba2", "deltanet", "gated-deltanet", "rwkv7",
+            "xlstm", "rwkv"]
 TOL64 = 1e-10  # float64 throughout: only the order of additions differs
 
 
 def build(family, dtype=torch.float64, scan="torch"):
     """(model, vocabulary size, reference(ids, state of one sequence) -> {probe: [T, ...]})."""
+    if family == "rwkv":
+        hf = rwkv_hf(7, d=16, layers=2, att=12, ffn=24, layer_norm_epsilon=1e-4)
+        w = float64_weights(hf.state_dict())
+        return rwkv_ours(hf, scan, dtype), 37, lambda x, s: reference_rwkv(w, x, 2, eps=1e-4, state0={
+            k: tuple(s[f"layers.{k}.{p}"] for p in ("state", "last_att_in", "last_ffn_in")) for k in range(2)})
+    if family == "xlstm":
+        hf = xlstm_hf(7, d=32, layers=2, heads=2, use_bias=True)
+        w = float64_weights(hf.state_dict())
+        return xlstm_ours(hf, dtype), 37, lambda x, s: reference_xlstm(w, x, 2, **xlstm_kwargs(hf), state0={
+            k: tuple(s[f"layers.{k}.{p}"] for p in ("state", "normalizer", "m")) for k in range(2)})
     if family == "rwkv7":
         sd = random_state_dict(2, vocab=37, C=24, heads=3, layers=2, ffn=40, dtype=torch.float64)
         w = float64_weights(sd)
@@ -204,7 +218,7 @@ def test_families_without_an_initial_state_name_those_with_one():
         engine.run(stateless_model(), [1, 2, 3], initial_state={"layers.0.state": np.zeros(4)})
     assert str(info.value).endswith("this recurrent_gemma model always starts from its zero state: initial states are "
                                     "for the classic LSTM/GRU/RNN stacks and the HGRN, LRU, minGRU/minLSTM, Mamba, "
-                                    "Mamba2, (gated) DeltaNet and RWKV-7 models")
+                                    "Mamba2, (gated) DeltaNet, RWKV-4, RWKV-7 and xLSTM models")
 
 
 # -- (e) files --------------------------------------------------------------------------------------

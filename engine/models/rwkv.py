@@ -50,6 +50,11 @@ Implicit attention (probe ``attn``): for channel c, ``wkv_i = sum_(j<=i) alpha_i
 Z_i``, ``Z_i = D_(i-1) + e^(u_i + k_i)``: a normalised attention per channel (each row sums to
 1).  Computed for a window of rows and columns (:attr:`RwkvModel.attention_window`), reduced by
 the mean over channels for display (:func:`wkv_attention`).
+
+Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{k}.state`` [d_att, 3], (num, den, max) as the ``state`` probe shows it (a zero state
+has max = -1e38), and the token shifts' inputs ``layers.{k}.last_att_in`` and
+``layers.{k}.last_ffn_in`` [d_model]: the ``att_in`` and ``ffn_in`` values of the last step.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ import torch.nn.functional as F
 
 from ..probes import ProbeSpec, layer_probe
 from .family import FamilyConfig, ScannedFamilyModel, probe_table
+from .layer_state import StatePart
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .rwkv_scan import EMPTY_MAX, TILE, _scan_numba, _scan_torch, wkv_attention, wkv_log_normaliser
 
@@ -239,6 +245,21 @@ class RwkvModel(ScannedFamilyModel):
 
     # -- interventions ------------------------------------------------------------------
     # -- the forward pass -----------------------------------------------------------------
+    def state_parts(self, layer: int):
+        A, H = self.config.d_att, self.config.d_model
+        return (StatePart(0, "state", (A, 3), batch_axis=1), StatePart(1, "last_att_in", (H,)),
+                StatePart(2, "last_ffn_in", (H,)))
+
+    def named_state(self, layer: int, state: tuple) -> dict:
+        """The kept state, (num, den, max) first [3, B, d_att], as the probe shows it, [B, d_att, 3]."""
+        out = super().named_state(layer, state)
+        out[layer_probe(layer, "state")] = state[0].permute(1, 2, 0)
+        return out
+
+    def split_initial_state(self, arrays: dict) -> dict:
+        arrays = {n: a.transpose(-1, -2) if n.endswith(".state") else a for n, a in arrays.items()}
+        return super().split_initial_state(arrays)
+
     def initial_state(self, batch: int):
         A, H = self.config.d_att, self.config.d_model
         S = torch.zeros(3, batch, A, dtype=self.scan_dtype, device=self.device)

@@ -38,7 +38,7 @@ def final_state(trace: Trace) -> dict[str, np.ndarray]:
 
 
 #: the families besides the classic LSTM/GRU/RNN stacks that take an initial state
-STATE_FAMILIES = "HGRN, LRU, minGRU/minLSTM, Mamba, Mamba2, (gated) DeltaNet, RWKV-4, RWKV-7 and xLSTM"
+STATE_FAMILIES = "HGRN, LRU, minGRU/minLSTM, Mamba, Mamba2, GLA, (gated) DeltaNet, RWKV-4, RWKV-7 and xLSTM"
 
 
 def no_state_reason(model) -> str:

@@ -46,11 +46,14 @@ def float64_weights(sd: dict) -> dict:
     return {k: v.detach().double().cpu().numpy() for k, v in sd.items()}
 
 
-def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_layer_input=None, start_position=0):
+def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_layer_input=None, start_position=0,
+                 conv0=None):
     """One sequence.  ``w``: float64 arrays with fla names; ``config``: the fla ``config.json``
-    dict.  Returns ``{probe: [T, ...]}`` for embed, every layer site but attn, and logits."""
+    dict.  Returns ``{probe: [T, ...]}`` for embed, every layer site but attn, and logits.
+    ``conv0 = {layer: {"q": rows, "k": rows, "v": rows}}``: the short convolutions' inputs
+    before step 0 (oldest first)."""
     overrides = overrides or {}
-    state0 = state0 or {}
+    state0, conv0 = state0 or {}, conv0 or {}
     c = config
     family = c["model_type"]
     L, H = c["num_hidden_layers"], c["num_heads"]
@@ -79,7 +82,8 @@ def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_
         Kd = w[a + "q_proj.weight"].shape[0] // H
         Vd = w[a + "o_proj.weight"].shape[1] // H
         S = np.zeros((H, Kd, Vd)) if li not in state0 else np.array(state0[li], dtype=np.float64).reshape(H, Kd, Vd)
-        hist = {m: [] for m in "qkv"}
+        hist = {m: [np.array(r, dtype=np.float64) for r in conv0[li][m]] if li in conv0 else [] for m in "qkv"}
+        before = len(hist["q"])  # rows before step 0
         norm_w = w.get(a + "g_norm_swish_gate.weight", w.get(a + "g_norm.weight"))
         gamma = 1 - 2.0 ** (-5.0 - np.arange(H))
         inv_freq = 1.0 / (10000.0 ** (np.arange(0, Kd, 2) / Kd))
@@ -96,8 +100,8 @@ def reference_lm(w: dict, config: dict, ids, overrides=None, state0=None, start_
                     acc = w.get(a + f"{m}_conv1d.bias", np.zeros(cw.shape[0])).copy()
                     for j in range(Kc):  # tap j sees the input j steps before the last tap
                         src = t - (Kc - 1) + j
-                        if src >= 0:
-                            acc += cw[:, j] * hist[m][src]
+                        if src >= -before:
+                            acc += cw[:, j] * hist[m][src + before]
                     proj[m] = _silu(acc)
             q, k, v = phi(proj["q"]), phi(proj["k"]), proj["v"]
             if family == "retnet":

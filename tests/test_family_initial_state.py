@@ -1,8 +1,10 @@
 """Initial and final states of the chunked families (HGRN, LRU, minGRU/minLSTM, Mamba, Mamba2,
-DeltaNet and Gated DeltaNet, RWKV-4, RWKV-7, xLSTM): a run continues from the final state of its prefix, a run from a given state matches each family's
-float64 reference loop started from it, every sequence of a batch ends in its own state, bad
-states are refused in one sentence, trace files keep states of several dimensions, and the
-prefix cache reuses a run only from the same state and then equals a fresh run bit for bit."""
+GLA, DeltaNet and Gated DeltaNet, RWKV-4, RWKV-7, xLSTM; not RetNet nor RecurrentGemma, whose
+rotary positions count from a run's start): a run continues from the final state of its prefix,
+a run from a given state matches each family's float64 reference loop started from it, every
+sequence of a batch ends in its own state, bad states are refused in one sentence, trace files
+keep states of several dimensions, and the prefix cache reuses a run only from the same state
+and then equals a fresh run bit for bit."""
 import tempfile
 
 import numpy as np
@@ -29,16 +31,26 @@ from test_mamba_golden import hf_model, ours  # noqa: E402
 from test_xlstm_golden import hf_model as xlstm_hf, ours as xlstm_ours, ref_kwargs as xlstm_kwargs  # noqa: E402
 from xlstm_reference import reference_xlstm  # noqa: E402
 from rwkv_reference import reference_rwkv  # noqa: E402
+from gla_reference import reference_lm as gla_reference  # noqa: E402
+from test_gla_golden import build as build_gla  # noqa: E402
 from test_rwkv_golden import hf_model as rwkv_hf, ours as rwkv_ours  # noqa: E402
 from test_mamba2_golden import hf_model as mamba2_hf, ours as mamba2_ours, reference as mamba2_reference  # noqa: E402
 
 FAMILIES = ["lru", "hgrn-conv", "mingru-conv", "minlstm", "mamba", "mamba2", "deltanet", "gated-deltanet", "rwkv7",
-            "xlstm", "rwkv"]
+            "xlstm", "rwkv", "gla", "gla-conv"]
 TOL64 = 1e-10  # float64 throughout: only the order of additions differs
 
 
 def build(family, dtype=torch.float64, scan="torch"):
     """(model, vocabulary size, reference(ids, state of one sequence) -> {probe: [T, ...]})."""
+    if family.startswith("gla"):
+        kw = dict(d=32, heads=4, kv_heads=2, use_short_conv=True, conv_size=3) if family == "gla-conv" else {}
+        with tempfile.TemporaryDirectory() as folder:
+            model, sd, cfg = build_gla("gla", 4, dtype, folder, **kw)
+        w = float64_weights(sd)
+        return model, 37, lambda x, s: gla_reference(w, cfg, x, state0={k: s[f"layers.{k}.state"] for k in range(2)},
+                                                     conv0={k: {m: s[f"layers.{k}.conv_window_{m}"] for m in "qkv"}
+                                                            for k in range(2) if f"layers.{k}.conv_window_q" in s})
     if family == "rwkv":
         hf = rwkv_hf(7, d=16, layers=2, att=12, ffn=24, layer_norm_epsilon=1e-4)
         w = float64_weights(hf.state_dict())
@@ -211,6 +223,13 @@ def test_flat_values_are_taken_as_a_project_file_keeps_them(mamba):
     assert_traces_equal(a, b)
 
 
+def test_retnet_refuses_a_state_its_rotary_positions_could_not_go_on_from():
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_gla("retnet", 1, torch.float64, folder)[0]
+    with pytest.raises(InputError, match="this retnet model always starts from its zero state"):
+        engine.run(model, [1, 2, 3], initial_state={"layers.0.state": np.zeros((8, 8))})
+
+
 def test_families_without_an_initial_state_name_those_with_one():
     from stateless_model import stateless_model
 
@@ -218,7 +237,7 @@ def test_families_without_an_initial_state_name_those_with_one():
         engine.run(stateless_model(), [1, 2, 3], initial_state={"layers.0.state": np.zeros(4)})
     assert str(info.value).endswith("this recurrent_gemma model always starts from its zero state: initial states are "
                                     "for the classic LSTM/GRU/RNN stacks and the HGRN, LRU, minGRU/minLSTM, Mamba, "
-                                    "Mamba2, (gated) DeltaNet, RWKV-4, RWKV-7 and xLSTM models")
+                                    "Mamba2, GLA, (gated) DeltaNet, RWKV-4, RWKV-7 and xLSTM models")
 
 
 # -- (e) files --------------------------------------------------------------------------------------

@@ -55,6 +55,12 @@ so a re-run from a state kept at a chunk boundary (S and the short-convolution b
 full run bit for bit.  Measured on this CPU (one thread, B=2, H=4, T=2048, K=64, V=128): the GLA
 recurrence in 0.10 s, fla's ``naive_recurrent_gla`` loop 0.16 s; a 4-layer d=256 model 5.9k
 tokens/s (GLA) and 6.5k (RetNet) with logits only.
+
+Initial and final states of GLA (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
+``layers.{i}.state`` [H*K, V], S as the ``state`` probe shows it, and with short convolutions
+``layers.{i}.conv_window_q``, ``conv_window_k``, ``conv_window_v`` [conv_size - 1, width]: the last
+q, k and v projections entering them, oldest first.  RetNet takes none: its rotary positions
+count from the start of a run, so a state alone does not say where a run goes on.
 """
 from __future__ import annotations
 
@@ -66,6 +72,7 @@ import torch.nn.functional as F
 
 from ..probes import ProbeSpec, layer_probe
 from .family import FamilyConfig, FamilyModel, probe_table
+from .layer_state import StatePart
 from .gla_scan import TILE, _recurrence, _short_conv, linear_attention
 
 FAMILIES = ("gla", "retnet")
@@ -309,6 +316,16 @@ class LinearAttentionModel(FamilyModel):
                            dims={"state": ("token", "unit", "state")})
 
     # -- the forward pass -----------------------------------------------------------------
+    def state_parts(self, layer: int):
+        cfg = self.config
+        if cfg.family != "gla":
+            return ()
+        K = cfg.conv_size - 1
+        windows = tuple(StatePart(i + 1, f"conv_window_{m}", (K, width), batch_axis=1)
+                        for i, (m, width) in enumerate(zip("qkv", (cfg.key_dim, cfg.kv_key_dim, cfg.kv_value_dim))))
+        state = StatePart(0, "state", (cfg.num_heads * cfg.head_k, cfg.head_v))
+        return (state,) + (windows if cfg.conv_size and K > 0 else ())
+
     def initial_state(self, batch: int):
         cfg = self.config
         S = torch.zeros(batch, cfg.num_heads, cfg.head_k, cfg.head_v, dtype=self.scan_dtype, device=self.device)

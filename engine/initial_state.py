@@ -2,21 +2,30 @@
 decoder of an encoder–decoder, a continuation of an earlier run) and reading the state a run
 ended in.
 
-A state is a dict keyed by probe names, one entry per part of each layer's recurrent state:
-``layers.{k}.h`` (and ``layers.{k}.c`` for an LSTM layer), each ``[width]`` (the same state
-for every sequence) or ``[sequences, width]`` (one row per sequence).  A bidirectional layer's
-width holds both directions, forward first, as its probes do; its backward direction starts
-from its half at the sequence's last token.  Layers left out start from zeros; an LSTM layer
-needs both its ``h`` and its ``c``.
+A state is a dict keyed by probe-like names, one entry per part of each layer's recurrent
+state, each ``[*shape]`` (the same state for every sequence) or ``[sequences, *shape]`` (one
+per sequence); ``model.state_shapes()`` lists the parts with their shapes.  The classic stacks:
+``layers.{k}.h`` (and ``layers.{k}.c`` for an LSTM layer), each ``[width]``; a bidirectional
+layer's width holds both directions, forward first, as its probes do; its backward direction
+starts from its half at the sequence's last token.  The chunked families name their parts in
+``state_parts`` (:mod:`engine.models.layer_state`; each family's module docstring lists them):
+``layers.{k}.state`` (or ``.h``) as that probe shows it, a short convolution's last inputs
+``layers.{k}.conv_window…`` ``[K-1, width]`` oldest first, RWKV's token-shift inputs
+``layers.{k}.last_…``, xLSTM's ``normalizer`` and ``m``; a part of several dimensions may also
+be given flattened (as a project file keeps it).  Layers left out start from their own zero
+state; a layer's state is all its parts (an LSTM's h and c) or none.
 
 ``engine.run(model, inputs, initial_state=...)`` takes such a dict or a :class:`Trace`, whose
 final state it continues from (:func:`final_state`).  The trace records the state it started
 from (``trace.initial_state``, every layer, zeros included) and the state it ended in
-(``trace.final_state``: each layer whose state probes were recorded; a direction's final state
-is at the last token it read).  Trace files keep both (``/initial_state/<name>`` and
-``/final_state/<name>``, ``[sequences, width]``).
+(``trace.final_state``: for the classic stacks each layer whose state probes were recorded, for
+the chunked families every layer; each sequence's state after its own last token; a backward
+direction's at the first).  Trace files keep both (``/initial_state/<name>`` and
+``/final_state/<name>``, ``[sequences, *shape]``).  The prefix cache reuses a run only when it
+started from the same state.
 
-The classic LSTM/GRU/RNN stacks take an initial state; other families are refused in words.
+Families that take no initial state (RetNet and RecurrentGemma: their rotary positions count
+from a run's start) are refused in words that name those that do (:data:`STATE_FAMILIES`).
 """
 from __future__ import annotations
 

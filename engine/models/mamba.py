@@ -33,11 +33,9 @@ A step's value never depends on anything at or after it, and the chunk grid is t
 every run, so a re-run from a state kept at a chunk boundary (the SSM state and the conv
 buffer: the last ``d_conv - 1`` values of ``in``) equals a full re-run bit for bit.
 
-Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`):
-``layers.{k}.state`` [d_inner, d_state], the SSM state as the ``state`` probe shows it, and
-``layers.{k}.conv_window`` [d_conv - 1, d_inner], the last inputs of the convolution (the
-``in`` probe's values), oldest first (``transformers``' ``conv_states`` [d_inner, d_conv] end
-with the same values, transposed).
+Initial and final states (``engine.run(..., initial_state=...)``): ``layers.{k}.state`` [d_inner,
+d_state], as that probe; ``layers.{k}.conv_window`` [d_conv - 1, d_inner], the convolution's last
+inputs (``in`` values), oldest first (``transformers``' ``conv_states`` end with them, transposed).
 
 Implicit attention (probe ``attn``) is computed for a window of rows and columns only
 (:attr:`MambaModel.attention_window`), from the layer's ``dt``, ``B``, ``C`` and ``A``

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from ..probes import ProbeSpec, layer_probe
 from .family import FamilyConfig, ScannedFamilyModel, probe_table
-from .layer_state import StatePart
+from .state_forms import RwkvStates
 from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
 from .rwkv_scan import EMPTY_MAX, TILE, _scan_numba, _scan_torch, wkv_attention, wkv_log_normaliser
 
@@ -154,7 +154,7 @@ class _Layer:
         self.Fk, self.Fr, self.Fv = (wt[f + f"{m}.weight"] for m in ("key", "receptance", "value"))
 
 
-class RwkvModel(ScannedFamilyModel):
+class RwkvModel(RwkvStates, ScannedFamilyModel):
     """An instrumented RWKV-4 language model.  Build with :func:`engine.load`,
     :func:`from_transformers`, or from a config and canonical weights.
 
@@ -245,21 +245,6 @@ class RwkvModel(ScannedFamilyModel):
 
     # -- interventions ------------------------------------------------------------------
     # -- the forward pass -----------------------------------------------------------------
-    def state_parts(self, layer: int):
-        A, H = self.config.d_att, self.config.d_model
-        return (StatePart(0, "state", (A, 3), batch_axis=1), StatePart(1, "last_att_in", (H,)),
-                StatePart(2, "last_ffn_in", (H,)))
-
-    def named_state(self, layer: int, state: tuple) -> dict:
-        """The kept state, (num, den, max) first [3, B, d_att], as the probe shows it, [B, d_att, 3]."""
-        out = super().named_state(layer, state)
-        out[layer_probe(layer, "state")] = state[0].permute(1, 2, 0)
-        return out
-
-    def split_initial_state(self, arrays: dict) -> dict:
-        arrays = {n: a.transpose(-1, -2) if n.endswith(".state") else a for n, a in arrays.items()}
-        return super().split_initial_state(arrays)
-
     def initial_state(self, batch: int):
         A, H = self.config.d_att, self.config.d_model
         S = torch.zeros(3, batch, A, dtype=self.scan_dtype, device=self.device)

@@ -54,9 +54,8 @@ edits it, recomputes h_t from it and starts the next block at t + 1; the steps b
 the very numbers an unedited run computes.  The block grid is fixed relative to the chunk, so
 a re-run from a state kept at a chunk boundary (C, n, m stabilised) equals a full run bit for bit.
 
-Initial and final states (``engine.run(..., initial_state=...)``, :mod:`engine.initial_state`): as
-the probes show them, ``layers.{k}.state`` [heads, d_qk, d_v] and ``layers.{k}.normalizer``
-[heads, d_qk] unstabilised, and ``layers.{k}.m`` [heads], the scale the state is kept in.
+Initial and final states (``engine.run(..., initial_state=...)``): ``layers.{k}.state``,
+``normalizer`` and ``m``, as the probes show them (:class:`~.state_forms.XlstmStates`).
 """
 from __future__ import annotations
 
@@ -68,7 +67,7 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .layer_state import StatePart
+from .state_forms import XlstmStates
 from .family import (FamilyConfig, FamilyModel, StatedConfig, build_model, check_loaded_weights, config_from_fields,
                      probe_table, unused_note)
 
@@ -178,7 +177,7 @@ class _Layer:
         self.up_gate, self.up, self.down = g(p + "ffn.proj_up_gate"), g(p + "ffn.proj_up"), g(p + "ffn.proj_down")
 
 
-class XLSTMModel(FamilyModel):
+class XLSTMModel(XlstmStates, FamilyModel):
     """An instrumented xLSTM (mLSTM) language model.  Build with :func:`engine.load` or from a
     config and canonical weights.  ``attention_window``: see ``engine.models.mamba.AttentionWindow``."""
 
@@ -260,30 +259,6 @@ class XLSTMModel(FamilyModel):
         return [(head * dk + int(a)) * dv + int(b) for a in keys for b in values]
 
     # -- the forward pass -------------------------------------------------------------------
-    def state_parts(self, layer: int):
-        cfg = self.config
-        H = cfg.num_heads
-        return (StatePart(0, "state", (H, cfg.dk, cfg.dv)), StatePart(1, "normalizer", (H, cfg.dk)),
-                StatePart(2, "m", (H,)))
-
-    def named_state(self, layer: int, state: tuple) -> dict:
-        """The kept state (C and n stabilised: exp(-m) times the probes' values) as the probes show it."""
-        out = super().named_state(layer, state)
-        grow = torch.exp(out[layer_probe(layer, "m")])
-        out[layer_probe(layer, "state")] = out[layer_probe(layer, "state")] * grow[..., None, None]
-        out[layer_probe(layer, "normalizer")] = out[layer_probe(layer, "normalizer")] * grow[..., None]
-        return out
-
-    def split_initial_state(self, arrays: dict) -> dict:
-        arrays = dict(arrays)
-        for k in range(self.num_layers):  # all three parts or none (engine.initial_state.prepare)
-            m = arrays.get(layer_probe(k, "m"))
-            if m is not None:
-                shrink = torch.exp(-m)
-                arrays[layer_probe(k, "state")] = arrays[layer_probe(k, "state")] * shrink[..., None, None]
-                arrays[layer_probe(k, "normalizer")] = arrays[layer_probe(k, "normalizer")] * shrink[..., None]
-        return super().split_initial_state(arrays)
-
     def initial_state(self, batch: int):
         cfg = self.config
         z = dict(dtype=self.state_dtype, device=self.device)

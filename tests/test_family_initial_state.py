@@ -303,3 +303,23 @@ def test_typing_and_cutting_with_the_cache_keeps_every_final_state_exact(family)
         fresh = engine.run(model, xs, interventions=ivs, chunk=8, initial_state=state)
         assert_traces_equal(cached, fresh)
         assert_states_equal(cached.final_state, fresh.final_state)
+
+
+def test_seqscope_trace_continues_a_mamba_run_from_its_trace_file(capsys, tmp_path):
+    from pathlib import Path
+
+    from engine.cli import main
+
+    ssm = str(Path(__file__).resolve().parents[1] / "assets" / "models" / "selective-ssm-recall")
+    enc, dec = str(tmp_path / "enc.h5"), str(tmp_path / "dec.h5")
+    assert main(["trace", ssm, "--text", "abcab", "-o", enc]) == 0
+    assert main(["trace", ssm, "--text", "cab", "--initial-state", enc, "-o", dec]) == 0
+    model = engine.load(ssm)
+    want = engine.run(model, "cab", initial_state=engine.run(model, "abcab"))
+    got = engine.load_trace(dec)
+    assert_states_equal(got.initial_state, engine.load_trace(enc).final_state)
+    assert_states_equal(got.final_state, want.final_state, 1e-6)  # float32, the same computation
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-6, rtol=1e-6)
+    capsys.readouterr()
+    assert main(["trace", ssm, "--text", "cab", "--initial-state", enc + ":2", "-o", dec]) == 2
+    assert "a step can be named only for the classic LSTM/GRU/RNN stacks" in capsys.readouterr().err

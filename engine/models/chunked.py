@@ -212,6 +212,7 @@ class ChunkedLayerModel(LayerStates, SequenceModel):
         shapes = self._site_shapes()
         recs = {s: xin.new_empty(T - start, B, *shapes[s]) for s in record | {"out"}}
         a = start
+        axes = self.state_batch_axes() if ends else None
         while a < T:
             b = min((a // chunk + 1) * chunk, T)
             h = xin[a - start:b - start].clone()  # a fresh copy: kernels' results can depend on alignment
@@ -219,14 +220,14 @@ class ChunkedLayerModel(LayerStates, SequenceModel):
             for col in ending_inside(ends or {}, a, b):
                 with self.sequences_alone([col]):
                     reached[col] = self._layer_chunk_into(k, xin[i:ends[col] - start, [col]].clone(), a,
-                                                          self.state_columns(state, [col]), columns_of(edits, [col]),
-                                                          set(), {})
+                                                          self.state_columns(state, [col], axes),
+                                                          columns_of(edits, [col]), set(), {})
             state = self._layer_chunk_into(k, h, a, state, edits, record,
                                            {site: rows[i:i + b - a] for site, rows in recs.items()})
             if keep is not None:
                 keep(b, tuple(t.clone() for t in state))
             for col in [c for c, L in (ends or {}).items() if L == b]:  # sequences ending with the chunk
-                reached[col] = self.state_columns(state, [col])
+                reached[col] = self.state_columns(state, [col], axes)
             tick()
             a = b
         return recs

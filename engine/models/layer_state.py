@@ -102,10 +102,14 @@ class LayerStates:
         values of the whole batch beside the layer state (RWKV-7's ``v_first``) narrows them."""
         yield
 
-    def state_columns(self, state: tuple, cols: list[int]) -> tuple:
-        """A layer's state for the sequences ``cols`` of the batch alone."""
+    def state_batch_axes(self) -> list[int | None]:
+        """Where the batch is in each tensor of a layer's state (None: a tensor without one)."""
         one, two = self.initial_state(1), self.initial_state(2)  # the batch is the axis whose size differs
-        axes = [next((i for i, (m, n) in enumerate(zip(x.shape, y.shape)) if m != n), None) for x, y in zip(one, two)]
+        return [next((i for i, (m, n) in enumerate(zip(x.shape, y.shape)) if m != n), None) for x, y in zip(one, two)]
+
+    @staticmethod
+    def state_columns(state: tuple, cols: list[int], axes: list) -> tuple:
+        """A layer's state for the sequences ``cols`` of the batch alone (``axes``: :meth:`state_batch_axes`)."""
         return tuple(t if axis is None else t.index_select(axis, torch.tensor(cols, device=t.device))
                      for t, axis in zip(state, axes))
 

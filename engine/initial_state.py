@@ -148,6 +148,14 @@ def _rows(value, name: str, shape: tuple, n: int, source: str) -> np.ndarray:
     return np.repeat(a, n, axis=0) if a.shape[0] == 1 and n > 1 else a
 
 
+def attention_notes(initial: dict | None, probes) -> list[str]:
+    """The trace's note that implicit attention leaves out a state other than zeros."""
+    if initial is None or not any(np.any(a) for a in initial.values()) or not any(p.endswith(".attn") for p in probes):
+        return []
+    return ["the run started from a state other than zeros: the implicit attention (attn) weighs this run's inputs "
+            "only, and the initial state's share of each output is not in it"]
+
+
 def same_state(a: dict | None, b: dict | None) -> bool:
     """Whether two recorded initial states are equal (the prefix cache reuses a run only then)."""
     a, b = a or {}, b or {}

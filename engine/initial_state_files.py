@@ -7,8 +7,9 @@ A FILE is one of
   its ``/final_state``, the state each of its sequences ended in (only that group and the
   sequence offsets are read, checked like the rest of a trace: :func:`engine.hdf5_read.load_state`);
 - a NumPy ``.npz`` (``np.savez(path, **engine.final_state(trace))``) or a ``.safetensors`` file
-  holding arrays named like the state probes, ``layers.0.h``, ``layers.0.c``, … — each
-  ``[width]`` (one state for every sequence) or ``[sequences, width]``.  Every ``.npy`` header
+  holding arrays named like the state probes, ``layers.0.h``, ``layers.0.c``, … (or another
+  family's parts, ``model.state_shapes()``) — each ``[width]`` / ``[*shape]`` (one state for
+  every sequence) or ``[sequences, width]`` / ``[sequences, *shape]``.  Every ``.npy`` header
   is checked before its data is read: numbers only, never objects (no pickle is ever loaded).
 
 The kind is told by the file's first bytes, not its name.  :func:`read_initial_state` returns the

@@ -418,5 +418,6 @@ def _make_trace(model, seqs, names, spec_table, padded, interventions, known_fin
     info = model.info()
     return Trace(tokens=tokens, offsets=offsets, arrays=arrays, specs={n: spec_table[n] for n in names},
                  token_text=text, inputs=inputs, model_info=info, interventions=interventions,
-                 notes=[s.note for s in seqs if s.note] + nonfinite_notes(arrays, offsets, spec_table, info, known_finite),
+                 notes=[s.note for s in seqs if s.note] + _initial.attention_notes(initial, names)
+                 + nonfinite_notes(arrays, offsets, spec_table, info, known_finite),
                  initial_state=initial, final_state=final)

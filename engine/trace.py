@@ -42,7 +42,7 @@ class Trace:
     #: plain sentences about this run a reader should know (characters read as the unknown
     #: token, non-finite values ...); stored in trace files as the root attribute ``notes``
     notes: tuple[str, ...] = ()
-    #: the recurrent state the run started from, ``{probe name: [sequences, width]}`` (None:
+    #: the recurrent state the run started from, ``{name: [sequences, *shape]}`` (None:
     #: zeros), and the state it ended in; see :mod:`engine.initial_state`
     initial_state: Mapping[str, np.ndarray] | None = None
     final_state: Mapping[str, np.ndarray] | None = None

@@ -323,3 +323,19 @@ def test_seqscope_trace_continues_a_mamba_run_from_its_trace_file(capsys, tmp_pa
     capsys.readouterr()
     assert main(["trace", ssm, "--text", "cab", "--initial-state", enc + ":2", "-o", dec]) == 2
     assert "a step can be named only for the classic LSTM/GRU/RNN stacks" in capsys.readouterr().err
+
+
+def test_implicit_attention_says_it_leaves_out_the_initial_state():
+    model, vocab, _ = build("lru")
+    model.attention_window = ((0, 8), (0, 8))
+    x = ids(8, vocab=vocab)
+    state = random_state(model, 1)
+    assert not engine.run(model, x).notes
+    assert not engine.run(model, x, initial_state={n: 0 * a for n, a in state.items()}).notes
+    assert engine.run(model, x, probes="layers.*.out", initial_state=state).notes == ()
+    noted = engine.run(model, x, initial_state=state)
+    assert any("the implicit attention (attn) weighs this run's inputs only" in n for n in noted.notes)
+    # what the note says: from the state, y differs from the sum of attn's contributions plus D u by C lambda^(t+1) s0
+    zero = engine.run(model, x)
+    assert np.abs(noted["layers.0.y"] - zero["layers.0.y"]).max() > 1e-3
+    np.testing.assert_allclose(noted["layers.0.attn"], zero["layers.0.attn"], atol=1e-12)

@@ -175,12 +175,13 @@ class CompareView(QWidget):
         width = (img.shape[0] - 1) // 2 if side else img.shape[0]
         self.divider.setValue(width)
         probe = self.probe.currentText()
-        self.plot_item.setTitle(f"{probe}: this trace − the other" if not side else None)
+        self.plot_item.setTitle(f"{probe}: this trace − the other" if not side else
+                                f"{probe}: this trace (top), the other (bottom)")
         left = self.plot_item.getAxis("left")
         if side:  # each half counts its own units
             ticks = [(0, "0"), (width // 2, "this"), (width + 1, "0"), (width + 1 + width // 2, "other")]
             left.setTicks([ticks])
-            left.setLabel("units: this trace (top), the other (bottom)")
+            left.setLabel("unit")  # the title says which half is which
         else:
             left.setTicks(None)
             left.setLabel("unit")

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPush
 
 from engine.analysis.compare import compare
 
-from ._background import BackgroundTask, save_csv
+from ._background import BackgroundTask, save_csv, status_row
 from ._common import MessageStack, no_model_or_trace
 from .colors import DIVERGING, color_scale
 
@@ -47,7 +47,6 @@ class CompareView(QWidget):
         for w in (self.open_button, self.clean_button):
             row.addWidget(w)
         row.addStretch(1)
-        row.addWidget(self.task.widget)
         row2 = QHBoxLayout()
         for w in (QLabel("probe"), self.probe, self.mode):
             row2.addWidget(w)
@@ -74,7 +73,7 @@ class CompareView(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(row)
         layout.addLayout(row2)
-        layout.addWidget(self.status)
+        layout.addLayout(status_row(self.status, self.task.widget))
         layout.addWidget(self.stack, 1)
         self.probe.currentIndexChanged.connect(lambda _i: self.redraw())
         self.mode.currentIndexChanged.connect(lambda _i: self.redraw())

@@ -377,3 +377,35 @@ def test_open_model_leaving_out_unused_tensors(qtbot, window, tmp_path, monkeypa
     with qtbot.waitSignal(s.model_changed, timeout=WAIT):
         actions["Open model, leaving out unused tensors…"].trigger()
     assert "extra.scale" in s.model.load_info["notes"]
+
+
+def test_open_model_with_a_config(qtbot, window, tmp_path, monkeypatch):
+    """A file whose names no rule recognises is refused by File ▸ Open model; File ▸ Open model
+    with a config… (the model, then its JSON config) loads it, equal to the torch modules; a
+    config file that is not an object is refused in words and the model stays."""
+    import json
+
+    from PySide6.QtWidgets import QFileDialog
+
+    from model_files import lstm_with_custom_names
+
+    path = tmp_path / "custom.pt"
+    (rnn, emb, head), config = lstm_with_custom_names(path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    answers = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (answers.pop(0), "")))
+    actions = {a.text(): a for a in window.menuBar().actions()[0].menu().actions()}
+    s = window.session
+    answers[:] = [str(path), str(tmp_path / "config.json")]
+    with qtbot.waitSignal(s.model_changed, timeout=WAIT):
+        actions["Open model with a config…"].trigger()
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.set_values(np.array([1, 5, 2, 8]))
+    with torch.no_grad():
+        want = head(rnn(emb(torch.tensor([1, 5, 2, 8]))[:, None])[0][:, 0]).numpy()
+    np.testing.assert_allclose(np.asarray(s.trace["logits"]).reshape(4, 9), want, atol=1e-5)
+    model = s.model
+    answers[:] = [str(path), str(tmp_path / "list.json")]
+    actions["Open model with a config…"].trigger()
+    assert "holds a JSON list" in window.last_error and s.model is model

@@ -178,7 +178,8 @@ class AttributionView(QWidget):
         if result.baseline is not None:
             note = (f" f(x) = {result.output:+.4f}, f(0) = {result.baseline:+.4f}, scores sum to "
                     f"{result.scores.sum():+.4f} (completeness gap {100 * result.completeness_gap:.2f} %"
-                    f"{'; more steps bring it down' if result.completeness_gap > 0.01 else ''}).")
+                    f"{'; more steps bring it down' if result.completeness_gap > 0.01 else ''})."
+                    + "".join(f" {n[0].upper()}{n[1:]}." for n in result.notes))
         top = int(np.argmax(np.abs(result.scores)))
         what = result.target.describe()
         tok = getattr(self.session.model, "tokenizer", None)

@@ -61,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-USAGE = f"""{PROG} [MODEL] [--input FILE] [--project FILE] [--corpus FILE] [--probe P --unit U --step T] [--offscreen]
+USAGE = f"""{PROG} [MODEL [--config FILE]] [--input FILE] [--project FILE] [--corpus FILE] [--probe P --unit U --step T] [--offscreen]
        {PROG} COMMAND ...   (COMMAND: {', '.join(COMMANDS)}; '{PROG} COMMAND --help' for each)"""
 DESCRIPTION = """\
 Inspect trained recurrent sequence models: record every internal state of a run, intervene
@@ -71,6 +71,8 @@ WINDOW_HELP = f"""\
 the window ({PROG} without a COMMAND):
   MODEL                 a checkpoint file or folder to open, on the sample input beside it when
                         it has one (default: the bundled char-LSTM on its sample)
+  --config FILE         a JSON config to load MODEL with, for a file whose architecture SeqScope
+                        cannot tell by itself (what engine.load(path, config=...) takes)
   --input FILE          a text or numeric (.npy/.csv) input file to open
   --project FILE        a saved SeqScope project to restore
   --corpus FILE         a corpus trace (seqscope trace --corpus) for the Corpus view, with the

@@ -150,6 +150,8 @@ def cmd_attribute(args) -> int:
     if res.baseline is not None:
         print(f"baseline (zero input) {res.baseline:+.4f}; scores sum {res.scores.sum():+.4f}; completeness gap "
               f"{100 * res.completeness_gap:.2f} %")
+    for note in res.notes:
+        print(f"note: {note}")
     for t in np.argsort(-np.abs(res.scores))[:max(args.top, 0)]:
         print(f"  step {t:>5}  {json.dumps(res.tokens[t]):<8} {res.scores[t]:+.5f}")
     return 0

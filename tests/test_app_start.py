@@ -283,3 +283,25 @@ def test_a_model_without_a_sample_opens_empty_with_a_hint(qtbot, start, tmp_path
     with qtbot.waitSignal(s.trace_changed, timeout=WAIT):  # and typing runs it
         w.views["Input"].editor.setPlainText("(())")
     assert s.trace.text(0) == "(())"
+
+
+def test_startup_reads_the_config_given_with_a_model(tmp_path):
+    env = {"QT_QPA_PLATFORM": "offscreen"}
+    (tmp_path / "list.json").write_text("[1]")
+    model = str(MODELS / "gru-dyck")
+    assert "--config goes with a MODEL" in app.startup_problem(app.parse_args(["--config", str(tmp_path / "list.json")]), env)
+    assert "holds a JSON list" in app.startup_problem(app.parse_args([model, "--config", str(tmp_path / "list.json")]), env)
+    assert "no such file" in app.startup_problem(app.parse_args([model, "--config", str(tmp_path / "none.json")]), env)
+
+
+def test_a_model_opens_with_the_config_given(qtbot, start, tmp_path):
+    import json
+
+    from model_files import lstm_with_custom_names
+
+    (rnn, emb, head), config = lstm_with_custom_names(tmp_path / "custom.pt")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    w = start(tmp_path / "custom.pt", "--config", tmp_path / "config.json")
+    qtbot.waitUntil(lambda: w.session.model is not None, timeout=WAIT)
+    assert w.session.model.config.hidden_size == 6
+    np.testing.assert_array_equal(w.session.model.head_weight.detach().numpy(), head.weight.detach().numpy())

@@ -72,7 +72,7 @@ def test_help_says_how_to_open_the_window(capsys):
 
     rc, out, err = run_cli(capsys, "--help")
     assert rc == 0
-    assert "seqscope [MODEL] [--input FILE] [--project FILE] [--corpus FILE] [--probe P --unit U --step T] [--offscreen]" in out
+    assert "seqscope [MODEL [--config FILE]] [--input FILE] [--project FILE] [--corpus FILE] [--probe P --unit U --step T] [--offscreen]" in out
     window_part = out[out.index("the window"):]
     options = [o for a in build_parser()._actions if a.help != "==SUPPRESS==" for o in a.option_strings]
     assert "--offscreen" in options and "--project" in options

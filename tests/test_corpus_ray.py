@@ -109,3 +109,29 @@ def test_starting_ray_leaves_the_signal_handlers_as_they_were():
     """Ray's driver installs a SIGTERM handler of its own; SeqScope's Ctrl-C/SIGTERM handling
     (engine.interrupts) must stay in charge, during the run and after it."""
     assert HANDLERS_BEFORE and all(signal.getsignal(sig) == h for sig, h in HANDLERS_BEFORE.items())
+
+
+def test_the_command_line_records_on_an_existing_cluster(corpus, one_process, tmp_path):
+    """``seqscope trace --corpus … --ray-address ADDRESS``: a second driver (a new process) joins
+    the Ray cluster this module started, its workers record the shards, and the stitched file
+    holds the one-process arrays (the command line batches differently: float16 values within
+    one step of their resolution, every token and offset exact)."""
+    import subprocess
+    import sys
+
+    address = ray.get_runtime_context().gcs_address
+    out = tmp_path / "cluster.h5"
+    cmd = [sys.executable, "-m", "engine.cli", "trace", CHAR_LSTM, "--corpus", str(corpus.path), "--glob", "*.py",
+           "--probes", *PROBES, "--dtype", "float16", "--seq-len", "100", "--top-k", "8", "--no-progress",
+           "--ray-address", address, "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    a, b = engine.load_trace(out), engine.load_trace(one_process)
+    assert a.token_text == b.token_text and np.array_equal(a.offsets, b.offsets)
+    for probe in PROBES:
+        np.testing.assert_allclose(np.asarray(a.arrays[probe], np.float32), np.asarray(b.arrays[probe], np.float32),
+                                   atol=2e-3, rtol=2e-3, err_msg=probe)
+    with h5py.File(out, "r") as f:
+        assert f["probes/layers.0.c"].is_virtual  # shards stitched into one trace

@@ -209,6 +209,23 @@ def test_reset_layout_brings_every_dock_back_to_its_place(qtbot, default_window)
     assert sorted(shown) == sorted(UPPER_TABS + LOWER_TABS)  # no bar left behind by the old layout
 
 
+def test_a_running_analysis_does_not_widen_its_column(qtbot, default_window):
+    """The progress bar and Cancel of a view's job once sat among its controls: showing them
+    widened the right column by 100 px for good, squeezing the text view."""
+    w = default_window
+    _open_example(qtbot, w, "char-lstm-python")
+    w.docks["Linear probe"].raise_()
+    qtbot.wait(100)
+    view, text = w.views["Linear probe"], w.docks["Text"]
+    before = (w.docks["Linear probe"].width(), text.width())
+    view.regex.setText('"[^"]*"')
+    with qtbot.waitSignal(view.task.done, timeout=30000):
+        view.fit()
+        assert view.task.widget.isVisible()
+    qtbot.wait(100)
+    assert (w.docks["Linear probe"].width(), text.width()) == before
+
+
 # -- colours, legends, names --------------------------------------------------------------------------
 
 

@@ -1,9 +1,11 @@
 """The workbench driven as a user would, offscreen (pytest-qt): open a model, type, click the
 heatmap, steer, export, survive a corrupt file; newest-wins runs off the GUI thread; no leaks."""
 import csv
+import json
 import string
 import threading
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -377,3 +379,63 @@ def test_open_model_leaving_out_unused_tensors(qtbot, window, tmp_path, monkeypa
     with qtbot.waitSignal(s.model_changed, timeout=WAIT):
         actions["Open model, leaving out unused tensors…"].trigger()
     assert "extra.scale" in s.model.load_info["notes"]
+
+
+def test_open_model_with_a_config(qtbot, window, tmp_path, monkeypatch):
+    """A file whose names no rule recognises is refused by File ▸ Open model; File ▸ Open model
+    with a config… (the model, then its JSON config) loads it, equal to the torch modules; a
+    config file that is not an object is refused in words and the model stays."""
+    import json
+
+    from PySide6.QtWidgets import QFileDialog
+
+    from model_files import lstm_with_custom_names
+
+    path = tmp_path / "custom.pt"
+    (rnn, emb, head), config = lstm_with_custom_names(path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    answers = []
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (answers.pop(0), "")))
+    actions = {a.text(): a for a in window.menuBar().actions()[0].menu().actions()}
+    s = window.session
+    answers[:] = [str(path), str(tmp_path / "config.json")]
+    with qtbot.waitSignal(s.model_changed, timeout=WAIT):
+        actions["Open model with a config…"].trigger()
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.set_values(np.array([1, 5, 2, 8]))
+    with torch.no_grad():
+        want = head(rnn(emb(torch.tensor([1, 5, 2, 8]))[:, None])[0][:, 0]).numpy()
+    np.testing.assert_allclose(np.asarray(s.trace["logits"]).reshape(4, 9), want, atol=1e-5)
+    model = s.model
+    answers[:] = [str(path), str(tmp_path / "list.json")]
+    actions["Open model with a config…"].trigger()
+    assert "holds a JSON list" in window.last_error and s.model is model
+
+
+def test_a_project_reopens_a_model_the_way_it_was_loaded(qtbot, window, tmp_path):
+    """A model opened with a config (and strict=False) is saved in the project with both, and the
+    project reopens it; without them the file would be refused."""
+    from model_files import lstm_with_custom_names
+
+    path = tmp_path / "custom.pt"
+    _, config = lstm_with_custom_names(path)
+    s = window.session
+    with qtbot.waitSignal(s.model_changed, timeout=WAIT):
+        s.open_model(path, config=config, strict=False)
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        s.set_values(np.array([3, 1, 4]))
+    before = np.asarray(s.trace["logits"])
+    s.save_project(tmp_path / "p.seqscope.json")
+    data = json.loads((tmp_path / "p.seqscope.json").read_text())
+    assert data["model_config"] == config and data["model_strict"] is False
+    with qtbot.waitSignal(s.model_changed, timeout=WAIT):
+        s.open_model(Path(__file__).resolve().parents[1] / "assets" / "models" / "gru-dyck")
+    errors = []
+    s.error.connect(errors.append)
+    with qtbot.waitSignal(s.trace_changed, timeout=WAIT):
+        assert s.open_project(tmp_path / "p.seqscope.json")
+        qtbot.waitUntil(lambda: errors or s.model.config.cell == "lstm", timeout=WAIT)
+        assert not errors, errors
+    assert s.model.config.cell == "lstm" and s.model_load == {"config": config, "strict": False}
+    np.testing.assert_array_equal(np.asarray(s.trace["logits"]), before)

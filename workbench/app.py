@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "is one (default: the bundled char-LSTM on its sample)")
     ap.add_argument("--input", metavar="FILE", help="a text or numeric (.npy/.csv) input file to open")
     ap.add_argument("--project", metavar="FILE", help="a saved SeqScope project to restore")
+    ap.add_argument("--config", metavar="FILE",
+                    help="a JSON config to load MODEL with (engine.load(..., config=...)), for a file whose "
+                    "architecture SeqScope cannot tell by itself")
     ap.add_argument("--corpus", metavar="FILE",
                     help="a corpus trace (seqscope trace --corpus) to open in the Corpus view, with the model it "
                     "was recorded from unless MODEL is given")
@@ -57,9 +60,19 @@ def startup_problem(args, environ=None) -> str | None:
     ``--offscreen`` the Qt platform is set to ``offscreen`` here."""
     environ = os.environ if environ is None else environ
     for flag, value in (("", args.model), ("--input ", args.input), ("--project ", args.project),
-                        ("--corpus ", args.corpus)):
+                        ("--corpus ", args.corpus), ("--config ", args.config)):
         if value is not None and not Path(value).exists():
             return f"{flag}{value}: no such file or folder"
+    if args.config is not None:
+        from engine.errors import SeqScopeError
+        from engine.loading.config_file import read_config_file
+
+        if args.model is None:
+            return "--config goes with a MODEL: the config is how to read that file"
+        try:
+            read_config_file(args.config)
+        except SeqScopeError as exc:
+            return f"--config: {exc}"
     if args.offscreen:
         environ["QT_QPA_PLATFORM"] = "offscreen"
         return None
@@ -120,16 +133,19 @@ def build_window(args, settings=None):
     else:
         ex = default_example()
         model = ex.model if ex is not None else None
+    from engine.loading.config_file import read_config_file
+
+    config = read_config_file(args.config) if args.config else None  # checked by startup_problem
     if model is None:
         if args.input:
             window.open_input(args.input)
     elif args.input:
-        window.open_model(model)
+        window.open_model(model, config=config)
         window.open_input(args.input)
     elif ex is not None:
-        window.open_example(Example(ex.name, model, ex.samples))
+        window.open_example(Example(ex.name, model, ex.samples), config=config)
     else:
-        window.open_model(model)
+        window.open_model(model, config=config)
     return window
 
 

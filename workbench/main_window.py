@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QM
 
 import engine
 from engine.errors import SeqScopeError
+from engine.loading.config_file import read_config_file
 from engine.tokenizers import read_numeric
 
 from .examples import Example, examples
@@ -186,6 +187,8 @@ class MainWindow(QMainWindow):
         self._action(file, "Open model…", lambda: self.choose_model(), QKeySequence.Open)
         # engine.load(..., strict=False): what a refusal offers for tensors the model does not use
         self._action(file, "Open model, leaving out unused tensors…", lambda: self.choose_model(strict=False))
+        # engine.load(..., config=...): what a refusal offers for a file whose architecture it cannot tell
+        self._action(file, "Open model with a config…", self.choose_model_with_config)
         self.recent_menu = file.addMenu("Open recent")
         examples_menu = file.addMenu("Open example")
         for ex in examples():
@@ -227,14 +230,14 @@ class MainWindow(QMainWindow):
 
     # -- opening things -------------------------------------------------------------------------
     @reports_errors("Could not open the model")
-    def open_model(self, path, strict: bool = True):
+    def open_model(self, path, strict: bool = True, config: dict | None = None):
         self.statusBar().showMessage(f"loading {path}…")
-        self.session.open_model(path, strict=strict)
+        self.session.open_model(path, config=config, strict=strict)
 
     @reports_errors("Could not open the example")
-    def open_example(self, ex: Example):
+    def open_example(self, ex: Example, config: dict | None = None):
         """A bundled example model on its first sample input."""
-        self.open_model(ex.model)  # loads off the GUI thread: the input is read by its kind, not the old model's
+        self.open_model(ex.model, config=config)  # loads off the GUI thread: the input is read by its kind, not the old model's
         if ex.sample is not None:
             self.open_input(ex.sample, numeric=ex.sample.suffix in (".npy", ".csv"))
 
@@ -247,6 +250,18 @@ class MainWindow(QMainWindow):
             if Path(path).name == "config.json":
                 path = str(Path(path).parent)
             self.open_model(path, strict=strict)
+
+    @reports_errors("Could not open the model with that config")
+    def choose_model_with_config(self):
+        """A checkpoint, then the JSON config to load it with (the one a refusal offers, saved to a
+        file: the same as ``engine.load(path, config=...)`` and ``seqscope info MODEL --config``)."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open model (then its config)", "", "All files (*)")
+        if not path:
+            return
+        cfg_path, _ = QFileDialog.getOpenFileName(self, f"Config for {Path(path).name}", str(Path(path).parent),
+                                                  "JSON (*.json);;All files (*)")
+        if cfg_path:
+            self.open_model(path, config=read_config_file(cfg_path))
 
     @reports_errors("Could not open the input")
     def open_input(self, path, numeric: bool | None = None):

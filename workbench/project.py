@@ -24,7 +24,7 @@ from engine.limits import read_text_capped
 
 PROJECT_FORMAT = "seqscope-project"
 PROJECT_VERSION = 1
-KEYS = ("format", "version", "model", "text", "values", "interventions", "probe", "units", "step", "pinned",
+KEYS = ("format", "version", "model", "model_config", "model_strict", "text", "values", "interventions", "probe", "units", "step", "pinned",
         "layout", "initial_state", "initial_state_source")
 MAX_PROJECT_BYTES = 256 * 2**20
 MAX_INDEX = 2**40
@@ -37,6 +37,8 @@ class ProjectError(SeqScopeError):
 @dataclass(frozen=True)
 class Project:
     model: str | None = None
+    model_config: dict | None = None  # engine.load(model, config=...), when the model needed one
+    model_strict: bool = True  # False: loaded with strict=False
     text: str | None = None
     values: np.ndarray | None = None
     interventions: tuple[Intervention, ...] = ()
@@ -102,6 +104,10 @@ def parse_project(data) -> Project:
     model = _optional(data, "model", str, "a path")
     if model is not None and (not model or "\x00" in model):
         raise ProjectError(f"its model path {describe(model)} is not a path")
+    model_config = _optional(data, "model_config", dict, "a model config (a JSON object)")
+    model_strict = data.get("model_strict", True)
+    if not isinstance(model_strict, bool):
+        raise ProjectError(f"its model_strict should be true or false, found {describe(model_strict)}")
     text = _optional(data, "text", str, "text")
     values = _values(data.get("values"))
     interventions = _interventions(data.get("interventions"))
@@ -122,7 +128,7 @@ def parse_project(data) -> Project:
     layout = _layout(data.get("layout"))
     initial_state = _initial_state(data.get("initial_state"))
     source = _optional(data, "initial_state_source", str, "text")
-    return Project(model=model, text=text, values=values, interventions=interventions, probe=probe,
+    return Project(model=model, model_config=model_config, model_strict=model_strict, text=text, values=values, interventions=interventions, probe=probe,
                    units=tuple(units), step=step, pinned=tuple((p, u) for p, u in pinned), layout=layout,
                    initial_state=initial_state, initial_state_source=source, data=data)
 

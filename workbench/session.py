@@ -86,6 +86,8 @@ class Session(QObject):
         self.runner.busy_changed.connect(lambda busy: busy or self._set_computing(False))
         self.model = None
         self.model_path: str | None = None
+        #: how the model was loaded when not the default: {"config": {...}, "strict": False}
+        self.model_load: dict = {}
         self.text: str | None = None  # the input, for token models
         self.values: np.ndarray | None = None  # the input, for numeric models
         self.interventions: list[Intervention] = []
@@ -122,21 +124,24 @@ class Session(QObject):
         path = str(path)
 
         def job(should_stop, progress):
-            return path, engine.load(path, config=config, device="cpu", strict=strict)
+            return path, engine.load(path, config=config, device="cpu", strict=strict), {"config": config,
+                                                                                          "strict": strict}
 
         self._loading = "Could not open the model"
         self.runner.submit("load", job)
 
-    def set_model(self, model, path: str | None = None):
+    def set_model(self, model, path: str | None = None, how: dict | None = None):
         """Use an already built model (also the end of ``open_model``).
 
         What it opens on: a probe or units chosen while no model was open (the command line's
         ``--probe``/``--unit``, a project) win; otherwise the model's look-at entry (see
         :mod:`workbench.examples`); otherwise its first layer's main state and, once the first
-        trace is in, the unit that varies most over the input."""
+        trace is in, the unit that varies most over the input.  ``how``: the ``config`` and
+        ``strict`` it was loaded with (a project keeps them, to load it the same way)."""
         requested = self.model is None and (self.probe is not None or bool(self.units))
         self.model = model
         self.model_path = path
+        self.model_load = {k: v for k, v in (how or {}).items() if v is not None and v is not True}
         self._clean_cache = engine.PrefixCache()
         self._steered_cache = engine.PrefixCache()
         self.trace = self.clean_trace = None
@@ -144,10 +149,11 @@ class Session(QObject):
         self.initial_state = self.initial_state_source = None  # the last model's state
         self.interventions = [iv for iv in self.interventions if iv.probe in self.probe_names()]
         self._select_first_view(model, path, requested)
+        ids = self.values is not None and self.values.ndim == 1 and np.issubdtype(self.values.dtype, np.integer)
         if not model.takes_tokens:
             self.text = None
-        elif self.values is not None:
-            self.values = None
+        elif self.values is not None and not (ids and getattr(model, "tokenizer", None) is None):
+            self.values = None  # token ids stay for a model that reads ids (one without a vocabulary)
         self.model_changed.emit()
         self.interventions_changed.emit()
         self.selection_changed.emit()
@@ -395,8 +401,8 @@ class Session(QObject):
             self.apply_project(result.project, result.model)
             self.project_restored.emit(result.project.data)
         elif kind == "load":
-            path, model = result
-            self.set_model(model, path)
+            path, model, how = result
+            self.set_model(model, path, how)
         elif kind == "run":
             self.clean_trace, self.trace = result.clean, result.steered
             self._clean_input = self._pending_input
@@ -432,6 +438,8 @@ class Session(QObject):
         return {
             "format": PROJECT_FORMAT, "version": 1,
             "model": self.model_path,
+            **({"model_config": self.model_load["config"]} if "config" in self.model_load else {}),
+            **({"model_strict": False} if self.model_load.get("strict") is False else {}),
             "text": self.text,
             "values": None if self.values is None else self.values.tolist(),
             "interventions": [iv.to_dict() for iv in self.interventions],
@@ -465,7 +473,8 @@ class Session(QObject):
         current = self.model
 
         def job(should_stop, progress):
-            model = engine.load(project.model, device="cpu") if project.model else None
+            model = engine.load(project.model, device="cpu", config=project.model_config,
+                                strict=project.model_strict) if project.model else None
             project.check_fits(model if model is not None else current)
             return ProjectLoaded(project, model)
 
@@ -489,9 +498,9 @@ class Session(QObject):
         self.step = project.step
         self.input_changed.emit()
         if model is not None:
-            self.set_model(model, project.model)
+            self.set_model(model, project.model, {"config": project.model_config, "strict": project.model_strict})
         elif self.model is not None:
-            self.set_model(self.model, self.model_path)
+            self.set_model(self.model, self.model_path, self.model_load)
         if project.initial_state is not None and self.model is not None:  # checked by project.check_fits
             self.set_initial_state(project.initial_state, project.initial_state_source or "the project's state")
 

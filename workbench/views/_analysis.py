@@ -8,10 +8,10 @@ progress, and hands the result or the error back on the GUI thread.  Jobs never 
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
+from PySide6.QtWidgets import QFileDialog, QLabel, QPushButton, QWidget
 
 from ..export import ExportError, safe_filename
-from ._background import BackgroundTask
+from ._background import BackgroundTask, status_row
 from ._background import write_csv as _write_rows
 
 
@@ -25,10 +25,7 @@ class AnalysisJob(BackgroundTask):
         self.status = QLabel()
         self.status.setWordWrap(True)
         self.row = QWidget()
-        lay = QHBoxLayout(self.row)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addWidget(self.status, 1)
-        lay.addWidget(self.widget)
+        self.row.setLayout(status_row(self.status, self.widget))
 
     def start(self, fn, what: str = "Computing…"):
         self.status.setText(what)

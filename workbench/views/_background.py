@@ -16,6 +16,16 @@ from engine.atomic import write_text
 from ..export import ExportError
 
 
+def status_row(status: QWidget, task_widget: QWidget) -> QHBoxLayout:
+    """A status line with a task's progress bar and Cancel at its right.  There, and not among a
+    view's controls, showing the bar never widens the view (nor its dock's column)."""
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(status, 1)
+    row.addWidget(task_widget)
+    return row
+
+
 class BackgroundTask(QObject):
     """``start(fn)`` runs ``fn(should_stop, progress)`` off the GUI thread; ``done(result)`` or
     ``failed(message)`` comes back on the GUI thread.  ``widget`` holds the bar and Cancel."""

@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QObject, Qt
+from PySide6.QtCore import QEvent, QObject, QSize, Qt
 from PySide6.QtWidgets import QLabel, QStackedWidget, QWidget
 
 from engine.probes import parse_probe
@@ -49,6 +49,11 @@ class MessageStack(QStackedWidget):
         self.label.setStyleSheet("color: #888; padding: 12px;")
         self.addWidget(content)
         self.addWidget(self.label)
+
+    def sizeHint(self) -> QSize:
+        """Modest: a plot takes whatever room its dock has.  pyqtgraph's own hint (600 px wide)
+        made the dock area widen a column, squeezing the middle one, each time a result came in."""
+        return QSize(320, 240)
 
     def show_message(self, text: str):
         self.label.setText(text)

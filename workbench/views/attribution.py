@@ -22,7 +22,7 @@ from engine.analysis.attribution import Target
 from engine.analysis.patching import attribute
 from engine.errors import SeqScopeError
 
-from ._background import BackgroundTask, save_csv
+from ._background import BackgroundTask, save_csv, status_row
 from ._common import MessageStack, no_model_or_trace, visible
 from .colors import DIVERGING, rgb_scaled, light_text, symmetric_level
 
@@ -64,7 +64,6 @@ class AttributionView(QWidget):
         for w in (self.method, self.steps, self.run_button):
             row2.addWidget(w)
         row2.addStretch(1)
-        row2.addWidget(self.task.widget)
         row2.addWidget(self.csv_button)
         self.status = QLabel()
         self.status.setWordWrap(True)
@@ -91,7 +90,7 @@ class AttributionView(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(row1)
         layout.addLayout(row2)
-        layout.addWidget(self.status)
+        layout.addLayout(status_row(self.status, self.task.widget))
         layout.addWidget(self.stack, 1)
         self.method.currentIndexChanged.connect(lambda i: self.steps.setEnabled(METHODS[i][1] == "ig"))
         self.what.currentIndexChanged.connect(lambda i: self.token.setEnabled(i == 0))
@@ -179,7 +178,8 @@ class AttributionView(QWidget):
         if result.baseline is not None:
             note = (f" f(x) = {result.output:+.4f}, f(0) = {result.baseline:+.4f}, scores sum to "
                     f"{result.scores.sum():+.4f} (completeness gap {100 * result.completeness_gap:.2f} %"
-                    f"{'; more steps bring it down' if result.completeness_gap > 0.01 else ''}).")
+                    f"{'; more steps bring it down' if result.completeness_gap > 0.01 else ''})."
+                    + "".join(f" {n[0].upper()}{n[1:]}." for n in result.notes))
         top = int(np.argmax(np.abs(result.scores)))
         what = result.target.describe()
         tok = getattr(self.session.model, "tokenizer", None)

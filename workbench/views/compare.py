@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPush
 
 from engine.analysis.compare import compare
 
-from ._background import BackgroundTask, save_csv
+from ._background import BackgroundTask, save_csv, status_row
 from ._common import MessageStack, no_model_or_trace
 from .colors import DIVERGING, color_scale
 
@@ -47,7 +47,6 @@ class CompareView(QWidget):
         for w in (self.open_button, self.clean_button):
             row.addWidget(w)
         row.addStretch(1)
-        row.addWidget(self.task.widget)
         row2 = QHBoxLayout()
         for w in (QLabel("probe"), self.probe, self.mode):
             row2.addWidget(w)
@@ -74,7 +73,7 @@ class CompareView(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(row)
         layout.addLayout(row2)
-        layout.addWidget(self.status)
+        layout.addLayout(status_row(self.status, self.task.widget))
         layout.addWidget(self.stack, 1)
         self.probe.currentIndexChanged.connect(lambda _i: self.redraw())
         self.mode.currentIndexChanged.connect(lambda _i: self.redraw())
@@ -175,12 +174,13 @@ class CompareView(QWidget):
         width = (img.shape[0] - 1) // 2 if side else img.shape[0]
         self.divider.setValue(width)
         probe = self.probe.currentText()
-        self.plot_item.setTitle(f"{probe}: this trace − the other" if not side else None)
+        self.plot_item.setTitle(f"{probe}: this trace − the other" if not side else
+                                f"{probe}: this trace (top), the other (bottom)")
         left = self.plot_item.getAxis("left")
         if side:  # each half counts its own units
             ticks = [(0, "0"), (width // 2, "this"), (width + 1, "0"), (width + 1 + width // 2, "other")]
             left.setTicks([ticks])
-            left.setLabel("units: this trace (top), the other (bottom)")
+            left.setLabel("unit")  # the title says which half is which
         else:
             left.setTicks(None)
             left.setLabel("unit")

@@ -65,8 +65,10 @@ class InputEditor(QWidget):
         self._syncing = True
         if s.text is not None and s.text != self.editor.toPlainText():
             self.editor.setPlainText(s.text)
+        elif s.values is not None and s.values.ndim == 1:  # token ids (a model without a vocabulary)
+            self.editor.setPlainText(" ".join(map(str, s.values.tolist())))
         elif s.values is not None:
-            v = s.values
+            v = s.values.reshape(len(s.values), -1)
             self.editor.setPlainText(f"numeric input: {v.shape[0]} steps × {v.shape[1]} features\n"
                                      f"min {v.min():.4g}  max {v.max():.4g}  mean {v.mean():.4g}")
         self._syncing = False

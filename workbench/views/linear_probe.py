@@ -19,7 +19,7 @@ from engine.analysis import linear_probe as LP
 from engine.analysis.neurons import TOKEN_CLASSES
 from engine.errors import SeqScopeError
 
-from ._background import BackgroundTask, save_csv
+from ._background import BackgroundTask, save_csv, status_row
 from ._common import MessageStack, no_model_or_trace
 
 FEATURE_KINDS = ("regex", "token class", "input column")
@@ -72,7 +72,6 @@ class LinearProbeView(QWidget):
         row2.addWidget(self.from_step)
         row2.addWidget(self.steer_button)
         row2.addStretch(1)
-        row2.addWidget(self.task.widget)
         row2.addWidget(self.csv_button)
 
         self.status = QLabel()
@@ -93,7 +92,7 @@ class LinearProbeView(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(row1)
         layout.addLayout(row2)
-        layout.addWidget(self.status)
+        layout.addLayout(status_row(self.status, self.task.widget))
         layout.addWidget(self.stack, 1)
         self.kind.currentIndexChanged.connect(self._show_kind_widgets)
         self.regex.returnPressed.connect(self.fit)

@@ -26,16 +26,15 @@ per-token quantity comes from batched matmuls over the chunk's rows (interventio
 before the quantities computed from it), and only the scan loops over time.  The scan takes
 ``exp(dt A)`` for ``SUB`` steps at a time in one vectorised call into a buffer that stays in
 cache, then either a compiled ``numba`` loop (the CPU fast path, about twice the torch loop;
-nothing of size [T, d_inner, d_state] is kept unless the ``state`` probe is asked for) or a
-plain torch loop over steps (the reference path, and the path on GPUs and in half precision).  An intervention on ``state`` at step t splits the scan there: steps up to t
-run, the state is edited, ``y_t`` is recomputed from the edited state, and the scan goes on.
+nothing [T, d_inner, d_state] is kept unless the ``state`` probe is asked for) or a plain torch
+loop (the reference path; on GPUs and in half precision).  An intervention on ``state`` at step t
+splits the scan there: steps up to t run, the state is edited, ``y_t`` is recomputed from it.
 A step's value never depends on anything at or after it, and the chunk grid is the same for
 every run, so a re-run from a state kept at a chunk boundary (the SSM state and the conv
 buffer: the last ``d_conv - 1`` values of ``in``) equals a full re-run bit for bit.
 
 Initial and final states (``engine.run(..., initial_state=...)``): ``layers.{k}.state`` [d_inner,
-d_state], as that probe; ``layers.{k}.conv_window`` [d_conv - 1, d_inner], the convolution's last
-inputs (``in`` values), oldest first (``transformers``' ``conv_states`` end with them, transposed).
+d_state] and ``layers.{k}.conv_window`` [d_conv - 1, d_inner], the last ``in`` values, oldest first.
 
 Implicit attention (probe ``attn``) is computed for a window of rows and columns only
 (:attr:`MambaModel.attention_window`), from the layer's ``dt``, ``B``, ``C`` and ``A``
@@ -52,12 +51,10 @@ import torch.nn.functional as F
 
 from ..errors import LoadError
 from ..probes import ProbeSpec, layer_probe
-from .family import untied_if_the_file_says_so
+from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,  # noqa: F401
+                     config_from_fields, numba_available, probe_table, run_parallel_numba, unused_note,
+                     untied_if_the_file_says_so)  # numba_available: imported from here by tests and benchmarks
 from .layer_state import StatePart
-from .family import (FamilyConfig, ScannedFamilyModel, StatedConfig, build_model, check_loaded_weights,
-                     config_from_fields, probe_table, unused_note)
-from .family import numba_available  # noqa: F401 - imported from here by tests and benchmarks
-from .family import run_parallel_numba
 
 SITES = ("in", "conv", "dt", "B", "C", "state", "gate", "y", "mixer", "out", "attn")
 #: steps of exp(dt A) computed at once (a [SUB, batch, d_inner, d_state] buffer)

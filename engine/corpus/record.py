@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import Cancelled, SeqScopeError
 from ..interrupts import held_signals
 from .sources import Corpus, Sequence, sequences
+from .heap import release_free_memory
 from .summary import DEFAULT_BINS, DEFAULT_K
 from .tracefile import CorpusFile, CorpusFileError, NotARecordingInProgress, read_progress
 
@@ -218,6 +219,7 @@ def record_sequences(out: CorpusFile, model, seqs: Iterable[Sequence], names: li
 
     def write(batch, arrays, values):
         out.append(batch, arrays, values)
+        release_free_memory()  # else glibc keeps the freed batches: RSS would creep with the corpus
         if time.monotonic() - last[0] >= commit_seconds:
             out.commit()
             last[0] = time.monotonic()

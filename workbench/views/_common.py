@@ -37,6 +37,14 @@ def visible(piece: str | None, spaces: bool = True) -> str:
     return "".join(out)
 
 
+def wrapped_label(text: str = "") -> QLabel:
+    """A label for a view's title or status line: plain text (never read as HTML), wrapped."""
+    label = QLabel(text)
+    label.setTextFormat(Qt.PlainText)
+    label.setWordWrap(True)
+    return label
+
+
 class MessageStack(QStackedWidget):
     """Shows either ``content`` or a centred message (grey, word-wrapped)."""
 

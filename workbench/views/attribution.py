@@ -15,15 +15,15 @@ import html
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QSplitter, QTextBrowser,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QPushButton, QSpinBox, QSplitter, QTextBrowser, QVBoxLayout,
+                               QWidget)
 
 from engine.analysis.attribution import Target
 from engine.analysis.patching import attribute
 from engine.errors import SeqScopeError
 
 from ._background import BackgroundTask, save_csv, status_row
-from ._common import MessageStack, no_model_or_trace, visible
+from ._common import MessageStack, no_model_or_trace, visible, wrapped_label
 from .colors import DIVERGING, rgb_scaled, light_text, symmetric_level
 
 METHODS = (("integrated gradients", "ig"), ("gradient × input", "grad"), ("patching (zero each state)", "patch"))
@@ -65,9 +65,7 @@ class AttributionView(QWidget):
             row2.addWidget(w)
         row2.addStretch(1)
         row2.addWidget(self.csv_button)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextFormat(Qt.PlainText)
+        self.status = wrapped_label()
 
         self.plot = pg.PlotWidget()
         self.plot_item = self.plot.getPlotItem()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from engine.analysis.compare import compare
 
 from ._background import BackgroundTask, save_csv, status_row
-from ._common import MessageStack, no_model_or_trace
+from ._common import MessageStack, no_model_or_trace, wrapped_label
 from .colors import DIVERGING, color_scale
 
 MODES = ("side by side", "difference")
@@ -52,9 +51,7 @@ class CompareView(QWidget):
             row2.addWidget(w)
         row2.addStretch(1)
         row2.addWidget(self.csv_button)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextFormat(Qt.PlainText)
+        self.status = wrapped_label()
         self.plot = pg.PlotWidget()
         self.plot_item = self.plot.getPlotItem()
         self.plot_item.setLabel("bottom", "token")

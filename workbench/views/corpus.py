@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QCoreApplication, Qt
 from PySide6.QtGui import QColor, QFont
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel,
-                               QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem,
-                               QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QHeaderView, QLineEdit,
+                               QProgressBar, QPushButton, QSpinBox, QTableWidget, QTableWidgetItem, QTabWidget,
+                               QVBoxLayout, QWidget)
 
 from engine.corpus import correlate as C
 from engine.corpus.match import match, match_units
@@ -35,7 +35,7 @@ from engine.corpus.top import top
 
 from .. import corpus_jobs as J
 from ..runner import Runner
-from ._common import LazyRefresh, MessageStack, visible
+from ._common import LazyRefresh, MessageStack, visible, wrapped_label
 
 TABS = ("Sequences", "Top contexts", "Feature ranking", "Match")
 FEATURES = ("regex", "token class", "labels file")
@@ -104,9 +104,7 @@ class CorpusView(QWidget):
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
 
-        self.title = QLabel("No corpus open.")
-        self.title.setTextFormat(Qt.PlainText)
-        self.title.setWordWrap(True)
+        self.title = wrapped_label("No corpus open.")
         self.open_button = QPushButton("Open corpus…")
         self.open_button.clicked.connect(self.choose_corpus)
         head = QHBoxLayout()
@@ -123,9 +121,7 @@ class CorpusView(QWidget):
         self.tabs.addTab(self._match_tab(), TABS[3])
         self.stack = MessageStack(self.tabs)
 
-        self.status = QLabel()
-        self.status.setTextFormat(Qt.PlainText)
-        self.status.setWordWrap(True)
+        self.status = wrapped_label()
         self.progress_bar = QProgressBar()
         self.progress_bar.setMaximumWidth(200)
         self.progress_bar.setVisible(False)
@@ -155,9 +151,7 @@ class CorpusView(QWidget):
     # -- tabs ----------------------------------------------------------------------------------
     def _top_tab(self) -> QWidget:
         w = QWidget()
-        self.top_title = QLabel()
-        self.top_title.setTextFormat(Qt.PlainText)
-        self.top_title.setWordWrap(True)
+        self.top_title = wrapped_label()
         self.top_k = QSpinBox()
         self.top_k.setRange(1, 1000)
         self.top_k.setValue(self.N_TOP)
@@ -198,9 +192,7 @@ class CorpusView(QWidget):
             row.addWidget(x)
         row.setStretch(1, 1)
         row.setStretch(3, 1)
-        self.rank_title = QLabel()
-        self.rank_title.setTextFormat(Qt.PlainText)
-        self.rank_title.setWordWrap(True)
+        self.rank_title = wrapped_label()
         self.rank_table = _table(["#", "unit", "r", "AUC", "by |AUC-½|: unit", "AUC "], 5)
         self.rank_table.cellClicked.connect(self._rank_clicked)
         lay = QVBoxLayout(w)
@@ -213,9 +205,7 @@ class CorpusView(QWidget):
 
     def _match_tab(self) -> QWidget:
         w = QWidget()
-        self.span_label = QLabel()
-        self.span_label.setTextFormat(Qt.PlainText)
-        self.span_label.setWordWrap(True)
+        self.span_label = wrapped_label()
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(-1000, 1000)
         self.threshold.setDecimals(3)
@@ -231,9 +221,7 @@ class CorpusView(QWidget):
         row.addWidget(self.span_label, 1)
         for x in (self.threshold, self.off_before, self.off_after, self.match_button):
             row.addWidget(x)
-        self.match_title = QLabel()
-        self.match_title.setTextFormat(Qt.PlainText)
-        self.match_title.setWordWrap(True)
+        self.match_title = wrapped_label()
         self.match_table = _table(["#", "on", "union", "len", "seq:step", "before", "span", "after"], 6)
         self.match_table.cellClicked.connect(lambda r, _c: self._open_hit(self.match_spans, r))
         lay = QVBoxLayout(w)

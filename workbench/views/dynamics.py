@@ -27,7 +27,7 @@ from engine.analysis import projection as P
 from engine.analysis import state_step as SS
 
 from ._analysis import AnalysisJob, csv_button, write_csv
-from ._common import LazyRefresh, MessageStack, TraceKey, legend_below, no_model_or_trace, view_layer
+from ._common import LazyRefresh, MessageStack, TraceKey, legend_below, no_model_or_trace, view_layer, wrapped_label
 
 MARKERS = {  # stability -> (symbol, colour)
     "stable": ("o", (40, 190, 80)), "marginal": ("s", (40, 110, 220)),
@@ -138,9 +138,7 @@ class DynamicsView(QWidget):
             self.point_items[stability] = item
         self.graphics.ci.layout.setRowStretchFactor(0, 2)
         self.graphics.ci.layout.setRowStretchFactor(1, 3)
-        self.info = QLabel()
-        self.info.setWordWrap(True)
-        self.info.setTextFormat(Qt.PlainText)
+        self.info = wrapped_label()
         self.stack = MessageStack(self.graphics)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from engine.analysis import gates as G
 from engine.probes import layer_probe
 
 from ._common import (LazyRefresh, MessageStack, TraceKey, layer_sites, legend_below, no_model_or_trace,
-                      view_layer)
+                      view_layer, wrapped_label)
 
 GATE_COLOURS = {
     "gate_i": (31, 119, 180), "gate_f": (255, 127, 14), "gate_o": (44, 160, 44),
@@ -41,9 +41,7 @@ class GateView(QWidget):
     def __init__(self, session, parent=None):
         super().__init__(parent)
         self.session = session
-        self.title = QLabel()
-        self.title.setWordWrap(True)
-        self.title.setTextFormat(Qt.PlainText)
+        self.title = wrapped_label()
         self.graphics = pg.GraphicsLayoutWidget()
         self.stack = MessageStack(self.graphics)
         layout = QVBoxLayout(self)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
@@ -20,7 +19,7 @@ from engine.analysis.neurons import TOKEN_CLASSES
 from engine.errors import SeqScopeError
 
 from ._background import BackgroundTask, save_csv, status_row
-from ._common import MessageStack, no_model_or_trace
+from ._common import MessageStack, no_model_or_trace, wrapped_label
 
 FEATURE_KINDS = ("regex", "token class", "input column")
 
@@ -74,9 +73,7 @@ class LinearProbeView(QWidget):
         row2.addStretch(1)
         row2.addWidget(self.csv_button)
 
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextFormat(Qt.PlainText)
+        self.status = wrapped_label()
         self.plot = pg.PlotWidget()
         self.plot_item = self.plot.getPlotItem()
         self.plot_item.setLabel("bottom", "layer")

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QHeaderView, Q
 
 from engine.analysis import neurons as N
 
-from ._common import LazyRefresh, MessageStack, TraceKey, no_model_or_trace, visible
+from ._common import LazyRefresh, MessageStack, TraceKey, no_model_or_trace, visible, wrapped_label
 
 FEATURE_KINDS = ("regex", "token class", "input column")
 ORDERS = (("|r|", "abs"), ("r > 0 first", "pos"), ("r < 0 first", "neg"))
@@ -66,9 +66,7 @@ class NeuronSearchView(QWidget):
         controls.addWidget(self.order)
         controls.addWidget(self.steered)
         controls.setStretch(2, 1)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextFormat(Qt.PlainText)
+        self.status = wrapped_label()
 
         self.ranking = QTableWidget(0, 2)
         self.ranking.setHorizontalHeaderLabels(["unit", "r"])
@@ -100,9 +98,7 @@ class NeuronSearchView(QWidget):
                                      "follows the feature")
         self.pin_button = QPushButton("Pin unit")
         self.pin_button.clicked.connect(self.pin_selected)
-        self.pinned_label = QLabel()
-        self.pinned_label.setWordWrap(True)
-        self.pinned_label.setTextFormat(Qt.PlainText)
+        self.pinned_label = wrapped_label()
         right = QWidget()
         rl = QVBoxLayout(right)
         rl.setContentsMargins(0, 0, 0, 0)

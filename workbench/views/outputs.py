@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor, QFont
-from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHeaderView, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from engine.analysis import outputs as O
 
-from ._common import MessageStack, no_model_or_trace, visible
+from ._common import MessageStack, no_model_or_trace, visible, wrapped_label
 
 COLUMNS = ["#", "before", "p", "after", "p", "Δp"]
 
@@ -29,9 +29,7 @@ class OutputView(QWidget):
         self.session = session
         self.k = k
         self.plot_item = None  # a table: nothing for the plot exporter
-        self.header = QLabel()
-        self.header.setTextFormat(Qt.PlainText)
-        self.header.setWordWrap(True)
+        self.header = wrapped_label()
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 import engine
@@ -24,7 +23,7 @@ from engine.analysis import decay_spectrum as DS
 from engine.analysis import timescales as TS
 
 from ._analysis import AnalysisJob, csv_button, write_csv
-from ._common import LazyRefresh, MessageStack, TraceKey, legend_below, no_model_or_trace
+from ._common import LazyRefresh, MessageStack, TraceKey, legend_below, no_model_or_trace, wrapped_label
 
 MODES = ("decay spectrum", "autocorrelation")
 BINS = 24
@@ -91,9 +90,7 @@ class TimescalesView(QWidget):
         self.plot_item.setLabel("bottom", "timescale τ (steps)")
         self.plot_item.setLabel("left", "count")
         self.legend = legend_below(self.plot_item, columns=1)
-        self.info = QLabel()
-        self.info.setWordWrap(True)
-        self.info.setTextFormat(Qt.PlainText)
+        self.info = wrapped_label()
         self.stack = MessageStack(self.plot)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)

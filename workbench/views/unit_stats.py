@@ -14,14 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QVBoxLayout, QWidget
 
 from engine.analysis import unit_stats as U
 from engine.probes import layer_probe, parse_probe
 
 from ._analysis import AnalysisJob, csv_button, write_csv
-from ._common import LazyRefresh, MessageStack, TraceKey, layer_sites, legend_below, no_model_or_trace
+from ._common import LazyRefresh, MessageStack, TraceKey, layer_sites, legend_below, no_model_or_trace, wrapped_label
 
 COLOURS = {"unit": (90, 160, 255), "dead": (150, 150, 150), "saturated": (240, 60, 60)}
 
@@ -51,9 +50,7 @@ class UnitStatsView(QWidget):
         self.job = AnalysisJob(session, "unit-stats", self)
         self.job.done.connect(self._on_result)
         self.job.failed.connect(self._on_failed)
-        self.title = QLabel()
-        self.title.setTextFormat(Qt.PlainText)
-        self.title.setWordWrap(True)
+        self.title = wrapped_label()
         top = QHBoxLayout()
         top.addWidget(self.title, 1)
         top.addWidget(csv_button(self, "unit_stats.csv"))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .errors import InputError, SeqScopeError
 from .interrupts import Interrupted, raising_signals
+from .status_line import StatusLine
 
 PROG = "seqscope"
 CORE_COMMANDS = ("info", "trace", "export-lstmvis")
@@ -309,34 +310,22 @@ def cmd_info(args) -> int:
 # -- trace ---------------------------------------------------------------------------------
 
 
-class ProgressBar:
+class ProgressBar(StatusLine):
     """A one-line text bar for ``run(progress=...)``, redrawn at most ten times a second."""
 
     def __init__(self, stream=None, label: str = "running", width: int = 30):
-        self.stream = stream if stream is not None else sys.stderr
-        self.label = label
+        super().__init__(label, stream, every=0.1)
         self.width = width
-        self._last = 0.0
-        self._shown = False
         self._start = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self._last < 0.1:
+        now = self._due(last=done >= total)
+        if now is None:
             return
-        self._last = now
         frac = done / total if total else 1.0
         filled = int(round(frac * self.width))
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {frac * 100:3.0f}% {now - self._start:5.1f} s")
-        self.stream.flush()
-        self._shown = True
-
-    def close(self) -> None:
-        if self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._shown = False
+        self._draw(f"{self.label} [{bar}] {frac * 100:3.0f}% {now - self._start:5.1f} s")
 
 
 LONG_INPUT = 20_000  # tokens: from here on a progress bar is shown on a terminal

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 from pathlib import Path
 
 from ..errors import SeqScopeError
 from ..interrupts import Interrupted
+from ..status_line import StatusLine
 
 CORPUS_HELP = ("a corpus to record: a folder of files (see --glob), a large text file (see --split), "
                "JSON Lines or Parquet with a text column, or numeric .npy sequences (a 3-D array or a "
@@ -44,33 +44,22 @@ def add_corpus_arguments(tr) -> None:
                    help="record on an existing Ray cluster (e.g. ray://head:10001 or auto)")
 
 
-class CorpusProgressLine:
+class CorpusProgressLine(StatusLine):
     """One status line on stderr: tokens, tokens/s, how far, the time left."""
 
     def __init__(self, label: str, stream=None):
-        self.label, self.stream = label, stream or sys.stderr
-        self._last = 0.0
-        self._shown = False
+        super().__init__(label, stream, every=0.2)
 
     def __call__(self, state) -> None:
-        now = time.monotonic()
-        if now - self._last < 0.2:
+        if self._due() is None:
             return
-        self._last = now
         parts = [f"{state.tokens:,} tokens", f"{state.sequences:,} sequences", f"{state.rate:,.0f} tokens/s"]
         if state.fraction is not None:
             parts.append(f"~{state.fraction * 100:.0f}%")
         left = state.seconds_left
         if left is not None:
             parts.append(f"~{_duration(left)} left")
-        self.stream.write(f"\r{self.label}: " + ", ".join(parts) + "   ")
-        self.stream.flush()
-        self._shown = True
-
-    def close(self) -> None:
-        if self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._draw(f"{self.label}: " + ", ".join(parts) + "   ")
 
 
 def _duration(seconds: float) -> str:

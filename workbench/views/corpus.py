@@ -73,6 +73,18 @@ def _fill(table: QTableWidget, rows, highlight: int | None = None):
             table.setItem(r, c, item)
 
 
+def _page(controls: QHBoxLayout, table: QTableWidget, title: QWidget | None = None) -> QWidget:
+    """A tab of the view: a row of controls, a title line if any, and the results table below."""
+    page = QWidget()
+    lay = QVBoxLayout(page)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addLayout(controls)
+    if title is not None:
+        lay.addWidget(title)
+    lay.addWidget(table, 1)
+    return page
+
+
 def _tail(text: str | None, width: int) -> str:
     t = visible(text, spaces=False)
     return t if len(t) <= width else "…" + t[len(t) - width + 1:]
@@ -150,7 +162,6 @@ class CorpusView(QWidget):
 
     # -- tabs ----------------------------------------------------------------------------------
     def _top_tab(self) -> QWidget:
-        w = QWidget()
         self.top_title = wrapped_label()
         self.top_k = QSpinBox()
         self.top_k.setRange(1, 1000)
@@ -165,14 +176,9 @@ class CorpusView(QWidget):
         row.addWidget(self.top_lowest)
         self.top_table = _table(["#", "value", "seq:step", "before", "token", "after"], 5)
         self.top_table.cellClicked.connect(lambda r, _c: self._open_hit(self.top_hits, r))
-        lay = QVBoxLayout(w)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(row)
-        lay.addWidget(self.top_table, 1)
-        return w
+        return _page(row, self.top_table)
 
     def _rank_tab(self) -> QWidget:
-        w = QWidget()
         self.feature_kind = QComboBox()
         self.feature_kind.addItems(FEATURES)
         self.regex = QLineEdit('"[^"\\n]*"')
@@ -195,16 +201,10 @@ class CorpusView(QWidget):
         self.rank_title = wrapped_label()
         self.rank_table = _table(["#", "unit", "r", "AUC", "by |AUC-½|: unit", "AUC "], 5)
         self.rank_table.cellClicked.connect(self._rank_clicked)
-        lay = QVBoxLayout(w)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(row)
-        lay.addWidget(self.rank_title)
-        lay.addWidget(self.rank_table, 1)
         self._show_feature_widgets()
-        return w
+        return _page(row, self.rank_table, self.rank_title)
 
     def _match_tab(self) -> QWidget:
-        w = QWidget()
         self.span_label = wrapped_label()
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(-1000, 1000)
@@ -224,13 +224,8 @@ class CorpusView(QWidget):
         self.match_title = wrapped_label()
         self.match_table = _table(["#", "on", "union", "len", "seq:step", "before", "span", "after"], 6)
         self.match_table.cellClicked.connect(lambda r, _c: self._open_hit(self.match_spans, r))
-        lay = QVBoxLayout(w)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(row)
-        lay.addWidget(self.match_title)
-        lay.addWidget(self.match_table, 1)
         self._update_span_label()
-        return w
+        return _page(row, self.match_table, self.match_title)
 
     def _show_feature_widgets(self):
         k = self.feature_kind.currentIndex()

@@ -24,16 +24,16 @@ def _add_input(p, what: str):
                      help="an input file (text, .npy ids, or .npy/.csv numbers for numeric models); repeat for "
                      "more sequences")
     p.add_argument("--device", default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--config", metavar="JSON", help="model config as a JSON string or a JSON file")
     from .cli import add_no_strict
 
     add_no_strict(p)
 
 
 def _model_and_inputs(args):
-    from .cli import _read_inputs
-    from . import load
+    from .cli import _load_model, _read_inputs
 
-    model = load(args.model, device=args.device, strict=not args.no_strict)
+    model = _load_model(args.model, args.config, args.device, not args.no_strict)
     inputs = [args.text] if args.text is not None else _read_inputs(model, args.input)
     return model, inputs
 

@@ -45,6 +45,8 @@ def bad_projects(tmp_path, model_path):
         "values-ragged": (dict(good, text=None, values=[[1, 2], [3]]), "its values should be"),
         "step-negative": (dict(good, step=-1), "its step should be a whole number"),
         "layout": (dict(good, layout="###"), "layout is not valid base64"),
+        "model-config-list": (dict(good, model_config=[1]), "its model_config should be a model config"),
+        "model-strict-text": (dict(good, model_strict="no"), "its model_strict should be true or false"),
     }
     paths = {}
     for name, (content, message) in cases.items():

@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from numba import njit
-except Exception:  # pragma: no cover - numba missing: the same code, interpreted (slow; h5py is used instead)
-    njit = None
+from .compiled import COMPILED, njit
 
 
-def _kernel(f):
-    return njit(nogil=True, cache=True)(f) if njit is not None else f
-
-
-@_kernel
+@njit(nogil=True, cache=True)
 def _count16(buf, offsets, chunk_rows, chunk_cols, n_rows, units, table, out):  # pragma: no cover - compiled
     for r in range(offsets.shape[0]):
         first = r * chunk_rows
@@ -39,7 +32,7 @@ def _count16(buf, offsets, chunk_rows, chunk_cols, n_rows, units, table, out):  
                 out[first + i] += table[np.int64(buf[p]) | (np.int64(buf[p + 1]) << 8)]
 
 
-@_kernel
+@njit(nogil=True, cache=True)
 def _count32(buf, offsets, chunk_rows, chunk_cols, n_rows, units, key_min, out):  # pragma: no cover - compiled
     for r in range(offsets.shape[0]):
         first = r * chunk_rows
@@ -70,7 +63,7 @@ def _key32(x: np.float32) -> int:
 def chunk_offsets(ds) -> np.ndarray | None:
     """Byte offsets [chunk rows, chunk columns] of a 2-D dataset's chunks in its file, or None
     when the fast path does not apply (see the module doc)."""
-    if njit is None or ds.ndim != 2 or ds.chunks is None or ds.is_virtual or ds.external:
+    if not COMPILED or ds.ndim != 2 or ds.chunks is None or ds.is_virtual or ds.external:
         return None
     if ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4) or ds.dtype.byteorder == ">":
         return None
